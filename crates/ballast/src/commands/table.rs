@@ -1,0 +1,71 @@
+//! Plain-text tables for the command line: columns padded to their widest cell, the first
+//! left-aligned and the rest (numbers) right-aligned, so both people and `awk` can read them.
+
+use std::io::{self, Write};
+
+/// Rows of cells under a header.
+#[derive(Debug)]
+pub(crate) struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub(crate) fn new(header: &[&str]) -> Self {
+        Self {
+            rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
+        }
+    }
+
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub(crate) fn write(&self, out: &mut impl Write) -> io::Result<()> {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|cell| cell.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                if c == 0 {
+                    line.push_str(&format!("{cell:<width$}", width = widths[c]));
+                } else {
+                    line.push_str(&format!("  {cell:>width$}", width = widths[c]));
+                }
+            }
+            writeln!(out, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// A fraction as a percentage with two decimals.
+pub(crate) fn percent(fraction: f64) -> String {
+    format!("{:.2}%", fraction * 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pads_columns() {
+        let mut table = Table::new(&["name", "n"]);
+        table.row(vec!["a".into(), "100".into()]);
+        table.row(vec!["longer".into(), "7".into()]);
+        let mut out = Vec::new();
+        table.write(&mut out).expect("in memory");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "name      n\na       100\nlonger    7\n"
+        );
+    }
+}
