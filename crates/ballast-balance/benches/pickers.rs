@@ -24,7 +24,11 @@ fn pick(c: &mut Criterion) {
                 let mut i = 0u64;
                 b.iter(|| {
                     i = i.wrapping_add(1);
-                    let key = if hashed { hash_key(&i.to_le_bytes()) } else { i };
+                    let key = if hashed {
+                        hash_key(&i.to_le_bytes())
+                    } else {
+                        i
+                    };
                     black_box(picker.pick(black_box(key)))
                 });
             });

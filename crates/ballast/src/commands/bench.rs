@@ -115,6 +115,8 @@ fn balance(args: &BalanceBenchArgs) -> Result<()> {
             },
         ),
         ("ring_hash", "ring_hash".parse()?),
+        // No affinity at all: its max/mean is the noise floor of this many random keys.
+        ("random (reference)", Algorithm::Random),
     ];
     for (label, algorithm) in hashed {
         let all = backends(n, unit);
@@ -206,6 +208,7 @@ fn time_builds(algorithm: &Algorithm, backends: &[Backend], budget: Duration) ->
 }
 
 fn place(algorithm: &Algorithm, backends: &[Backend], keys: &[u64]) -> Result<Vec<usize>> {
+    fastrand::seed(1);
     let picker = Picker::build(algorithm, backends).context("bench backends")?;
     keys.iter()
         .map(|&key| picker.pick(key).context("a backend"))
