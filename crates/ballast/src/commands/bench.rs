@@ -130,6 +130,11 @@ fn balance(args: &BalanceBenchArgs) -> Result<()> {
             format!("{:.3}", max_over_mean(&counts, &vec![1; n])),
         ];
         for removed in [1, 10, 100] {
+            if !algorithm.uses_key() {
+                // Without affinity there is nothing to keep: moved keys mean nothing.
+                row.push("-".to_owned());
+                continue;
+            }
             // Every (n / removed)-th backend, spread over the set.
             let gone = |i: usize| i % (n / removed) == 0;
             let kept: Vec<Backend> = (0..n)
@@ -208,7 +213,6 @@ fn time_builds(algorithm: &Algorithm, backends: &[Backend], budget: Duration) ->
 }
 
 fn place(algorithm: &Algorithm, backends: &[Backend], keys: &[u64]) -> Result<Vec<usize>> {
-    fastrand::seed(1);
     let picker = Picker::build(algorithm, backends).context("bench backends")?;
     keys.iter()
         .map(|&key| picker.pick(key).context("a backend"))
