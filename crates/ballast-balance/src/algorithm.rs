@@ -105,6 +105,90 @@ impl Algorithm {
     }
 }
 
+/// An algorithm's tunable parameters as users give them (flags, configuration files): each is
+/// optional and falls back to its default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parameters {
+    /// `maglev`: the lookup table size.
+    pub table_size: Option<u32>,
+    /// `ring_hash`, `bounded_load`: ring points per unit of weight.
+    pub points_per_weight: Option<u32>,
+    /// `bounded_load`: the load factor c.
+    pub load_factor: Option<f64>,
+    /// `least_request`: enable peak-EWMA with this decay.
+    pub peak_ewma: Option<Duration>,
+}
+
+impl Parameters {
+    /// The parameter names that are set, with whether `algorithm` takes them.
+    fn given(&self, algorithm: &str) -> [(&'static str, bool, bool); 4] {
+        [
+            (
+                "table_size",
+                self.table_size.is_some(),
+                algorithm == "maglev",
+            ),
+            (
+                "points_per_weight",
+                self.points_per_weight.is_some(),
+                matches!(algorithm, "ring_hash" | "bounded_load"),
+            ),
+            (
+                "load_factor",
+                self.load_factor.is_some(),
+                algorithm == "bounded_load",
+            ),
+            (
+                "peak_ewma",
+                self.peak_ewma.is_some(),
+                algorithm == "least_request",
+            ),
+        ]
+    }
+}
+
+impl Algorithm {
+    /// The algorithm called `name` with `parameters` applied. A parameter the algorithm does not
+    /// take is an error naming it, rather than silently ignored.
+    pub fn with_parameters(name: &str, parameters: &Parameters) -> Result<Self, BuildError> {
+        let algorithm: Self = name.parse()?;
+        for (field, given, applies) in parameters.given(name) {
+            if given && !applies {
+                return Err(BuildError::InvalidParameter {
+                    field,
+                    reason: format!("does not apply to algorithm {name}"),
+                });
+            }
+        }
+        Ok(algorithm.fill(parameters))
+    }
+
+    /// This algorithm with those of `parameters` that it takes; the others are ignored, for runs
+    /// of every algorithm on one set of parameters.
+    #[must_use]
+    pub fn fill(mut self, parameters: &Parameters) -> Self {
+        match &mut self {
+            Self::Maglev { table_size } => {
+                *table_size = parameters.table_size.unwrap_or(*table_size);
+            }
+            Self::RingHash { points_per_weight } => {
+                *points_per_weight = parameters.points_per_weight.unwrap_or(*points_per_weight);
+            }
+            Self::BoundedLoad {
+                load_factor,
+                points_per_weight,
+            } => {
+                *load_factor = parameters.load_factor.unwrap_or(*load_factor);
+                *points_per_weight = parameters.points_per_weight.unwrap_or(*points_per_weight);
+            }
+            Self::LeastRequest { peak_ewma } => *peak_ewma = parameters.peak_ewma.or(*peak_ewma),
+            Self::RoundRobin | Self::WeightedRoundRobin | Self::LeastConnections | Self::Random => {
+            }
+        }
+        self
+    }
+}
+
 impl FromStr for Algorithm {
     type Err = BuildError;
 
@@ -148,6 +232,27 @@ mod tests {
             let algorithm: Algorithm = name.parse().expect("known name");
             assert_eq!(algorithm.name(), name);
         }
+    }
+
+    #[test]
+    fn parameters_apply_to_their_algorithm_only() {
+        let parameters = Parameters {
+            table_size: Some(7),
+            ..Parameters::default()
+        };
+        assert_eq!(
+            Algorithm::with_parameters("maglev", &parameters),
+            Ok(Algorithm::Maglev { table_size: 7 })
+        );
+        let error = Algorithm::with_parameters("round_robin", &parameters).expect_err("misfit");
+        assert_eq!(
+            error.to_string(),
+            "table_size: does not apply to algorithm round_robin"
+        );
+        assert_eq!(
+            Algorithm::RoundRobin.fill(&parameters),
+            Algorithm::RoundRobin
+        );
     }
 
     #[test]

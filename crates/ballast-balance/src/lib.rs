@@ -46,7 +46,7 @@ mod round_robin;
 pub mod simulation;
 mod weighted_round_robin;
 
-pub use algorithm::{ALGORITHM_NAMES, Algorithm};
+pub use algorithm::{ALGORITHM_NAMES, Algorithm, Parameters};
 pub use backend::{Backend, InFlight, Load};
 pub use error::BuildError;
 pub use hash::hash_key;

@@ -8,7 +8,7 @@
 
 mod commands;
 
-use std::io;
+use std::io::{self, IsTerminal};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +23,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run one LB server: HTTP or TCP proxying to backends with a tunable algorithm.
+    Lb(commands::lb::LbArgs),
+    /// Run a demo backend that answers with its name, optionally slow or failing.
+    Echo(commands::echo::EchoArgs),
     /// Explore the balancing algorithms: where keys go, how load spreads.
     #[command(subcommand)]
     Balance(commands::balance::BalanceCommand),
@@ -33,7 +37,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let result = match cli.command {
+        Command::Lb(args) => args.run(),
+        Command::Echo(args) => args.run(),
         Command::Balance(command) => command.run(),
         Command::Bench(command) => command.run(),
     };

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
-use ballast_balance::{ALGORITHM_NAMES, Algorithm};
+use anyhow::Result;
+use ballast_balance::{ALGORITHM_NAMES, Algorithm, BuildError, Parameters};
 use clap::Args;
 
 /// The algorithm and its parameters as flags.
@@ -11,8 +11,8 @@ use clap::Args;
 pub(crate) struct AlgorithmArgs {
     /// The balancing algorithm: round_robin, weighted_round_robin, least_connections,
     /// least_request, random, maglev, ring_hash or bounded_load.
-    #[arg(long, value_name = "NAME", default_value = "round_robin", value_parser = parse_algorithm)]
-    pub(crate) algorithm: Algorithm,
+    #[arg(long, value_name = "NAME", default_value = "round_robin", value_parser = parse_name)]
+    pub(crate) algorithm: String,
     /// maglev: lookup table size M, a prime at least the number of backends [default: 65537].
     #[arg(long, value_name = "M")]
     pub(crate) table_size: Option<u32>,
@@ -27,68 +27,44 @@ pub(crate) struct AlgorithmArgs {
     pub(crate) peak_ewma: Option<Duration>,
 }
 
-fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
-    name.parse::<Algorithm>().map_err(|_| {
-        format!(
+fn parse_name(name: &str) -> Result<String, String> {
+    if ALGORITHM_NAMES.contains(&name) {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
             "unknown algorithm; expected one of {}",
             ALGORITHM_NAMES.join(", ")
-        )
-    })
+        ))
+    }
 }
 
 impl AlgorithmArgs {
-    /// The algorithm with every given parameter applied; a parameter that the algorithm does not
-    /// take is an error rather than silently ignored.
+    /// The parameters as the library takes them.
+    pub(crate) fn parameters(&self) -> Parameters {
+        Parameters {
+            table_size: self.table_size,
+            points_per_weight: self.points_per_weight,
+            load_factor: self.load_factor,
+            peak_ewma: self.peak_ewma,
+        }
+    }
+
+    /// The algorithm with every given parameter applied; a flag that the algorithm does not take
+    /// is an error naming the flag.
     pub(crate) fn algorithm(&self) -> Result<Algorithm> {
-        let name = self.algorithm.name();
-        for (flag, given) in [
-            ("--table-size", self.table_size.is_some()),
-            ("--points-per-weight", self.points_per_weight.is_some()),
-            ("--load-factor", self.load_factor.is_some()),
-            ("--peak-ewma", self.peak_ewma.is_some()),
-        ] {
-            if given && !flag_applies(flag, name) {
-                bail!("{flag} does not apply to --algorithm {name}");
-            }
-        }
-        Ok(self.fill(self.algorithm.clone()))
+        Algorithm::with_parameters(&self.algorithm, &self.parameters()).map_err(|error| match error
+        {
+            BuildError::InvalidParameter { field, .. } => anyhow::anyhow!(
+                "--{} does not apply to --algorithm {}",
+                field.replace('_', "-"),
+                self.algorithm
+            ),
+            other => other.into(),
+        })
     }
 
-    /// `algorithm` with the parameters given on the command line that it takes; the others are
-    /// left out, for commands that run every algorithm on one set of flags.
-    pub(crate) fn fill(&self, mut algorithm: Algorithm) -> Algorithm {
-        match &mut algorithm {
-            Algorithm::Maglev { table_size } => {
-                *table_size = self.table_size.unwrap_or(*table_size);
-            }
-            Algorithm::RingHash { points_per_weight } => {
-                *points_per_weight = self.points_per_weight.unwrap_or(*points_per_weight);
-            }
-            Algorithm::BoundedLoad {
-                load_factor,
-                points_per_weight,
-            } => {
-                *load_factor = self.load_factor.unwrap_or(*load_factor);
-                *points_per_weight = self.points_per_weight.unwrap_or(*points_per_weight);
-            }
-            Algorithm::LeastRequest { peak_ewma } => {
-                *peak_ewma = self.peak_ewma.or(*peak_ewma);
-            }
-            Algorithm::RoundRobin
-            | Algorithm::WeightedRoundRobin
-            | Algorithm::LeastConnections
-            | Algorithm::Random => {}
-        }
-        algorithm
-    }
-}
-
-fn flag_applies(flag: &str, algorithm: &str) -> bool {
-    match flag {
-        "--table-size" => algorithm == "maglev",
-        "--points-per-weight" => matches!(algorithm, "ring_hash" | "bounded_load"),
-        "--load-factor" => algorithm == "bounded_load",
-        "--peak-ewma" => algorithm == "least_request",
-        _ => false,
+    /// `algorithm` with the parameters given on the command line that it takes.
+    pub(crate) fn fill(&self, algorithm: Algorithm) -> Algorithm {
+        algorithm.fill(&self.parameters())
     }
 }

@@ -3,4 +3,6 @@
 mod algorithm_args;
 pub(crate) mod balance;
 pub(crate) mod bench;
+pub(crate) mod echo;
+pub(crate) mod lb;
 mod table;

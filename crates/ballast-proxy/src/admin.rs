@@ -1,0 +1,46 @@
+//! The admin endpoint: `/metrics` (Prometheus text), `/healthz` (the process is up) and `/readyz`
+//! (it takes traffic: 503 once draining).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::state::Shared;
+
+/// The admin routes over the server's shared state.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(shared)
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let backends = shared
+        .pools
+        .iter()
+        .flat_map(|p| &p.backends)
+        .map(|b| (&b.counters, b.balance.load().in_flight()));
+    let text = shared.metrics.render(backends);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    if shared.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}

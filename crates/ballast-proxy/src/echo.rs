@@ -1,0 +1,152 @@
+//! `ballast echo`: a demo backend for tests, benchmarks and demos. It answers every request with
+//! its name (so a client can see where a request went), `/health` with 200, `/headers` with the
+//! request headers it received, and an `Upgrade` request by switching to echoing bytes back. It
+//! can be made slow (`latency` ± `jitter`) or flaky (`fail_rate` of 500s).
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How an echo backend behaves.
+#[derive(Debug, Clone)]
+pub struct EchoSettings {
+    /// The name it answers with.
+    pub name: String,
+    /// Added to every response.
+    pub latency: Duration,
+    /// The latency varies uniformly by up to this much either way.
+    pub jitter: Duration,
+    /// The share of requests (0.0–1.0) answered with 500.
+    pub fail_rate: f64,
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` turns true, then lets requests in flight
+/// finish.
+pub async fn serve(
+    listener: TcpListener,
+    settings: EchoSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let settings = Arc::new(settings);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = crate::stopping(&mut shutdown) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let settings = Arc::clone(&settings);
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| answer(Arc::clone(&settings), peer, request));
+            let connection = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = crate::stopping(&mut shutdown) => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "echo connection ended");
+            }
+        });
+    }
+}
+
+async fn answer(
+    settings: Arc<EchoSettings>,
+    peer: SocketAddr,
+    mut request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.uri().path() == "/health" {
+        return Ok(text(&settings, StatusCode::OK, "ok\n".to_owned()));
+    }
+    if request.headers().contains_key(header::UPGRADE) {
+        return Ok(upgrade(&settings, &mut request));
+    }
+    let delay = delay(&settings);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let path = request.uri().path().to_owned();
+    let headers = request.headers().clone();
+    // Read the body to the end so the connection can be reused.
+    let _ = request.into_body().collect().await;
+    if settings.fail_rate > 0.0 && fastrand::f64() < settings.fail_rate {
+        let body = format!("{} failed\n", settings.name);
+        return Ok(text(&settings, StatusCode::INTERNAL_SERVER_ERROR, body));
+    }
+    let mut body = format!("{}\n", settings.name);
+    if path == "/headers" {
+        let _ = writeln!(body, "peer: {peer}");
+        for (name, value) in &headers {
+            let _ = writeln!(
+                body,
+                "{name}: {}",
+                String::from_utf8_lossy(value.as_bytes())
+            );
+        }
+    }
+    Ok(text(&settings, StatusCode::OK, body))
+}
+
+fn delay(settings: &EchoSettings) -> Duration {
+    let jitter = settings.jitter.as_secs_f64();
+    let base = settings.latency.as_secs_f64();
+    let seconds = base + jitter * (fastrand::f64() * 2.0 - 1.0);
+    Duration::from_secs_f64(seconds.max(0.0))
+}
+
+/// Switches to echoing bytes back, for testing upgrade tunnelling.
+fn upgrade(settings: &EchoSettings, request: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+    let protocol = request.headers()[header::UPGRADE].clone();
+    let upgrading = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrading.await {
+            let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut reader, &mut writer).await;
+        }
+    });
+    let mut response = text(settings, StatusCode::SWITCHING_PROTOCOLS, String::new());
+    response.headers_mut().insert(header::UPGRADE, protocol);
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    response
+}
+
+fn text(settings: &EchoSettings, status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Ok(name) = HeaderValue::from_str(&settings.name) {
+        headers.insert("x-backend", name);
+    }
+    response
+}

@@ -1,0 +1,154 @@
+//! Header rewriting between client and backend (RFC 9110 §7.6): hop-by-hop headers stay on their
+//! hop, the backend learns who the client was (`X-Forwarded-For`, `X-Forwarded-Proto`), and a
+//! request that arrived over HTTP/2 reaches an HTTP/1.1 backend in origin form with a `Host`.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Uri, Version};
+
+/// Headers that describe one connection, never forwarded (besides those `Connection` names).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Whether a request asks to switch protocols (WebSocket and the like).
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers; keeps `Upgrade` (and says so in `Connection`) for an upgrade.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if let Some(value) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = value
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .filter(|name| *name != header::UPGRADE)
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Turns a client's request head into the head the backend gets.
+pub(crate) fn to_backend(parts: &mut Parts, client: IpAddr, scheme: &'static str, upgrade: bool) {
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+    }
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let origin = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .parse::<Uri>()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        parts.uri = origin;
+    }
+    parts.version = Version::HTTP_11;
+
+    let client = client.to_string();
+    let forwarded_for = match parts
+        .headers
+        .get(X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(earlier) => format!("{earlier}, {client}"),
+        None => client,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        parts.headers.insert(X_FORWARDED_FOR, value);
+    }
+    parts
+        .headers
+        .insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(builder: http::request::Builder) -> Parts {
+        builder.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_sets_forwarding_headers() {
+        let mut parts = head(
+            http::Request::get("/path?q=1")
+                .header("host", "example.test")
+                .header("connection", "keep-alive, x-secret")
+                .header("keep-alive", "timeout=5")
+                .header("x-secret", "hop")
+                .header("te", "trailers")
+                .header("upgrade", "h2c")
+                .header("x-forwarded-for", "198.51.100.1")
+                .header("x-kept", "yes"),
+        );
+        to_backend(&mut parts, "127.0.0.5".parse().expect("ip"), "https", false);
+        let h = &parts.headers;
+        for gone in ["connection", "keep-alive", "x-secret", "te", "upgrade"] {
+            assert!(!h.contains_key(gone), "{gone} must not be forwarded");
+        }
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 127.0.0.5");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-kept"], "yes");
+        assert_eq!(h["host"], "example.test");
+        assert_eq!(parts.uri, "/path?q=1");
+    }
+
+    #[test]
+    fn http2_requests_get_origin_form_and_a_host() {
+        let mut parts =
+            head(http::Request::get("https://example.test:8443/a?b").version(Version::HTTP_2));
+        to_backend(&mut parts, "127.0.0.1".parse().expect("ip"), "https", false);
+        assert_eq!(parts.uri, "/a?b");
+        assert_eq!(parts.headers["host"], "example.test:8443");
+        assert_eq!(parts.version, Version::HTTP_11);
+    }
+
+    #[test]
+    fn upgrades_keep_their_upgrade_header() {
+        let mut parts = head(
+            http::Request::get("/ws")
+                .header("connection", "Upgrade")
+                .header("upgrade", "websocket"),
+        );
+        assert!(is_upgrade(&parts.headers));
+        to_backend(&mut parts, "127.0.0.1".parse().expect("ip"), "http", true);
+        assert_eq!(parts.headers["upgrade"], "websocket");
+        assert_eq!(parts.headers["connection"], "upgrade");
+    }
+}

@@ -1,0 +1,132 @@
+//! What a request's affinity key is made of, for the hash-based algorithms: the client's
+//! address, a header, a cookie or the path. A request without the header or cookie falls back to
+//! the client's address, so it still lands somewhere stable.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ballast_balance::hash_key;
+use http::HeaderName;
+use http::request::Parts;
+
+/// The source of a request's hash key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP address (also the key of every TCP connection).
+    ClientIp,
+    /// A request header's value, e.g. `header:x-user-id`.
+    Header(HeaderName),
+    /// A cookie's value, e.g. `cookie:session`.
+    Cookie(String),
+    /// The request path (without the query).
+    Path,
+}
+
+impl FromStr for HashKey {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || format!("`{text}`: expected client_ip, header:NAME, cookie:NAME or path");
+        match text.split_once(':') {
+            None if text == "client_ip" => Ok(Self::ClientIp),
+            None if text == "path" => Ok(Self::Path),
+            Some(("header", name)) => name
+                .parse()
+                .map(Self::Header)
+                .map_err(|_| format!("`{name}` is not a valid header name")),
+            Some(("cookie", name)) if !name.is_empty() && !name.contains([';', '=', ' ']) => {
+                Ok(Self::Cookie(name.to_owned()))
+            }
+            _ => Err(invalid()),
+        }
+    }
+}
+
+impl fmt::Display for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ClientIp => f.write_str("client_ip"),
+            Self::Header(name) => write!(f, "header:{name}"),
+            Self::Cookie(name) => write!(f, "cookie:{name}"),
+            Self::Path => f.write_str("path"),
+        }
+    }
+}
+
+impl HashKey {
+    /// The 64-bit key of a request from `client`.
+    pub fn of_request(&self, request: &Parts, client: IpAddr) -> u64 {
+        let bytes = match self {
+            Self::ClientIp => None,
+            Self::Header(name) => request.headers.get(name).map(|v| v.as_bytes()),
+            Self::Cookie(name) => cookie(request, name),
+            Self::Path => Some(request.uri.path().as_bytes()),
+        };
+        match bytes {
+            Some(bytes) => hash_key(bytes),
+            None => Self::of_client(client),
+        }
+    }
+
+    /// The key of a client address.
+    pub fn of_client(client: IpAddr) -> u64 {
+        match client {
+            IpAddr::V4(v4) => hash_key(&v4.octets()),
+            IpAddr::V6(v6) => hash_key(&v6.octets()),
+        }
+    }
+}
+
+fn cookie<'a>(request: &'a Parts, name: &str) -> Option<&'a [u8]> {
+    request
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(builder: http::request::Builder) -> Parts {
+        builder.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn parses_and_prints_every_source() {
+        for text in ["client_ip", "header:x-user", "cookie:session", "path"] {
+            assert_eq!(text.parse::<HashKey>().expect("valid").to_string(), text);
+        }
+        assert!("body".parse::<HashKey>().is_err());
+        assert!("cookie:".parse::<HashKey>().is_err());
+        assert!("header:bad name".parse::<HashKey>().is_err());
+    }
+
+    #[test]
+    fn keys_come_from_the_named_source_or_fall_back_to_the_client() {
+        let client: IpAddr = "127.0.0.9".parse().expect("ip");
+        let request = parts(
+            http::Request::get("/a/b?q=1")
+                .header("x-user", "alice")
+                .header("cookie", "theme=dark; session=s1"),
+        );
+        let key = |source: &str| {
+            source
+                .parse::<HashKey>()
+                .expect("valid")
+                .of_request(&request, client)
+        };
+        assert_eq!(key("header:x-user"), hash_key(b"alice"));
+        assert_eq!(key("cookie:session"), hash_key(b"s1"));
+        assert_eq!(key("path"), hash_key(b"/a/b"));
+        assert_eq!(key("client_ip"), hash_key(&[127, 0, 0, 9]));
+        assert_eq!(key("header:x-missing"), hash_key(&[127, 0, 0, 9]));
+        assert_eq!(key("cookie:missing"), hash_key(&[127, 0, 0, 9]));
+    }
+}

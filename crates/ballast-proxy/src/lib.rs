@@ -1,0 +1,58 @@
+//! Ballast's data plane: the LB server.
+//!
+//! [`run`] starts an LB server from [`Settings`] (flags or a TOML file) and returns once SIGTERM
+//! or SIGINT has drained it. It proxies HTTP/1.1 and HTTP/2 (h2c and TLS with ALPN) or raw TCP to
+//! the backends of each listener's pool, choosing with the pool's `ballast-balance` picker, and
+//! serves Prometheus metrics on its admin address.
+//!
+//! ```no_run
+//! use ballast_proxy::settings::{Listener, Mode, Pool, Settings};
+//!
+//! let pool = Pool {
+//!     name: "web".into(),
+//!     algorithm: "least_request".parse()?,
+//!     hash_key: ballast_proxy::HashKey::ClientIp,
+//!     backends: vec!["127.0.0.1:9001=3".parse()?, "127.0.0.1:9002".parse()?],
+//! };
+//! let listener = Listener {
+//!     address: "127.0.0.1:8080".parse()?,
+//!     mode: Mode::Http,
+//!     pool: "web".into(),
+//!     tls: None,
+//! };
+//! ballast_proxy::run(Settings::new(vec![listener], vec![pool]), |bound| {
+//!     println!("listening on {:?}", bound.listeners);
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The request path never waits on a lock or the network for configuration: it reads an
+//! immutable snapshot through `ArcSwap`, counts with atomics, and keeps its backend connections in
+//! a per-worker cache (see `server` for the threading model).
+
+#![forbid(unsafe_code)]
+
+mod admin;
+pub mod echo;
+mod headers;
+mod http;
+mod key;
+pub mod metrics;
+mod outlier;
+mod process;
+mod server;
+pub mod settings;
+mod state;
+mod tcp;
+mod tls;
+mod upstream;
+
+pub use key::HashKey;
+pub use server::{Bound, ServerError, run};
+pub use settings::Settings;
+
+/// Resolves once `shutdown` holds `true` (at once if it already does), or its sender is gone.
+pub(crate) async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it here, not in the caller's future.
+    let _ = shutdown.wait_for(|&stop| stop).await.map(|_| ());
+}

@@ -1,0 +1,286 @@
+//! The LB server's Prometheus metrics: what operators graph and what the orchestrator scales the
+//! fleet on (CPU seconds, resident memory, open descriptors, client connections).
+//!
+//! Nothing on the request path looks a metric up by its labels: each backend's counters are
+//! created once, when the backend first appears, and kept in its state, so counting a request is
+//! one atomic add. Gauges that mirror live state (in-flight, pooled connections, process figures)
+//! are read when `/metrics` is scraped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric of one LB server.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    errors: Family<Labels, Counter>,
+    durations: Family<Labels, Histogram, fn() -> Histogram>,
+    ejections: Family<Labels, Counter>,
+    in_flight: Family<Labels, Gauge>,
+    pooled: Family<Labels, Gauge>,
+    client_connections: Gauge,
+    /// Live count behind `client_connections`, updated by every worker.
+    open_client_connections: Arc<AtomicI64>,
+    cpu_seconds: Counter<f64, AtomicU64>,
+    resident_bytes: Gauge,
+    open_fds: Gauge,
+}
+
+/// Why a request was answered by the LB itself rather than a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 503: no backend took the request.
+    NoBackend,
+    /// 504: the backend did not answer in time.
+    Timeout,
+    /// 502: the backend broke the exchange.
+    BadGateway,
+    /// 400: the request could not be parsed.
+    BadRequest,
+    /// 431: the request's headers were too large.
+    HeadersTooLarge,
+    /// The client did not send its headers in time.
+    HeaderTimeout,
+}
+
+impl ErrorKind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::NoBackend => "no_backend",
+            Self::Timeout => "backend_timeout",
+            Self::BadGateway => "bad_gateway",
+            Self::BadRequest => "bad_request",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::HeaderTimeout => "header_timeout",
+        }
+    }
+}
+
+/// A backend's request counters by status class (1xx … 5xx), made once.
+#[derive(Debug, Clone)]
+pub struct BackendCounters {
+    by_class: [Counter; 5],
+    ejections: Counter,
+    in_flight: Gauge,
+    pooled: Gauge,
+    /// Idle pooled connections to this backend over all workers.
+    pub pooled_now: Arc<AtomicI64>,
+}
+
+impl BackendCounters {
+    /// Counts one response with `status`.
+    #[inline]
+    pub fn response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+    }
+
+    /// Counts one ejection.
+    pub fn ejected(&self) {
+        self.ejections.inc();
+    }
+}
+
+/// Per-pool handles.
+#[derive(Debug, Clone)]
+pub struct PoolCounters {
+    duration: Histogram,
+    errors: [Counter; 6],
+}
+
+impl PoolCounters {
+    /// Records how long a request took, in seconds.
+    #[inline]
+    pub fn observe(&self, seconds: f64) {
+        self.duration.observe(seconds);
+    }
+
+    /// Counts a response the LB made itself.
+    #[inline]
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors[kind as usize].inc();
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    // 100 µs to ~13 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// An empty registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<Labels, Counter>::default();
+        let errors = Family::<Labels, Counter>::default();
+        let durations = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
+        let ejections = Family::<Labels, Counter>::default();
+        let in_flight = Family::<Labels, Gauge>::default();
+        let pooled = Family::<Labels, Gauge>::default();
+        let client_connections = Gauge::default();
+        let cpu_seconds = Counter::<f64, AtomicU64>::default();
+        let resident_bytes = Gauge::default();
+        let open_fds = Gauge::default();
+        registry.register(
+            "ballast_requests",
+            "Responses sent to clients, by pool, backend and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "ballast_errors",
+            "Responses the LB made itself (no backend, timeouts, bad requests), by kind",
+            errors.clone(),
+        );
+        registry.register(
+            "ballast_request_duration_seconds",
+            "Time from request to the end of the response, by pool",
+            durations.clone(),
+        );
+        registry.register(
+            "ballast_backend_ejections",
+            "Passive outlier ejections, by backend",
+            ejections.clone(),
+        );
+        registry.register(
+            "ballast_backend_in_flight",
+            "Requests (HTTP) or connections (TCP) in flight to each backend",
+            in_flight.clone(),
+        );
+        registry.register(
+            "ballast_backend_pooled_connections",
+            "Idle keep-alive connections to each backend",
+            pooled.clone(),
+        );
+        registry.register(
+            "ballast_client_connections",
+            "Open client connections",
+            client_connections.clone(),
+        );
+        registry.register(
+            "process_cpu_seconds",
+            "User and system CPU time of the process",
+            cpu_seconds.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the process",
+            resident_bytes.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Open file descriptors of the process",
+            open_fds.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            errors,
+            durations,
+            ejections,
+            in_flight,
+            pooled,
+            client_connections,
+            open_client_connections: Arc::default(),
+            cpu_seconds,
+            resident_bytes,
+            open_fds,
+        }
+    }
+
+    /// The counters of one backend of `pool`, made once and kept by the backend.
+    pub fn backend(&self, pool: &str, backend: &str) -> BackendCounters {
+        let labels = |class: &str| -> Labels {
+            vec![
+                ("pool", pool.to_owned()),
+                ("backend", backend.to_owned()),
+                ("class", class.to_owned()),
+            ]
+        };
+        let plain: Labels = vec![("pool", pool.to_owned()), ("backend", backend.to_owned())];
+        BackendCounters {
+            by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|class| self.requests.get_or_create(&labels(class)).clone()),
+            ejections: self.ejections.get_or_create(&plain).clone(),
+            in_flight: self.in_flight.get_or_create(&plain).clone(),
+            pooled: self.pooled.get_or_create(&plain).clone(),
+            pooled_now: Arc::default(),
+        }
+    }
+
+    /// The handles of one pool.
+    pub fn pool(&self, pool: &str) -> PoolCounters {
+        let kinds = [
+            ErrorKind::NoBackend,
+            ErrorKind::Timeout,
+            ErrorKind::BadGateway,
+            ErrorKind::BadRequest,
+            ErrorKind::HeadersTooLarge,
+            ErrorKind::HeaderTimeout,
+        ];
+        PoolCounters {
+            duration: self
+                .durations
+                .get_or_create(&vec![("pool", pool.to_owned())])
+                .clone(),
+            errors: kinds.map(|kind| {
+                self.errors
+                    .get_or_create(&vec![
+                        ("pool", pool.to_owned()),
+                        ("kind", kind.label().to_owned()),
+                    ])
+                    .clone()
+            }),
+        }
+    }
+
+    /// The live count of open client connections, shared by every worker.
+    pub fn client_connections(&self) -> &Arc<AtomicI64> {
+        &self.open_client_connections
+    }
+
+    /// The text exposition, after reading the live gauges: `backends` gives each backend's
+    /// counters and its in-flight count.
+    pub fn render<'a>(&self, backends: impl Iterator<Item = (&'a BackendCounters, u64)>) -> String {
+        for (counters, in_flight) in backends {
+            counters
+                .in_flight
+                .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+            counters
+                .pooled
+                .set(counters.pooled_now.load(Ordering::Relaxed));
+        }
+        self.client_connections
+            .set(self.open_client_connections.load(Ordering::Relaxed));
+        let process = crate::process::Usage::read();
+        let cpu_delta = process.cpu_seconds - self.cpu_seconds.get();
+        if cpu_delta > 0.0 {
+            self.cpu_seconds.inc_by(cpu_delta);
+        }
+        self.resident_bytes
+            .set(i64::try_from(process.resident_bytes).unwrap_or(i64::MAX));
+        self.open_fds
+            .set(i64::try_from(process.open_fds).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}

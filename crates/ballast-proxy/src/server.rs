@@ -1,0 +1,423 @@
+//! The LB server's shape: `workers` threads, each a single-threaded tokio runtime with its own
+//! accept queue per listener (`SO_REUSEPORT`) and its own upstream connection cache, so that
+//! nothing on the request path is shared but the read-only snapshot and atomic counters. Worker 0
+//! runs on the calling thread and also serves the admin endpoint, watches for SIGTERM/SIGINT and
+//! rebuilds the snapshot when an ejection starts or ends.
+//!
+//! Draining: on SIGTERM or SIGINT every worker stops accepting, asks its HTTP connections to
+//! finish the request in flight and close, and waits for them (up to `drain_timeout`); then
+//! [`run`] returns.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::http::{self, ClientContext};
+use crate::metrics::ErrorKind;
+use crate::settings::{Mode, Settings, SettingsError};
+use crate::state::Shared;
+use crate::{admin, tcp, tls, upstream};
+
+/// Request heads larger than this get 431 (nginx allows 8 KiB per line in 4 buffers).
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The settings are invalid.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// A runtime or signal handler could not be created.
+    #[error("runtime: {0}")]
+    Runtime(io::Error),
+    /// A picker could not be built.
+    #[error(transparent)]
+    Picker(#[from] ballast_balance::BuildError),
+}
+
+/// Where the server listens, once every socket is bound.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    /// Each listener's address (with the port the OS chose for port 0), mode and pool.
+    pub listeners: Vec<(SocketAddr, Mode, String)>,
+    /// The admin endpoint's address.
+    pub admin: Option<SocketAddr>,
+}
+
+/// One listener as a worker runs it.
+struct WorkerListener {
+    socket: std::net::TcpListener,
+    mode: Mode,
+    pool: usize,
+    tls: Option<TlsAcceptor>,
+}
+
+/// Runs the server until SIGTERM or SIGINT has drained it. `on_bound` is called once every
+/// socket is bound and the signal handlers are in place: from then on the server is ready.
+pub fn run(settings: Settings, on_bound: impl FnOnce(&Bound)) -> Result<(), ServerError> {
+    settings.validate()?;
+    let shared = Arc::new(Shared::new(settings)?);
+    let settings = &shared.settings;
+
+    // Every worker gets its own socket per listener, bound to the same address.
+    let mut per_worker: Vec<Vec<WorkerListener>> =
+        (0..settings.workers).map(|_| Vec::new()).collect();
+    let mut bound = Bound {
+        listeners: Vec::new(),
+        admin: None,
+    };
+    for listener in &settings.listeners {
+        let pool = shared
+            .pool_index(&listener.pool)
+            .expect("validated: every listener names a pool");
+        let acceptor = listener.tls.as_ref().map(tls::acceptor).transpose()?;
+        let first = bind(listener.address)?;
+        let address = first.local_addr().map_err(|source| ServerError::Bind {
+            address: listener.address,
+            source,
+        })?;
+        bound
+            .listeners
+            .push((address, listener.mode, listener.pool.clone()));
+        let mut socket = Some(first);
+        for worker in &mut per_worker {
+            let socket = match socket.take() {
+                Some(first) => first,
+                None => bind(address)?,
+            };
+            worker.push(WorkerListener {
+                socket,
+                mode: listener.mode,
+                pool,
+                tls: acceptor.clone(),
+            });
+        }
+    }
+    let admin = match settings.admin {
+        Some(address) => {
+            let socket = bind(address)?;
+            bound.admin = Some(
+                socket
+                    .local_addr()
+                    .map_err(|source| ServerError::Bind { address, source })?,
+            );
+            Some(socket)
+        }
+        None => None,
+    };
+
+    let runtime = current_thread_runtime()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let signals = {
+        let _context = runtime.enter();
+        let term = signal(SignalKind::terminate()).map_err(ServerError::Runtime)?;
+        let int = signal(SignalKind::interrupt()).map_err(ServerError::Runtime)?;
+        (term, int)
+    };
+    on_bound(&bound);
+
+    let mut listeners = per_worker.into_iter();
+    let own = listeners.next().unwrap_or_default();
+    let mut threads = Vec::new();
+    for (id, listeners) in listeners.enumerate() {
+        let shared = Arc::clone(&shared);
+        let shutdown = shutdown_rx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ballast-worker-{}", id + 1))
+            .spawn(move || -> Result<(), ServerError> {
+                current_thread_runtime()?.block_on(worker(shared, listeners, shutdown));
+                Ok(())
+            })
+            .map_err(ServerError::Runtime)?;
+        threads.push(thread);
+    }
+
+    runtime.block_on(async {
+        let (mut term, mut int) = signals;
+        tokio::spawn(maintain_snapshot(Arc::clone(&shared), shutdown_rx.clone()));
+        if let Some(socket) = admin {
+            match TcpListener::from_std(socket) {
+                Ok(listener) => {
+                    let router = admin::router(Arc::clone(&shared));
+                    let mut shutdown = shutdown_rx.clone();
+                    tokio::spawn(async move {
+                        let stop = async move { crate::stopping(&mut shutdown).await };
+                        if let Err(error) = axum::serve(listener, router)
+                            .with_graceful_shutdown(stop)
+                            .await
+                        {
+                            tracing::error!(%error, "admin endpoint failed");
+                        }
+                    });
+                }
+                Err(error) => tracing::error!(%error, "admin endpoint failed"),
+            }
+        }
+        let shared_for_signal = Arc::clone(&shared);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = int.recv() => tracing::info!("SIGINT: draining"),
+            }
+            shared_for_signal.draining.store(true, Ordering::Relaxed);
+            let _ = shutdown_tx.send(true);
+        });
+        worker(Arc::clone(&shared), own, shutdown_rx).await;
+    });
+    for thread in threads {
+        match thread.join() {
+            Ok(result) => result?,
+            Err(_) => tracing::error!("a worker thread panicked"),
+        }
+    }
+    tracing::info!("drained; exiting");
+    Ok(())
+}
+
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, ServerError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServerError::Runtime)
+}
+
+/// A listening socket that other workers may bind too.
+fn bind(address: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
+    let error = |source| ServerError::Bind { address, source };
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .map_err(error)?;
+    socket.set_reuse_address(true).map_err(error)?;
+    socket.set_reuse_port(true).map_err(error)?;
+    socket.set_nonblocking(true).map_err(error)?;
+    socket.bind(&address.into()).map_err(error)?;
+    socket.listen(4096).map_err(error)?;
+    Ok(socket.into())
+}
+
+/// One worker: accept on every listener until shutdown, then drain.
+async fn worker(
+    shared: Arc<Shared>,
+    listeners: Vec<WorkerListener>,
+    shutdown: watch::Receiver<bool>,
+) {
+    // Each connection holds a clone of `done`; when the last one is dropped, draining is over.
+    let (done, mut all_done) = mpsc::channel::<()>(1);
+    let http = Arc::new(http_builder(&shared.settings));
+    let mut accepting = Vec::new();
+    for listener in listeners {
+        match TcpListener::from_std(listener.socket) {
+            Ok(socket) => accepting.push(tokio::spawn(accept_loop(
+                Arc::clone(&shared),
+                socket,
+                listener.mode,
+                listener.pool,
+                listener.tls,
+                Arc::clone(&http),
+                shutdown.clone(),
+                done.clone(),
+            ))),
+            Err(error) => tracing::error!(%error, "listener failed"),
+        }
+    }
+    tokio::spawn(sweep_idle(Arc::clone(&shared), shutdown.clone()));
+    for task in accepting {
+        let _ = task.await;
+    }
+    drop(done);
+    let drain = shared.settings.drain_timeout;
+    if tokio::time::timeout(drain, all_done.recv()).await.is_err() {
+        tracing::warn!(?drain, "drain timeout: closing the connections still open");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mode: Mode,
+    pool: usize,
+    tls: Option<TlsAcceptor>,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    mut shutdown: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors, or a connection reset before accept: keep serving.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = crate::stopping(&mut shutdown) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let open = ConnectionGauge::open(shared.metrics.client_connections());
+        let shared = Arc::clone(&shared);
+        let http = Arc::clone(&http);
+        let shutdown = shutdown.clone();
+        let done = done.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            let _done = done;
+            match (mode, tls) {
+                (Mode::Tcp, _) => tcp::proxy(shared, pool, stream, peer).await,
+                (Mode::Http, None) => {
+                    serve_http(shared, pool, peer, "http", stream, &http, shutdown).await;
+                }
+                (Mode::Http, Some(acceptor)) => {
+                    let timeout = shared.settings.timeouts.request_headers;
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_http(shared, pool, peer, "https", stream, &http, shutdown).await;
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_http<S>(
+    shared: Arc<Shared>,
+    pool: usize,
+    client: SocketAddr,
+    scheme: &'static str,
+    stream: S,
+    http: &auto::Builder<TokioExecutor>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let context = Arc::new(ClientContext {
+        shared: Arc::clone(&shared),
+        pool,
+        client,
+        scheme,
+    });
+    let service = service_fn(move |request| http::handle(Arc::clone(&context), request));
+    let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = crate::stopping(&mut shutdown) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        let counters = &shared.pools[pool].counters;
+        match error.downcast_ref::<hyper::Error>() {
+            Some(e) if e.is_parse_too_large() => counters.error(ErrorKind::HeadersTooLarge),
+            Some(e) if e.is_parse() => counters.error(ErrorKind::BadRequest),
+            Some(e) if e.is_timeout() => counters.error(ErrorKind::HeaderTimeout),
+            _ => {}
+        }
+        tracing::debug!(%client, %error, "client connection ended with an error");
+    }
+}
+
+fn http_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.timeouts.request_headers)
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_REQUEST_HEAD as u32);
+    builder
+}
+
+/// Rebuilds the snapshot when an ejection starts, and again when the next one ends.
+async fn maintain_snapshot(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let next = shared.rebuild();
+        let wake = async {
+            match next {
+                Some(at) => {
+                    tokio::time::sleep(shared.clock.until(at) + Duration::from_millis(1)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shared.changed.notified() => {}
+            _ = wake => {}
+            _ = crate::stopping(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Closes this worker's idle backend connections past their idle timeout.
+async fn sweep_idle(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let idle = shared.settings.timeouts.idle;
+    let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = crate::stopping(&mut shutdown) => return,
+        }
+        let by_slot: Vec<Option<&AtomicI64>> = {
+            let mut by_slot = vec![None; shared.slots];
+            for backend in shared.pools.iter().flat_map(|p| &p.backends) {
+                by_slot[backend.slot] = Some(&*backend.counters.pooled_now);
+            }
+            by_slot
+        };
+        upstream::sweep(idle, |slot| by_slot.get(slot).copied().flatten());
+    }
+}
+
+/// Counts an open client connection for as long as it lives.
+struct ConnectionGauge(Arc<AtomicI64>);
+
+impl ConnectionGauge {
+    fn open(count: &Arc<AtomicI64>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,561 @@
+//! What an LB server runs: its listeners, pools, timeouts and policies, built from command-line
+//! flags or read from a TOML file, and validated whole before anything starts.
+//!
+//! Every error names the field at fault (`pools[0].backends[2]: …`) and the reason; a file with
+//! one bad field changes nothing. When the configuration database arrives, its model replaces the
+//! file as the source of pools; the file stays for static deployments.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ballast_balance::{Algorithm, Parameters};
+use serde::Deserialize;
+
+use crate::key::HashKey;
+
+/// Everything one LB server runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where clients connect, each bound to a pool.
+    pub listeners: Vec<Listener>,
+    /// The backend pools.
+    pub pools: Vec<Pool>,
+    /// Event-loop threads, each with its own accept queue and upstream connections.
+    pub workers: usize,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub admin: Option<SocketAddr>,
+    /// The timeouts.
+    pub timeouts: Timeouts,
+    /// Extra tries on another backend for idempotent requests that failed before any response
+    /// byte (connection refused or reset); 0 turns retries off.
+    pub retries: u32,
+    /// Passive outlier detection.
+    pub outlier: OutlierPolicy,
+    /// How long SIGTERM waits for requests in flight before exiting.
+    pub drain_timeout: Duration,
+}
+
+/// One listening address.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// The address to bind.
+    pub address: SocketAddr,
+    /// HTTP or raw TCP.
+    pub mode: Mode,
+    /// The pool's name.
+    pub pool: String,
+    /// Certificate and key files for TLS termination.
+    pub tls: Option<TlsFiles>,
+}
+
+/// HTTP or TCP proxying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// HTTP/1.1 and HTTP/2, request by request.
+    Http,
+    /// Bytes both ways, connection by connection.
+    Tcp,
+}
+
+/// PEM files for TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+}
+
+/// A named set of backends and how to choose among them.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    /// The name listeners refer to and metrics carry.
+    pub name: String,
+    /// The balancing algorithm.
+    pub algorithm: Algorithm,
+    /// What the hash-based algorithms hash.
+    pub hash_key: HashKey,
+    /// The backends.
+    pub backends: Vec<BackendAddress>,
+}
+
+/// A backend and its weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendAddress {
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// Its relative share.
+    pub weight: u32,
+}
+
+impl std::str::FromStr for BackendAddress {
+    type Err = String;
+
+    /// `ADDR` or `ADDR=WEIGHT`, e.g. `127.0.0.1:9001=3`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (address, weight) = match text.split_once('=') {
+            Some((address, weight)) => (
+                address,
+                weight
+                    .parse()
+                    .map_err(|_| format!("`{text}`: weight `{weight}` must be a whole number"))?,
+            ),
+            None => (text, 1),
+        };
+        let address = address
+            .parse()
+            .map_err(|_| format!("`{text}`: `{address}` is not an IP:port address"))?;
+        Ok(Self { address, weight })
+    }
+}
+
+/// The timeouts, each with a default users may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting to a backend.
+    pub connect: Duration,
+    /// A client sending a request's headers (cuts off slow-loris clients).
+    pub request_headers: Duration,
+    /// A backend starting its response.
+    pub backend_response: Duration,
+    /// An idle keep-alive connection to a backend before it is closed.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(1),
+            request_headers: Duration::from_secs(10),
+            backend_response: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// When a backend is ejected for failing, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    /// Consecutive connect failures or 5xx responses that eject; 0 turns ejection off.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; the n-th lasts n times as long.
+    pub base_ejection: Duration,
+    /// The longest ejection.
+    pub max_ejection: Duration,
+}
+
+impl Default for OutlierPolicy {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A configuration that cannot run, with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct SettingsError {
+    /// The path of the field, e.g. `pools[0].backends[1]`.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl SettingsError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Default settings around the given listeners and pools.
+    pub fn new(listeners: Vec<Listener>, pools: Vec<Pool>) -> Self {
+        Self {
+            listeners,
+            pools,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            admin: None,
+            timeouts: Timeouts::default(),
+            retries: 2,
+            outlier: OutlierPolicy::default(),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Checks the whole configuration; the first problem found is the error.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.listeners.is_empty() {
+            return Err(SettingsError::new(
+                "listeners",
+                "at least one listener is needed",
+            ));
+        }
+        if self.workers == 0 || self.workers > 1024 {
+            return Err(SettingsError::new("workers", "must be from 1 to 1024"));
+        }
+        let mut pool_names = HashSet::new();
+        for (i, pool) in self.pools.iter().enumerate() {
+            if pool.name.is_empty() {
+                return Err(SettingsError::new(
+                    format!("pools[{i}].name"),
+                    "must not be empty",
+                ));
+            }
+            if !pool_names.insert(pool.name.as_str()) {
+                return Err(SettingsError::new(
+                    format!("pools[{i}].name"),
+                    format!("pool `{}` is defined twice", pool.name),
+                ));
+            }
+            if pool.backends.is_empty() {
+                return Err(SettingsError::new(
+                    format!("pools[{i}].backends"),
+                    "a pool needs at least one backend",
+                ));
+            }
+            let backends: Vec<ballast_balance::Backend> = pool
+                .backends
+                .iter()
+                .map(|b| ballast_balance::Backend::new(b.address.to_string(), b.weight))
+                .collect();
+            ballast_balance::Picker::build(&pool.algorithm, &backends)
+                .map_err(|e| SettingsError::new(format!("pools[{i}]"), e.to_string()))?;
+        }
+        let mut addresses = HashSet::new();
+        for (i, listener) in self.listeners.iter().enumerate() {
+            if !addresses.insert(listener.address) {
+                return Err(SettingsError::new(
+                    format!("listeners[{i}].listen"),
+                    format!("{} is used by two listeners", listener.address),
+                ));
+            }
+            if !pool_names.contains(listener.pool.as_str()) {
+                return Err(SettingsError::new(
+                    format!("listeners[{i}].pool"),
+                    format!("no pool is named `{}`", listener.pool),
+                ));
+            }
+            if listener.mode == Mode::Tcp && listener.tls.is_some() {
+                return Err(SettingsError::new(
+                    format!("listeners[{i}].tls"),
+                    "TLS termination is for HTTP listeners",
+                ));
+            }
+        }
+        for (field, value) in [
+            ("timeouts.connect", self.timeouts.connect),
+            ("timeouts.request_headers", self.timeouts.request_headers),
+            ("timeouts.backend_response", self.timeouts.backend_response),
+            ("timeouts.idle", self.timeouts.idle),
+        ] {
+            if value.is_zero() {
+                return Err(SettingsError::new(field, "must be longer than zero"));
+            }
+        }
+        if self.retries > 10 {
+            return Err(SettingsError::new("retries", "at most 10 extra tries"));
+        }
+        if self.outlier.base_ejection > self.outlier.max_ejection {
+            return Err(SettingsError::new(
+                "outlier.base_ejection",
+                "must not exceed outlier.max_ejection",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads and validates a TOML file (see `ballast.example.toml`).
+    pub fn from_file(path: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SettingsError::new(path.display().to_string(), e.to_string()))?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, SettingsError> {
+        let file: File = toml::from_str(text).map_err(|e| {
+            let reason = e.message().to_owned();
+            let at = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "file".to_owned());
+            SettingsError::new(at, reason)
+        })?;
+        let settings = file.into_settings()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+/// The file's shape, before validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    workers: Option<usize>,
+    admin: Option<SocketAddr>,
+    #[serde(default, with = "humantime_serde_opt")]
+    drain_timeout: Option<Duration>,
+    retries: Option<u32>,
+    #[serde(default)]
+    timeouts: FileTimeouts,
+    #[serde(default)]
+    outlier: FileOutlier,
+    #[serde(default)]
+    listeners: Vec<FileListener>,
+    #[serde(default)]
+    pools: Vec<FilePool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTimeouts {
+    #[serde(default, with = "humantime_serde_opt")]
+    connect: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    request_headers: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    backend_response: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    idle: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOutlier {
+    consecutive_failures: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    base_ejection: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    max_ejection: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileListener {
+    listen: SocketAddr,
+    #[serde(default = "http_mode")]
+    mode: Mode,
+    pool: String,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+fn http_mode() -> Mode {
+    Mode::Http
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePool {
+    name: String,
+    #[serde(default = "default_algorithm")]
+    algorithm: String,
+    hash_key: Option<String>,
+    table_size: Option<u32>,
+    points_per_weight: Option<u32>,
+    load_factor: Option<f64>,
+    #[serde(default, with = "humantime_serde_opt")]
+    peak_ewma: Option<Duration>,
+    backends: Vec<String>,
+}
+
+fn default_algorithm() -> String {
+    "round_robin".to_owned()
+}
+
+impl File {
+    fn into_settings(self) -> Result<Settings, SettingsError> {
+        let mut listeners = Vec::new();
+        for (i, l) in self.listeners.into_iter().enumerate() {
+            let tls = match (l.tls_cert, l.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                (None, None) => None,
+                _ => {
+                    return Err(SettingsError::new(
+                        format!("listeners[{i}]"),
+                        "tls_cert and tls_key go together",
+                    ));
+                }
+            };
+            listeners.push(Listener {
+                address: l.listen,
+                mode: l.mode,
+                pool: l.pool,
+                tls,
+            });
+        }
+        let mut pools = Vec::new();
+        for (i, p) in self.pools.into_iter().enumerate() {
+            let parameters = Parameters {
+                table_size: p.table_size,
+                points_per_weight: p.points_per_weight,
+                load_factor: p.load_factor,
+                peak_ewma: p.peak_ewma,
+            };
+            let algorithm = Algorithm::with_parameters(&p.algorithm, &parameters)
+                .map_err(|e| SettingsError::new(format!("pools[{i}]"), e.to_string()))?;
+            let hash_key = match p.hash_key {
+                Some(text) => text
+                    .parse()
+                    .map_err(|e| SettingsError::new(format!("pools[{i}].hash_key"), e))?,
+                None => HashKey::ClientIp,
+            };
+            let backends = p
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(j, b)| {
+                    b.parse()
+                        .map_err(|e| SettingsError::new(format!("pools[{i}].backends[{j}]"), e))
+                })
+                .collect::<Result<_, _>>()?;
+            pools.push(Pool {
+                name: p.name,
+                algorithm,
+                hash_key,
+                backends,
+            });
+        }
+        let mut settings = Settings::new(listeners, pools);
+        settings.workers = self.workers.unwrap_or(settings.workers);
+        settings.admin = self.admin;
+        settings.drain_timeout = self.drain_timeout.unwrap_or(settings.drain_timeout);
+        settings.retries = self.retries.unwrap_or(settings.retries);
+        let t = &mut settings.timeouts;
+        t.connect = self.timeouts.connect.unwrap_or(t.connect);
+        t.request_headers = self.timeouts.request_headers.unwrap_or(t.request_headers);
+        t.backend_response = self.timeouts.backend_response.unwrap_or(t.backend_response);
+        t.idle = self.timeouts.idle.unwrap_or(t.idle);
+        let o = &mut settings.outlier;
+        o.consecutive_failures = self
+            .outlier
+            .consecutive_failures
+            .unwrap_or(o.consecutive_failures);
+        o.base_ejection = self.outlier.base_ejection.unwrap_or(o.base_ejection);
+        o.max_ejection = self.outlier.max_ejection.unwrap_or(o.max_ejection);
+        Ok(settings)
+    }
+}
+
+/// Durations in the file are written as people write them: "1s", "250ms", "5m".
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+workers = 2
+admin = "127.0.0.1:9180"
+drain_timeout = "5s"
+
+[timeouts]
+connect = "250ms"
+
+[[listeners]]
+listen = "127.0.0.1:8080"
+pool = "web"
+
+[[listeners]]
+listen = "127.0.0.1:8081"
+mode = "tcp"
+pool = "db"
+
+[[pools]]
+name = "web"
+algorithm = "maglev"
+hash_key = "header:x-user"
+table_size = 65537
+backends = ["127.0.0.1:9001=3", "127.0.0.1:9002"]
+
+[[pools]]
+name = "db"
+algorithm = "least_connections"
+backends = ["127.0.0.1:9101"]
+"#;
+
+    #[test]
+    fn reads_a_full_file() {
+        let settings = Settings::from_toml(EXAMPLE).expect("valid");
+        assert_eq!(settings.workers, 2);
+        assert_eq!(settings.drain_timeout, Duration::from_secs(5));
+        assert_eq!(settings.timeouts.connect, Duration::from_millis(250));
+        assert_eq!(settings.timeouts.idle, Duration::from_secs(60));
+        assert_eq!(settings.listeners[1].mode, Mode::Tcp);
+        assert_eq!(settings.pools[0].backends[0].weight, 3);
+        assert_eq!(
+            settings.pools[0].hash_key,
+            HashKey::Header("x-user".parse().expect("name"))
+        );
+    }
+
+    fn error(text: &str) -> String {
+        Settings::from_toml(text).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn names_the_field_at_fault() {
+        let bad_weight = EXAMPLE.replace("127.0.0.1:9002\"", "127.0.0.1:9002=heavy\"");
+        assert_eq!(
+            error(&bad_weight),
+            "pools[0].backends[1]: `127.0.0.1:9002=heavy`: weight `heavy` must be a whole number"
+        );
+        let bad_prime = EXAMPLE.replace("65537", "65536");
+        assert!(error(&bad_prime).starts_with("pools[0]: maglev.table_size: 65536 is not a prime"));
+        let no_pool = EXAMPLE.replace("pool = \"db\"", "pool = \"dbx\"");
+        assert_eq!(error(&no_pool), "listeners[1].pool: no pool is named `dbx`");
+        let misfit = EXAMPLE.replace(
+            "algorithm = \"least_connections\"",
+            "algorithm = \"least_connections\"\ntable_size = 7",
+        );
+        assert_eq!(
+            error(&misfit),
+            "pools[1]: table_size: does not apply to algorithm least_connections"
+        );
+        let duplicate = EXAMPLE.replace("\"127.0.0.1:9002\"", "\"127.0.0.1:9001\"");
+        assert!(
+            error(&duplicate).contains("duplicate id `127.0.0.1:9001`"),
+            "{}",
+            error(&duplicate)
+        );
+        let typo = EXAMPLE.replace("drain_timeout", "drain_timout");
+        assert!(
+            error(&typo).starts_with("line 4: unknown field `drain_timout`"),
+            "{}",
+            error(&typo)
+        );
+        let duration = EXAMPLE.replace("\"250ms\"", "\"fast\"");
+        assert!(error(&duration).contains("`fast`"), "{}", error(&duration));
+        let key = EXAMPLE.replace("header:x-user", "body");
+        assert!(
+            error(&key).starts_with("pools[0].hash_key: "),
+            "{}",
+            error(&key)
+        );
+    }
+}

@@ -1,0 +1,66 @@
+//! TCP mode: each client connection is paired with a backend connection and bytes are copied
+//! both ways until either side closes. Least connections then counts open connections, and the
+//! hash key is the client's address. A backend that refuses is retried on another: nothing has
+//! been sent yet, so a connect retry is always safe.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::key::HashKey;
+use crate::metrics::ErrorKind;
+use crate::state::Shared;
+
+/// Proxies one client connection to a backend of `pool`.
+pub(crate) async fn proxy<S>(shared: Arc<Shared>, pool: usize, mut client: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    let snapshot = shared.snapshot.load_full();
+    let pool = &snapshot.pools[pool];
+    let key = if pool.uses_key {
+        HashKey::of_client(peer.ip())
+    } else {
+        0
+    };
+    let tries = 1 + shared.settings.retries as usize;
+    let mut tried = Vec::with_capacity(tries);
+    for _ in 0..tries {
+        let Some(index) = pool.choose(key, &tried) else {
+            break;
+        };
+        tried.push(index);
+        let backend = &pool.state.backends[index];
+        let _in_flight = backend.balance.load().start();
+        let connect = tokio::time::timeout(
+            shared.settings.timeouts.connect,
+            TcpStream::connect(backend.address),
+        )
+        .await;
+        let mut upstream = match connect {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(backend = %backend.address, %error, "backend connect failed");
+                shared.failure(&pool.state, index);
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!(backend = %backend.address, "backend connect timed out");
+                shared.failure(&pool.state, index);
+                continue;
+            }
+        };
+        backend.outlier.success();
+        let _ = upstream.set_nodelay(true);
+        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(backend = %backend.address, %error, "tcp session ended");
+        }
+        pool.state.counters.observe(started.elapsed().as_secs_f64());
+        return;
+    }
+    pool.state.counters.error(ErrorKind::NoBackend);
+}

@@ -1,0 +1,123 @@
+//! Connections to backends: each worker thread keeps its own cache of idle HTTP/1.1 keep-alive
+//! connections per backend, so taking and returning one is a plain `Vec` push and pop with no
+//! lock and no sharing between workers (nginx's shape: one upstream keep-alive cache per worker).
+//!
+//! The cache is thread-local because each worker is a single-threaded runtime: a task never
+//! leaves the thread it started on, so the connection it returns goes back to its own worker.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// What a request to a backend carries: the client's body as it streams in, or nothing (for
+/// requests that may be replayed on another backend).
+pub(crate) type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// A ready-to-use HTTP/1.1 connection to a backend.
+pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
+
+/// At most this many idle connections per backend per worker.
+const MAX_IDLE_PER_BACKEND: usize = 256;
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+thread_local! {
+    static CACHE: RefCell<Vec<Vec<Idle>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A backend connection that could not be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    /// Nothing answered within the connect timeout.
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    /// The connection was refused or failed.
+    #[error("connect failed: {0}")]
+    Io(#[from] io::Error),
+    /// The HTTP/1.1 handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+/// The most recently returned idle connection to the backend at `slot` that is still usable.
+pub(crate) fn take(slot: usize, idle_timeout: Duration, pooled: &AtomicI64) -> Option<Sender> {
+    CACHE.with_borrow_mut(|cache| {
+        let idle = cache.get_mut(slot)?;
+        while let Some(entry) = idle.pop() {
+            pooled.fetch_sub(1, Ordering::Relaxed);
+            if entry.since.elapsed() < idle_timeout && entry.sender.is_ready() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    })
+}
+
+/// Returns a connection whose last response has been read in full.
+pub(crate) fn give_back(slot: usize, sender: Sender, pooled: &AtomicI64) {
+    if !sender.is_ready() {
+        return;
+    }
+    CACHE.with_borrow_mut(|cache| {
+        if cache.len() <= slot {
+            cache.resize_with(slot + 1, Vec::new);
+        }
+        let idle = &mut cache[slot];
+        if idle.len() < MAX_IDLE_PER_BACKEND {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+            pooled.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+}
+
+/// Closes this worker's connections that have been idle for `idle_timeout` or have closed;
+/// `pooled_of(slot)` is the gauge to keep in step.
+pub(crate) fn sweep<'a>(
+    idle_timeout: Duration,
+    pooled_of: impl Fn(usize) -> Option<&'a AtomicI64>,
+) {
+    CACHE.with_borrow_mut(|cache| {
+        for (slot, idle) in cache.iter_mut().enumerate() {
+            let before = idle.len();
+            idle.retain(|e| e.since.elapsed() < idle_timeout && !e.sender.is_closed());
+            if let Some(pooled) = pooled_of(slot) {
+                pooled.fetch_sub((before - idle.len()) as i64, Ordering::Relaxed);
+            }
+        }
+    });
+}
+
+/// Opens a new connection to `address` and starts its HTTP/1.1 driver task.
+pub(crate) async fn connect(
+    address: SocketAddr,
+    timeout: Duration,
+) -> Result<Sender, ConnectError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout))??;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%address, %error, "backend connection ended");
+        }
+    });
+    Ok(sender)
+}

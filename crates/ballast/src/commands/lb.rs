@@ -1,0 +1,145 @@
+//! `ballast lb`: one LB server, from flags (`--listen`, `--backend …`) or a TOML file
+//! (`--config`). Prints one `listening …` line per listener (and `admin …`) once it is ready, and
+//! exits 0 after SIGTERM or SIGINT has drained it.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use ballast_proxy::settings::{BackendAddress, Listener, Mode, Pool, Settings, TlsFiles};
+use ballast_proxy::{Bound, HashKey};
+use clap::{Args, ValueEnum};
+
+use super::algorithm_args::AlgorithmArgs;
+
+#[derive(Debug, Args)]
+pub(crate) struct LbArgs {
+    /// Where clients connect (port 0: any free port, printed when ready).
+    #[arg(long, value_name = "ADDR", required_unless_present = "config")]
+    listen: Option<SocketAddr>,
+    /// A backend, ADDR or ADDR=WEIGHT; repeat for each.
+    #[arg(long, value_name = "ADDR[=WEIGHT]", required_unless_present = "config")]
+    backend: Vec<BackendAddress>,
+    #[command(flatten)]
+    algorithm: AlgorithmArgs,
+    /// What hash-based algorithms hash: client_ip, header:NAME, cookie:NAME or path.
+    #[arg(long, value_name = "SOURCE", default_value = "client_ip")]
+    hash_key: HashKey,
+    /// Proxy HTTP requests or raw TCP connections.
+    #[arg(long, value_enum, default_value_t = ModeArg::Http)]
+    mode: ModeArg,
+    /// Event-loop threads [default: the number of cores].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Terminate TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Read listeners, pools and settings from a TOML file instead.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "backend", "tls_cert"])]
+    config: Option<PathBuf>,
+    /// Connecting to a backend.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    connect_timeout: Option<Duration>,
+    /// A client sending its request headers.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    header_timeout: Option<Duration>,
+    /// A backend starting its response.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    response_timeout: Option<Duration>,
+    /// Idle keep-alive connections to backends.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// Extra tries on another backend for idempotent requests (0: none) [default: 2].
+    #[arg(long, value_name = "N")]
+    retries: Option<u32>,
+    /// Consecutive failures that eject a backend (0: never) [default: 5].
+    #[arg(long, value_name = "N")]
+    eject_after: Option<u32>,
+    /// How long SIGTERM waits for requests in flight.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    drain_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Http,
+    Tcp,
+}
+
+impl LbArgs {
+    fn settings(&self) -> Result<Settings> {
+        let mut settings = match &self.config {
+            Some(path) => {
+                Settings::from_file(path).with_context(|| format!("--config {}", path.display()))?
+            }
+            None => {
+                let pool = Pool {
+                    name: "default".to_owned(),
+                    algorithm: self.algorithm.algorithm()?,
+                    hash_key: self.hash_key.clone(),
+                    backends: self.backend.clone(),
+                };
+                let listener = Listener {
+                    address: self.listen.context("--listen is required")?,
+                    mode: match self.mode {
+                        ModeArg::Http => Mode::Http,
+                        ModeArg::Tcp => Mode::Tcp,
+                    },
+                    pool: pool.name.clone(),
+                    tls: match (&self.tls_cert, &self.tls_key) {
+                        (Some(cert), Some(key)) => Some(TlsFiles {
+                            cert: cert.clone(),
+                            key: key.clone(),
+                        }),
+                        _ => None,
+                    },
+                };
+                Settings::new(vec![listener], vec![pool])
+            }
+        };
+        settings.workers = self.workers.unwrap_or(settings.workers);
+        settings.admin = self.admin.or(settings.admin);
+        let t = &mut settings.timeouts;
+        t.connect = self.connect_timeout.unwrap_or(t.connect);
+        t.request_headers = self.header_timeout.unwrap_or(t.request_headers);
+        t.backend_response = self.response_timeout.unwrap_or(t.backend_response);
+        t.idle = self.idle_timeout.unwrap_or(t.idle);
+        settings.retries = self.retries.unwrap_or(settings.retries);
+        settings.outlier.consecutive_failures = self
+            .eject_after
+            .unwrap_or(settings.outlier.consecutive_failures);
+        settings.drain_timeout = self.drain_timeout.unwrap_or(settings.drain_timeout);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub(crate) fn run(self) -> Result<()> {
+        let settings = self.settings()?;
+        ballast_proxy::run(settings, announce)?;
+        Ok(())
+    }
+}
+
+/// Tells whoever started us where we listen: one line each, flushed at once.
+fn announce(bound: &Bound) {
+    let mut out = std::io::stdout().lock();
+    for (address, mode, pool) in &bound.listeners {
+        let mode = match mode {
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+        };
+        let _ = writeln!(out, "listening {mode} {address} pool {pool}");
+    }
+    if let Some(admin) = bound.admin {
+        let _ = writeln!(out, "admin {admin}");
+    }
+    let _ = out.flush();
+}

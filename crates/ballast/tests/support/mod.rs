@@ -1,0 +1,216 @@
+//! Test harness for the `ballast` binary: real processes on loopback, each reporting its
+//! addresses on stdout when ready (so tests never guess ports or sleep), killed when dropped.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A running `ballast` process.
+pub struct Process {
+    child: Child,
+    /// The `listening …` / `admin …` lines it printed when ready.
+    pub ready: Vec<String>,
+}
+
+impl Process {
+    /// Starts `ballast ARGS` and waits (bounded) until it has printed `lines` ready lines.
+    pub fn start(args: &[&str], lines: usize) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ballast"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("ballast starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut ready = Vec::new();
+        while ready.len() < lines {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) => ready.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("ballast {args:?} did not become ready; printed {ready:?}");
+                }
+            }
+        }
+        Self { child, ready }
+    }
+
+    /// The address of the n-th `listening` line.
+    pub fn listen_addr(&self, n: usize) -> SocketAddr {
+        self.ready
+            .iter()
+            .filter(|l| l.starts_with("listening "))
+            .nth(n)
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no listening line {n} in {:?}", self.ready))
+    }
+
+    /// The admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.ready
+            .iter()
+            .find_map(|l| l.strip_prefix("admin "))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no admin line in {:?}", self.ready))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM (through `kill`, to stay free of unsafe code).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process at once.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An echo backend named `name`.
+pub fn echo(name: &str, extra: &[&str]) -> (Process, SocketAddr) {
+    let mut args = vec!["echo", "--listen", "127.0.0.1:0", "--name", name];
+    args.extend_from_slice(extra);
+    let process = Process::start(&args, 1);
+    let address = process.listen_addr(0);
+    (process, address)
+}
+
+/// An LB server on a free port with an admin endpoint, `--workers 1` unless `extra` says.
+pub fn lb(backends: &[SocketAddr], extra: &[&str]) -> (Process, SocketAddr) {
+    let mut args: Vec<String> = ["lb", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
+        .map(String::from)
+        .to_vec();
+    for backend in backends {
+        args.push("--backend".into());
+        args.push(backend.to_string());
+    }
+    if !extra.contains(&"--workers") {
+        args.extend(["--workers".into(), "1".into()]);
+    }
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let process = Process::start(&refs, 2);
+    let address = process.listen_addr(0);
+    (process, address)
+}
+
+/// A free loopback port nobody listens on (bound, then released).
+pub fn unused_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// A response read from a raw HTTP/1.1 exchange.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// Sends `request` (raw bytes) and reads the reply until the server closes.
+pub fn raw(address: SocketAddr, request: &[u8]) -> Reply {
+    let mut stream = TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    stream.write_all(request).expect("write");
+    let mut bytes = Vec::new();
+    let _ = stream.read_to_end(&mut bytes);
+    parse(&bytes)
+}
+
+fn parse(bytes: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Reply {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+/// `GET path` with `headers`, one connection per request.
+pub fn get(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    raw(address, request.as_bytes())
+}
+
+/// The backend name in an echo reply.
+pub fn backend_of(reply: &Reply) -> String {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.body.lines().next().unwrap_or("").to_owned()
+}
+
+/// The value of one metric line, e.g. `ballast_backend_ejections_total{…} 1`.
+pub fn metric(admin: SocketAddr, prefix: &str) -> Option<f64> {
+    let reply = get(admin, "/metrics", &[]);
+    reply
+        .body
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls `condition` every 20 ms until it holds, for at most `limit`.
+pub fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
