@@ -23,6 +23,31 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// What one pass over a header map found: enough to skip every lookup that would find nothing,
+/// which is the common case (a per-request cost: hashing each name costs more than comparing it
+/// to a short list).
+#[derive(Debug, Default, Clone, Copy)]
+struct Scan {
+    /// Bit i: `HOP_BY_HOP[i]` is present.
+    hop_by_hop: u8,
+    upgrade: bool,
+    host: bool,
+}
+
+fn scan(headers: &HeaderMap) -> Scan {
+    let mut found = Scan::default();
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            found.hop_by_hop |= 1 << i;
+        } else if name == header::UPGRADE {
+            found.upgrade = true;
+        } else if name == header::HOST {
+            found.host = true;
+        }
+    }
+    found
+}
+
 /// Whether a request asks to switch protocols (WebSocket and the like).
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -36,32 +61,58 @@ pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Removes hop-by-hop headers; keeps `Upgrade` (and says so in `Connection`) for an upgrade.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if let Some(value) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = value
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .filter(|name| *name != header::UPGRADE)
+    strip(headers, scan(headers), upgrade);
+}
+
+fn strip(headers: &mut HeaderMap, found: Scan, upgrade: bool) {
+    if found.hop_by_hop & 1 != 0 {
+        // Headers named in `Connection` are hop-by-hop too; the standard ones are handled below.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|token| {
+                !["keep-alive", "close", "upgrade"]
+                    .iter()
+                    .any(|known| token.eq_ignore_ascii_case(known))
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if found.hop_by_hop & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if found.upgrade {
         headers.remove(header::UPGRADE);
     }
 }
 
-/// Turns a client's request head into the head the backend gets.
-pub(crate) fn to_backend(parts: &mut Parts, client: IpAddr, scheme: &'static str, upgrade: bool) {
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    if !parts.headers.contains_key(header::HOST) {
+/// The client's address as a header value, made once per connection.
+pub(crate) fn client_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Turns a client's request head into the head the backend gets; `client` comes from
+/// [`client_value`].
+pub(crate) fn to_backend(
+    parts: &mut Parts,
+    client: &HeaderValue,
+    scheme: &'static str,
+    upgrade: bool,
+) {
+    let found = scan(&parts.headers);
+    strip(&mut parts.headers, found, upgrade);
+    if !found.host {
         if let Some(authority) = parts.uri.authority() {
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
                 parts.headers.insert(header::HOST, host);
@@ -79,18 +130,17 @@ pub(crate) fn to_backend(parts: &mut Parts, client: IpAddr, scheme: &'static str
     }
     parts.version = Version::HTTP_11;
 
-    let client = client.to_string();
-    let forwarded_for = match parts
-        .headers
-        .get(X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client,
+    let forwarded_for = match parts.headers.get(X_FORWARDED_FOR) {
+        Some(earlier) => {
+            let mut joined = Vec::with_capacity(earlier.len() + 2 + client.len());
+            joined.extend_from_slice(earlier.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.clone())
+        }
+        None => client.clone(),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        parts.headers.insert(X_FORWARDED_FOR, value);
-    }
+    parts.headers.insert(X_FORWARDED_FOR, forwarded_for);
     parts
         .headers
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
@@ -117,7 +167,12 @@ mod tests {
                 .header("x-forwarded-for", "198.51.100.1")
                 .header("x-kept", "yes"),
         );
-        to_backend(&mut parts, "127.0.0.5".parse().expect("ip"), "https", false);
+        to_backend(
+            &mut parts,
+            &client_value("127.0.0.5".parse().expect("ip")),
+            "https",
+            false,
+        );
         let h = &parts.headers;
         for gone in ["connection", "keep-alive", "x-secret", "te", "upgrade"] {
             assert!(!h.contains_key(gone), "{gone} must not be forwarded");
@@ -130,10 +185,33 @@ mod tests {
     }
 
     #[test]
+    fn responses_lose_their_connection_headers_only() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("keep-alive"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("content-length", HeaderValue::from_static("10"));
+        headers.insert("server", HeaderValue::from_static("nginx"));
+        strip_hop_by_hop(&mut headers, false);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "server"]);
+
+        let mut clean = HeaderMap::new();
+        clean.insert("content-type", HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut clean, false);
+        assert_eq!(clean.len(), 1);
+    }
+
+    #[test]
     fn http2_requests_get_origin_form_and_a_host() {
         let mut parts =
             head(http::Request::get("https://example.test:8443/a?b").version(Version::HTTP_2));
-        to_backend(&mut parts, "127.0.0.1".parse().expect("ip"), "https", false);
+        to_backend(
+            &mut parts,
+            &client_value("127.0.0.1".parse().expect("ip")),
+            "https",
+            false,
+        );
         assert_eq!(parts.uri, "/a?b");
         assert_eq!(parts.headers["host"], "example.test:8443");
         assert_eq!(parts.version, Version::HTTP_11);
@@ -147,7 +225,12 @@ mod tests {
                 .header("upgrade", "websocket"),
         );
         assert!(is_upgrade(&parts.headers));
-        to_backend(&mut parts, "127.0.0.1".parse().expect("ip"), "http", true);
+        to_backend(
+            &mut parts,
+            &client_value("127.0.0.1".parse().expect("ip")),
+            "http",
+            true,
+        );
         assert_eq!(parts.headers["upgrade"], "websocket");
         assert_eq!(parts.headers["connection"], "upgrade");
     }

@@ -44,6 +44,8 @@ pub(crate) struct ClientContext {
     pub pool: usize,
     /// The client's address.
     pub client: SocketAddr,
+    /// The client's address as `X-Forwarded-For` writes it, made once per connection.
+    pub client_value: HeaderValue,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
 }
@@ -77,7 +79,7 @@ pub(crate) async fn handle(
     } else {
         0
     };
-    headers::to_backend(&mut parts, context.client.ip(), context.scheme, upgrade);
+    headers::to_backend(&mut parts, &context.client_value, context.scheme, upgrade);
 
     let mut body = (!body.is_end_stream()).then_some(body);
     let replayable =

@@ -326,6 +326,7 @@ async fn serve_http<S>(
         shared: Arc::clone(&shared),
         pool,
         client,
+        client_value: crate::headers::client_value(client.ip()),
         scheme,
     });
     let service = service_fn(move |request| http::handle(Arc::clone(&context), request));
