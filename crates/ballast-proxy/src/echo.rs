@@ -1,7 +1,8 @@
 //! `ballast echo`: a demo backend for tests, benchmarks and demos. It answers every request with
 //! its name (so a client can see where a request went), `/health` with 200, `/headers` with the
-//! request headers it received, and an `Upgrade` request by switching to echoing bytes back. It
-//! can be made slow (`latency` ± `jitter`) or flaky (`fail_rate` of 500s).
+//! request headers it received, `/body` with the request body it received, `/chunked` with its
+//! name in a chunked response, and an `Upgrade` request by switching to echoing bytes back. It can
+//! be made slow (`latency` ± `jitter`) or flaky (`fail_rate` of 500s).
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -79,7 +80,7 @@ async fn answer(
     settings: Arc<EchoSettings>,
     peer: SocketAddr,
     mut request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Reply>, Infallible> {
     if request.uri().path() == "/health" {
         return Ok(text(&settings, StatusCode::OK, "ok\n".to_owned()));
     }
@@ -93,12 +94,25 @@ async fn answer(
     let path = request.uri().path().to_owned();
     let headers = request.headers().clone();
     // Read the body to the end so the connection can be reused.
-    let _ = request.into_body().collect().await;
+    let received = request
+        .into_body()
+        .collect()
+        .await
+        .map(|body| body.to_bytes())
+        .unwrap_or_default();
     if settings.fail_rate > 0.0 && fastrand::f64() < settings.fail_rate {
         let body = format!("{} failed\n", settings.name);
         return Ok(text(&settings, StatusCode::INTERNAL_SERVER_ERROR, body));
     }
     let mut body = format!("{}\n", settings.name);
+    if path == "/body" {
+        body.push_str(&String::from_utf8_lossy(&received));
+    }
+    if path == "/chunked" {
+        let response = text(&settings, StatusCode::OK, String::new());
+        let chunks = [body.clone(), "and more\n".to_owned()];
+        return Ok(response.map(|_| Reply::Chunks(chunks.map(Bytes::from).into())));
+    }
     if path == "/headers" {
         let _ = writeln!(body, "peer: {peer}");
         for (name, value) in &headers {
@@ -120,7 +134,7 @@ fn delay(settings: &EchoSettings) -> Duration {
 }
 
 /// Switches to echoing bytes back, for testing upgrade tunnelling.
-fn upgrade(settings: &EchoSettings, request: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+fn upgrade(settings: &EchoSettings, request: &mut Request<Incoming>) -> Response<Reply> {
     let protocol = request.headers()[header::UPGRADE].clone();
     let upgrading = hyper::upgrade::on(request);
     tokio::spawn(async move {
@@ -137,8 +151,8 @@ fn upgrade(settings: &EchoSettings, request: &mut Request<Incoming>) -> Response
     response
 }
 
-fn text(settings: &EchoSettings, status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn text(settings: &EchoSettings, status: StatusCode, body: String) -> Response<Reply> {
+    let mut response = Response::new(Reply::Whole(Full::new(Bytes::from(body))));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -149,4 +163,45 @@ fn text(settings: &EchoSettings, status: StatusCode, body: String) -> Response<F
         headers.insert("x-backend", name);
     }
     response
+}
+
+/// An echo response body: whole (sent with `Content-Length`) or in chunks of unknown total size
+/// (sent with `Transfer-Encoding: chunked`).
+#[derive(Debug)]
+pub enum Reply {
+    /// The whole body at once.
+    Whole(Full<Bytes>),
+    /// Chunks, one frame each.
+    Chunks(std::collections::VecDeque<Bytes>),
+}
+
+impl http_body::Body for Reply {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Self::Whole(full) => std::pin::Pin::new(full).poll_frame(cx),
+            Self::Chunks(chunks) => {
+                std::task::Poll::Ready(chunks.pop_front().map(|c| Ok(http_body::Frame::data(c))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Whole(full) => full.is_end_stream(),
+            Self::Chunks(chunks) => chunks.is_empty(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Whole(full) => full.size_hint(),
+            Self::Chunks(_) => http_body::SizeHint::default(),
+        }
+    }
 }

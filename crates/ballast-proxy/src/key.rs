@@ -69,6 +69,34 @@ impl HashKey {
         }
     }
 
+    /// The key of a request parsed in place: `path` is the request target, `headers` its
+    /// header lines as parsed.
+    pub(crate) fn of_raw(
+        &self,
+        path: &str,
+        headers: &[httparse::Header<'_>],
+        client: IpAddr,
+    ) -> u64 {
+        let bytes = match self {
+            Self::ClientIp => None,
+            Self::Header(name) => headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+                .map(|h| h.value),
+            Self::Cookie(name) => headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+                .filter_map(|h| std::str::from_utf8(h.value).ok())
+                .find_map(|v| cookie_value(v, name))
+                .map(str::as_bytes),
+            Self::Path => Some(path.split('?').next().unwrap_or(path).as_bytes()),
+        };
+        match bytes {
+            Some(bytes) => hash_key(bytes),
+            None => Self::of_client(client),
+        }
+    }
+
     /// The key of a client address.
     pub fn of_client(client: IpAddr) -> u64 {
         match client {
@@ -84,10 +112,17 @@ fn cookie<'a>(request: &'a Parts, name: &str) -> Option<&'a [u8]> {
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .find_map(|v| cookie_value(v, name))
+        .map(str::as_bytes)
+}
+
+/// The value of cookie `name` in one `Cookie` header.
+fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header
+        .split(';')
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.as_bytes())
+        .map(|(_, v)| v)
 }
 
 #[cfg(test)]
@@ -128,5 +163,28 @@ mod tests {
         assert_eq!(key("client_ip"), hash_key(&[127, 0, 0, 9]));
         assert_eq!(key("header:x-missing"), hash_key(&[127, 0, 0, 9]));
         assert_eq!(key("cookie:missing"), hash_key(&[127, 0, 0, 9]));
+
+        // The same keys from a request parsed in place.
+        let raw =
+            b"GET /a/b?q=1 HTTP/1.1\r\nX-User: alice\r\nCookie: theme=dark; session=s1\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut parsed = httparse::Request::new(&mut headers);
+        assert!(parsed.parse(raw).expect("valid").is_complete());
+        let raw_key = |source: &str| {
+            source.parse::<HashKey>().expect("valid").of_raw(
+                parsed.path.expect("path"),
+                parsed.headers,
+                client,
+            )
+        };
+        for source in [
+            "header:x-user",
+            "cookie:session",
+            "path",
+            "client_ip",
+            "header:x-missing",
+        ] {
+            assert_eq!(raw_key(source), key(source), "{source}");
+        }
     }
 }

@@ -33,12 +33,15 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod chunked;
 pub mod echo;
+mod h1;
 mod headers;
 mod http;
 mod key;
 pub mod metrics;
 mod outlier;
+mod prefixed;
 mod process;
 mod server;
 pub mod settings;

@@ -26,9 +26,13 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::http::{self, ClientContext};
 use crate::metrics::ErrorKind;
+use crate::prefixed::Prefixed;
 use crate::settings::{Mode, Settings, SettingsError};
 use crate::state::Shared;
-use crate::{admin, tcp, tls, upstream};
+use crate::{admin, h1, tcp, tls, upstream};
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 /// Request heads larger than this get 431 (nginx allows 8 KiB per line in 4 buffers).
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
@@ -294,7 +298,20 @@ async fn accept_loop(
             match (mode, tls) {
                 (Mode::Tcp, _) => tcp::proxy(shared, pool, stream, peer).await,
                 (Mode::Http, None) => {
-                    serve_http(shared, pool, peer, "http", stream, &http, shutdown).await;
+                    let mut stream = stream;
+                    let mut first = BytesMut::with_capacity(16 * 1024);
+                    let timeout = shared.settings.timeouts.request_headers;
+                    match sniff(&mut stream, &mut first, timeout).await {
+                        Some(Speaks::Http2) => {
+                            let stream = Prefixed::new(first, stream);
+                            serve_http(shared, pool, peer, "http", stream, &http, shutdown).await;
+                        }
+                        Some(Speaks::Http1) => {
+                            let context = Arc::new(client_context(shared, pool, peer, "http"));
+                            h1::serve(context, stream, first, shutdown).await;
+                        }
+                        None => {}
+                    }
                 }
                 (Mode::Http, Some(acceptor)) => {
                     let timeout = shared.settings.timeouts.request_headers;
@@ -322,13 +339,7 @@ async fn serve_http<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let context = Arc::new(ClientContext {
-        shared: Arc::clone(&shared),
-        pool,
-        client,
-        client_value: crate::headers::client_value(client.ip()),
-        scheme,
-    });
+    let context = Arc::new(client_context(Arc::clone(&shared), pool, client, scheme));
     let service = service_fn(move |request| http::handle(Arc::clone(&context), request));
     let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);
@@ -348,6 +359,46 @@ async fn serve_http<S>(
             _ => {}
         }
         tracing::debug!(%client, %error, "client connection ended with an error");
+    }
+}
+
+fn client_context(
+    shared: Arc<Shared>,
+    pool: usize,
+    client: SocketAddr,
+    scheme: &'static str,
+) -> ClientContext {
+    ClientContext {
+        shared,
+        pool,
+        client,
+        client_value: crate::headers::client_value(client.ip()),
+        scheme,
+    }
+}
+
+/// The protocol a plain-text client speaks.
+enum Speaks {
+    Http1,
+    Http2,
+}
+
+/// HTTP/2 with prior knowledge starts with the connection preface, `PRI * HTTP/2.0`; no HTTP/1
+/// method is called PRI, so four bytes tell them apart. `None` when the client sends nothing.
+async fn sniff(stream: &mut TcpStream, first: &mut BytesMut, timeout: Duration) -> Option<Speaks> {
+    const PREFACE: &[u8] = b"PRI ";
+    loop {
+        let seen = first.len().min(PREFACE.len());
+        if first[..seen] != PREFACE[..seen] {
+            return Some(Speaks::Http1);
+        }
+        if seen == PREFACE.len() {
+            return Some(Speaks::Http2);
+        }
+        match tokio::time::timeout(timeout, stream.read_buf(first)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
     }
 }
 

@@ -35,6 +35,76 @@ struct Idle {
 
 thread_local! {
     static CACHE: RefCell<Vec<Vec<Idle>>> = const { RefCell::new(Vec::new()) };
+    static RAW_CACHE: RefCell<Vec<Vec<(Raw, Instant)>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A plain TCP connection to a backend for the HTTP/1.1 fast path, with the bytes read from it
+/// but not yet used.
+#[derive(Debug)]
+pub(crate) struct Raw {
+    pub(crate) stream: TcpStream,
+    pub(crate) buffer: bytes::BytesMut,
+}
+
+/// Connections idle for longer than this are checked for a close from the backend before use.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// An idle fast-path connection to the backend at `slot`, most recently used first; `fresh` is
+/// false for one taken from the cache.
+pub(crate) fn take_raw(slot: usize, idle_timeout: Duration, pooled: &AtomicI64) -> Option<Raw> {
+    RAW_CACHE.with_borrow_mut(|cache| {
+        let idle = cache.get_mut(slot)?;
+        while let Some((raw, since)) = idle.pop() {
+            pooled.fetch_sub(1, Ordering::Relaxed);
+            let idle_for = since.elapsed();
+            if idle_for >= idle_timeout {
+                continue;
+            }
+            // A backend may close an idle connection; a read that would block says it did not.
+            if idle_for >= CHECK_AFTER_IDLE {
+                let mut probe = [0u8; 1];
+                match raw.stream.try_read(&mut probe) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    _ => continue,
+                }
+            }
+            return Some(raw);
+        }
+        None
+    })
+}
+
+/// Returns a fast-path connection whose last response was read in full.
+pub(crate) fn give_back_raw(slot: usize, raw: Raw, pooled: &AtomicI64) {
+    if !raw.buffer.is_empty() {
+        // Bytes beyond the response: the connection is out of step; close it.
+        return;
+    }
+    RAW_CACHE.with_borrow_mut(|cache| {
+        if cache.len() <= slot {
+            cache.resize_with(slot + 1, Vec::new);
+        }
+        let idle = &mut cache[slot];
+        if idle.len() < MAX_IDLE_PER_BACKEND {
+            idle.push((raw, Instant::now()));
+            pooled.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+}
+
+/// Opens a fast-path connection to `address`.
+pub(crate) async fn connect_raw(
+    address: SocketAddr,
+    timeout: Duration,
+) -> Result<Raw, ConnectError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| ConnectError::Timeout(timeout))??;
+    stream.set_nodelay(true)?;
+    Ok(Raw {
+        stream,
+        buffer: bytes::BytesMut::with_capacity(8 * 1024),
+    })
 }
 
 /// A backend connection that could not be made.
@@ -95,6 +165,15 @@ pub(crate) fn sweep<'a>(
         for (slot, idle) in cache.iter_mut().enumerate() {
             let before = idle.len();
             idle.retain(|e| e.since.elapsed() < idle_timeout && !e.sender.is_closed());
+            if let Some(pooled) = pooled_of(slot) {
+                pooled.fetch_sub((before - idle.len()) as i64, Ordering::Relaxed);
+            }
+        }
+    });
+    RAW_CACHE.with_borrow_mut(|cache| {
+        for (slot, idle) in cache.iter_mut().enumerate() {
+            let before = idle.len();
+            idle.retain(|(_, since)| since.elapsed() < idle_timeout);
             if let Some(pooled) = pooled_of(slot) {
                 pooled.fetch_sub((before - idle.len()) as i64, Ordering::Relaxed);
             }
