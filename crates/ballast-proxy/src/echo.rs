@@ -14,9 +14,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -42,34 +42,16 @@ pub async fn serve(
 ) {
     let settings = Arc::new(settings);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            _ = crate::stopping(&mut shutdown) => return,
+        let Some((stream, peer)) = crate::shutdown::accept(&listener, &mut shutdown).await else {
+            return;
         };
-        let _ = stream.set_nodelay(true);
         let settings = Arc::clone(&settings);
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| answer(Arc::clone(&settings), peer, request));
-            let connection = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                _ = crate::stopping(&mut shutdown) => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = result {
+            let builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(error) = crate::shutdown::serve_gracefully(connection, &mut shutdown).await {
                 tracing::debug!(%peer, %error, "echo connection ended");
             }
         });

@@ -130,7 +130,7 @@ async fn read_request(
         let read = if buffer.is_empty() {
             tokio::select! {
                 read = tokio::time::timeout(timeout, client.read_buf(buffer)) => read,
-                () = crate::stopping(shutdown) => return Ok(None),
+                () = crate::shutdown::stopping(shutdown) => return Ok(None),
             }
         } else {
             tokio::time::timeout(timeout, client.read_buf(buffer)).await

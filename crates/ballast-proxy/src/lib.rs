@@ -45,6 +45,7 @@ mod prefixed;
 mod process;
 mod server;
 pub mod settings;
+mod shutdown;
 mod state;
 mod tcp;
 mod tls;
@@ -53,9 +54,3 @@ mod upstream;
 pub use key::HashKey;
 pub use server::{Bound, ServerError, run};
 pub use settings::Settings;
-
-/// Resolves once `shutdown` holds `true` (at once if it already does), or its sender is gone.
-pub(crate) async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not `Send`; drop it here, not in the caller's future.
-    let _ = shutdown.wait_for(|&stop| stop).await.map(|_| ());
-}

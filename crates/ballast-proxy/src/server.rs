@@ -168,7 +168,7 @@ pub fn run(settings: Settings, on_bound: impl FnOnce(&Bound)) -> Result<(), Serv
                     let router = admin::router(Arc::clone(&shared));
                     let mut shutdown = shutdown_rx.clone();
                     tokio::spawn(async move {
-                        let stop = async move { crate::stopping(&mut shutdown).await };
+                        let stop = async move { crate::shutdown::stopping(&mut shutdown).await };
                         if let Err(error) = axum::serve(listener, router)
                             .with_graceful_shutdown(stop)
                             .await
@@ -273,19 +273,9 @@ async fn accept_loop(
     done: mpsc::Sender<()>,
 ) {
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of descriptors, or a connection reset before accept: keep serving.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            _ = crate::stopping(&mut shutdown) => return,
+        let Some((stream, peer)) = crate::shutdown::accept(&listener, &mut shutdown).await else {
+            return;
         };
-        let _ = stream.set_nodelay(true);
         let open = ConnectionGauge::open(shared.metrics.client_connections());
         let shared = Arc::clone(&shared);
         let http = Arc::clone(&http);
@@ -342,15 +332,7 @@ async fn serve_http<S>(
     let context = Arc::new(client_context(Arc::clone(&shared), pool, client, scheme));
     let service = service_fn(move |request| http::handle(Arc::clone(&context), request));
     let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = crate::stopping(&mut shutdown) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = result {
+    if let Err(error) = crate::shutdown::serve_gracefully(connection, &mut shutdown).await {
         let counters = &shared.pools[pool].counters;
         match error.downcast_ref::<hyper::Error>() {
             Some(e) if e.is_parse_too_large() => counters.error(ErrorKind::HeadersTooLarge),
@@ -432,7 +414,7 @@ async fn maintain_snapshot(shared: Arc<Shared>, mut shutdown: watch::Receiver<bo
         tokio::select! {
             _ = shared.changed.notified() => {}
             _ = wake => {}
-            _ = crate::stopping(&mut shutdown) => return,
+            _ = crate::shutdown::stopping(&mut shutdown) => return,
         }
     }
 }
@@ -445,7 +427,7 @@ async fn sweep_idle(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            _ = crate::stopping(&mut shutdown) => return,
+            _ = crate::shutdown::stopping(&mut shutdown) => return,
         }
         let by_slot: Vec<Option<&AtomicI64>> = {
             let mut by_slot = vec![None; shared.slots];

@@ -514,6 +514,14 @@ backends = ["127.0.0.1:9101"]
         );
     }
 
+    #[test]
+    fn the_example_file_in_the_repository_is_valid() {
+        let text = include_str!("../../../ballast.example.toml");
+        let settings = Settings::from_toml(text).expect("the example must stay valid");
+        assert_eq!(settings.listeners.len(), 2);
+        assert_eq!(settings.outlier.max_ejection, Duration::from_secs(300));
+    }
+
     fn error(text: &str) -> String {
         Settings::from_toml(text).expect_err("invalid").to_string()
     }

@@ -1,5 +1,7 @@
 //! `ballast balance simulate` as a user runs it: the real binary, its output parsed as text.
 
+mod support;
+
 use std::process::{Command, Output};
 
 fn ballast(args: &[&str]) -> Output {
@@ -22,13 +24,7 @@ fn stdout(args: &[&str]) -> String {
 
 /// Stderr of a run that must fail.
 fn error(args: &[&str]) -> String {
-    let output = ballast(args);
-    assert!(!output.status.success(), "ballast {args:?} should fail");
-    assert!(
-        output.stdout.is_empty(),
-        "nothing on stdout when input is bad"
-    );
-    String::from_utf8(output.stderr).expect("utf-8 output")
+    support::rejected(args)
 }
 
 fn columns(text: &str) -> Vec<Vec<&str>> {

@@ -315,40 +315,28 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
 
 #[test]
 fn invalid_settings_are_rejected_before_listening() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
-        .args([
-            "lb",
-            "--listen",
-            "127.0.0.1:0",
-            "--backend",
-            "127.0.0.1:1",
-            "--algorithm",
-            "maglev",
-            "--table-size",
-            "10",
-        ])
-        .output()
-        .expect("runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = support::rejected(&[
+        "lb",
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        "127.0.0.1:1",
+        "--algorithm",
+        "maglev",
+        "--table-size",
+        "10",
+    ]);
     assert!(
         stderr.contains("maglev.table_size: 10 is not a prime"),
         "{stderr}"
     );
-    assert!(output.stdout.is_empty(), "never reported ready");
-
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
-        .args([
-            "lb",
-            "--listen",
-            "127.0.0.1:0",
-            "--backend",
-            "not-an-address",
-        ])
-        .output()
-        .expect("runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = support::rejected(&[
+        "lb",
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        "not-an-address",
+    ]);
     assert!(
         stderr.contains("`not-an-address` is not an IP:port address"),
         "{stderr}"

@@ -223,12 +223,7 @@ backends = ["{db}"]
         "[[pools]]\nname = \"web\"\nalgorithm = \"fastest\"\nbackends = []\n",
     )
     .expect("write bad config");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
-        .args(["lb", "--config", path.to_str().expect("utf-8")])
-        .output()
-        .expect("runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = support::rejected(&["lb", "--config", path.to_str().expect("utf-8")]);
     assert!(
         stderr.contains("pools[0]: algorithm: unknown `fastest`"),
         "{stderr}"

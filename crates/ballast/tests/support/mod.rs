@@ -110,6 +110,20 @@ impl Drop for Process {
     }
 }
 
+/// Runs `ballast ARGS`, which must fail before reporting ready; returns its stderr.
+pub fn rejected(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(args)
+        .output()
+        .expect("the ballast binary runs");
+    assert!(!output.status.success(), "ballast {args:?} should fail");
+    assert!(
+        output.stdout.is_empty(),
+        "ballast {args:?} printed on stdout"
+    );
+    String::from_utf8(output.stderr).expect("utf-8 stderr")
+}
+
 /// An echo backend named `name`.
 pub fn echo(name: &str, extra: &[&str]) -> (Process, SocketAddr) {
     let mut args = vec!["echo", "--listen", "127.0.0.1:0", "--name", name];

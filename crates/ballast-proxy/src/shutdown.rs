@@ -1,0 +1,55 @@
+//! Stopping cleanly: every accept loop and connection watches one `watch` channel that turns
+//! `true` when the server starts draining.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Resolves once `shutdown` holds `true` (at once if it already does), or its sender is gone.
+pub(crate) async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`; drop it here, not in the caller's future.
+    let _ = shutdown.wait_for(|&stop| stop).await.map(|_| ());
+}
+
+/// The next connection on `listener` (with Nagle's algorithm off), or `None` once `shutdown`
+/// turns true. Accept errors (out of descriptors, a connection reset before it was accepted) are
+/// logged and waited out briefly: they must not stop the server.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            () = stopping(shutdown) => return None,
+        }
+    }
+}
+
+/// Serves an HTTP connection until it ends; once `shutdown` turns true, lets the request in
+/// flight finish and then closes it.
+pub(crate) async fn serve_gracefully<C: GracefulConnection>(
+    connection: C,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), C::Error> {
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        () = stopping(shutdown) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
+}
