@@ -11,7 +11,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -396,13 +396,22 @@ async fn proxy(
                 continue;
             }
         };
-        if let Err(error) = send_request(&mut upstream, &head, client, buffer).await {
-            tracing::debug!(backend = %backend.address, %error, "sending to the backend failed");
-            if !reused {
-                shared.failure(&pool.state, index);
+        let patience = shared.settings.timeouts.request_headers;
+        match send_request(&mut upstream, &head, client, buffer, patience).await {
+            Ok(()) => {}
+            Err(CopyError::Source(error)) => {
+                // The client stopped sending its body: nothing to answer, no backend to blame.
+                tracing::debug!(client = %context.client, %error, "request body cut short");
+                return Ok(Next::Close);
             }
-            failure = Failure::Exchange;
-            continue;
+            Err(CopyError::Sink(error)) => {
+                tracing::debug!(backend = %backend.address, %error, "sending to the backend failed");
+                if !reused {
+                    shared.failure(&pool.state, index);
+                }
+                failure = Failure::Exchange;
+                continue;
+            }
         }
         let response = tokio::time::timeout(
             shared.settings.timeouts.backend_response,
@@ -457,19 +466,39 @@ async fn send_request(
     head: &RequestHead,
     client: &mut TcpStream,
     buffer: &mut BytesMut,
-) -> io::Result<()> {
+    patience: Duration,
+) -> Result<(), CopyError> {
     match head.body {
-        Framing::Empty | Framing::UntilClose => upstream.stream.write_all(&head.upstream).await,
+        Framing::Empty | Framing::UntilClose => upstream
+            .stream
+            .write_all(&head.upstream)
+            .await
+            .map_err(CopyError::Sink),
         Framing::Length(length) => {
             let ready = (length.min(buffer.len() as u64)) as usize;
             let mut first = Buf::chain(&head.upstream[..], &buffer[..ready]);
-            upstream.stream.write_all_buf(&mut first).await?;
+            upstream
+                .stream
+                .write_all_buf(&mut first)
+                .await
+                .map_err(CopyError::Sink)?;
             buffer.advance(ready);
-            copy_length(client, buffer, &mut upstream.stream, length - ready as u64).await
+            copy_length(
+                client,
+                buffer,
+                &mut upstream.stream,
+                length - ready as u64,
+                patience,
+            )
+            .await
         }
         Framing::Chunked => {
-            upstream.stream.write_all(&head.upstream).await?;
-            copy_chunked(client, buffer, &mut upstream.stream).await
+            upstream
+                .stream
+                .write_all(&head.upstream)
+                .await
+                .map_err(CopyError::Sink)?;
+            copy_chunked(client, buffer, &mut upstream.stream, patience).await
         }
     }
 }
@@ -633,7 +662,8 @@ async fn respond(
         return result.map(|_| Next::Close);
     }
 
-    let result = send_response(client, &mut upstream, &response).await;
+    let patience = context.shared.settings.timeouts.backend_response;
+    let result = send_response(client, &mut upstream, &response, patience).await;
     pool.state.counters.observe(started.elapsed().as_secs_f64());
     result?;
     if response.backend_keep_alive {
@@ -650,6 +680,7 @@ async fn send_response(
     client: &mut TcpStream,
     upstream: &mut Raw,
     response: &ResponseHead,
+    patience: Duration,
 ) -> io::Result<()> {
     match response.body {
         Framing::Empty => client.write_all(&response.client).await,
@@ -663,20 +694,63 @@ async fn send_response(
                 &mut upstream.buffer,
                 client,
                 length - ready as u64,
+                patience,
             )
             .await
+            .map_err(io::Error::from)
         }
         Framing::Chunked => {
             client.write_all(&response.client).await?;
-            copy_chunked(&mut upstream.stream, &mut upstream.buffer, client).await
+            copy_chunked(&mut upstream.stream, &mut upstream.buffer, client, patience)
+                .await
+                .map_err(io::Error::from)
         }
         Framing::UntilClose => {
             client.write_all(&response.client).await?;
-            client.write_all(&upstream.buffer).await?;
-            upstream.buffer.clear();
-            tokio::io::copy(&mut upstream.stream, client)
-                .await
-                .map(|_| ())
+            loop {
+                client.write_all(&upstream.buffer).await?;
+                upstream.buffer.clear();
+                match read_more(&mut upstream.stream, &mut upstream.buffer, patience).await {
+                    Ok(()) => {}
+                    Err(end) if end.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+    }
+}
+
+/// Reads more of a body into `buffer`, waiting at most `patience` for it (a stalled sender must
+/// not hold a connection and a backend forever); the end of the stream is an error here.
+async fn read_more(
+    source: &mut TcpStream,
+    buffer: &mut BytesMut,
+    patience: Duration,
+) -> io::Result<()> {
+    buffer.reserve(READ_CHUNK);
+    match tokio::time::timeout(patience, source.read_buf(buffer)).await {
+        Ok(Ok(0)) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "body cut short",
+        )),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "body stalled")),
+    }
+}
+
+/// Which end of a copy failed: the difference between a client that stopped sending its body
+/// (not the backend's fault) and a backend that stopped taking it.
+#[derive(Debug)]
+enum CopyError {
+    Source(io::Error),
+    Sink(io::Error),
+}
+
+impl From<CopyError> for io::Error {
+    fn from(error: CopyError) -> Self {
+        match error {
+            CopyError::Source(error) | CopyError::Sink(error) => error,
         }
     }
 }
@@ -687,19 +761,18 @@ async fn copy_length(
     buffer: &mut BytesMut,
     sink: &mut TcpStream,
     mut remaining: u64,
-) -> io::Result<()> {
+    patience: Duration,
+) -> Result<(), CopyError> {
     while remaining > 0 {
         if buffer.is_empty() {
-            buffer.reserve(READ_CHUNK);
-            if source.read_buf(buffer).await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "body cut short",
-                ));
-            }
+            read_more(source, buffer, patience)
+                .await
+                .map_err(CopyError::Source)?;
         }
         let take = (remaining.min(buffer.len() as u64)) as usize;
-        sink.write_all(&buffer[..take]).await?;
+        sink.write_all(&buffer[..take])
+            .await
+            .map_err(CopyError::Sink)?;
         buffer.advance(take);
         remaining -= take as u64;
     }
@@ -712,26 +785,25 @@ async fn copy_chunked(
     source: &mut TcpStream,
     buffer: &mut BytesMut,
     sink: &mut TcpStream,
-) -> io::Result<()> {
+    patience: Duration,
+) -> Result<(), CopyError> {
     let mut state = Chunked::Size;
     loop {
         let whole = state
             .scan(buffer)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            .map_err(|e| CopyError::Source(io::Error::new(io::ErrorKind::InvalidData, e)))?;
         if whole > 0 {
-            sink.write_all(&buffer[..whole]).await?;
+            sink.write_all(&buffer[..whole])
+                .await
+                .map_err(CopyError::Sink)?;
             buffer.advance(whole);
         }
         if state == Chunked::Done {
             return Ok(());
         }
-        buffer.reserve(READ_CHUNK);
-        if source.read_buf(buffer).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "chunked body cut short",
-            ));
-        }
+        read_more(source, buffer, patience)
+            .await
+            .map_err(CopyError::Source)?;
     }
 }
 

@@ -171,3 +171,32 @@ fn ambiguous_framing_and_missing_host_are_refused() {
     let hostless = raw(address, b"GET / HTTP/1.1\r\n\r\n");
     assert_eq!(hostless.status, 400, "{hostless:?}");
 }
+
+#[test]
+fn a_stalled_request_body_is_cut_off_without_blaming_the_backend() {
+    let (_backend, backend) = echo("b1", &[]);
+    let (lb_process, address) = lb(&[backend], &["--header-timeout", "300ms"]);
+    let mut stream = connect(address);
+    stream
+        .write_all(b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly ten b")
+        .expect("partial body");
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "held for {:?}",
+        started.elapsed()
+    );
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    let admin = lb_process.admin_addr();
+    assert_eq!(
+        support::metric(
+            admin,
+            "ballast_errors_total{pool=\"default\",kind=\"bad_gateway\"}"
+        ),
+        Some(0.0),
+        "the client's stall is not the backend's failure"
+    );
+    assert_eq!(support::backend_of(&support::get(address, "/", &[])), "b1");
+}
