@@ -1,6 +1,7 @@
-//! The HTTP request path: key → pick → pooled backend connection → response, with retries on
-//! another backend, passive outlier accounting, and the errors a client sees when no backend can
-//! answer.
+//! The HTTP request path for HTTP/2 clients and TLS listeners, on hyper: key → pick → pooled
+//! backend connection → response, with retries on another backend, passive outlier accounting,
+//! and the errors a client sees when no backend can answer. (Plain-text HTTP/1.1 clients take the
+//! fast path in [`crate::h1`], which follows the same rules.)
 //!
 //! What the client gets when the LB answers itself:
 //! - 503 when no backend took the request: none takes traffic, or none accepted a connection

@@ -33,7 +33,6 @@
 #![forbid(unsafe_code)]
 
 mod admin;
-mod chunked;
 pub mod echo;
 mod h1;
 mod headers;

@@ -1,0 +1,331 @@
+//! The HTTP/1.1 fast path for plain-text listeners: each request head is parsed once, in place,
+//! and the head the backend gets is written straight from it; bodies are forwarded as bytes,
+//! with only their framing (length or chunks) tracked. No header map is built on either side,
+//! and the backend connection is driven by the client connection's own task, which is how nginx
+//! spends half the instructions per request that a parse-into-maps proxy does.
+//!
+//! TLS listeners and HTTP/2 clients (recognised by the connection preface) take the hyper path
+//! in [`crate::http`]; both paths share the pickers, retries, outlier accounting, metrics and
+//! the error statuses documented there.
+
+mod body;
+mod chunked;
+mod message;
+mod request;
+mod response;
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use self::body::CopyError;
+use self::message::{Framing, MAX_HEAD, READ_CHUNK};
+use self::request::{Refusal, RequestHead, parse_request, send_request};
+use self::response::{ResponseHead, read_response, send_response};
+use crate::http::ClientContext;
+use crate::metrics::ErrorKind;
+use crate::state::{BackendState, PoolSnapshot, Shared};
+use crate::upstream::{self, Raw};
+
+/// The most tries one request makes.
+const MAX_TRIES: usize = 11;
+
+/// What happens to the client connection after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// Serves HTTP/1.1 requests on `client`, whose first bytes are already in `buffer`.
+pub(crate) async fn serve(
+    context: Arc<ClientContext>,
+    mut client: TcpStream,
+    mut buffer: BytesMut,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let head = match read_request(&context, &mut client, &mut buffer, &mut shutdown).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(refusal) => {
+                let counters = &context.shared.pools[context.pool].counters;
+                let (status, text, kind) = match refusal {
+                    Refusal::BadRequest => {
+                        ("400 Bad Request", "bad request\n", ErrorKind::BadRequest)
+                    }
+                    Refusal::TooLarge => (
+                        "431 Request Header Fields Too Large",
+                        "request headers too large\n",
+                        ErrorKind::HeadersTooLarge,
+                    ),
+                };
+                counters.error(kind);
+                let _ = write_error(&mut client, status, text, false).await;
+                return;
+            }
+        };
+        match proxy(&context, &mut client, &mut buffer, head).await {
+            Ok(Next::KeepAlive) if !context.shared.draining.load(Ordering::Relaxed) => {}
+            _ => return,
+        }
+    }
+}
+
+/// Reads until a whole request head is in `buffer`; `None` when the client leaves, goes quiet,
+/// or the server drains while the connection is idle.
+async fn read_request(
+    context: &ClientContext,
+    client: &mut TcpStream,
+    buffer: &mut BytesMut,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<RequestHead>, Refusal> {
+    let timeout = context.shared.settings.timeouts.request_headers;
+    loop {
+        if !buffer.is_empty() {
+            if let Some((head, length)) = parse_request(context, buffer)? {
+                buffer.advance(length);
+                return Ok(Some(head));
+            }
+            if buffer.len() >= MAX_HEAD {
+                return Err(Refusal::TooLarge);
+            }
+        }
+        buffer.reserve(READ_CHUNK);
+        let read = if buffer.is_empty() {
+            tokio::select! {
+                read = tokio::time::timeout(timeout, client.read_buf(buffer)) => read,
+                () = crate::shutdown::stopping(shutdown) => return Ok(None),
+            }
+        } else {
+            tokio::time::timeout(timeout, client.read_buf(buffer)).await
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            Err(_) if !buffer.is_empty() => {
+                context.shared.pools[context.pool]
+                    .counters
+                    .error(ErrorKind::HeaderTimeout);
+                return Ok(None);
+            }
+            _ => return Ok(None),
+        }
+    }
+}
+
+/// How the tries of one request ended, when none produced a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    NoBackend,
+    Connect,
+    Exchange,
+}
+
+/// Sends one request to a backend (retrying where safe) and its response to the client.
+async fn proxy(
+    context: &ClientContext,
+    client: &mut TcpStream,
+    buffer: &mut BytesMut,
+    head: RequestHead,
+) -> io::Result<Next> {
+    let started = Instant::now();
+    let shared = &context.shared;
+    let snapshot = shared.snapshot.load_full();
+    let pool = &snapshot.pools[context.pool];
+    if head.expect_continue && head.body != Framing::Empty {
+        // We answer for the backend, so the client's body and the backend's reply never wait
+        // on each other through us.
+        client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+    }
+    let replayable = head.body == Framing::Empty
+        && head.idempotent
+        && !head.upgrade
+        && shared.settings.retries > 0;
+    let tries = if replayable {
+        (1 + shared.settings.retries as usize).min(MAX_TRIES)
+    } else {
+        1
+    };
+    let mut tried = [usize::MAX; MAX_TRIES];
+    let mut failure = Failure::NoBackend;
+    for attempt in 0..tries {
+        let Some(index) = pool.choose(head.key, &tried[..attempt]) else {
+            break;
+        };
+        tried[attempt] = index;
+        let backend = &pool.state.backends[index];
+        let _in_flight = backend.balance.load().start();
+        let (mut upstream, reused) = match backend_connection(shared, backend).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::debug!(backend = %backend.address, %error, "backend connect failed");
+                shared.failure(&pool.state, index);
+                failure = Failure::Connect;
+                continue;
+            }
+        };
+        let patience = shared.settings.timeouts.request_headers;
+        match send_request(&mut upstream, &head, client, buffer, patience).await {
+            Ok(()) => {}
+            Err(CopyError::Source(error)) => {
+                // The client stopped sending its body: nothing to answer, no backend to blame.
+                tracing::debug!(client = %context.client, %error, "request body cut short");
+                return Ok(Next::Close);
+            }
+            Err(CopyError::Sink(error)) => {
+                tracing::debug!(backend = %backend.address, %error, "sending to the backend failed");
+                if !reused {
+                    shared.failure(&pool.state, index);
+                }
+                failure = Failure::Exchange;
+                continue;
+            }
+        }
+        let response = tokio::time::timeout(
+            shared.settings.timeouts.backend_response,
+            read_response(&mut upstream, &head, client),
+        )
+        .await;
+        match response {
+            Err(_) => {
+                shared.failure(&pool.state, index);
+                return reply_error(pool, client, ErrorKind::Timeout, &head, started).await;
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(backend = %backend.address, %error, "backend response failed");
+                // A cached connection the backend had closed is not the backend failing.
+                if !(reused && error.kind() == io::ErrorKind::UnexpectedEof) {
+                    shared.failure(&pool.state, index);
+                }
+                failure = Failure::Exchange;
+            }
+            Ok(Ok(response)) => {
+                return respond(
+                    context, pool, index, client, buffer, upstream, &head, response, started,
+                )
+                .await;
+            }
+        }
+    }
+    let kind = match failure {
+        Failure::NoBackend | Failure::Connect => ErrorKind::NoBackend,
+        Failure::Exchange => ErrorKind::BadGateway,
+    };
+    reply_error(pool, client, kind, &head, started).await
+}
+
+/// A cached connection (`true`) or a new one (`false`).
+async fn backend_connection(
+    shared: &Shared,
+    backend: &BackendState,
+) -> Result<(Raw, bool), upstream::ConnectError> {
+    let timeouts = &shared.settings.timeouts;
+    if let Some(raw) = upstream::take_raw(backend.slot, timeouts.idle, &backend.counters.pooled_now)
+    {
+        return Ok((raw, true));
+    }
+    let raw = upstream::connect_raw(backend.address, timeouts.connect).await?;
+    Ok((raw, false))
+}
+
+/// Sends the response head and body to the client and settles the accounts.
+#[allow(clippy::too_many_arguments)]
+async fn respond(
+    context: &ClientContext,
+    pool: &PoolSnapshot,
+    index: usize,
+    client: &mut TcpStream,
+    buffer: &mut BytesMut,
+    mut upstream: Raw,
+    head: &RequestHead,
+    response: ResponseHead,
+    started: Instant,
+) -> io::Result<Next> {
+    let backend = &pool.state.backends[index];
+    if response.status >= 500 {
+        context.shared.failure(&pool.state, index);
+    } else {
+        backend.outlier.success();
+    }
+    backend.counters.response(response.status);
+
+    if response.status == 101 && head.upgrade {
+        client.write_all(&response.client).await?;
+        if !upstream.buffer.is_empty() {
+            client.write_all(&upstream.buffer).await?;
+        }
+        if !buffer.is_empty() {
+            upstream.stream.write_all(buffer).await?;
+            buffer.clear();
+        }
+        let result = tokio::io::copy_bidirectional(client, &mut upstream.stream).await;
+        pool.state.counters.observe(started.elapsed().as_secs_f64());
+        return result.map(|_| Next::Close);
+    }
+
+    let patience = context.shared.settings.timeouts.backend_response;
+    let result = send_response(client, &mut upstream, &response, patience).await;
+    pool.state.counters.observe(started.elapsed().as_secs_f64());
+    result?;
+    if response.backend_keep_alive {
+        upstream::give_back_raw(backend.slot, upstream, &backend.counters.pooled_now);
+    }
+    Ok(if response.client_keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
+}
+
+/// Answers for the backend, counting the error; keeps the client connection when it can.
+async fn reply_error(
+    pool: &PoolSnapshot,
+    client: &mut TcpStream,
+    kind: ErrorKind,
+    head: &RequestHead,
+    started: Instant,
+) -> io::Result<Next> {
+    let (status, text) = match kind {
+        ErrorKind::NoBackend => ("503 Service Unavailable", "no backend available\n"),
+        ErrorKind::Timeout => ("504 Gateway Timeout", "backend timed out\n"),
+        _ => ("502 Bad Gateway", "backend failed\n"),
+    };
+    pool.state.counters.error(kind);
+    pool.state.counters.observe(started.elapsed().as_secs_f64());
+    // A request body we did not forward would be read as the next request: close instead.
+    let keep_alive = head.keep_alive && head.body == Framing::Empty;
+    write_error(client, status, text, keep_alive).await?;
+    Ok(if keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    })
+}
+
+async fn write_error(
+    client: &mut TcpStream,
+    status: &str,
+    text: &str,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let connection = if keep_alive {
+        ""
+    } else {
+        "connection: close\r\n"
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{connection}\r\n{text}",
+        text.len()
+    );
+    client.write_all(response.as_bytes()).await?;
+    if !keep_alive {
+        let _ = client.shutdown().await;
+    }
+    Ok(())
+}

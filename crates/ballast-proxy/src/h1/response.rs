@@ -1,0 +1,182 @@
+//! Responses on the fast path: the backend's head parsed in place and rewritten for the client,
+//! interim responses relayed, then the body forwarded.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::body::{copy_chunked, copy_length, read_more};
+use super::message::{Framing, MAX_HEAD, MAX_HEADERS, Message, READ_CHUNK, put_header};
+use super::request::RequestHead;
+use crate::upstream::Raw;
+
+/// A response head from a backend, rewritten for the client.
+#[derive(Debug)]
+pub(super) struct ResponseHead {
+    pub(super) status: u16,
+    /// The head as the client gets it.
+    pub(super) client: BytesMut,
+    pub(super) body: Framing,
+    pub(super) client_keep_alive: bool,
+    pub(super) backend_keep_alive: bool,
+}
+
+/// Reads the backend's final response head, relaying interim (1xx) responses to the client.
+pub(super) async fn read_response(
+    upstream: &mut Raw,
+    head: &RequestHead,
+    client: &mut TcpStream,
+) -> io::Result<ResponseHead> {
+    loop {
+        if !upstream.buffer.is_empty() {
+            if let Some((response, length)) = parse_response(&upstream.buffer, head)? {
+                if (100..200).contains(&response.status) && response.status != 101 {
+                    client.write_all(&upstream.buffer[..length]).await?;
+                    upstream.buffer.advance(length);
+                    continue;
+                }
+                upstream.buffer.advance(length);
+                return Ok(response);
+            }
+            if upstream.buffer.len() >= MAX_HEAD {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response head too large",
+                ));
+            }
+        }
+        upstream.buffer.reserve(READ_CHUNK);
+        if upstream.stream.read_buf(&mut upstream.buffer).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "backend closed before a whole response head",
+            ));
+        }
+    }
+}
+
+pub(super) fn parse_response(
+    bytes: &[u8],
+    request: &RequestHead,
+) -> io::Result<Option<(ResponseHead, usize)>> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let length = match response.parse(bytes) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(invalid("malformed response head")),
+    };
+    let (Some(status), Some(version)) = (response.code, response.version) else {
+        return Err(invalid("malformed status line"));
+    };
+    let message = Message::scan(response.headers).ok_or_else(|| invalid("malformed framing"))?;
+    let body = if request.is_head || (100..200).contains(&status) || status == 204 || status == 304
+    {
+        Framing::Empty
+    } else if message.chunked {
+        Framing::Chunked
+    } else {
+        match message.length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    let backend_keep_alive = body != Framing::UntilClose
+        && if version == 0 {
+            message.connection_keep_alive
+        } else {
+            !message.connection_close
+        };
+    let client_keep_alive = request.keep_alive && body != Framing::UntilClose;
+
+    let mut client = BytesMut::with_capacity(length + 32);
+    if status == 101 {
+        // Switching protocols: the head goes through as it is; the connection is the tunnel.
+        client.put_slice(&bytes[..length]);
+    } else {
+        client.put_slice(b"HTTP/1.1 ");
+        client.put_slice(&status_digits(status));
+        client.put_u8(b' ');
+        client.put_slice(response.reason.unwrap_or("").as_bytes());
+        client.put_slice(b"\r\n");
+        for header in response.headers.iter() {
+            if !message.is_hop_by_hop(header.name) {
+                put_header(&mut client, header.name.as_bytes(), header.value);
+            }
+        }
+        if body == Framing::Chunked {
+            client.put_slice(b"transfer-encoding: chunked\r\n");
+        }
+        match (client_keep_alive, request.http10) {
+            (true, true) => client.put_slice(b"connection: keep-alive\r\n"),
+            (true, false) => {}
+            (false, _) => client.put_slice(b"connection: close\r\n"),
+        }
+        client.put_slice(b"\r\n");
+    }
+    Ok(Some((
+        ResponseHead {
+            status,
+            client,
+            body,
+            client_keep_alive,
+            backend_keep_alive,
+        },
+        length,
+    )))
+}
+
+/// A status code as its three digits (httparse accepts exactly three).
+pub(super) fn status_digits(status: u16) -> [u8; 3] {
+    let digit = |value: u16| b'0' + (value % 10) as u8;
+    [digit(status / 100), digit(status / 10), digit(status)]
+}
+
+pub(super) async fn send_response(
+    client: &mut TcpStream,
+    upstream: &mut Raw,
+    response: &ResponseHead,
+    patience: Duration,
+) -> io::Result<()> {
+    match response.body {
+        Framing::Empty => client.write_all(&response.client).await,
+        Framing::Length(length) => {
+            let ready = (length.min(upstream.buffer.len() as u64)) as usize;
+            let mut first = Buf::chain(&response.client[..], &upstream.buffer[..ready]);
+            client.write_all_buf(&mut first).await?;
+            upstream.buffer.advance(ready);
+            copy_length(
+                &mut upstream.stream,
+                &mut upstream.buffer,
+                client,
+                length - ready as u64,
+                patience,
+            )
+            .await
+            .map_err(io::Error::from)
+        }
+        Framing::Chunked => {
+            client.write_all(&response.client).await?;
+            copy_chunked(&mut upstream.stream, &mut upstream.buffer, client, patience)
+                .await
+                .map_err(io::Error::from)
+        }
+        Framing::UntilClose => {
+            client.write_all(&response.client).await?;
+            loop {
+                client.write_all(&upstream.buffer).await?;
+                upstream.buffer.clear();
+                match read_more(&mut upstream.stream, &mut upstream.buffer, patience).await {
+                    Ok(()) => {}
+                    Err(end) if end.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+    }
+}
