@@ -107,6 +107,26 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_or_overrun(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), step in 1usize..64) {
+            // Whatever a peer sends, the scanner consumes only what it was given, or says no.
+            let mut state = Chunked::Size;
+            let mut consumed = 0;
+            let mut available = 0;
+            while state != Chunked::Done && available < bytes.len() {
+                available = (available + step).min(bytes.len());
+                match state.scan(&bytes[consumed..available]) {
+                    Ok(n) => {
+                        consumed += n;
+                        proptest::prop_assert!(consumed <= available);
+                    }
+                    Err(ChunkError) => break,
+                }
+            }
+        }
+    }
+
     #[test]
     fn rejects_bad_sizes_and_endless_lines() {
         assert_eq!(Chunked::Size.scan(b"xyz\r\n"), Err(ChunkError));

@@ -112,3 +112,54 @@ pub(super) fn put_header(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(value);
     out.put_slice(b"\r\n");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(head: &[u8]) -> Option<(Option<u64>, bool, bool, bool)> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        request.parse(head).ok()?;
+        let message = Message::scan(request.headers)?;
+        Some((
+            message.length,
+            message.chunked,
+            message.connection_close,
+            message.is_hop_by_hop("x-private"),
+        ))
+    }
+
+    #[test]
+    fn reads_framing_and_connection_options() {
+        let head = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 12\r\nConnection: close, X-Private\r\n\r\n";
+        assert_eq!(scan(head), Some((Some(12), false, true, true)));
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(scan(chunked), Some((None, true, false, false)));
+    }
+
+    #[test]
+    fn malformed_framing_is_refused() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        ] {
+            assert_eq!(scan(head), None, "{}", String::from_utf8_lossy(head));
+        }
+        // The same length twice is one length.
+        let twice = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(scan(twice).map(|m| m.0), Some(Some(3)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_header_values_never_panic(name in "[A-Za-z-]{1,20}", value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let mut head = format!("GET / HTTP/1.1\r\n{name}: ").into_bytes();
+            head.extend(value.iter().filter(|b| **b != b'\r' && **b != b'\n'));
+            head.extend_from_slice(b"\r\n\r\n");
+            let _ = scan(&head);
+        }
+    }
+}
