@@ -117,11 +117,12 @@ impl std::str::FromStr for BackendAddress {
 pub struct Timeouts {
     /// Connecting to a backend.
     pub connect: Duration,
-    /// A client sending a request's headers (cuts off slow-loris clients).
+    /// A client sending a whole request head, from its first byte (cuts off slow-loris
+    /// clients); also the longest wait for each read of a request body.
     pub request_headers: Duration,
-    /// A backend starting its response.
+    /// A backend starting its response; also the longest wait for each read of its body.
     pub backend_response: Duration,
-    /// An idle keep-alive connection to a backend before it is closed.
+    /// An idle keep-alive connection, to a client or to a backend, before it is closed.
     pub idle: Duration,
 }
 

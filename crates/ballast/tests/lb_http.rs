@@ -218,9 +218,11 @@ fn malformed_and_oversized_requests_get_400_and_431() {
 }
 
 #[test]
-fn slow_loris_client_is_cut_off() {
+fn slow_loris_clients_are_cut_off() {
     let (_backend, backend) = echo("b1", &[]);
-    let (_lb, address) = lb(&[backend], &["--header-timeout", "500ms"]);
+    let (lb_process, address) = lb(&[backend], &["--header-timeout", "500ms"]);
+
+    // One that stops halfway through its head.
     let mut stream = TcpStream::connect(address).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -231,16 +233,45 @@ fn slow_loris_client_is_cut_off() {
     let started = Instant::now();
     let mut buffer = [0u8; 1024];
     // The LB closes the connection (or answers 408 and closes): either way, no hang.
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => continue,
+    while let Ok(n) = stream.read(&mut buffer) {
+        if n == 0 {
+            break;
         }
     }
-    let waited = started.elapsed();
     assert!(
-        waited < Duration::from_secs(9),
-        "connection held for {waited:?}"
+        started.elapsed() < Duration::from_secs(9),
+        "held for {:?}",
+        started.elapsed()
+    );
+
+    // One that dribbles a byte every 100 ms, each read well inside the timeout.
+    let mut stream = TcpStream::connect(address).expect("connect");
+    let started = Instant::now();
+    let mut cut_off = false;
+    for byte in b"GET / HTTP/1.1\r\nHost: slow\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter().cycle().take(200) {
+        if stream.write_all(&[*byte]).is_err() {
+            cut_off = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        cut_off,
+        "a dribbling client was kept for {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cut off after {:?}",
+        started.elapsed()
+    );
+    let admin = lb_process.admin_addr();
+    assert_eq!(
+        metric(
+            admin,
+            "ballast_errors_total{pool=\"default\",kind=\"header_timeout\"}"
+        ),
+        Some(2.0)
     );
 }
 

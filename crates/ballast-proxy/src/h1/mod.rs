@@ -86,7 +86,12 @@ async fn read_request(
     buffer: &mut BytesMut,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<RequestHead>, Refusal> {
-    let timeout = context.shared.settings.timeouts.request_headers;
+    let timeouts = &context.shared.settings.timeouts;
+    // A whole head must arrive within `request_headers` of its first byte, so a client that
+    // dribbles a byte at a time is cut off as surely as one that stops; between requests, a
+    // kept-alive connection may stay idle for `idle`.
+    let head_deadline = || tokio::time::Instant::now() + timeouts.request_headers;
+    let mut deadline = (!buffer.is_empty()).then(head_deadline);
     loop {
         if !buffer.is_empty() {
             if let Some((head, length)) = parse_request(context, buffer)? {
@@ -98,17 +103,18 @@ async fn read_request(
             }
         }
         buffer.reserve(READ_CHUNK);
-        let read = if buffer.is_empty() {
-            tokio::select! {
-                read = tokio::time::timeout(timeout, client.read_buf(buffer)) => read,
+        let read = match deadline {
+            Some(at) => tokio::time::timeout_at(at, client.read_buf(buffer)).await,
+            None => tokio::select! {
+                read = tokio::time::timeout(timeouts.idle, client.read_buf(buffer)) => read,
                 () = crate::shutdown::stopping(shutdown) => return Ok(None),
-            }
-        } else {
-            tokio::time::timeout(timeout, client.read_buf(buffer)).await
+            },
         };
         match read {
-            Ok(Ok(n)) if n > 0 => {}
-            Err(_) if !buffer.is_empty() => {
+            Ok(Ok(n)) if n > 0 => {
+                deadline.get_or_insert_with(head_deadline);
+            }
+            Err(_) if deadline.is_some() => {
                 context.shared.pools[context.pool]
                     .counters
                     .error(ErrorKind::HeaderTimeout);
