@@ -1,0 +1,308 @@
+//! The configuration as data: pools, their backends, the writes that change them, and the change
+//! log entries those writes leave. Everything here serializes to JSON, which is how the admin API
+//! speaks and how the change log records each write.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A pool as users define it: a name, how to choose among its backends, and what to hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// Lower-case letters, digits and dashes, at most 63 (a DNS label).
+    pub name: String,
+    /// The balancing algorithm and its parameters.
+    #[serde(flatten)]
+    pub algorithm: AlgorithmSpec,
+    /// `client_ip`, `header:NAME`, `cookie:NAME` or `path`.
+    #[serde(default = "client_ip")]
+    pub hash_key: String,
+    /// The DNS name the pool is served under, if any.
+    #[serde(default)]
+    pub dns_name: Option<String>,
+}
+
+fn client_ip() -> String {
+    "client_ip".to_owned()
+}
+
+/// An algorithm by name with its optional parameters (see `ballast_balance::Parameters`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlgorithmSpec {
+    /// One of `ballast_balance::ALGORITHM_NAMES`.
+    pub algorithm: String,
+    /// `maglev`: the lookup table size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u32>,
+    /// `ring_hash`, `bounded_load`: ring points per unit of weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points_per_weight: Option<u32>,
+    /// `bounded_load`: the load factor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_factor: Option<f64>,
+    /// `least_request`: peak-EWMA decay in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_ewma_ms: Option<u64>,
+}
+
+impl AlgorithmSpec {
+    /// The algorithm `name` with default parameters.
+    pub fn named(name: &str) -> Self {
+        Self {
+            algorithm: name.to_owned(),
+            table_size: None,
+            points_per_weight: None,
+            load_factor: None,
+            peak_ewma_ms: None,
+        }
+    }
+
+    /// The parameters as `ballast-balance` takes them.
+    pub fn parameters(&self) -> ballast_balance::Parameters {
+        ballast_balance::Parameters {
+            table_size: self.table_size,
+            points_per_weight: self.points_per_weight,
+            load_factor: self.load_factor,
+            peak_ewma: self.peak_ewma_ms.map(Duration::from_millis),
+        }
+    }
+}
+
+/// Whether a backend may take traffic, as an operator sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Takes new requests.
+    Active,
+    /// Takes no new requests; those in flight finish.
+    Draining,
+    /// Takes nothing.
+    Disabled,
+}
+
+/// What the orchestrator last concluded about a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Not checked yet: treated as healthy.
+    Unknown,
+    /// Passing its checks.
+    Healthy,
+    /// Failing its checks: gets no new requests.
+    Unhealthy,
+}
+
+macro_rules! text_enum {
+    ($type:ty { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $type {
+            /// The name stored in the database and used in the API.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $type {
+            type Err = String;
+
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                match text {
+                    $($text => Ok(Self::$variant),)+
+                    _ => Err(format!("`{text}`: expected one of {}", [$($text),+].join(", "))),
+                }
+            }
+        }
+    };
+}
+
+text_enum!(AdminState { Active => "active", Draining => "draining", Disabled => "disabled" });
+text_enum!(Health { Unknown => "unknown", Healthy => "healthy", Unhealthy => "unhealthy" });
+
+/// A backend of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    /// `IP:port`.
+    pub address: String,
+    /// Its relative share of new traffic.
+    pub weight: u32,
+    /// What the operator allows.
+    pub admin_state: AdminState,
+    /// What the orchestrator concluded.
+    pub health: Health,
+}
+
+impl Backend {
+    /// Whether the backend should get new requests.
+    pub fn takes_traffic(&self) -> bool {
+        self.admin_state == AdminState::Active && self.health != Health::Unhealthy
+    }
+}
+
+/// A pool with its backends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    /// Its definition.
+    #[serde(flatten)]
+    pub spec: PoolSpec,
+    /// Its backends, by address.
+    pub backends: Vec<Backend>,
+}
+
+/// The whole configuration at one revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// The revision this is the state at.
+    pub revision: u64,
+    /// Every pool, by name.
+    pub pools: Vec<Pool>,
+}
+
+/// One change to the configuration; each is one transaction and one revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Write {
+    /// Creates a pool (with no backends).
+    CreatePool(PoolSpec),
+    /// Deletes a pool and its backends.
+    DeletePool {
+        /// The pool.
+        pool: String,
+    },
+    /// Changes a pool's algorithm and its parameters.
+    SetAlgorithm {
+        /// The pool.
+        pool: String,
+        /// The new algorithm.
+        #[serde(flatten)]
+        algorithm: AlgorithmSpec,
+    },
+    /// Adds a backend, active and of unknown health.
+    AddBackend {
+        /// The pool.
+        pool: String,
+        /// `IP:port`.
+        address: String,
+        /// Its weight.
+        weight: u32,
+    },
+    /// Removes a backend.
+    RemoveBackend {
+        /// The pool.
+        pool: String,
+        /// The backend.
+        address: String,
+    },
+    /// Changes a backend's weight.
+    SetWeight {
+        /// The pool.
+        pool: String,
+        /// The backend.
+        address: String,
+        /// The new weight.
+        weight: u32,
+    },
+    /// Drains, disables or re-enables a backend.
+    SetAdminState {
+        /// The pool.
+        pool: String,
+        /// The backend.
+        address: String,
+        /// The new state.
+        state: AdminState,
+    },
+    /// Records the orchestrator's verdict on a backend.
+    SetHealth {
+        /// The pool.
+        pool: String,
+        /// The backend.
+        address: String,
+        /// The verdict.
+        health: Health,
+    },
+}
+
+impl Write {
+    /// What the write changes, for the change log: `pool` or `backend`.
+    pub fn entity(&self) -> &'static str {
+        match self {
+            Self::CreatePool(_) | Self::DeletePool { .. } | Self::SetAlgorithm { .. } => "pool",
+            _ => "backend",
+        }
+    }
+
+    /// The operation's name, as in the JSON `op` field.
+    pub fn operation(&self) -> &'static str {
+        match self {
+            Self::CreatePool(_) => "create_pool",
+            Self::DeletePool { .. } => "delete_pool",
+            Self::SetAlgorithm { .. } => "set_algorithm",
+            Self::AddBackend { .. } => "add_backend",
+            Self::RemoveBackend { .. } => "remove_backend",
+            Self::SetWeight { .. } => "set_weight",
+            Self::SetAdminState { .. } => "set_admin_state",
+            Self::SetHealth { .. } => "set_health",
+        }
+    }
+}
+
+/// One entry of the change log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The revision the write produced.
+    pub revision: u64,
+    /// `pool` or `backend`.
+    pub entity: String,
+    /// The operation, e.g. `add_backend`.
+    pub operation: String,
+    /// The write itself, as JSON.
+    pub value: serde_json::Value,
+    /// When it was written, in milliseconds since the Unix epoch.
+    pub at_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_round_trip_through_json_with_their_op() {
+        let writes = [
+            Write::CreatePool(PoolSpec {
+                name: "web".into(),
+                algorithm: AlgorithmSpec {
+                    table_size: Some(65_537),
+                    ..AlgorithmSpec::named("maglev")
+                },
+                hash_key: "cookie:session".into(),
+                dns_name: Some("web.lb.test".into()),
+            }),
+            Write::SetAdminState {
+                pool: "web".into(),
+                address: "127.0.0.1:9001".into(),
+                state: AdminState::Draining,
+            },
+        ];
+        for write in writes {
+            let json = serde_json::to_value(&write).expect("serializes");
+            assert_eq!(json["op"], write.operation());
+            let back: Write = serde_json::from_value(json).expect("deserializes");
+            assert_eq!(back, write);
+        }
+    }
+
+    #[test]
+    fn states_parse_and_print() {
+        assert_eq!("draining".parse::<AdminState>(), Ok(AdminState::Draining));
+        assert_eq!(Health::Unhealthy.to_string(), "unhealthy");
+        assert!("sleeping".parse::<AdminState>().is_err());
+    }
+}

@@ -1,0 +1,54 @@
+//! The one interface every store implements, and its errors.
+
+use std::future::Future;
+
+use crate::model::{Change, Config, Write};
+use crate::validate::Invalid;
+
+/// Why a store refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The write is invalid in itself (400).
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// The write names something that does not exist (404).
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// The write clashes with what exists (409), e.g. a backend already in the pool.
+    #[error("{0}")]
+    Conflict(Invalid),
+    /// The database failed; nothing was written.
+    #[error("configuration database: {context}: {source}")]
+    Database {
+        /// What the store was doing.
+        context: &'static str,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn database(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
+        move |source| Self::Database { context, source }
+    }
+}
+
+/// A configuration store: SQLite or PostgreSQL, the same behaviour.
+pub trait ConfigStore: Send + Sync {
+    /// Applies one write in one transaction; returns the revision it produced. An invalid or
+    /// clashing write changes nothing and leaves the revision where it was.
+    fn apply(&self, write: Write) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The whole configuration, consistent at one revision.
+    fn config(&self) -> impl Future<Output = Result<Config, StoreError>> + Send;
+
+    /// The current revision.
+    fn revision(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Up to `limit` changes after `revision`, oldest first.
+    fn changes_since(
+        &self,
+        revision: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Change>, StoreError>> + Send;
+}

@@ -1,0 +1,222 @@
+//! Checks a write before it touches the database: every error names the field and the reason,
+//! and an invalid write changes nothing.
+
+use std::net::SocketAddr;
+
+use ballast_balance::{ALGORITHM_NAMES, Algorithm, Backend, BuildError, Picker};
+
+use crate::model::{AlgorithmSpec, PoolSpec, Write};
+
+/// Why a write was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Invalid {
+    /// The field at fault, e.g. `address` or `table_size`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl Invalid {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The checks that need nothing but the write itself.
+pub fn check(write: &Write) -> Result<(), Invalid> {
+    match write {
+        Write::CreatePool(spec) => check_pool(spec),
+        Write::SetAlgorithm { pool, algorithm } => {
+            check_name(pool, "pool")?;
+            check_algorithm(algorithm)
+        }
+        Write::DeletePool { pool } => check_name(pool, "pool"),
+        Write::AddBackend { pool, address, .. }
+        | Write::RemoveBackend { pool, address }
+        | Write::SetWeight { pool, address, .. }
+        | Write::SetAdminState { pool, address, .. }
+        | Write::SetHealth { pool, address, .. } => {
+            check_name(pool, "pool")?;
+            check_address(address)
+        }
+    }
+}
+
+fn check_pool(spec: &PoolSpec) -> Result<(), Invalid> {
+    check_name(&spec.name, "name")?;
+    check_algorithm(&spec.algorithm)?;
+    check_hash_key(&spec.hash_key)?;
+    if let Some(dns) = &spec.dns_name {
+        let valid = !dns.is_empty()
+            && dns.len() <= 253
+            && dns.trim_end_matches('.').split('.').all(label_is_valid);
+        if !valid {
+            return Err(Invalid::new(
+                "dns_name",
+                format!("`{dns}` is not a DNS name"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Pool names are DNS labels, so that a pool can be served under its own name.
+fn check_name(name: &str, field: &str) -> Result<(), Invalid> {
+    if label_is_valid(name) {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            field,
+            format!(
+                "`{name}`: use 1 to 63 lower-case letters, digits and dashes, not starting or ending with a dash"
+            ),
+        ))
+    }
+}
+
+fn label_is_valid(label: &str) -> bool {
+    (1..=63).contains(&label.len())
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+}
+
+/// The algorithm and its parameters, checked by building a picker, so that whatever the store
+/// accepts, every LB can run.
+fn check_algorithm(spec: &AlgorithmSpec) -> Result<(), Invalid> {
+    let algorithm = Algorithm::with_parameters(&spec.algorithm, &spec.parameters())
+        .map_err(invalid_algorithm)?;
+    Picker::build(&algorithm, &[Backend::new("probe", 1)]).map_err(invalid_algorithm)?;
+    Ok(())
+}
+
+fn invalid_algorithm(error: BuildError) -> Invalid {
+    match error {
+        BuildError::UnknownAlgorithm { name } => Invalid::new(
+            "algorithm",
+            format!(
+                "unknown `{name}`; expected one of {}",
+                ALGORITHM_NAMES.join(", ")
+            ),
+        ),
+        BuildError::InvalidParameter { field, reason } => Invalid::new(field, reason),
+        other => Invalid::new("algorithm", other.to_string()),
+    }
+}
+
+/// The grammar the LB servers accept for a hash key source.
+fn check_hash_key(text: &str) -> Result<(), Invalid> {
+    let valid = match text.split_once(':') {
+        None => matches!(text, "client_ip" | "path"),
+        Some(("header", name)) => {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+        }
+        Some(("cookie", name)) => !name.is_empty() && !name.contains([';', '=', ' ', ',']),
+        _ => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            "hash_key",
+            format!("`{text}`: expected client_ip, header:NAME, cookie:NAME or path"),
+        ))
+    }
+}
+
+/// An address as stored: parsed and printed back, so `[::1]:80` and `[0:0::1]:80` are one
+/// backend.
+pub(crate) fn canonical_address(address: &str) -> String {
+    address
+        .parse::<SocketAddr>()
+        .map_or_else(|_| address.to_owned(), |a| a.to_string())
+}
+
+fn check_address(address: &str) -> Result<(), Invalid> {
+    address
+        .parse::<SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| Invalid::new("address", format!("`{address}` is not an IP:port address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(name: &str, algorithm: AlgorithmSpec, hash_key: &str) -> Write {
+        Write::CreatePool(PoolSpec {
+            name: name.into(),
+            algorithm,
+            hash_key: hash_key.into(),
+            dns_name: None,
+        })
+    }
+
+    fn error(write: &Write) -> String {
+        check(write).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn accepts_good_writes() {
+        check(&pool(
+            "web-1",
+            AlgorithmSpec::named("maglev"),
+            "header:x-user",
+        ))
+        .expect("valid");
+        check(&Write::AddBackend {
+            pool: "web-1".into(),
+            address: "[::1]:8080".into(),
+            weight: 0,
+        })
+        .expect("valid");
+    }
+
+    #[test]
+    fn names_the_field_and_the_reason() {
+        assert!(
+            error(&pool("Web", AlgorithmSpec::named("maglev"), "path")).starts_with("name: `Web`")
+        );
+        assert!(
+            error(&pool("web", AlgorithmSpec::named("fastest"), "path"))
+                .starts_with("algorithm: unknown `fastest`; expected one of round_robin")
+        );
+        let not_prime = AlgorithmSpec {
+            table_size: Some(65_536),
+            ..AlgorithmSpec::named("maglev")
+        };
+        assert!(
+            error(&pool("web", not_prime, "path"))
+                .starts_with("maglev.table_size: 65536 is not a prime")
+        );
+        let misfit = AlgorithmSpec {
+            load_factor: Some(1.5),
+            ..AlgorithmSpec::named("round_robin")
+        };
+        assert_eq!(
+            error(&pool("web", misfit, "path")),
+            "load_factor: does not apply to algorithm round_robin"
+        );
+        assert!(
+            error(&pool("web", AlgorithmSpec::named("maglev"), "body"))
+                .starts_with("hash_key: `body`")
+        );
+        assert_eq!(
+            error(&Write::AddBackend {
+                pool: "web".into(),
+                address: "localhost:80".into(),
+                weight: 1
+            }),
+            "address: `localhost:80` is not an IP:port address"
+        );
+    }
+}

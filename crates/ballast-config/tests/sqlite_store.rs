@@ -1,0 +1,266 @@
+//! The SQLite store against a real database file: round trips, refused writes that leave the
+//! revision alone, and concurrent writers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ballast_config::{
+    AdminState, AlgorithmSpec, ConfigStore, Health, PoolSpec, SqliteStore, StoreError, Write,
+};
+
+/// A database file in a fresh temp directory, removed on drop.
+struct TempDb(PathBuf);
+
+impl TempDb {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "ballast-config-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+
+    async fn open(&self) -> SqliteStore {
+        SqliteStore::open(&self.0.join("config.db"))
+            .await
+            .expect("open")
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn pool(name: &str, algorithm: &str) -> Write {
+    Write::CreatePool(PoolSpec {
+        name: name.into(),
+        algorithm: AlgorithmSpec::named(algorithm),
+        hash_key: "client_ip".into(),
+        dns_name: Some(format!("{name}.lb.test")),
+    })
+}
+
+fn backend(pool: &str, address: &str, weight: u32) -> Write {
+    Write::AddBackend {
+        pool: pool.into(),
+        address: address.into(),
+        weight,
+    }
+}
+
+#[tokio::test]
+async fn every_write_round_trips_and_is_logged() {
+    let db = TempDb::new();
+    let store = db.open().await;
+    assert_eq!(store.revision().await.expect("revision"), 0);
+    let writes = [
+        pool("web", "round_robin"),
+        backend("web", "127.0.0.1:9001", 3),
+        backend("web", "[::1]:9002", 1),
+        Write::SetAlgorithm {
+            pool: "web".into(),
+            algorithm: AlgorithmSpec {
+                table_size: Some(65_537),
+                ..AlgorithmSpec::named("maglev")
+            },
+        },
+        Write::SetWeight {
+            pool: "web".into(),
+            address: "127.0.0.1:9001".into(),
+            weight: 5,
+        },
+        Write::SetAdminState {
+            pool: "web".into(),
+            address: "[0:0::1]:9002".into(),
+            state: AdminState::Draining,
+        },
+        Write::SetHealth {
+            pool: "web".into(),
+            address: "127.0.0.1:9001".into(),
+            health: Health::Healthy,
+        },
+    ];
+    for (i, write) in writes.iter().enumerate() {
+        assert_eq!(
+            store.apply(write.clone()).await.expect("valid write"),
+            i as u64 + 1
+        );
+    }
+
+    let config = store.config().await.expect("config");
+    assert_eq!(config.revision, 7);
+    let web = &config.pools[0];
+    assert_eq!(web.spec.algorithm.algorithm, "maglev");
+    assert_eq!(web.spec.algorithm.table_size, Some(65_537));
+    assert_eq!(web.spec.dns_name.as_deref(), Some("web.lb.test"));
+    let first = &web.backends[0];
+    assert_eq!(
+        (first.address.as_str(), first.weight, first.health),
+        ("127.0.0.1:9001", 5, Health::Healthy)
+    );
+    let second = &web.backends[1];
+    assert_eq!(
+        (second.address.as_str(), second.admin_state),
+        ("[::1]:9002", AdminState::Draining)
+    );
+    assert!(!second.takes_traffic());
+
+    let changes = store.changes_since(0, 100).await.expect("changes");
+    assert_eq!(changes.len(), 7);
+    for (change, write) in changes.iter().zip(&writes) {
+        assert_eq!(change.operation, write.operation());
+        let logged: Write = serde_json::from_value(change.value.clone()).expect("a write");
+        assert_eq!(&logged, write);
+    }
+    assert_eq!(store.changes_since(5, 100).await.expect("changes").len(), 2);
+
+    store
+        .apply(Write::RemoveBackend {
+            pool: "web".into(),
+            address: "127.0.0.1:9001".into(),
+        })
+        .await
+        .expect("remove");
+    store
+        .apply(Write::DeletePool { pool: "web".into() })
+        .await
+        .expect("delete");
+    let config = store.config().await.expect("config");
+    assert!(config.pools.is_empty());
+    assert_eq!(config.revision, 9);
+
+    // Reopening the file finds everything where it was.
+    drop(store);
+    assert_eq!(db.open().await.revision().await.expect("revision"), 9);
+}
+
+#[tokio::test]
+async fn refused_writes_name_the_field_and_leave_the_revision_alone() {
+    let db = TempDb::new();
+    let store = db.open().await;
+    store.apply(pool("web", "round_robin")).await.expect("pool");
+    store
+        .apply(backend("web", "127.0.0.1:9001", 1))
+        .await
+        .expect("backend");
+    let before = store.revision().await.expect("revision");
+
+    let refusals: [(Write, &str); 6] = [
+        (
+            pool("web", "fastest"),
+            "algorithm: unknown `fastest`; expected one of",
+        ),
+        (pool("web", "maglev"), "name: pool `web` already exists"),
+        (
+            backend("web", "127.0.0.1:9001", 2),
+            "address: `127.0.0.1:9001` is already in pool `web`",
+        ),
+        (
+            backend("web", "not-an-address", 1),
+            "address: `not-an-address` is not an IP:port address",
+        ),
+        (
+            backend("shop", "127.0.0.1:9002", 1),
+            "pool `shop` does not exist",
+        ),
+        (
+            Write::SetWeight {
+                pool: "web".into(),
+                address: "127.0.0.1:9999".into(),
+                weight: 1,
+            },
+            "backend `127.0.0.1:9999` in pool `web` does not exist",
+        ),
+    ];
+    for (write, expected) in refusals {
+        let error = store.apply(write).await.expect_err("refused");
+        assert!(
+            matches!(
+                error,
+                StoreError::Invalid(_) | StoreError::Conflict(_) | StoreError::NotFound(_)
+            ),
+            "{error:?}"
+        );
+        assert!(
+            error.to_string().starts_with(expected),
+            "{error} vs {expected}"
+        );
+        assert_eq!(
+            store.revision().await.expect("revision"),
+            before,
+            "after {expected}"
+        );
+    }
+    assert_eq!(
+        store
+            .changes_since(before, 10)
+            .await
+            .expect("changes")
+            .len(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_get_strictly_increasing_revisions() {
+    let db = TempDb::new();
+    let store = Arc::new(db.open().await);
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let name = format!("pool-{w}");
+                let mut revisions = vec![
+                    store
+                        .apply(pool(&name, "least_request"))
+                        .await
+                        .expect("pool"),
+                ];
+                for i in 0..99 {
+                    let address = format!("10.0.{w}.{i}:80");
+                    revisions.push(
+                        store
+                            .apply(backend(&name, &address, 1))
+                            .await
+                            .expect("backend"),
+                    );
+                }
+                revisions
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for writer in writers {
+        let revisions = writer.await.expect("writer");
+        assert!(
+            revisions.windows(2).all(|pair| pair[0] < pair[1]),
+            "{revisions:?}"
+        );
+        all.extend(revisions);
+    }
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=800).collect::<Vec<u64>>(),
+        "every write its own revision"
+    );
+
+    let config = store.config().await.expect("config");
+    assert_eq!(config.revision, 800);
+    assert_eq!(config.pools.len(), 8);
+    assert!(config.pools.iter().all(|p| p.backends.len() == 99));
+    let changes = store.changes_since(0, 1000).await.expect("changes");
+    assert_eq!(changes.len(), 800);
+    assert!(
+        changes
+            .windows(2)
+            .all(|pair| pair[0].revision + 1 == pair[1].revision)
+    );
+}
