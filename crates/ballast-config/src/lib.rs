@@ -7,9 +7,9 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ballast_config::StoreError> {
-//! use ballast_config::{AlgorithmSpec, ConfigStore, PoolSpec, SqliteStore, Write};
+//! use ballast_config::{AlgorithmSpec, ConfigStore, PoolSpec, SqlStore, Write};
 //!
-//! let store = SqliteStore::open(std::path::Path::new("ballast.db")).await?;
+//! let store = SqlStore::connect("sqlite://ballast.db").await?;
 //! store.apply(Write::CreatePool(PoolSpec {
 //!     name: "web".into(),
 //!     algorithm: AlgorithmSpec::named("least_request"),
@@ -29,13 +29,13 @@
 #![forbid(unsafe_code)]
 
 mod model;
-mod sqlite;
+mod sql;
 mod store;
 mod validate;
 
 pub use model::{
     AdminState, AlgorithmSpec, Backend, Change, Config, Health, Pool, PoolSpec, Write,
 };
-pub use sqlite::SqliteStore;
+pub use sql::{Dialect, NOTIFY_CHANNEL, SqlStore};
 pub use store::{ConfigStore, StoreError};
 pub use validate::{Invalid, check};

@@ -1,11 +1,14 @@
-//! The SQLite store against a real database file: round trips, refused writes that leave the
+//! The store's one test suite, run against both databases: SQLite in a temp file, and a private
+//! PostgreSQL server the suite starts itself. Round trips, refused writes that leave the
 //! revision alone, and concurrent writers.
+
+mod support;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use ballast_config::{
-    AdminState, AlgorithmSpec, ConfigStore, Health, PoolSpec, SqliteStore, StoreError, Write,
+    AdminState, AlgorithmSpec, ConfigStore, Health, PoolSpec, SqlStore, StoreError, Write,
 };
 
 /// A database file in a fresh temp directory, removed on drop.
@@ -25,8 +28,8 @@ impl TempDb {
         Self(dir)
     }
 
-    async fn open(&self) -> SqliteStore {
-        SqliteStore::open(&self.0.join("config.db"))
+    async fn open(&self) -> SqlStore {
+        SqlStore::open_sqlite(&self.0.join("config.db"))
             .await
             .expect("open")
     }
@@ -55,10 +58,7 @@ fn backend(pool: &str, address: &str, weight: u32) -> Write {
     }
 }
 
-#[tokio::test]
-async fn every_write_round_trips_and_is_logged() {
-    let db = TempDb::new();
-    let store = db.open().await;
+async fn every_write_round_trips_and_is_logged(store: SqlStore) {
     assert_eq!(store.revision().await.expect("revision"), 0);
     let writes = [
         pool("web", "round_robin"),
@@ -135,16 +135,9 @@ async fn every_write_round_trips_and_is_logged() {
     let config = store.config().await.expect("config");
     assert!(config.pools.is_empty());
     assert_eq!(config.revision, 9);
-
-    // Reopening the file finds everything where it was.
-    drop(store);
-    assert_eq!(db.open().await.revision().await.expect("revision"), 9);
 }
 
-#[tokio::test]
-async fn refused_writes_name_the_field_and_leave_the_revision_alone() {
-    let db = TempDb::new();
-    let store = db.open().await;
+async fn refused_writes_name_the_field_and_leave_the_revision_alone(store: SqlStore) {
     store.apply(pool("web", "round_robin")).await.expect("pool");
     store
         .apply(backend("web", "127.0.0.1:9001", 1))
@@ -208,10 +201,8 @@ async fn refused_writes_name_the_field_and_leave_the_revision_alone() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writers_get_strictly_increasing_revisions() {
-    let db = TempDb::new();
-    let store = Arc::new(db.open().await);
+async fn concurrent_writers_get_strictly_increasing_revisions(store: SqlStore) {
+    let store = Arc::new(store);
     let writers: Vec<_> = (0..8)
         .map(|w| {
             let store = Arc::clone(&store);
@@ -263,4 +254,51 @@ async fn concurrent_writers_get_strictly_increasing_revisions() {
             .windows(2)
             .all(|pair| pair[0].revision + 1 == pair[1].revision)
     );
+}
+
+/// Runs each suite function against a fresh SQLite file and a fresh PostgreSQL database.
+macro_rules! on_both_stores {
+    ($($suite:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $suite() {
+                    let db = super::TempDb::new();
+                    super::$suite(db.open().await).await;
+                }
+            )+
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $suite() {
+                    let url = super::support::postgres::database().await;
+                    let store = ballast_config::SqlStore::connect(&url).await.expect("connect");
+                    super::$suite(store).await;
+                }
+            )+
+        }
+    };
+}
+
+on_both_stores!(
+    every_write_round_trips_and_is_logged,
+    refused_writes_name_the_field_and_leave_the_revision_alone,
+    concurrent_writers_get_strictly_increasing_revisions,
+);
+
+#[tokio::test]
+async fn a_sqlite_file_keeps_everything_across_reopening() {
+    let db = TempDb::new();
+    let store = db.open().await;
+    store.apply(pool("web", "maglev")).await.expect("pool");
+    store
+        .apply(backend("web", "127.0.0.1:9001", 2))
+        .await
+        .expect("backend");
+    drop(store);
+    let config = db.open().await.config().await.expect("config");
+    assert_eq!(config.revision, 2);
+    assert_eq!(config.pools[0].backends[0].weight, 2);
 }

@@ -1,16 +1,21 @@
-//! The embedded store: one SQLite file in WAL mode, no server to run.
+//! The SQL store, one implementation for both databases through sqlx's `Any` driver (the SQL
+//! here is the subset both speak, with `$n` placeholders):
 //!
-//! Writes go through a single connection and open with `BEGIN IMMEDIATE`, so they are serialized
-//! without any transaction having to upgrade its lock half-way (the classic SQLite `BUSY`); reads
-//! use their own small pool and see a consistent snapshot while a write is under way.
+//! - SQLite, the embedded default: one file in WAL mode, no server to run. Writes go through a
+//!   single connection and open with `BEGIN IMMEDIATE`, so they are serialized without any
+//!   transaction having to upgrade its lock half-way (SQLite's classic `BUSY`).
+//! - PostgreSQL, when the configuration outgrows one machine. Writes are serialized by the row
+//!   lock that bumping the revision takes, and each one sends `NOTIFY` on [`NOTIFY_CHANNEL`] with
+//!   its revision, which is delivered when it commits.
+//!
+//! Reads use a pool of their own and see one consistent snapshot while a write is under way.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-};
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::any::{AnyPoolOptions, AnyRow, install_default_drivers};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::model::{
     AdminState, AlgorithmSpec, Backend, Change, Config, Health, Pool, PoolSpec, Write,
@@ -18,68 +23,132 @@ use crate::model::{
 use crate::store::{ConfigStore, StoreError};
 use crate::validate::{Invalid, canonical_address, check};
 
-static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
-/// A configuration store in one SQLite file.
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+/// The PostgreSQL channel each committed write is announced on, with its revision as payload.
+pub const NOTIFY_CHANNEL: &str = "ballast_config";
+
+/// Which database a store speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// One SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
-    pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
-        let writer = SqlitePoolOptions::new()
+/// A configuration store in SQLite or PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    writer: AnyPool,
+    reader: AnyPool,
+    dialect: Dialect,
+}
+
+impl SqlStore {
+    /// Connects to `url`: `postgres://…` for PostgreSQL; `sqlite://PATH` or a plain path for
+    /// SQLite (the file is created if missing). Brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Self::connect_postgres(url).await;
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        Self::open_sqlite(Path::new(path)).await
+    }
+
+    /// Opens (creating if needed) the SQLite database at `path`.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        install_default_drivers();
+        let url = format!("sqlite://{}", path.display());
+        let writer = AnyPoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            .connect(&format!("{url}?mode=rwc"))
             .await
             .map_err(StoreError::database("opening the database"))?;
-        MIGRATIONS
-            .run(&writer)
+        sqlx::query("PRAGMA journal_mode = WAL")
+            .execute(&writer)
             .await
-            .map_err(|e| StoreError::Database {
-                context: "migrating the schema",
-                source: e.into(),
-            })?;
-        let reader = SqlitePoolOptions::new()
+            .map_err(StoreError::database("switching to WAL"))?;
+        migrate(&SQLITE_MIGRATIONS, &writer).await?;
+        let reader = AnyPoolOptions::new()
             .max_connections(4)
-            .connect_with(options.read_only(true))
+            .connect(&format!("{url}?mode=ro"))
             .await
             .map_err(StoreError::database("opening the database for reading"))?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            dialect: Dialect::Sqlite,
+        })
+    }
+
+    /// Connects to the PostgreSQL database at `url`.
+    pub async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
+        install_default_drivers();
+        let writer = AnyPoolOptions::new()
+            .max_connections(8)
+            .connect(url)
+            .await
+            .map_err(StoreError::database("connecting"))?;
+        migrate(&POSTGRES_MIGRATIONS, &writer).await?;
+        let reader = AnyPoolOptions::new()
+            .max_connections(8)
+            .connect(url)
+            .await
+            .map_err(StoreError::database("connecting for reading"))?;
+        Ok(Self {
+            writer,
+            reader,
+            dialect: Dialect::Postgres,
+        })
+    }
+
+    /// Which database this store speaks to.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
     }
 
     async fn write(&self, write: &Write) -> Result<u64, StoreError> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::database("starting a write"))?;
-        require_existing(&mut tx, write).await?;
+        let begin = match self.dialect {
+            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.writer.begin().await,
+        };
+        let mut tx = begin.map_err(StoreError::database("starting a write"))?;
+        // Bumping first takes the write lock, so the checks below cannot race another writer;
+        // a refused write rolls back and the revision stays where it was.
         let revision: i64 =
             sqlx::query("UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value")
                 .fetch_one(&mut *tx)
                 .await
                 .and_then(|row| row.try_get("value"))
                 .map_err(StoreError::database("bumping the revision"))?;
+        require_existing(&mut tx, write).await?;
         mutate(&mut tx, write, revision).await?;
         let value = serde_json::to_string(write).unwrap_or_else(|_| "{}".to_owned());
-        sqlx::query("INSERT INTO changes (revision, entity, operation, value, at_ms) VALUES (?, ?, ?, ?, ?)")
-            .bind(revision)
-            .bind(write.entity())
-            .bind(write.operation())
-            .bind(value)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::database("appending to the change log"))?;
+        sqlx::query(
+            "INSERT INTO changes (revision, entity, operation, value, at_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(revision)
+        .bind(write.entity())
+        .bind(write.operation())
+        .bind(value)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::database("appending to the change log"))?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(revision.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::database("announcing the change"))?;
+        }
         tx.commit()
             .await
             .map_err(StoreError::database("committing a write"))?;
@@ -89,7 +158,7 @@ impl SqliteStore {
 
 /// Refuses a write that names a missing pool or backend, or would duplicate one.
 async fn require_existing(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     write: &Write,
 ) -> Result<(), StoreError> {
     let (pool, backend) = match write {
@@ -137,11 +206,8 @@ async fn require_existing(
     Ok(())
 }
 
-async fn pool_exists(
-    tx: &mut Transaction<'static, Sqlite>,
-    pool: &str,
-) -> Result<bool, StoreError> {
-    sqlx::query("SELECT 1 FROM pools WHERE name = ?")
+async fn pool_exists(tx: &mut Transaction<'static, Any>, pool: &str) -> Result<bool, StoreError> {
+    sqlx::query("SELECT 1 FROM pools WHERE name = $1")
         .bind(pool)
         .fetch_optional(&mut **tx)
         .await
@@ -150,11 +216,11 @@ async fn pool_exists(
 }
 
 async fn backend_exists(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     pool: &str,
     address: &str,
 ) -> Result<bool, StoreError> {
-    sqlx::query("SELECT 1 FROM backends WHERE pool = ? AND address = ?")
+    sqlx::query("SELECT 1 FROM backends WHERE pool = $1 AND address = $2")
         .bind(pool)
         .bind(canonical_address(address))
         .fetch_optional(&mut **tx)
@@ -164,32 +230,32 @@ async fn backend_exists(
 }
 
 async fn mutate(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'static, Any>,
     write: &Write,
     revision: i64,
 ) -> Result<(), StoreError> {
     let query = match write {
         Write::CreatePool(spec) => sqlx::query(
             "INSERT INTO pools (name, algorithm, table_size, points_per_weight, load_factor, \
-             peak_ewma_ms, hash_key, dns_name, revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             peak_ewma_ms, hash_key, dns_name, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&spec.name)
         .bind(&spec.algorithm.algorithm)
-        .bind(spec.algorithm.table_size)
-        .bind(spec.algorithm.points_per_weight)
+        .bind(spec.algorithm.table_size.map(i64::from))
+        .bind(spec.algorithm.points_per_weight.map(i64::from))
         .bind(spec.algorithm.load_factor)
         .bind(spec.algorithm.peak_ewma_ms.map(|ms| ms as i64))
         .bind(&spec.hash_key)
         .bind(&spec.dns_name)
         .bind(revision),
-        Write::DeletePool { pool } => sqlx::query("DELETE FROM pools WHERE name = ?").bind(pool),
+        Write::DeletePool { pool } => sqlx::query("DELETE FROM pools WHERE name = $1").bind(pool),
         Write::SetAlgorithm { pool, algorithm } => sqlx::query(
-            "UPDATE pools SET algorithm = ?, table_size = ?, points_per_weight = ?, \
-             load_factor = ?, peak_ewma_ms = ?, revision = ? WHERE name = ?",
+            "UPDATE pools SET algorithm = $1, table_size = $2, points_per_weight = $3, \
+             load_factor = $4, peak_ewma_ms = $5, revision = $6 WHERE name = $7",
         )
         .bind(&algorithm.algorithm)
-        .bind(algorithm.table_size)
-        .bind(algorithm.points_per_weight)
+        .bind(algorithm.table_size.map(i64::from))
+        .bind(algorithm.points_per_weight.map(i64::from))
         .bind(algorithm.load_factor)
         .bind(algorithm.peak_ewma_ms.map(|ms| ms as i64))
         .bind(revision)
@@ -200,14 +266,14 @@ async fn mutate(
             weight,
         } => sqlx::query(
             "INSERT INTO backends (pool, address, weight, admin_state, health, revision) \
-             VALUES (?, ?, ?, 'active', 'unknown', ?)",
+             VALUES ($1, $2, $3, 'active', 'unknown', $4)",
         )
         .bind(pool)
         .bind(canonical_address(address))
         .bind(i64::from(*weight))
         .bind(revision),
         Write::RemoveBackend { pool, address } => {
-            sqlx::query("DELETE FROM backends WHERE pool = ? AND address = ?")
+            sqlx::query("DELETE FROM backends WHERE pool = $1 AND address = $2")
                 .bind(pool)
                 .bind(canonical_address(address))
         }
@@ -216,7 +282,7 @@ async fn mutate(
             address,
             weight,
         } => sqlx::query(
-            "UPDATE backends SET weight = ?, revision = ? WHERE pool = ? AND address = ?",
+            "UPDATE backends SET weight = $1, revision = $2 WHERE pool = $3 AND address = $4",
         )
         .bind(i64::from(*weight))
         .bind(revision)
@@ -227,7 +293,7 @@ async fn mutate(
             address,
             state,
         } => sqlx::query(
-            "UPDATE backends SET admin_state = ?, revision = ? WHERE pool = ? AND address = ?",
+            "UPDATE backends SET admin_state = $1, revision = $2 WHERE pool = $3 AND address = $4",
         )
         .bind(state.as_str())
         .bind(revision)
@@ -238,7 +304,7 @@ async fn mutate(
             address,
             health,
         } => sqlx::query(
-            "UPDATE backends SET health = ?, revision = ? WHERE pool = ? AND address = ?",
+            "UPDATE backends SET health = $1, revision = $2 WHERE pool = $3 AND address = $4",
         )
         .bind(health.as_str())
         .bind(revision)
@@ -252,19 +318,26 @@ async fn mutate(
         .map_err(StoreError::database("applying a write"))
 }
 
+async fn migrate(migrator: &Migrator, pool: &AnyPool) -> Result<(), StoreError> {
+    migrator.run(pool).await.map_err(|e| StoreError::Database {
+        context: "migrating the schema",
+        source: e.into(),
+    })
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn pool_from(row: &SqliteRow) -> Result<PoolSpec, sqlx::Error> {
+fn pool_from(row: &AnyRow) -> Result<PoolSpec, sqlx::Error> {
     Ok(PoolSpec {
         name: row.try_get("name")?,
         algorithm: AlgorithmSpec {
             algorithm: row.try_get("algorithm")?,
-            table_size: row.try_get("table_size")?,
-            points_per_weight: row.try_get("points_per_weight")?,
+            table_size: small(row, "table_size")?,
+            points_per_weight: small(row, "points_per_weight")?,
             load_factor: row.try_get("load_factor")?,
             peak_ewma_ms: row
                 .try_get::<Option<i64>, _>("peak_ewma_ms")?
@@ -275,7 +348,19 @@ fn pool_from(row: &SqliteRow) -> Result<PoolSpec, sqlx::Error> {
     })
 }
 
-fn backend_from(row: &SqliteRow) -> Result<(String, Backend), sqlx::Error> {
+/// An optional whole number that must fit in `u32`.
+fn small(row: &AnyRow, column: &str) -> Result<Option<u32>, sqlx::Error> {
+    row.try_get::<Option<i64>, _>(column)?
+        .map(|value| {
+            u32::try_from(value).map_err(|e| sqlx::Error::ColumnDecode {
+                index: column.to_owned(),
+                source: e.into(),
+            })
+        })
+        .transpose()
+}
+
+fn backend_from(row: &AnyRow) -> Result<(String, Backend), sqlx::Error> {
     let text = |column: &str| row.try_get::<String, _>(column);
     let decode = |column: &str, e: String| sqlx::Error::ColumnDecode {
         index: column.to_owned(),
@@ -297,7 +382,7 @@ fn backend_from(row: &SqliteRow) -> Result<(String, Backend), sqlx::Error> {
     ))
 }
 
-impl ConfigStore for SqliteStore {
+impl ConfigStore for SqlStore {
     async fn apply(&self, write: Write) -> Result<u64, StoreError> {
         check(&write)?;
         self.write(&write).await
@@ -355,7 +440,7 @@ impl ConfigStore for SqliteStore {
         let fail = || StoreError::database("reading the change log");
         let rows = sqlx::query(
             "SELECT revision, entity, operation, value, at_ms FROM changes \
-             WHERE revision > ? ORDER BY revision LIMIT ?",
+             WHERE revision > $1 ORDER BY revision LIMIT $2",
         )
         .bind(i64::try_from(revision).unwrap_or(i64::MAX))
         .bind(i64::from(limit))
