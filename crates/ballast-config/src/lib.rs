@@ -28,13 +28,15 @@
 
 #![forbid(unsafe_code)]
 
+mod feed;
 mod model;
 mod sql;
 mod store;
 mod validate;
 
+pub use feed::{FollowOptions, Followed, follow};
 pub use model::{
-    AdminState, AlgorithmSpec, Backend, Change, Config, Health, Pool, PoolSpec, Write,
+    AdminState, AlgorithmSpec, Backend, Change, Config, Health, OutOfStep, Pool, PoolSpec, Write,
 };
 pub use sql::{Dialect, NOTIFY_CHANNEL, SqlStore};
 pub use store::{ConfigStore, StoreError};

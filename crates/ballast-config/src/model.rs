@@ -166,6 +166,109 @@ pub struct Config {
     pub pools: Vec<Pool>,
 }
 
+/// Why a write could not be applied to an in-memory configuration: it does not follow from the
+/// state it was applied to, so the follower must reload the whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("write {operation} does not apply at revision {revision}: {reason}")]
+pub struct OutOfStep {
+    /// The revision the configuration was at.
+    pub revision: u64,
+    /// The write's operation.
+    pub operation: &'static str,
+    /// What did not match.
+    pub reason: String,
+}
+
+impl Config {
+    /// Applies `write`, which produced `revision`, exactly as the store did: managed LB servers
+    /// follow the change log with this instead of reloading everything. Pools stay ordered by
+    /// name and backends by address, as the store lists them.
+    pub fn apply(&mut self, revision: u64, write: &Write) -> Result<(), OutOfStep> {
+        let out_of_step = |reason: String| OutOfStep {
+            revision: self.revision,
+            operation: write.operation(),
+            reason,
+        };
+        if revision != self.revision + 1 {
+            return Err(out_of_step(format!("the change is revision {revision}")));
+        }
+        let pool_index =
+            |pools: &[Pool], name: &str| pools.iter().position(|p| p.spec.name == name);
+        match write {
+            Write::CreatePool(spec) => {
+                if pool_index(&self.pools, &spec.name).is_some() {
+                    return Err(out_of_step(format!("pool `{}` exists", spec.name)));
+                }
+                let at = self.pools.partition_point(|p| p.spec.name < spec.name);
+                self.pools.insert(
+                    at,
+                    Pool {
+                        spec: spec.clone(),
+                        backends: Vec::new(),
+                    },
+                );
+            }
+            Write::DeletePool { pool } => {
+                let index = pool_index(&self.pools, pool)
+                    .ok_or_else(|| out_of_step(format!("no pool `{pool}`")))?;
+                self.pools.remove(index);
+            }
+            Write::SetAlgorithm { pool, algorithm } => {
+                let index = pool_index(&self.pools, pool)
+                    .ok_or_else(|| out_of_step(format!("no pool `{pool}`")))?;
+                self.pools[index].spec.algorithm = algorithm.clone();
+            }
+            Write::AddBackend {
+                pool,
+                address,
+                weight,
+            } => {
+                let index = pool_index(&self.pools, pool)
+                    .ok_or_else(|| out_of_step(format!("no pool `{pool}`")))?;
+                let address = crate::validate::canonical_address(address);
+                let backends = &mut self.pools[index].backends;
+                if backends.iter().any(|b| b.address == address) {
+                    return Err(out_of_step(format!("backend `{address}` exists")));
+                }
+                let at = backends.partition_point(|b| b.address < address);
+                backends.insert(
+                    at,
+                    Backend {
+                        address,
+                        weight: *weight,
+                        admin_state: AdminState::Active,
+                        health: Health::Unknown,
+                    },
+                );
+            }
+            Write::RemoveBackend { pool, address }
+            | Write::SetWeight { pool, address, .. }
+            | Write::SetAdminState { pool, address, .. }
+            | Write::SetHealth { pool, address, .. } => {
+                let index = pool_index(&self.pools, pool)
+                    .ok_or_else(|| out_of_step(format!("no pool `{pool}`")))?;
+                let address = crate::validate::canonical_address(address);
+                let backends = &mut self.pools[index].backends;
+                let at = backends
+                    .iter()
+                    .position(|b| b.address == address)
+                    .ok_or_else(|| out_of_step(format!("no backend `{address}` in `{pool}`")))?;
+                match write {
+                    Write::RemoveBackend { .. } => {
+                        backends.remove(at);
+                    }
+                    Write::SetWeight { weight, .. } => backends[at].weight = *weight,
+                    Write::SetAdminState { state, .. } => backends[at].admin_state = *state,
+                    Write::SetHealth { health, .. } => backends[at].health = *health,
+                    _ => {}
+                }
+            }
+        }
+        self.revision = revision;
+        Ok(())
+    }
+}
+
 /// One change to the configuration; each is one transaction and one revision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]

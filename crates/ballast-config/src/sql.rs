@@ -421,6 +421,12 @@ impl ConfigStore for SqlStore {
                 pool.backends.push(backend);
             }
         }
+        // Ordered here rather than in SQL: PostgreSQL's collation depends on the server's locale,
+        // and followers rely on one byte-wise order (see `Config::apply`).
+        pools.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
+        for pool in &mut pools {
+            pool.backends.sort_by(|a, b| a.address.cmp(&b.address));
+        }
         Ok(Config {
             revision: revision as u64,
             pools,

@@ -4,42 +4,13 @@
 
 mod support;
 
-use std::path::PathBuf;
+use support::TempDb;
+
 use std::sync::Arc;
 
 use ballast_config::{
     AdminState, AlgorithmSpec, ConfigStore, Health, PoolSpec, SqlStore, StoreError, Write,
 };
-
-/// A database file in a fresh temp directory, removed on drop.
-struct TempDb(PathBuf);
-
-impl TempDb {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "ballast-config-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_nanos()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-
-    async fn open(&self) -> SqlStore {
-        SqlStore::open_sqlite(&self.0.join("config.db"))
-            .await
-            .expect("open")
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn pool(name: &str, algorithm: &str) -> Write {
     Write::CreatePool(PoolSpec {

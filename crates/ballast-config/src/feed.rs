@@ -1,0 +1,171 @@
+//! Following the configuration: what a managed LB server (or the DNS server) runs to keep an
+//! in-memory copy in step with the database without asking it per request.
+//!
+//! PUSH makes a change arrive in milliseconds: PostgreSQL `LISTEN` on [`NOTIFY_CHANNEL`]; SQLite
+//! has no pub-sub, so its revision is polled at a short interval (one indexed read). PULL makes
+//! the copy true whatever push missed: every `pull_interval` the revision is compared and the gap
+//! filled. Either way the follower reads the change log after the revision it applied and applies
+//! each change in order ([`Config::apply`]), a whole revision at a time; when the log does not
+//! fit (a change out of step), it reloads the whole configuration. When the database cannot be
+//! reached, the last configuration stays in force and the status says since when it is stale.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+
+use crate::model::{Config, Write};
+use crate::sql::{Dialect, NOTIFY_CHANNEL, SqlStore};
+use crate::store::{ConfigStore, StoreError};
+
+/// How a follower keeps up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowOptions {
+    /// Listen for pushed changes (PostgreSQL `LISTEN`, SQLite revision polling).
+    pub push: bool,
+    /// How often SQLite's revision is polled when pushing.
+    pub poll_interval: Duration,
+    /// How often the revision is compared whatever push said.
+    pub pull_interval: Duration,
+}
+
+impl Default for FollowOptions {
+    fn default() -> Self {
+        Self {
+            push: true,
+            poll_interval: Duration::from_millis(25),
+            pull_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a follower publishes: the configuration in force, and how fresh it is.
+#[derive(Debug, Clone)]
+pub struct Followed {
+    /// The configuration at its revision.
+    pub config: Arc<Config>,
+    /// Since when the database could not be reached, if it cannot now.
+    pub unreachable_since: Option<Instant>,
+}
+
+/// Loads the configuration and follows it in a task of its own; the task ends when every
+/// receiver has been dropped. `url` is the store's database URL (for `LISTEN`).
+pub async fn follow(
+    store: SqlStore,
+    url: &str,
+    options: FollowOptions,
+) -> Result<watch::Receiver<Followed>, StoreError> {
+    let config = store.config().await?;
+    let (publish, receiver) = watch::channel(Followed {
+        config: Arc::new(config),
+        unreachable_since: None,
+    });
+    tokio::spawn(run(store, url.to_owned(), options, publish));
+    Ok(receiver)
+}
+
+async fn run(
+    store: SqlStore,
+    url: String,
+    options: FollowOptions,
+    publish: watch::Sender<Followed>,
+) {
+    let mut listener: Option<PgListener> = None;
+    let mut pull = tokio::time::interval(options.pull_interval);
+    pull.tick().await;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if publish.is_closed() {
+            return;
+        }
+        let postgres_push = options.push && store.dialect() == Dialect::Postgres;
+        if postgres_push && listener.is_none() {
+            listener = listen(&url).await;
+        }
+        let unreachable = publish.borrow().unreachable_since.is_some();
+        // Wait for a reason to look: a notification, SQLite's poll, the pull tick, or a retry.
+        tokio::select! {
+            notified = async {
+                match listener.as_mut() {
+                    Some(listener) => listener.recv().await.map(|_| ()),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if notified.is_err() {
+                    listener = None;
+                }
+            }
+            () = tokio::time::sleep(options.poll_interval), if options.push && store.dialect() == Dialect::Sqlite => {}
+            () = tokio::time::sleep(backoff), if unreachable => {}
+            _ = pull.tick() => {}
+        }
+        let current = Arc::clone(&publish.borrow().config);
+        match catch_up(&store, &current).await {
+            Ok(Some(config)) => {
+                backoff = Duration::from_millis(100);
+                publish.send_replace(Followed {
+                    config: Arc::new(config),
+                    unreachable_since: None,
+                });
+            }
+            Ok(None) => {
+                backoff = Duration::from_millis(100);
+                publish.send_if_modified(|followed| {
+                    let recovered = followed.unreachable_since.take().is_some();
+                    if recovered {
+                        tracing::info!("configuration database reachable again");
+                    }
+                    recovered
+                });
+            }
+            Err(error) => {
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                listener = None;
+                publish.send_if_modified(|followed| {
+                    if followed.unreachable_since.is_some() {
+                        return false;
+                    }
+                    tracing::warn!(%error, revision = followed.config.revision,
+                        "configuration database unreachable; serving the last configuration");
+                    followed.unreachable_since = Some(Instant::now());
+                    true
+                });
+            }
+        }
+    }
+}
+
+async fn listen(url: &str) -> Option<PgListener> {
+    let mut listener = PgListener::connect(url).await.ok()?;
+    listener.listen(NOTIFY_CHANNEL).await.ok()?;
+    Some(listener)
+}
+
+/// The configuration at the database's revision, if it moved past `current`.
+async fn catch_up(store: &SqlStore, current: &Config) -> Result<Option<Config>, StoreError> {
+    let revision = store.revision().await?;
+    if revision <= current.revision {
+        return Ok(None);
+    }
+    let mut next = current.clone();
+    while next.revision < revision {
+        let changes = store.changes_since(next.revision, 1000).await?;
+        if changes.is_empty() {
+            break;
+        }
+        for change in changes {
+            let applied = serde_json::from_value::<Write>(change.value)
+                .map_err(|e| e.to_string())
+                .and_then(|write| {
+                    next.apply(change.revision, &write)
+                        .map_err(|e| e.to_string())
+                });
+            if applied.is_err() {
+                // The log does not follow from what we hold: take the whole configuration.
+                return store.config().await.map(Some);
+            }
+        }
+    }
+    Ok(Some(next))
+}

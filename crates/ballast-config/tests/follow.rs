@@ -1,0 +1,120 @@
+//! Followers (what managed LB servers run) against both databases: push brings every change to
+//! three followers, each a whole revision at a time, and pull repairs what push missed.
+
+mod support;
+
+use std::time::Duration;
+
+use ballast_config::{
+    AdminState, AlgorithmSpec, ConfigStore, FollowOptions, Followed, PoolSpec, SqlStore, Write,
+    follow,
+};
+use tokio::sync::watch;
+
+/// Waits (bounded) until the follower holds `revision`.
+async fn reaches(follower: &mut watch::Receiver<Followed>, revision: u64) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while follower.borrow_and_update().config.revision < revision {
+            follower.changed().await.expect("the follower runs");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("follower stuck at {}", follower.borrow().config.revision));
+}
+
+fn writes() -> Vec<Write> {
+    let mut writes = vec![Write::CreatePool(PoolSpec {
+        name: "web".into(),
+        algorithm: AlgorithmSpec::named("round_robin"),
+        hash_key: "client_ip".into(),
+        dns_name: None,
+    })];
+    for i in 0..12 {
+        writes.push(Write::AddBackend {
+            pool: "web".into(),
+            address: format!("127.0.0.{}:80", 20 - i),
+            weight: 1,
+        });
+    }
+    writes.push(Write::SetAlgorithm {
+        pool: "web".into(),
+        algorithm: AlgorithmSpec::named("maglev"),
+    });
+    writes.push(Write::SetAdminState {
+        pool: "web".into(),
+        address: "127.0.0.10:80".into(),
+        state: AdminState::Draining,
+    });
+    writes.push(Write::RemoveBackend {
+        pool: "web".into(),
+        address: "127.0.0.15:80".into(),
+    });
+    writes
+}
+
+async fn push_reaches_every_follower(store: SqlStore, url: String) {
+    let options = FollowOptions {
+        pull_interval: Duration::from_secs(3600),
+        ..FollowOptions::default()
+    };
+    let mut followers = Vec::new();
+    for _ in 0..3 {
+        followers.push(follow(store.clone(), &url, options).await.expect("follow"));
+    }
+    let mut revision = 0;
+    for write in writes() {
+        revision = store.apply(write).await.expect("write");
+    }
+    let truth = store.config().await.expect("config");
+    for follower in &mut followers {
+        reaches(follower, revision).await;
+        assert_eq!(
+            *follower.borrow().config,
+            truth,
+            "applied change by change, equal to a reload"
+        );
+        assert!(follower.borrow().unreachable_since.is_none());
+    }
+}
+
+async fn pull_repairs_what_push_missed(store: SqlStore, url: String) {
+    let options = FollowOptions {
+        push: false,
+        pull_interval: Duration::from_millis(200),
+        ..FollowOptions::default()
+    };
+    let mut follower = follow(store.clone(), &url, options).await.expect("follow");
+    let mut revision = 0;
+    for write in writes() {
+        revision = store.apply(write).await.expect("write");
+    }
+    reaches(&mut follower, revision).await;
+    assert_eq!(
+        *follower.borrow().config,
+        store.config().await.expect("config")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_push() {
+    let (store, url, _db) = support::sqlite().await;
+    push_reaches_every_follower(store, url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_pull() {
+    let (store, url, _db) = support::sqlite().await;
+    pull_repairs_what_push_missed(store, url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_push() {
+    let (store, url) = support::postgres().await;
+    push_reaches_every_follower(store, url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pull() {
+    let (store, url) = support::postgres().await;
+    pull_repairs_what_push_missed(store, url).await;
+}
