@@ -22,12 +22,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let backends = shared
-        .pools
-        .iter()
-        .flat_map(|p| &p.backends)
-        .map(|b| (&b.counters, b.balance.load().in_flight()));
-    let text = shared.metrics.render(backends);
+    let backends = shared.backends();
+    let text = shared
+        .metrics
+        .render(backends.iter().map(|b| (&b.counters, b.balance.load().in_flight())));
     (
         [(
             header::CONTENT_TYPE,

@@ -41,8 +41,8 @@ pub(crate) type ProxyBody = Either<Forwarded, Full<Bytes>>;
 pub(crate) struct ClientContext {
     /// The server's shared state.
     pub shared: Arc<Shared>,
-    /// The pool the listener serves.
-    pub pool: usize,
+    /// The listener the client came in on (which names the pool it is served by).
+    pub listener: usize,
     /// The client's address.
     pub client: SocketAddr,
     /// The client's address as `X-Forwarded-For` writes it, made once per connection.
@@ -70,7 +70,9 @@ pub(crate) async fn handle(
     let started = Instant::now();
     let shared = &context.shared;
     let snapshot = shared.snapshot.load_full();
-    let pool = &snapshot.pools[context.pool];
+    let Some(pool) = snapshot.for_listener(context.listener) else {
+        return Ok(status_response(ErrorKind::NoBackend));
+    };
 
     let upgrade = headers::is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -250,13 +252,18 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// A response the LB writes itself, counted in the pool's error metrics.
 fn error(pool: &PoolState, kind: ErrorKind, started: Instant) -> Response<ProxyBody> {
+    pool.counters.error(kind);
+    pool.counters.observe(started.elapsed().as_secs_f64());
+    status_response(kind)
+}
+
+/// The response for an error the LB answers itself.
+fn status_response(kind: ErrorKind) -> Response<ProxyBody> {
     let (status, text) = match kind {
         ErrorKind::NoBackend => (StatusCode::SERVICE_UNAVAILABLE, "no backend available\n"),
         ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "backend timed out\n"),
         _ => (StatusCode::BAD_GATEWAY, "backend failed\n"),
     };
-    pool.counters.error(kind);
-    pool.counters.observe(started.elapsed().as_secs_f64());
     let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
         text.as_bytes(),
     ))));

@@ -75,7 +75,8 @@ pub struct Bound {
 struct WorkerListener {
     socket: std::net::TcpListener,
     mode: Mode,
-    pool: usize,
+    /// Its position in the settings, by which snapshots name the pool it serves.
+    index: usize,
     tls: Option<TlsAcceptor>,
 }
 
@@ -94,9 +95,7 @@ pub fn run(settings: Settings, on_bound: impl FnOnce(&Bound)) -> Result<(), Serv
         admin: None,
     };
     for listener in &settings.listeners {
-        let pool = shared
-            .pool_index(&listener.pool)
-            .expect("validated: every listener names a pool");
+        let index = bound.listeners.len();
         let acceptor = listener.tls.as_ref().map(tls::acceptor).transpose()?;
         let first = bind(listener.address)?;
         let address = first.local_addr().map_err(|source| ServerError::Bind {
@@ -115,7 +114,7 @@ pub fn run(settings: Settings, on_bound: impl FnOnce(&Bound)) -> Result<(), Serv
             worker.push(WorkerListener {
                 socket,
                 mode: listener.mode,
-                pool,
+                index,
                 tls: acceptor.clone(),
             });
         }
@@ -241,7 +240,7 @@ async fn worker(
                 Arc::clone(&shared),
                 socket,
                 listener.mode,
-                listener.pool,
+                listener.index,
                 listener.tls,
                 Arc::clone(&http),
                 shutdown.clone(),
@@ -333,12 +332,14 @@ async fn serve_http<S>(
     let service = service_fn(move |request| http::handle(Arc::clone(&context), request));
     let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
     if let Err(error) = crate::shutdown::serve_gracefully(connection, &mut shutdown).await {
-        let counters = &shared.pools[pool].counters;
-        match error.downcast_ref::<hyper::Error>() {
-            Some(e) if e.is_parse_too_large() => counters.error(ErrorKind::HeadersTooLarge),
-            Some(e) if e.is_parse() => counters.error(ErrorKind::BadRequest),
-            Some(e) if e.is_timeout() => counters.error(ErrorKind::HeaderTimeout),
-            _ => {}
+        let kind = match error.downcast_ref::<hyper::Error>() {
+            Some(e) if e.is_parse_too_large() => Some(ErrorKind::HeadersTooLarge),
+            Some(e) if e.is_parse() => Some(ErrorKind::BadRequest),
+            Some(e) if e.is_timeout() => Some(ErrorKind::HeaderTimeout),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            shared.count_error(pool, kind);
         }
         tracing::debug!(%client, %error, "client connection ended with an error");
     }
@@ -352,7 +353,7 @@ fn client_context(
 ) -> ClientContext {
     ClientContext {
         shared,
-        pool,
+        listener: pool,
         client,
         client_value: crate::headers::client_value(client.ip()),
         scheme,
@@ -429,13 +430,13 @@ async fn sweep_idle(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             _ = ticks.tick() => {}
             _ = crate::shutdown::stopping(&mut shutdown) => return,
         }
-        let by_slot: Vec<Option<&AtomicI64>> = {
-            let mut by_slot = vec![None; shared.slots];
-            for backend in shared.pools.iter().flat_map(|p| &p.backends) {
-                by_slot[backend.slot] = Some(&*backend.counters.pooled_now);
+        let backends = shared.backends();
+        let mut by_slot: Vec<Option<&AtomicI64>> = vec![None; shared.slots()];
+        for backend in &backends {
+            if let Some(entry) = by_slot.get_mut(backend.slot) {
+                *entry = Some(&*backend.counters.pooled_now);
             }
-            by_slot
-        };
+        }
         upstream::sweep(idle, |slot| by_slot.get(slot).copied().flatten());
     }
 }

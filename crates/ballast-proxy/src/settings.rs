@@ -89,6 +89,8 @@ pub struct BackendAddress {
     pub address: SocketAddr,
     /// Its relative share.
     pub weight: u32,
+    /// Whether it may take new requests (false while draining, disabled or unhealthy).
+    pub accepting: bool,
 }
 
 impl std::str::FromStr for BackendAddress {
@@ -108,7 +110,11 @@ impl std::str::FromStr for BackendAddress {
         let address = address
             .parse()
             .map_err(|_| format!("`{text}`: `{address}` is not an IP:port address"))?;
-        Ok(Self { address, weight })
+        Ok(Self {
+            address,
+            weight,
+            accepting: true,
+        })
     }
 }
 

@@ -30,7 +30,7 @@ pub(crate) struct BackendState {
     /// What the pickers see: id (the address), weight, live load.
     pub balance: Backend,
     /// Its failure record.
-    pub outlier: Outlier,
+    pub outlier: Arc<Outlier>,
     /// Its metric handles.
     pub counters: BackendCounters,
 }
@@ -53,8 +53,24 @@ pub(crate) struct PoolState {
 /// One immutable view of every pool, as the request path reads it.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
-    /// By pool index (listeners hold the index).
+    /// Every pool, in configuration order.
     pub pools: Vec<PoolSnapshot>,
+    /// By listener index: the pool it serves, if the configuration has that pool now.
+    pub by_listener: Vec<Option<usize>>,
+    /// The configuration revision it was built from (0 for a static configuration).
+    pub revision: u64,
+}
+
+impl Snapshot {
+    /// The pool listener `listener` serves.
+    #[inline]
+    pub(crate) fn for_listener(&self, listener: usize) -> Option<&PoolSnapshot> {
+        self.by_listener
+            .get(listener)
+            .copied()
+            .flatten()
+            .map(|pool| &self.pools[pool])
+    }
 }
 
 /// One pool in a snapshot.
@@ -93,8 +109,8 @@ pub(crate) struct Shared {
     pub settings: Settings,
     /// The current snapshot.
     pub snapshot: ArcSwap<Snapshot>,
-    /// The long-lived pool states, by pool index.
-    pub pools: Vec<Arc<PoolState>>,
+    /// By listener index: the name of the pool it serves.
+    pub listener_pools: Vec<String>,
     /// The metrics.
     pub metrics: Metrics,
     /// The clock ejections are timed by.
@@ -103,52 +119,169 @@ pub(crate) struct Shared {
     pub changed: Notify,
     /// Set once SIGTERM or SIGINT has arrived.
     pub draining: AtomicBool,
-    /// How many upstream connection cache slots the backends use.
-    pub slots: usize,
+    /// The next upstream connection cache slot for a new backend.
+    next_slot: AtomicUsize,
+    /// Serializes snapshot rebuilds (ejections, configuration changes), which are rare.
+    rebuilding: std::sync::Mutex<()>,
 }
 
 impl Shared {
     /// Builds the state and first snapshot for `settings` (which must be valid).
     pub(crate) fn new(settings: Settings) -> Result<Self, ballast_balance::BuildError> {
-        let metrics = Metrics::new();
-        let next_slot = AtomicUsize::new(0);
-        let pools: Vec<Arc<PoolState>> = settings
-            .pools
-            .iter()
-            .map(|pool| Arc::new(pool_state(pool, &metrics, &next_slot)))
-            .collect();
-        let clock = Clock::default();
-        let snapshot = build_snapshot(&pools, clock.now_ms())?;
-        Ok(Self {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            slots: next_slot.load(Ordering::Relaxed),
-            settings,
-            pools,
-            metrics,
-            clock,
+        let shared = Self {
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                pools: Vec::new(),
+                by_listener: Vec::new(),
+                revision: 0,
+            }),
+            listener_pools: settings.listeners.iter().map(|l| l.pool.clone()).collect(),
+            metrics: Metrics::new(),
+            clock: Clock::default(),
             changed: Notify::new(),
             draining: AtomicBool::new(false),
-        })
+            next_slot: AtomicUsize::new(0),
+            rebuilding: std::sync::Mutex::new(()),
+            settings,
+        };
+        let pools = shared.settings.pools.clone();
+        shared.replace_pools(&pools, 0)?;
+        Ok(shared)
     }
 
-    /// The index of the pool called `name`.
-    pub(crate) fn pool_index(&self, name: &str) -> Option<usize> {
-        self.pools.iter().position(|p| p.name == name)
+    /// Counts a response the LB made itself on `listener`'s pool (if the pool exists now).
+    pub(crate) fn count_error(&self, listener: usize, kind: crate::metrics::ErrorKind) {
+        if let Some(pool) = self.snapshot.load().for_listener(listener) {
+            pool.state.counters.error(kind);
+        }
+    }
+
+    /// How many upstream connection cache slots backends have used.
+    pub(crate) fn slots(&self) -> usize {
+        self.next_slot.load(Ordering::Relaxed)
+    }
+
+    /// Every backend of the current snapshot.
+    pub(crate) fn backends(&self) -> Vec<Arc<BackendState>> {
+        self.snapshot
+            .load()
+            .pools
+            .iter()
+            .flat_map(|p| p.state.backends.iter().cloned())
+            .collect()
+    }
+
+    /// Installs a new set of pools (a configuration revision): backends that stay keep their
+    /// load, failure record, counters and connections; new ones start fresh. Built off the
+    /// request path and swapped in whole.
+    pub(crate) fn replace_pools(
+        &self,
+        pools: &[Pool],
+        revision: u64,
+    ) -> Result<(), ballast_balance::BuildError> {
+        let _one_at_a_time = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.snapshot.load();
+        let states: Vec<Arc<PoolState>> = pools
+            .iter()
+            .map(|pool| {
+                let before = current.pools.iter().find(|p| p.state.name == pool.name);
+                Arc::new(self.pool_state(pool, before.map(|p| &*p.state)))
+            })
+            .collect();
+        let snapshot = self.build_snapshot(&states, revision)?;
+        self.snapshot.store(Arc::new(snapshot));
+        Ok(())
     }
 
     /// Rebuilds the snapshot for the ejections in force now; returns when the next one ends.
     pub(crate) fn rebuild(&self) -> Option<u64> {
-        let now = self.clock.now_ms();
-        match build_snapshot(&self.pools, now) {
+        let _one_at_a_time = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.snapshot.load();
+        let states: Vec<Arc<PoolState>> = current.pools.iter().map(|p| Arc::clone(&p.state)).collect();
+        match self.build_snapshot(&states, current.revision) {
             Ok(snapshot) => self.snapshot.store(Arc::new(snapshot)),
             // The same backends and algorithms built before; only `accepting` changed.
             Err(error) => tracing::error!(%error, "snapshot rebuild failed; keeping the last one"),
         }
-        self.pools
+        let now = self.clock.now_ms();
+        states
             .iter()
             .flat_map(|p| &p.backends)
             .filter_map(|b| b.outlier.ejected_until(now))
             .min()
+    }
+
+    fn pool_state(&self, pool: &Pool, before: Option<&PoolState>) -> PoolState {
+        PoolState {
+            name: pool.name.clone(),
+            algorithm: pool.algorithm.clone(),
+            hash_key: pool.hash_key.clone(),
+            backends: pool
+                .backends
+                .iter()
+                .map(|b| {
+                    let id = b.address.to_string();
+                    let kept = before.and_then(|p| p.backends.iter().find(|k| k.address == b.address));
+                    let balance = Backend::new(id.clone(), b.weight).accepting(b.accepting);
+                    Arc::new(match kept {
+                        Some(kept) => BackendState {
+                            address: b.address,
+                            slot: kept.slot,
+                            balance: balance.with_load(Arc::clone(kept.balance.load())),
+                            outlier: Arc::clone(&kept.outlier),
+                            counters: kept.counters.clone(),
+                        },
+                        None => BackendState {
+                            address: b.address,
+                            slot: self.next_slot.fetch_add(1, Ordering::Relaxed),
+                            balance,
+                            outlier: Arc::default(),
+                            counters: self.metrics.backend(&pool.name, &id),
+                        },
+                    })
+                })
+                .collect(),
+            counters: self.metrics.pool(&pool.name),
+        }
+    }
+
+    fn build_snapshot(
+        &self,
+        pools: &[Arc<PoolState>],
+        revision: u64,
+    ) -> Result<Snapshot, ballast_balance::BuildError> {
+        let now_ms = self.clock.now_ms();
+        let built = pools
+            .iter()
+            .map(|pool| {
+                let taking: Vec<bool> = pool
+                    .backends
+                    .iter()
+                    .map(|b| b.balance.takes_traffic() && !b.outlier.is_ejected(now_ms))
+                    .collect();
+                let backends: Vec<Backend> = pool
+                    .backends
+                    .iter()
+                    .zip(&taking)
+                    .map(|(b, &taking)| b.balance.clone().accepting(taking))
+                    .collect();
+                Ok(PoolSnapshot {
+                    picker: Picker::build(&pool.algorithm, &backends)?,
+                    uses_key: pool.algorithm.uses_key(),
+                    state: Arc::clone(pool),
+                    taking,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let by_listener = self
+            .listener_pools
+            .iter()
+            .map(|name| built.iter().position(|p| p.state.name == *name))
+            .collect();
+        Ok(Snapshot {
+            pools: built,
+            by_listener,
+            revision,
+        })
     }
 
     /// Records a connect failure or 5xx from backend `index` of `pool`, ejecting it when its
@@ -181,56 +314,4 @@ impl Shared {
         );
         self.changed.notify_one();
     }
-}
-
-fn pool_state(pool: &Pool, metrics: &Metrics, next_slot: &AtomicUsize) -> PoolState {
-    PoolState {
-        name: pool.name.clone(),
-        algorithm: pool.algorithm.clone(),
-        hash_key: pool.hash_key.clone(),
-        backends: pool
-            .backends
-            .iter()
-            .map(|b| {
-                let id = b.address.to_string();
-                Arc::new(BackendState {
-                    address: b.address,
-                    slot: next_slot.fetch_add(1, Ordering::Relaxed),
-                    counters: metrics.backend(&pool.name, &id),
-                    balance: Backend::new(id, b.weight),
-                    outlier: Outlier::default(),
-                })
-            })
-            .collect(),
-        counters: metrics.pool(&pool.name),
-    }
-}
-
-fn build_snapshot(
-    pools: &[Arc<PoolState>],
-    now_ms: u64,
-) -> Result<Snapshot, ballast_balance::BuildError> {
-    let pools = pools
-        .iter()
-        .map(|pool| {
-            let taking: Vec<bool> = pool
-                .backends
-                .iter()
-                .map(|b| b.balance.takes_traffic() && !b.outlier.is_ejected(now_ms))
-                .collect();
-            let backends: Vec<Backend> = pool
-                .backends
-                .iter()
-                .zip(&taking)
-                .map(|(b, &taking)| b.balance.clone().accepting(taking))
-                .collect();
-            Ok(PoolSnapshot {
-                picker: Picker::build(&pool.algorithm, &backends)?,
-                uses_key: pool.algorithm.uses_key(),
-                state: Arc::clone(pool),
-                taking,
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(Snapshot { pools })
 }

@@ -14,14 +14,16 @@ use crate::key::HashKey;
 use crate::metrics::ErrorKind;
 use crate::state::Shared;
 
-/// Proxies one client connection to a backend of `pool`.
-pub(crate) async fn proxy<S>(shared: Arc<Shared>, pool: usize, mut client: S, peer: SocketAddr)
+/// Proxies one client connection to a backend of the pool `listener` serves.
+pub(crate) async fn proxy<S>(shared: Arc<Shared>, listener: usize, mut client: S, peer: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
-    let pool = &snapshot.pools[pool];
+    let Some(pool) = snapshot.for_listener(listener) else {
+        return;
+    };
     let key = if pool.uses_key {
         HashKey::of_client(peer.ip())
     } else {

@@ -55,7 +55,7 @@ pub(crate) async fn serve(
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(refusal) => {
-                let counters = &context.shared.pools[context.pool].counters;
+
                 let (status, text, kind) = match refusal {
                     Refusal::BadRequest => {
                         ("400 Bad Request", "bad request\n", ErrorKind::BadRequest)
@@ -66,7 +66,7 @@ pub(crate) async fn serve(
                         ErrorKind::HeadersTooLarge,
                     ),
                 };
-                counters.error(kind);
+                context.shared.count_error(context.listener, kind);
                 let _ = write_error(&mut client, status, text, false).await;
                 return;
             }
@@ -115,9 +115,9 @@ async fn read_request(
                 deadline.get_or_insert_with(head_deadline);
             }
             Err(_) if deadline.is_some() => {
-                context.shared.pools[context.pool]
-                    .counters
-                    .error(ErrorKind::HeaderTimeout);
+                context
+                    .shared
+                    .count_error(context.listener, ErrorKind::HeaderTimeout);
                 return Ok(None);
             }
             _ => return Ok(None),
@@ -143,7 +143,12 @@ async fn proxy(
     let started = Instant::now();
     let shared = &context.shared;
     let snapshot = shared.snapshot.load_full();
-    let pool = &snapshot.pools[context.pool];
+    let Some(pool) = snapshot.for_listener(context.listener) else {
+        // The configuration has no such pool (now): nobody to send the request to.
+        let keep_alive = head.keep_alive && head.body == Framing::Empty;
+        write_error(client, "503 Service Unavailable", "no backend available\n", keep_alive).await?;
+        return Ok(if keep_alive { Next::KeepAlive } else { Next::Close });
+    };
     if head.expect_continue && head.body != Framing::Empty {
         // We answer for the backend, so the client's body and the backend's reply never wait
         // on each other through us.

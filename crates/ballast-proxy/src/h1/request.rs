@@ -71,13 +71,13 @@ pub(super) fn parse_request(
     };
     let shared = &context.shared;
     let snapshot = shared.snapshot.load();
-    let pool = &snapshot.pools[context.pool];
-    let key = if pool.uses_key {
-        pool.state
-            .hash_key
-            .of_raw(path, request.headers, context.client.ip())
-    } else {
-        0
+    let key = match snapshot.for_listener(context.listener) {
+        Some(pool) if pool.uses_key => {
+            pool.state
+                .hash_key
+                .of_raw(path, request.headers, context.client.ip())
+        }
+        _ => 0,
     };
 
     let mut upstream = BytesMut::with_capacity(length + 128);
