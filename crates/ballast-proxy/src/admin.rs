@@ -22,10 +22,20 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let unreachable_since = *shared
+        .config_unreachable_since
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    shared.metrics.set_config(
+        shared.snapshot.load().revision,
+        unreachable_since.map(|since| since.elapsed()),
+    );
     let backends = shared.backends();
-    let text = shared
-        .metrics
-        .render(backends.iter().map(|b| (&b.counters, b.balance.load().in_flight())));
+    let text = shared.metrics.render(
+        backends
+            .iter()
+            .map(|b| (&b.counters, b.balance.load().in_flight())),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -1,7 +1,8 @@
 //! Ballast's data plane: the LB server.
 //!
 //! [`run`] starts an LB server from [`Settings`] (flags or a TOML file) and returns once SIGTERM
-//! or SIGINT has drained it. It proxies HTTP/1.1 and HTTP/2 (h2c and TLS with ALPN) or raw TCP to
+//! or SIGINT has drained it. Its pools are the settings' own ([`Source::Static`]) or follow the
+//! configuration database ([`Source::Database`]), revision by revision. It proxies HTTP/1.1 and HTTP/2 (h2c and TLS with ALPN) or raw TCP to
 //! the backends of each listener's pool, choosing with the pool's `ballast-balance` picker, and
 //! serves Prometheus metrics on its admin address.
 //!
@@ -20,7 +21,8 @@
 //!     pool: "web".into(),
 //!     tls: None,
 //! };
-//! ballast_proxy::run(Settings::new(vec![listener], vec![pool]), |bound| {
+//! let settings = Settings::new(vec![listener], vec![pool]);
+//! ballast_proxy::run(settings, ballast_proxy::Source::Static, |bound| {
 //!     println!("listening on {:?}", bound.listeners);
 //! })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -38,6 +40,7 @@ mod h1;
 mod headers;
 mod http;
 mod key;
+mod managed;
 pub mod metrics;
 mod outlier;
 mod prefixed;
@@ -51,5 +54,5 @@ mod tls;
 mod upstream;
 
 pub use key::HashKey;
-pub use server::{Bound, ServerError, run};
+pub use server::{Bound, ServerError, Source, run};
 pub use settings::Settings;

@@ -34,6 +34,8 @@ pub struct Metrics {
     cpu_seconds: Counter<f64, AtomicU64>,
     resident_bytes: Gauge,
     open_fds: Gauge,
+    config_revision: Gauge,
+    config_unreachable_seconds: Gauge<f64, AtomicU64>,
 }
 
 /// Why a request was answered by the LB itself rather than a backend.
@@ -139,6 +141,18 @@ impl Metrics {
         let cpu_seconds = Counter::<f64, AtomicU64>::default();
         let resident_bytes = Gauge::default();
         let open_fds = Gauge::default();
+        let config_revision = Gauge::default();
+        let config_unreachable_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "ballast_config_revision",
+            "The configuration revision this LB applied (0 for a static configuration)",
+            config_revision.clone(),
+        );
+        registry.register(
+            "ballast_config_unreachable_seconds",
+            "How long the configuration database has been unreachable (0 when it is reachable)",
+            config_unreachable_seconds.clone(),
+        );
         registry.register(
             "ballast_requests",
             "Responses sent to clients, by pool, backend and status class",
@@ -202,7 +216,17 @@ impl Metrics {
             cpu_seconds,
             resident_bytes,
             open_fds,
+            config_revision,
+            config_unreachable_seconds,
         }
+    }
+
+    /// Records the configuration revision in force and how stale it may be.
+    pub fn set_config(&self, revision: u64, unreachable_for: Option<std::time::Duration>) {
+        self.config_revision
+            .set(i64::try_from(revision).unwrap_or(i64::MAX));
+        self.config_unreachable_seconds
+            .set(unreachable_for.map_or(0.0, |d| d.as_secs_f64()));
     }
 
     /// The counters of one backend of `pool`, made once and kept by the backend.

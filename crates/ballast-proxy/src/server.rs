@@ -80,11 +80,27 @@ struct WorkerListener {
     tls: Option<TlsAcceptor>,
 }
 
+/// Where the pools come from.
+#[derive(Debug)]
+pub enum Source {
+    /// The settings' own pools, for the life of the server.
+    Static,
+    /// The configuration database, through a follower: each revision replaces the pools.
+    Database(watch::Receiver<ballast_config::Followed>),
+}
+
 /// Runs the server until SIGTERM or SIGINT has drained it. `on_bound` is called once every
 /// socket is bound and the signal handlers are in place: from then on the server is ready.
-pub fn run(settings: Settings, on_bound: impl FnOnce(&Bound)) -> Result<(), ServerError> {
+pub fn run(
+    settings: Settings,
+    source: Source,
+    on_bound: impl FnOnce(&Bound),
+) -> Result<(), ServerError> {
     settings.validate()?;
     let shared = Arc::new(Shared::new(settings)?);
+    if let Source::Database(followed) = &source {
+        crate::managed::install(&shared, &followed.borrow().config);
+    }
     let settings = &shared.settings;
 
     // Every worker gets its own socket per listener, bound to the same address.
@@ -161,6 +177,12 @@ pub fn run(settings: Settings, on_bound: impl FnOnce(&Bound)) -> Result<(), Serv
     runtime.block_on(async {
         let (mut term, mut int) = signals;
         tokio::spawn(maintain_snapshot(Arc::clone(&shared), shutdown_rx.clone()));
+        if let Source::Database(followed) = source {
+            tokio::spawn(crate::managed::apply_revisions(
+                Arc::clone(&shared),
+                followed,
+            ));
+        }
         if let Some(socket) = admin {
             match TcpListener::from_std(socket) {
                 Ok(listener) => {

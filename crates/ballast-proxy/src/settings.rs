@@ -35,6 +35,9 @@ pub struct Settings {
     pub outlier: OutlierPolicy,
     /// How long SIGTERM waits for requests in flight before exiting.
     pub drain_timeout: Duration,
+    /// The pools come from the configuration database (managed mode): a listener's pool may
+    /// not exist yet, and answers 503 until it does.
+    pub managed: bool,
 }
 
 /// One listening address.
@@ -195,6 +198,7 @@ impl Settings {
             retries: 2,
             outlier: OutlierPolicy::default(),
             drain_timeout: Duration::from_secs(30),
+            managed: false,
         }
     }
 
@@ -245,7 +249,7 @@ impl Settings {
                     format!("{} is used by two listeners", listener.address),
                 ));
             }
-            if !pool_names.contains(listener.pool.as_str()) {
+            if !self.managed && !pool_names.contains(listener.pool.as_str()) {
                 return Err(SettingsError::new(
                     format!("listeners[{i}].pool"),
                     format!("no pool is named `{}`", listener.pool),

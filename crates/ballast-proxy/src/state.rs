@@ -119,6 +119,8 @@ pub(crate) struct Shared {
     pub changed: Notify,
     /// Set once SIGTERM or SIGINT has arrived.
     pub draining: AtomicBool,
+    /// Managed mode: since when the configuration database cannot be reached, if it cannot.
+    pub config_unreachable_since: std::sync::Mutex<Option<std::time::Instant>>,
     /// The next upstream connection cache slot for a new backend.
     next_slot: AtomicUsize,
     /// Serializes snapshot rebuilds (ejections, configuration changes), which are rare.
@@ -139,6 +141,7 @@ impl Shared {
             clock: Clock::default(),
             changed: Notify::new(),
             draining: AtomicBool::new(false),
+            config_unreachable_since: std::sync::Mutex::new(None),
             next_slot: AtomicUsize::new(0),
             rebuilding: std::sync::Mutex::new(()),
             settings,
@@ -196,7 +199,8 @@ impl Shared {
     pub(crate) fn rebuild(&self) -> Option<u64> {
         let _one_at_a_time = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.snapshot.load();
-        let states: Vec<Arc<PoolState>> = current.pools.iter().map(|p| Arc::clone(&p.state)).collect();
+        let states: Vec<Arc<PoolState>> =
+            current.pools.iter().map(|p| Arc::clone(&p.state)).collect();
         match self.build_snapshot(&states, current.revision) {
             Ok(snapshot) => self.snapshot.store(Arc::new(snapshot)),
             // The same backends and algorithms built before; only `accepting` changed.
@@ -220,7 +224,8 @@ impl Shared {
                 .iter()
                 .map(|b| {
                     let id = b.address.to_string();
-                    let kept = before.and_then(|p| p.backends.iter().find(|k| k.address == b.address));
+                    let kept =
+                        before.and_then(|p| p.backends.iter().find(|k| k.address == b.address));
                     let balance = Backend::new(id.clone(), b.weight).accepting(b.accepting);
                     Arc::new(match kept {
                         Some(kept) => BackendState {

@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run one LB server: HTTP or TCP proxying to backends with a tunable algorithm.
-    Lb(commands::lb::LbArgs),
+    Lb(Box<commands::lb::LbArgs>),
     /// Run a demo backend that answers with its name, optionally slow or failing.
     Echo(commands::echo::EchoArgs),
     /// Explore the balancing algorithms: where keys go, how load spreads.

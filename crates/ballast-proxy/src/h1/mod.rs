@@ -55,7 +55,6 @@ pub(crate) async fn serve(
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(refusal) => {
-
                 let (status, text, kind) = match refusal {
                     Refusal::BadRequest => {
                         ("400 Bad Request", "bad request\n", ErrorKind::BadRequest)
@@ -146,8 +145,18 @@ async fn proxy(
     let Some(pool) = snapshot.for_listener(context.listener) else {
         // The configuration has no such pool (now): nobody to send the request to.
         let keep_alive = head.keep_alive && head.body == Framing::Empty;
-        write_error(client, "503 Service Unavailable", "no backend available\n", keep_alive).await?;
-        return Ok(if keep_alive { Next::KeepAlive } else { Next::Close });
+        write_error(
+            client,
+            "503 Service Unavailable",
+            "no backend available\n",
+            keep_alive,
+        )
+        .await?;
+        return Ok(if keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        });
     };
     if head.expect_continue && head.body != Framing::Empty {
         // We answer for the backend, so the client's body and the backend's reply never wait

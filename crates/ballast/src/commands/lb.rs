@@ -1,6 +1,7 @@
-//! `ballast lb`: one LB server, from flags (`--listen`, `--backend …`) or a TOML file
-//! (`--config`). Prints one `listening …` line per listener (and `admin …`) once it is ready, and
-//! exits 0 after SIGTERM or SIGINT has drained it.
+//! `ballast lb`: one LB server, static (`--listen`, `--backend …`, or a TOML file with `--config`)
+//! or managed (`--db URL --pool NAME`: the pool and its backends come from the configuration
+//! database and follow every change). Prints one `listening …` line per listener (and `admin …`)
+//! once it is ready, and exits 0 after SIGTERM or SIGINT has drained it.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -8,8 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use ballast_config::{FollowOptions, SqlStore, follow};
 use ballast_proxy::settings::{BackendAddress, Listener, Mode, Pool, Settings, TlsFiles};
-use ballast_proxy::{Bound, HashKey};
+use ballast_proxy::{Bound, HashKey, Source};
 use clap::{Args, ValueEnum};
 
 use super::algorithm_args::AlgorithmArgs;
@@ -20,8 +22,17 @@ pub(crate) struct LbArgs {
     #[arg(long, value_name = "ADDR", required_unless_present = "config")]
     listen: Option<SocketAddr>,
     /// A backend, ADDR or ADDR=WEIGHT; repeat for each.
-    #[arg(long, value_name = "ADDR[=WEIGHT]", required_unless_present = "config")]
+    #[arg(long, value_name = "ADDR[=WEIGHT]", required_unless_present_any = ["config", "db"])]
     backend: Vec<BackendAddress>,
+    /// Managed mode: follow this configuration database (sqlite://PATH or postgres://…).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["backend", "config"], requires = "pool")]
+    db: Option<String>,
+    /// Managed mode: the pool this listener serves.
+    #[arg(long, value_name = "NAME", requires = "db")]
+    pool: Option<String>,
+    /// Managed mode: how often to compare revisions with the database, whatever push said.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pull_interval: Duration,
     #[command(flatten)]
     algorithm: AlgorithmArgs,
     /// What hash-based algorithms hash: client_ip, header:NAME, cookie:NAME or path.
@@ -75,34 +86,43 @@ enum ModeArg {
 }
 
 impl LbArgs {
+    /// The listener the flags describe, serving `pool`.
+    fn listener(&self, pool: &str) -> Result<Listener> {
+        Ok(Listener {
+            address: self.listen.context("--listen is required")?,
+            mode: match self.mode {
+                ModeArg::Http => Mode::Http,
+                ModeArg::Tcp => Mode::Tcp,
+            },
+            pool: pool.to_owned(),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
+        })
+    }
+
     fn settings(&self) -> Result<Settings> {
-        let mut settings = match &self.config {
-            Some(path) => {
+        let mut settings = match (&self.config, &self.pool) {
+            (Some(path), _) => {
                 Settings::from_file(path).with_context(|| format!("--config {}", path.display()))?
             }
-            None => {
+            (None, Some(pool)) => {
+                let mut settings = Settings::new(vec![self.listener(pool)?], Vec::new());
+                settings.managed = true;
+                settings
+            }
+            (None, None) => {
                 let pool = Pool {
                     name: "default".to_owned(),
                     algorithm: self.algorithm.algorithm()?,
                     hash_key: self.hash_key.clone(),
                     backends: self.backend.clone(),
                 };
-                let listener = Listener {
-                    address: self.listen.context("--listen is required")?,
-                    mode: match self.mode {
-                        ModeArg::Http => Mode::Http,
-                        ModeArg::Tcp => Mode::Tcp,
-                    },
-                    pool: pool.name.clone(),
-                    tls: match (&self.tls_cert, &self.tls_key) {
-                        (Some(cert), Some(key)) => Some(TlsFiles {
-                            cert: cert.clone(),
-                            key: key.clone(),
-                        }),
-                        _ => None,
-                    },
-                };
-                Settings::new(vec![listener], vec![pool])
+                Settings::new(vec![self.listener(&pool.name)?], vec![pool])
             }
         };
         settings.workers = self.workers.unwrap_or(settings.workers);
@@ -123,7 +143,28 @@ impl LbArgs {
 
     pub(crate) fn run(self) -> Result<()> {
         let settings = self.settings()?;
-        ballast_proxy::run(settings, announce)?;
+        let Some(url) = &self.db else {
+            ballast_proxy::run(settings, Source::Static, announce)?;
+            return Ok(());
+        };
+        // The follower gets a small runtime of its own, beside the proxy's workers.
+        let feed = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ballast-config-feed")
+            .enable_all()
+            .build()
+            .context("tokio runtime")?;
+        let options = FollowOptions {
+            pull_interval: self.pull_interval,
+            ..FollowOptions::default()
+        };
+        let followed = feed
+            .block_on(async {
+                let store = SqlStore::connect(url).await?;
+                follow(store, url, options).await
+            })
+            .with_context(|| format!("--db {url}"))?;
+        ballast_proxy::run(settings, Source::Database(followed), announce)?;
         Ok(())
     }
 }

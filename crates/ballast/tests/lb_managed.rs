@@ -1,0 +1,130 @@
+//! `ballast lb --db`: a managed LB server follows the configuration database. Changes written to
+//! the database (here straight through the store; the admin API comes next) take effect on the
+//! running LB without a restart: draining a backend, adding one, changing the algorithm.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use ballast_config::{AdminState, AlgorithmSpec, ConfigStore, PoolSpec, SqlStore, Write};
+use support::{Process, backend_of, echo, eventually, get, metric};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn a_managed_lb_applies_each_change_while_serving() {
+    let dir = std::env::temp_dir().join(format!("ballast-managed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let url = format!("sqlite://{}", dir.join("config.db").display());
+    let (_b1, b1) = echo("b1", &[]);
+    let (_b2, b2) = echo("b2", &[]);
+    let (_b3, b3) = echo("b3", &[]);
+
+    let rt = runtime();
+    let store = rt.block_on(SqlStore::connect(&url)).expect("store");
+    let apply = |write: Write| rt.block_on(store.apply(write)).expect("write");
+    apply(Write::CreatePool(PoolSpec {
+        name: "web".into(),
+        algorithm: AlgorithmSpec::named("round_robin"),
+        hash_key: "client_ip".into(),
+        dns_name: None,
+    }));
+    for backend in [b1, b2] {
+        apply(Write::AddBackend {
+            pool: "web".into(),
+            address: backend.to_string(),
+            weight: 1,
+        });
+    }
+
+    let lb = Process::start(
+        &[
+            "lb",
+            "--db",
+            &url,
+            "--pool",
+            "web",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ],
+        2,
+    );
+    let (address, admin) = (lb.listen_addr(0), lb.admin_addr());
+    let seen: HashSet<String> = (0..4)
+        .map(|_| backend_of(&get(address, "/", &[])))
+        .collect();
+    assert_eq!(seen, HashSet::from(["b1".to_owned(), "b2".to_owned()]));
+
+    let revision = apply(Write::SetAdminState {
+        pool: "web".into(),
+        address: b1.to_string(),
+        state: AdminState::Draining,
+    });
+    eventually(Duration::from_secs(10), "the drain to apply", || {
+        metric(admin, "ballast_config_revision ") == Some(revision as f64)
+    });
+    for _ in 0..6 {
+        assert_eq!(backend_of(&get(address, "/", &[])), "b2", "b1 is draining");
+    }
+
+    apply(Write::AddBackend {
+        pool: "web".into(),
+        address: b3.to_string(),
+        weight: 1,
+    });
+    let revision = apply(Write::SetAlgorithm {
+        pool: "web".into(),
+        algorithm: AlgorithmSpec::named("least_request"),
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the new backend and algorithm",
+        || metric(admin, "ballast_config_revision ") == Some(revision as f64),
+    );
+    let seen: HashSet<String> = (0..40)
+        .map(|_| backend_of(&get(address, "/", &[])))
+        .collect();
+    assert_eq!(seen, HashSet::from(["b2".to_owned(), "b3".to_owned()]));
+    assert_eq!(
+        metric(admin, "ballast_config_unreachable_seconds "),
+        Some(0.0)
+    );
+
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_listener_whose_pool_does_not_exist_answers_503() {
+    let dir = std::env::temp_dir().join(format!("ballast-managed-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let url = format!("sqlite://{}", dir.join("config.db").display());
+    let lb = Process::start(
+        &[
+            "lb",
+            "--db",
+            &url,
+            "--pool",
+            "nowhere",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ],
+        1,
+    );
+    let reply = get(lb.listen_addr(0), "/", &[]);
+    assert_eq!(reply.status, 503, "{reply:?}");
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
