@@ -1,0 +1,254 @@
+//! The admin API, `/v1/…`, JSON in and out. Every route but `/healthz` needs
+//! `Authorization: Bearer <token>`.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /v1/revision` | `{"revision": N}` |
+//! | `GET /v1/pools`, `POST /v1/pools` | list pools with their backends; create one (`PoolSpec`) |
+//! | `GET`, `DELETE /v1/pools/{pool}` | one pool; delete it and its backends |
+//! | `PUT /v1/pools/{pool}/algorithm` | `{"algorithm": "maglev", "table_size": 65537}` |
+//! | `GET`, `POST /v1/pools/{pool}/backends` | list; add `{"address": "IP:port", "weight": 1}` |
+//! | `DELETE /v1/pools/{pool}/backends/{address}` | remove a backend |
+//! | `PUT /v1/pools/{pool}/backends/{address}/weight` | `{"weight": 3}` |
+//! | `PUT /v1/pools/{pool}/backends/{address}/state` | `{"state": "draining"}` (or `active`, `disabled`) |
+//! | `GET /v1/changes?since=R&wait_ms=W` | the change log after R, waiting up to W ms for one |
+//!
+//! Writes answer `{"revision": N}`, the revision they produced. Errors answer
+//! `{"error": {"field": …, "reason": …}}` with 400 (invalid), 404 (unknown pool or backend),
+//! 409 (already exists), 401 (token) or 503 (database down; nothing was written).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use axum::{Json, Router, middleware};
+use ballast_config::{AdminState, AlgorithmSpec, ConfigStore, Pool, PoolSpec, SqlStore, Write};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::auth::require_token;
+use crate::error::ApiError;
+
+/// The API's state: the store and the token.
+#[derive(Debug, Clone)]
+pub struct Api {
+    store: SqlStore,
+    pub(crate) token: Arc<str>,
+}
+
+/// The admin routes over `store`, guarded by `token`.
+pub fn router(store: SqlStore, token: String) -> Router {
+    let api = Api {
+        store,
+        token: token.into(),
+    };
+    let v1 = Router::new()
+        .route("/v1/revision", get(revision))
+        .route("/v1/pools", get(list_pools).post(create_pool))
+        .route("/v1/pools/{pool}", get(show_pool).delete(delete_pool))
+        .route("/v1/pools/{pool}/algorithm", put(set_algorithm))
+        .route(
+            "/v1/pools/{pool}/backends",
+            get(list_backends).post(add_backend),
+        )
+        .route(
+            "/v1/pools/{pool}/backends/{address}",
+            axum::routing::delete(remove_backend),
+        )
+        .route(
+            "/v1/pools/{pool}/backends/{address}/weight",
+            put(set_weight),
+        )
+        .route("/v1/pools/{pool}/backends/{address}/state", put(set_state))
+        .route("/v1/changes", get(changes))
+        .layer(middleware::from_fn_with_state(api.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(v1)
+        .with_state(api)
+}
+
+type Answer = Result<(StatusCode, Json<Value>), ApiError>;
+
+/// A JSON body, or 400 naming the field serde stopped at.
+fn body<T: DeserializeOwned>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    parsed.map(|Json(value)| value).map_err(|rejection| {
+        let text = rejection.body_text();
+        let detail = text
+            .split_once("target type: ")
+            .map_or(text.as_str(), |(_, detail)| detail);
+        // serde_path_to_error puts the field's path first: `weight: invalid value …`.
+        match detail.split_once(": ") {
+            Some((field, reason)) if !field.contains(' ') => ApiError::Invalid {
+                field: field.to_owned(),
+                reason: reason.to_owned(),
+            },
+            _ => ApiError::Invalid {
+                field: "body".to_owned(),
+                reason: detail.to_owned(),
+            },
+        }
+    })
+}
+
+async fn write(api: &Api, write: Write, status: StatusCode) -> Answer {
+    let revision = api.store.apply(write).await?;
+    Ok((status, Json(json!({ "revision": revision }))))
+}
+
+async fn revision(State(api): State<Api>) -> Answer {
+    let revision = api.store.revision().await?;
+    Ok((StatusCode::OK, Json(json!({ "revision": revision }))))
+}
+
+async fn list_pools(State(api): State<Api>) -> Answer {
+    let config = api.store.config().await?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "revision": config.revision, "pools": config.pools })),
+    ))
+}
+
+async fn find_pool(api: &Api, name: &str) -> Result<Pool, ApiError> {
+    api.store
+        .config()
+        .await?
+        .pools
+        .into_iter()
+        .find(|pool| pool.spec.name == name)
+        .ok_or_else(|| ApiError::NotFound(format!("pool `{name}` does not exist")))
+}
+
+async fn show_pool(State(api): State<Api>, Path(pool): Path<String>) -> Answer {
+    let pool = find_pool(&api, &pool).await?;
+    Ok((StatusCode::OK, Json(json!(pool))))
+}
+
+async fn list_backends(State(api): State<Api>, Path(pool): Path<String>) -> Answer {
+    let pool = find_pool(&api, &pool).await?;
+    Ok((StatusCode::OK, Json(json!(pool.backends))))
+}
+
+async fn create_pool(
+    State(api): State<Api>,
+    spec: Result<Json<PoolSpec>, JsonRejection>,
+) -> Answer {
+    write(&api, Write::CreatePool(body(spec)?), StatusCode::CREATED).await
+}
+
+async fn delete_pool(State(api): State<Api>, Path(pool): Path<String>) -> Answer {
+    write(&api, Write::DeletePool { pool }, StatusCode::OK).await
+}
+
+async fn set_algorithm(
+    State(api): State<Api>,
+    Path(pool): Path<String>,
+    algorithm: Result<Json<AlgorithmSpec>, JsonRejection>,
+) -> Answer {
+    let algorithm = body(algorithm)?;
+    write(
+        &api,
+        Write::SetAlgorithm { pool, algorithm },
+        StatusCode::OK,
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBackend {
+    address: String,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn add_backend(
+    State(api): State<Api>,
+    Path(pool): Path<String>,
+    backend: Result<Json<NewBackend>, JsonRejection>,
+) -> Answer {
+    let NewBackend { address, weight } = body(backend)?;
+    let add = Write::AddBackend {
+        pool,
+        address,
+        weight,
+    };
+    write(&api, add, StatusCode::CREATED).await
+}
+
+async fn remove_backend(
+    State(api): State<Api>,
+    Path((pool, address)): Path<(String, String)>,
+) -> Answer {
+    write(&api, Write::RemoveBackend { pool, address }, StatusCode::OK).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Weight {
+    weight: u32,
+}
+
+async fn set_weight(
+    State(api): State<Api>,
+    Path((pool, address)): Path<(String, String)>,
+    weight: Result<Json<Weight>, JsonRejection>,
+) -> Answer {
+    let Weight { weight } = body(weight)?;
+    let set = Write::SetWeight {
+        pool,
+        address,
+        weight,
+    };
+    write(&api, set, StatusCode::OK).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewState {
+    state: AdminState,
+}
+
+async fn set_state(
+    State(api): State<Api>,
+    Path((pool, address)): Path<(String, String)>,
+    state: Result<Json<NewState>, JsonRejection>,
+) -> Answer {
+    let NewState { state } = body(state)?;
+    let set = Write::SetAdminState {
+        pool,
+        address,
+        state,
+    };
+    write(&api, set, StatusCode::OK).await
+}
+
+#[derive(Debug, Deserialize)]
+struct Since {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// The longest a change-feed request waits for a change.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+async fn changes(State(api): State<Api>, Query(query): Query<Since>) -> Answer {
+    let deadline = Instant::now() + Duration::from_millis(query.wait_ms).min(MAX_WAIT);
+    loop {
+        let changes = api.store.changes_since(query.since, 1000).await?;
+        if !changes.is_empty() || Instant::now() >= deadline {
+            return Ok((StatusCode::OK, Json(json!({ "changes": changes }))));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

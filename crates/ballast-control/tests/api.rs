@@ -1,0 +1,256 @@
+//! The admin API over a real socket and a real SQLite database: authentication, writes and their
+//! revisions, errors that name the field and change nothing, and the long-polled change feed.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-token-0123456789";
+
+struct Control {
+    address: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Control {
+    async fn start() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("ballast-control-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let url = format!("sqlite://{}", dir.join("config.db").display());
+        let store = ballast_config::SqlStore::connect(&url)
+            .await
+            .expect("store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let app = ballast_control::api::router(store, TOKEN.to_owned());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            address,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            _dir: TempDir(dir),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.address))
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        let response = self
+            .client
+            .request(request.body(Full::new(body)).expect("request"))
+            .await
+            .expect("response");
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, value)
+    }
+
+    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call(method, path, Some(TOKEN), body).await
+    }
+}
+
+#[tokio::test]
+async fn every_route_but_healthz_needs_the_token() {
+    let control = Control::start().await;
+    let (status, _) = control.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    for token in [None, Some("wrong"), Some("")] {
+        let (status, body) = control.call(Method::GET, "/v1/revision", token, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(body["error"]["reason"], "missing or wrong bearer token");
+    }
+    let (status, body) = control.ok(Method::GET, "/v1/revision", None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"revision": 0})));
+}
+
+#[tokio::test]
+async fn writes_answer_their_revision_and_errors_name_the_field() {
+    let control = Control::start().await;
+    let (status, body) = control
+        .ok(
+            Method::POST,
+            "/v1/pools",
+            Some(json!({"name": "web", "algorithm": "round_robin"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::CREATED, json!({"revision": 1}))
+    );
+    let (status, body) = control
+        .ok(
+            Method::POST,
+            "/v1/pools/web/backends",
+            Some(json!({"address": "127.0.0.1:9001", "weight": 2})),
+        )
+        .await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::CREATED, json!({"revision": 2}))
+    );
+
+    let refusals = [
+        (
+            Method::POST,
+            "/v1/pools",
+            json!({"name": "shop", "algorithm": "fastest"}),
+            StatusCode::BAD_REQUEST,
+            "algorithm",
+        ),
+        (
+            Method::POST,
+            "/v1/pools/web/backends",
+            json!({"address": "127.0.0.1:9001"}),
+            StatusCode::CONFLICT,
+            "address",
+        ),
+        (
+            Method::POST,
+            "/v1/pools/web/backends",
+            json!({"address": "nowhere", "weight": 1}),
+            StatusCode::BAD_REQUEST,
+            "address",
+        ),
+        (
+            Method::POST,
+            "/v1/pools/web/backends",
+            json!({"address": "127.0.0.1:9002", "weight": -1}),
+            StatusCode::BAD_REQUEST,
+            "weight",
+        ),
+        (
+            Method::POST,
+            "/v1/pools/shop/backends",
+            json!({"address": "127.0.0.1:9002"}),
+            StatusCode::NOT_FOUND,
+            "",
+        ),
+        (
+            Method::PUT,
+            "/v1/pools/web/algorithm",
+            json!({"algorithm": "maglev", "table_size": 10}),
+            StatusCode::BAD_REQUEST,
+            "maglev.table_size",
+        ),
+        (
+            Method::PUT,
+            "/v1/pools/web/backends/127.0.0.1:9001/state",
+            json!({"state": "asleep"}),
+            StatusCode::BAD_REQUEST,
+            "state",
+        ),
+    ];
+    for (method, path, body, expected, field) in refusals {
+        let (status, answer) = control.ok(method, path, Some(body.clone())).await;
+        assert_eq!(status, expected, "{path} {body}: {answer}");
+        if !field.is_empty() {
+            assert_eq!(answer["error"]["field"], field, "{path} {body}: {answer}");
+        }
+        assert!(
+            answer["error"]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
+            "{answer}"
+        );
+    }
+    let (_, body) = control.ok(Method::GET, "/v1/revision", None).await;
+    assert_eq!(
+        body,
+        json!({"revision": 2}),
+        "refused writes change nothing"
+    );
+
+    let (status, _) = control
+        .ok(
+            Method::PUT,
+            "/v1/pools/web/backends/127.0.0.1:9001/state",
+            Some(json!({"state": "draining"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, pool) = control.ok(Method::GET, "/v1/pools/web", None).await;
+    assert_eq!(pool["backends"][0]["admin_state"], "draining");
+    assert_eq!(pool["backends"][0]["weight"], 2);
+}
+
+#[tokio::test]
+async fn the_change_feed_long_polls() {
+    let control = Control::start().await;
+    let waiting = {
+        let client = control.client.clone();
+        let uri = format!(
+            "http://{}/v1/changes?since=0&wait_ms=10000",
+            control.address
+        );
+        tokio::spawn(async move {
+            let request = Request::get(uri)
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Full::new(Bytes::new()))
+                .expect("request");
+            let response = client.request(request).await.expect("response");
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            serde_json::from_slice::<Value>(&bytes).expect("json")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    control
+        .ok(
+            Method::POST,
+            "/v1/pools",
+            Some(json!({"name": "web", "algorithm": "maglev"})),
+        )
+        .await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the long poll returns")
+        .expect("task");
+    assert_eq!(answer["changes"][0]["revision"], 1);
+    assert_eq!(answer["changes"][0]["operation"], "create_pool");
+}
