@@ -33,6 +33,12 @@ enum Command {
     Lb(Box<commands::lb::LbArgs>),
     /// Run a demo backend that answers with its name, optionally slow or failing.
     Echo(commands::echo::EchoArgs),
+    /// Run the admin API over the configuration database.
+    Control(commands::control::ControlArgs),
+    /// Create, list, show, delete pools and change their algorithm (through the admin API).
+    Pool(commands::pool::PoolCommand),
+    /// Add, remove, drain, enable, disable backends and set their weight (through the admin API).
+    Backend(commands::backend::BackendCommand),
     /// Explore the balancing algorithms: where keys go, how load spreads.
     #[command(subcommand)]
     Balance(commands::balance::BalanceCommand),
@@ -54,6 +60,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Lb(args) => args.run(),
         Command::Echo(args) => args.run(),
+        Command::Control(args) => args.run(),
+        Command::Pool(command) => command.run(),
+        Command::Backend(command) => command.run(),
         Command::Balance(command) => command.run(),
         Command::Bench(command) => command.run(),
     };

@@ -1,8 +1,12 @@
 //! One module per subcommand of `ballast`.
 
+mod admin_client;
 mod algorithm_args;
+pub(crate) mod backend;
 pub(crate) mod balance;
 pub(crate) mod bench;
+pub(crate) mod control;
 pub(crate) mod echo;
 pub(crate) mod lb;
+pub(crate) mod pool;
 mod table;

@@ -1,0 +1,152 @@
+//! `ballast pool create|list|show|delete|set-algorithm`: pools through the admin API.
+
+use std::io::Write;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use hyper::Method;
+use serde_json::{Value, json};
+
+use super::admin_client::{ControlFlags, segment};
+use super::algorithm_args::AlgorithmArgs;
+use super::table::Table;
+
+#[derive(Debug, Args)]
+pub(crate) struct PoolCommand {
+    #[command(flatten)]
+    control: ControlFlags,
+    #[command(subcommand)]
+    action: PoolAction,
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolAction {
+    /// Create a pool (with no backends yet).
+    Create {
+        /// Lower-case letters, digits and dashes.
+        name: String,
+        #[command(flatten)]
+        algorithm: AlgorithmArgs,
+        /// What hash-based algorithms hash: client_ip, header:NAME, cookie:NAME or path.
+        #[arg(long, default_value = "client_ip")]
+        hash_key: String,
+        /// The DNS name the pool is served under.
+        #[arg(long)]
+        dns_name: Option<String>,
+    },
+    /// List every pool.
+    List,
+    /// Show one pool and its backends.
+    Show {
+        /// The pool.
+        name: String,
+    },
+    /// Delete a pool and its backends.
+    Delete {
+        /// The pool.
+        name: String,
+    },
+    /// Change a pool's algorithm (and its parameters).
+    SetAlgorithm {
+        /// The pool.
+        name: String,
+        #[command(flatten)]
+        algorithm: AlgorithmArgs,
+    },
+}
+
+/// The algorithm flags as the API's JSON.
+pub(crate) fn algorithm_json(args: &AlgorithmArgs) -> Value {
+    let mut spec = json!({ "algorithm": args.algorithm });
+    let parameters = args.parameters();
+    if let Some(m) = parameters.table_size {
+        spec["table_size"] = json!(m);
+    }
+    if let Some(n) = parameters.points_per_weight {
+        spec["points_per_weight"] = json!(n);
+    }
+    if let Some(c) = parameters.load_factor {
+        spec["load_factor"] = json!(c);
+    }
+    if let Some(decay) = parameters.peak_ewma {
+        spec["peak_ewma_ms"] = json!(decay.as_millis() as u64);
+    }
+    spec
+}
+
+impl PoolCommand {
+    pub(crate) fn run(self) -> Result<()> {
+        let control = &self.control;
+        let answer = match &self.action {
+            PoolAction::Create {
+                name,
+                algorithm,
+                hash_key,
+                dns_name,
+            } => {
+                let mut spec = algorithm_json(algorithm);
+                spec["name"] = json!(name);
+                spec["hash_key"] = json!(hash_key);
+                if let Some(dns) = dns_name {
+                    spec["dns_name"] = json!(dns);
+                }
+                control.call(Method::POST, "/v1/pools", Some(spec))?
+            }
+            PoolAction::List => control.call(Method::GET, "/v1/pools", None)?,
+            PoolAction::Show { name } => {
+                control.call(Method::GET, &format!("/v1/pools/{}", segment(name)), None)?
+            }
+            PoolAction::Delete { name } => control.call(
+                Method::DELETE,
+                &format!("/v1/pools/{}", segment(name)),
+                None,
+            )?,
+            PoolAction::SetAlgorithm { name, algorithm } => control.call(
+                Method::PUT,
+                &format!("/v1/pools/{}/algorithm", segment(name)),
+                Some(algorithm_json(algorithm)),
+            )?,
+        };
+        let mut out = std::io::stdout().lock();
+        if control.json {
+            writeln!(out, "{answer}")?;
+            return Ok(());
+        }
+        match &self.action {
+            PoolAction::List => {
+                pools_table(answer["pools"].as_array().map_or(&[][..], |p| p), &mut out)?
+            }
+            PoolAction::Show { .. } => {
+                pools_table(std::slice::from_ref(&answer), &mut out)?;
+                writeln!(out)?;
+                super::backend::backends_table(&answer["backends"], &mut out)?;
+            }
+            _ => writeln!(out, "revision {}", answer["revision"])?,
+        }
+        Ok(())
+    }
+}
+
+fn pools_table(pools: &[Value], out: &mut impl Write) -> Result<()> {
+    let mut table = Table::new(&["pool", "algorithm", "hash_key", "backends", "dns_name"]);
+    for pool in pools {
+        table.row(vec![
+            text(&pool["name"]),
+            text(&pool["algorithm"]),
+            text(&pool["hash_key"]),
+            pool["backends"].as_array().map_or(0, Vec::len).to_string(),
+            text(&pool["dns_name"]),
+        ]);
+    }
+    table.write(out)?;
+    Ok(())
+}
+
+/// A JSON value as a table cell (`-` for none).
+pub(crate) fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
