@@ -65,6 +65,50 @@ pub async fn follow(
     Ok(receiver)
 }
 
+/// Like [`follow`], but when the database cannot be reached now, starts from `fallback` (the
+/// last configuration this server applied, from its cache file) and connects when it can. With
+/// no fallback, an unreachable database is an error.
+pub async fn follow_or_fall_back(
+    url: &str,
+    options: FollowOptions,
+    fallback: Option<Config>,
+) -> Result<watch::Receiver<Followed>, StoreError> {
+    let error = match SqlStore::connect(url).await {
+        Ok(store) => match follow(store, url, options).await {
+            Ok(receiver) => return Ok(receiver),
+            Err(error) => error,
+        },
+        Err(error) => error,
+    };
+    let Some(fallback) = fallback else {
+        return Err(error);
+    };
+    tracing::warn!(%error, revision = fallback.revision,
+        "configuration database unreachable; serving the cached configuration");
+    let (publish, receiver) = watch::channel(Followed {
+        config: Arc::new(fallback),
+        unreachable_since: Some(Instant::now()),
+    });
+    let url = url.to_owned();
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        let store = loop {
+            if publish.is_closed() {
+                return;
+            }
+            match SqlStore::connect(&url).await {
+                Ok(store) => break store,
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        run(store, url, options, publish).await;
+    });
+    Ok(receiver)
+}
+
 async fn run(
     store: SqlStore,
     url: String,
@@ -145,7 +189,12 @@ async fn listen(url: &str) -> Option<PgListener> {
 /// The configuration at the database's revision, if it moved past `current`.
 async fn catch_up(store: &SqlStore, current: &Config) -> Result<Option<Config>, StoreError> {
     let revision = store.revision().await?;
-    if revision <= current.revision {
+    if revision < current.revision {
+        // The database is behind what we hold (restored from a backup, or a new one): it is
+        // the truth all the same.
+        return store.config().await.map(Some);
+    }
+    if revision == current.revision {
         return Ok(None);
     }
     let mut next = current.clone();

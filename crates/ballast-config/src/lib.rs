@@ -34,7 +34,7 @@ mod sql;
 mod store;
 mod validate;
 
-pub use feed::{FollowOptions, Followed, follow};
+pub use feed::{FollowOptions, Followed, follow, follow_or_fall_back};
 pub use model::{
     AdminState, AlgorithmSpec, Backend, Change, Config, Health, OutOfStep, Pool, PoolSpec, Write,
 };

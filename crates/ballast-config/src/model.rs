@@ -180,6 +180,25 @@ pub struct OutOfStep {
 }
 
 impl Config {
+    /// Reads a configuration saved by [`Config::save`].
+    pub fn load(path: &std::path::Path) -> std::io::Result<Self> {
+        let text = std::fs::read(path)?;
+        serde_json::from_slice(&text).map_err(std::io::Error::other)
+    }
+
+    /// Saves the configuration as JSON, atomically: a reader sees the old file or the new one,
+    /// never half of one (write beside, then rename over).
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(".tmp");
+        let temporary = std::path::PathBuf::from(temporary);
+        std::fs::write(
+            &temporary,
+            serde_json::to_vec(self).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&temporary, path)
+    }
+
     /// Applies `write`, which produced `revision`, exactly as the store did: managed LB servers
     /// follow the change log with this instead of reloading everything. Pools stay ordered by
     /// name and backends by address, as the store lists them.

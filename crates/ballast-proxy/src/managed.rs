@@ -3,6 +3,7 @@
 //! and swaps a new snapshot in, off the request path. While the database is unreachable the last
 //! configuration stays in force, and the metrics say for how long.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -55,8 +56,13 @@ pub(crate) fn pools(config: &Config) -> Vec<Pool> {
         .collect()
 }
 
-/// Applies every revision the follower publishes until it stops.
-pub(crate) async fn apply_revisions(shared: Arc<Shared>, mut followed: watch::Receiver<Followed>) {
+/// Applies every revision the follower publishes until it stops, saving each to `cache`.
+pub(crate) async fn apply_revisions(
+    shared: Arc<Shared>,
+    mut followed: watch::Receiver<Followed>,
+    cache: Option<PathBuf>,
+) {
+    let mut saved = None;
     loop {
         let current = followed.borrow_and_update().clone();
         *shared
@@ -65,6 +71,17 @@ pub(crate) async fn apply_revisions(shared: Arc<Shared>, mut followed: watch::Re
             .unwrap_or_else(|e| e.into_inner()) = current.unreachable_since;
         if current.config.revision != shared.snapshot.load().revision {
             install(&shared, &current.config);
+        }
+        if let Some(path) = &cache {
+            if saved != Some(current.config.revision) && current.unreachable_since.is_none() {
+                saved = Some(current.config.revision);
+                let (config, path) = (Arc::clone(&current.config), path.clone());
+                // Off the event loop: a file write must not stall requests.
+                let written = tokio::task::spawn_blocking(move || config.save(&path)).await;
+                if let Ok(Err(error)) = written {
+                    tracing::warn!(%error, "could not save the configuration cache");
+                }
+            }
         }
         if followed.changed().await.is_err() {
             return;

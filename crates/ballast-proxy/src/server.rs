@@ -86,7 +86,13 @@ pub enum Source {
     /// The settings' own pools, for the life of the server.
     Static,
     /// The configuration database, through a follower: each revision replaces the pools.
-    Database(watch::Receiver<ballast_config::Followed>),
+    Database {
+        /// What the follower publishes.
+        followed: watch::Receiver<ballast_config::Followed>,
+        /// Where each applied configuration is saved, so that a restart while the database is
+        /// down still serves.
+        cache: Option<std::path::PathBuf>,
+    },
 }
 
 /// Runs the server until SIGTERM or SIGINT has drained it. `on_bound` is called once every
@@ -98,7 +104,7 @@ pub fn run(
 ) -> Result<(), ServerError> {
     settings.validate()?;
     let shared = Arc::new(Shared::new(settings)?);
-    if let Source::Database(followed) = &source {
+    if let Source::Database { followed, .. } = &source {
         crate::managed::install(&shared, &followed.borrow().config);
     }
     let settings = &shared.settings;
@@ -177,11 +183,9 @@ pub fn run(
     runtime.block_on(async {
         let (mut term, mut int) = signals;
         tokio::spawn(maintain_snapshot(Arc::clone(&shared), shutdown_rx.clone()));
-        if let Source::Database(followed) = source {
-            tokio::spawn(crate::managed::apply_revisions(
-                Arc::clone(&shared),
-                followed,
-            ));
+        if let Source::Database { followed, cache } = source {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(crate::managed::apply_revisions(shared, followed, cache));
         }
         if let Some(socket) = admin {
             match TcpListener::from_std(socket) {

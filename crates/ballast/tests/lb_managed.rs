@@ -128,3 +128,80 @@ fn a_listener_whose_pool_does_not_exist_answers_503() {
     drop(lb);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_managed_lb_restarted_while_the_database_is_down_serves_from_its_cache() {
+    let dir = std::env::temp_dir().join(format!("ballast-managed-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let url = format!("sqlite://{}", dir.join("config.db").display());
+    let cache = dir.join("lb-cache.json");
+    let cache_arg = cache.to_str().expect("utf-8").to_owned();
+    let (_b1, b1) = echo("b1", &[]);
+
+    let rt = runtime();
+    let store = rt.block_on(SqlStore::connect(&url)).expect("store");
+    rt.block_on(store.apply(Write::CreatePool(PoolSpec {
+        name: "web".into(),
+        algorithm: AlgorithmSpec::named("round_robin"),
+        hash_key: "client_ip".into(),
+        dns_name: None,
+    })))
+    .expect("pool");
+    rt.block_on(store.apply(Write::AddBackend {
+        pool: "web".into(),
+        address: b1.to_string(),
+        weight: 1,
+    }))
+    .expect("backend");
+
+    let args = |db: &str| {
+        vec![
+            "lb".to_owned(),
+            "--db".into(),
+            db.to_owned(),
+            "--pool".into(),
+            "web".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--admin".into(),
+            "127.0.0.1:0".into(),
+            "--workers".into(),
+            "1".into(),
+            "--cache".into(),
+            cache_arg.clone(),
+        ]
+    };
+    let first_args = args(&url);
+    let first = Process::start(
+        &first_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        2,
+    );
+    eventually(Duration::from_secs(10), "the cache file", || cache.exists());
+    drop(first);
+
+    // A database that cannot be opened: its directory does not exist.
+    let unreachable = format!("sqlite://{}", dir.join("gone").join("config.db").display());
+    let second_args = args(&unreachable);
+    let second = Process::start(
+        &second_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        2,
+    );
+    assert_eq!(backend_of(&get(second.listen_addr(0), "/", &[])), "b1");
+    let stale = metric(second.admin_addr(), "ballast_config_unreachable_seconds ");
+    assert!(stale.is_some_and(|s| s > 0.0), "{stale:?}");
+
+    // Without a cache, an unreachable database is an error at start.
+    let stderr = support::rejected(&[
+        "lb",
+        "--db",
+        &unreachable,
+        "--pool",
+        "web",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(stderr.contains("--db sqlite://"), "{stderr}");
+
+    drop(second);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ballast_config::{FollowOptions, SqlStore, follow};
+use ballast_config::{Config, FollowOptions, follow_or_fall_back};
 use ballast_proxy::settings::{BackendAddress, Listener, Mode, Pool, Settings, TlsFiles};
 use ballast_proxy::{Bound, HashKey, Source};
 use clap::{Args, ValueEnum};
@@ -30,6 +30,10 @@ pub(crate) struct LbArgs {
     /// Managed mode: the pool this listener serves.
     #[arg(long, value_name = "NAME", requires = "db")]
     pool: Option<String>,
+    /// Managed mode: keep the last applied configuration in this file, and start from it when
+    /// the database cannot be reached.
+    #[arg(long, value_name = "FILE", requires = "db")]
+    cache: Option<PathBuf>,
     /// Managed mode: how often to compare revisions with the database, whatever push said.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pull_interval: Duration,
@@ -158,13 +162,22 @@ impl LbArgs {
             pull_interval: self.pull_interval,
             ..FollowOptions::default()
         };
+        let fallback = self.cache.as_deref().and_then(|path| match Config::load(path) {
+            Ok(config) => Some(config),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "configuration cache unreadable");
+                None
+            }
+        });
         let followed = feed
-            .block_on(async {
-                let store = SqlStore::connect(url).await?;
-                follow(store, url, options).await
-            })
+            .block_on(follow_or_fall_back(url, options, fallback))
             .with_context(|| format!("--db {url}"))?;
-        ballast_proxy::run(settings, Source::Database(followed), announce)?;
+        let source = Source::Database {
+            followed,
+            cache: self.cache.clone(),
+        };
+        ballast_proxy::run(settings, source, announce)?;
         Ok(())
     }
 }
