@@ -64,7 +64,7 @@ impl SqlStore {
     pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
         install_default_drivers();
         let url = format!("sqlite://{}", path.display());
-        let writer = AnyPoolOptions::new()
+        let writer = pool_options()
             .max_connections(1)
             .connect(&format!("{url}?mode=rwc"))
             .await
@@ -74,7 +74,7 @@ impl SqlStore {
             .await
             .map_err(StoreError::database("switching to WAL"))?;
         migrate(&SQLITE_MIGRATIONS, &writer).await?;
-        let reader = AnyPoolOptions::new()
+        let reader = pool_options()
             .max_connections(4)
             .connect(&format!("{url}?mode=ro"))
             .await
@@ -89,13 +89,13 @@ impl SqlStore {
     /// Connects to the PostgreSQL database at `url`.
     pub async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
         install_default_drivers();
-        let writer = AnyPoolOptions::new()
+        let writer = pool_options()
             .max_connections(8)
             .connect(url)
             .await
             .map_err(StoreError::database("connecting"))?;
         migrate(&POSTGRES_MIGRATIONS, &writer).await?;
-        let reader = AnyPoolOptions::new()
+        let reader = pool_options()
             .max_connections(8)
             .connect(url)
             .await
@@ -316,6 +316,12 @@ async fn mutate(
         .await
         .map(|_| ())
         .map_err(StoreError::database("applying a write"))
+}
+
+/// Pools that give up on an unreachable database in seconds rather than sqlx's default half
+/// minute: a follower must notice and say so, and an API call must fail rather than hang.
+fn pool_options() -> AnyPoolOptions {
+    AnyPoolOptions::new().acquire_timeout(std::time::Duration::from_secs(3))
 }
 
 async fn migrate(migrator: &Migrator, pool: &AnyPool) -> Result<(), StoreError> {

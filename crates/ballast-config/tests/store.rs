@@ -244,7 +244,7 @@ macro_rules! on_both_stores {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $suite() {
-                    let url = super::support::postgres::database().await;
+                    let url = ballast_testkit::postgres::database().await;
                     let store = ballast_config::SqlStore::connect(&url).await.expect("connect");
                     super::$suite(store).await;
                 }

@@ -2,8 +2,6 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-pub mod postgres;
-
 use std::path::PathBuf;
 
 use ballast_config::SqlStore;
@@ -46,6 +44,6 @@ pub async fn sqlite() -> (SqlStore, String, TempDb) {
 }
 
 pub async fn postgres() -> (SqlStore, String) {
-    let url = postgres::database().await;
+    let url = ballast_testkit::postgres::database().await;
     (SqlStore::connect(&url).await.expect("connect"), url)
 }

@@ -1,0 +1,17 @@
+//! Real servers for Ballast's tests, never mocks and never the machine's own services: each is
+//! started on a free loopback port in a temp dir and goes away when the test binary exits.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! // One server per test binary, one database per test:
+//! let url = ballast_testkit::postgres::database().await;
+//! // Or a server of one's own, to stop and start under load:
+//! let server = ballast_testkit::postgres::Server::start();
+//! server.stop();
+//! server.start_again();
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod postgres;
