@@ -34,7 +34,7 @@ impl Default for FollowOptions {
     fn default() -> Self {
         Self {
             push: true,
-            poll_interval: Duration::from_millis(25),
+            poll_interval: Duration::from_millis(10),
             pull_interval: Duration::from_secs(30),
         }
     }
@@ -124,12 +124,17 @@ async fn run(
             return;
         }
         let postgres_push = options.push && store.dialect() == Dialect::Postgres;
+        let mut just_listening = false;
         if postgres_push && listener.is_none() {
             listener = listen(&url).await;
+            just_listening = listener.is_some();
         }
         let unreachable = publish.borrow().unreachable_since.is_some();
         // Wait for a reason to look: a notification, SQLite's poll, the pull tick, or a retry.
+        // Right after LISTEN starts there is no waiting: a change committed before it was
+        // registered sent its NOTIFY to nobody, so look now.
         tokio::select! {
+            () = std::future::ready(()), if just_listening => {}
             notified = async {
                 match listener.as_mut() {
                     Some(listener) => listener.recv().await.map(|_| ()),

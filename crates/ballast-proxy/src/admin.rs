@@ -1,5 +1,6 @@
-//! The admin endpoint: `/metrics` (Prometheus text), `/healthz` (the process is up) and `/readyz`
-//! (it takes traffic: 503 once draining).
+//! The admin endpoint: `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz`
+//! (it takes traffic: 503 once draining) and `/config/revision` (the configuration revision in
+//! force, in plain text, cheap to poll).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,6 +19,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/config/revision", get(revision))
         .with_state(shared)
 }
 
@@ -43,6 +45,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         )],
         text,
     )
+}
+
+/// The configuration revision in force, as plain text: cheap to poll.
+async fn revision(State(shared): State<Arc<Shared>>) -> String {
+    format!("{}\n", shared.snapshot.load().revision)
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {

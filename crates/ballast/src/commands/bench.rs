@@ -18,12 +18,15 @@ use super::table::{Table, percent};
 pub(crate) enum BenchCommand {
     /// The balancing algorithms: pick cost, Maglev table build, balance and keys moved.
     Balance(BalanceBenchArgs),
+    /// How long a configuration change takes to reach every managed LB, push and pull-only.
+    Propagation(super::propagation::PropagationArgs),
 }
 
 impl BenchCommand {
     pub(crate) fn run(self) -> Result<()> {
         match self {
             Self::Balance(args) => balance(&args),
+            Self::Propagation(args) => args.run(),
         }
     }
 }

@@ -34,6 +34,9 @@ pub(crate) struct LbArgs {
     /// the database cannot be reached.
     #[arg(long, value_name = "FILE", requires = "db")]
     cache: Option<PathBuf>,
+    /// Managed mode: do not listen for pushed changes; rely on --pull-interval alone.
+    #[arg(long, requires = "db")]
+    pull_only: bool,
     /// Managed mode: how often to compare revisions with the database, whatever push said.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pull_interval: Duration,
@@ -159,6 +162,7 @@ impl LbArgs {
             .build()
             .context("tokio runtime")?;
         let options = FollowOptions {
+            push: !self.pull_only,
             pull_interval: self.pull_interval,
             ..FollowOptions::default()
         };

@@ -9,4 +9,5 @@ pub(crate) mod control;
 pub(crate) mod echo;
 pub(crate) mod lb;
 pub(crate) mod pool;
+mod propagation;
 mod table;
