@@ -83,24 +83,7 @@ fn pool_and_backend_commands_reach_every_managed_lb() {
     cli.revision(&["backend", "add", "web", &b2, "--weight", "2"]);
 
     let lbs: Vec<Process> = (0..2)
-        .map(|_| {
-            Process::start(
-                &[
-                    "lb",
-                    "--db",
-                    &url,
-                    "--pool",
-                    "web",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--admin",
-                    "127.0.0.1:0",
-                    "--workers",
-                    "1",
-                ],
-                2,
-            )
-        })
+        .map(|_| support::managed_lb(&url, "web", &[]))
         .collect();
     for lb in &lbs {
         let seen: HashSet<String> = (0..6)

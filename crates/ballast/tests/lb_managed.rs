@@ -43,22 +43,7 @@ fn a_managed_lb_applies_each_change_while_serving() {
         });
     }
 
-    let lb = Process::start(
-        &[
-            "lb",
-            "--db",
-            &url,
-            "--pool",
-            "web",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ],
-        2,
-    );
+    let lb = support::managed_lb(&url, "web", &[]);
     let (address, admin) = (lb.listen_addr(0), lb.admin_addr());
     let seen: HashSet<String> = (0..4)
         .map(|_| backend_of(&get(address, "/", &[])))

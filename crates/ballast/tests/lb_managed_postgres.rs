@@ -39,26 +39,7 @@ fn lbs_serve_through_a_database_restart_and_catch_up_after() {
         .expect("backend");
 
     let lbs: Vec<Process> = (0..2)
-        .map(|_| {
-            Process::start(
-                &[
-                    "lb",
-                    "--db",
-                    &url,
-                    "--pool",
-                    "web",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--admin",
-                    "127.0.0.1:0",
-                    "--workers",
-                    "1",
-                    "--pull-interval",
-                    "1s",
-                ],
-                2,
-            )
-        })
+        .map(|_| support::managed_lb(&url, "web", &["--pull-interval", "1s"]))
         .collect();
     let addresses: Vec<_> = lbs.iter().map(|lb| lb.listen_addr(0)).collect();
 

@@ -152,6 +152,25 @@ pub fn lb(backends: &[SocketAddr], extra: &[&str]) -> (Process, SocketAddr) {
     (process, address)
 }
 
+/// A managed LB on database `url` serving `pool`, with an admin endpoint and one worker.
+pub fn managed_lb(url: &str, pool: &str, extra: &[&str]) -> Process {
+    let mut args = vec![
+        "lb",
+        "--db",
+        url,
+        "--pool",
+        pool,
+        "--listen",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    Process::start(&args, 2)
+}
+
 /// A free loopback port nobody listens on (bound, then released).
 pub fn unused_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
