@@ -36,7 +36,8 @@ mod validate;
 
 pub use feed::{FollowOptions, Followed, follow, follow_or_fall_back};
 pub use model::{
-    AdminState, AlgorithmSpec, Backend, Change, Config, Health, OutOfStep, Pool, PoolSpec, Write,
+    AdminState, AlgorithmSpec, Backend, Change, Config, Health, LbServer, LbState, OutOfStep, Pool,
+    PoolSpec, Write,
 };
 pub use sql::{Dialect, NOTIFY_CHANNEL, SqlStore};
 pub use store::{ConfigStore, StoreError};

@@ -376,6 +376,38 @@ impl Write {
     }
 }
 
+/// Whether an LB server is taking traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LbState {
+    /// Serving.
+    Serving,
+    /// Stopped (drained and exited).
+    Stopped,
+}
+
+text_enum!(LbState { Serving => "serving", Stopped => "stopped" });
+
+/// A managed LB server as it reports itself in its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbServer {
+    /// Its name, unique in the fleet (a DNS label).
+    pub name: String,
+    /// Where it listens.
+    pub addresses: Vec<String>,
+    /// The pools it serves.
+    pub pools: Vec<String>,
+    /// Its admin endpoint (`/metrics`), if it has one.
+    pub admin: Option<String>,
+    /// The configuration revision it has applied.
+    pub applied_revision: u64,
+    /// Serving or stopped.
+    pub state: LbState,
+    /// When it last reported, in milliseconds since the Unix epoch (set by the store).
+    #[serde(default)]
+    pub last_heartbeat_ms: i64,
+}
+
 /// One entry of the change log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {

@@ -18,7 +18,8 @@ use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Row, Transaction};
 
 use crate::model::{
-    AdminState, AlgorithmSpec, Backend, Change, Config, Health, Pool, PoolSpec, Write,
+    AdminState, AlgorithmSpec, Backend, Change, Config, Health, LbServer, LbState, Pool, PoolSpec,
+    Write,
 };
 use crate::store::{ConfigStore, StoreError};
 use crate::validate::{Invalid, canonical_address, check};
@@ -446,6 +447,62 @@ impl ConfigStore for SqlStore {
             .and_then(|row| row.try_get::<i64, _>("value"))
             .map(|value| value as u64)
             .map_err(StoreError::database("reading the revision"))
+    }
+
+    async fn heartbeat(&self, server: &LbServer) -> Result<(), StoreError> {
+        crate::validate::check_lb_name(&server.name)?;
+        let list = |items: &[String]| serde_json::to_string(items).unwrap_or_else(|_| "[]".into());
+        sqlx::query(
+            "INSERT INTO lb_servers (name, addresses, pools, admin, applied_revision, state, \
+             last_heartbeat_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (name) DO UPDATE SET addresses = excluded.addresses, \
+             pools = excluded.pools, admin = excluded.admin, \
+             applied_revision = excluded.applied_revision, state = excluded.state, \
+             last_heartbeat_ms = excluded.last_heartbeat_ms",
+        )
+        .bind(&server.name)
+        .bind(list(&server.addresses))
+        .bind(list(&server.pools))
+        .bind(&server.admin)
+        .bind(i64::try_from(server.applied_revision).unwrap_or(i64::MAX))
+        .bind(server.state.as_str())
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await
+        .map(|_| ())
+        .map_err(StoreError::database("recording a heartbeat"))
+    }
+
+    async fn lb_servers(&self) -> Result<Vec<LbServer>, StoreError> {
+        let fail = || StoreError::database("reading the LB servers");
+        let rows = sqlx::query("SELECT * FROM lb_servers ORDER BY name")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(fail())?;
+        let list = |text: String| serde_json::from_str::<Vec<String>>(&text).unwrap_or_default();
+        let mut servers = rows
+            .iter()
+            .map(|row| {
+                Ok(LbServer {
+                    name: row.try_get("name")?,
+                    addresses: list(row.try_get("addresses")?),
+                    pools: list(row.try_get("pools")?),
+                    admin: row.try_get("admin")?,
+                    applied_revision: row.try_get::<i64, _>("applied_revision")? as u64,
+                    state: row
+                        .try_get::<String, _>("state")?
+                        .parse::<LbState>()
+                        .map_err(|e| sqlx::Error::ColumnDecode {
+                            index: "state".to_owned(),
+                            source: e.into(),
+                        })?,
+                    last_heartbeat_ms: row.try_get("last_heartbeat_ms")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(fail())?;
+        servers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(servers)
     }
 
     async fn changes_since(&self, revision: u64, limit: u32) -> Result<Vec<Change>, StoreError> {

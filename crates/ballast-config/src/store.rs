@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use crate::model::{Change, Config, Write};
+use crate::model::{Change, Config, LbServer, Write};
 use crate::validate::Invalid;
 
 /// Why a store refused or failed a request.
@@ -44,6 +44,13 @@ pub trait ConfigStore: Send + Sync {
 
     /// The current revision.
     fn revision(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Records an LB server's heartbeat (its row, replaced whole). Not a configuration change:
+    /// the revision stays where it is.
+    fn heartbeat(&self, server: &LbServer) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every LB server that has reported, by name.
+    fn lb_servers(&self) -> impl Future<Output = Result<Vec<LbServer>, StoreError>> + Send;
 
     /// Up to `limit` changes after `revision`, oldest first.
     fn changes_since(

@@ -64,6 +64,11 @@ fn check_pool(spec: &PoolSpec) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// LB server names are DNS labels too (the fleet's DNS names them).
+pub(crate) fn check_lb_name(name: &str) -> Result<(), Invalid> {
+    check_name(name, "name")
+}
+
 /// Pool names are DNS labels, so that a pool can be served under its own name.
 fn check_name(name: &str, field: &str) -> Result<(), Invalid> {
     if label_is_valid(name) {

@@ -227,6 +227,46 @@ async fn concurrent_writers_get_strictly_increasing_revisions(store: SqlStore) {
     );
 }
 
+async fn heartbeats_record_the_fleet_without_moving_the_revision(store: SqlStore) {
+    use ballast_config::{LbServer, LbState};
+    store.apply(pool("web", "maglev")).await.expect("pool");
+    let mut server = LbServer {
+        name: "lb-1".into(),
+        addresses: vec!["127.0.0.11:8080".into()],
+        pools: vec!["web".into()],
+        admin: Some("127.0.0.11:9180".into()),
+        applied_revision: 1,
+        state: LbState::Serving,
+        last_heartbeat_ms: 0,
+    };
+    store.heartbeat(&server).await.expect("heartbeat");
+    server.applied_revision = 7;
+    server.state = LbState::Stopped;
+    store.heartbeat(&server).await.expect("heartbeat");
+    let mut second = server.clone();
+    second.name = "lb-0".into();
+    store.heartbeat(&second).await.expect("heartbeat");
+    let fleet = store.lb_servers().await.expect("fleet");
+    assert_eq!(
+        fleet.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["lb-0", "lb-1"]
+    );
+    assert_eq!(
+        (fleet[1].applied_revision, fleet[1].state),
+        (7, LbState::Stopped)
+    );
+    assert_eq!(fleet[1].addresses, ["127.0.0.11:8080"]);
+    assert!(fleet[1].last_heartbeat_ms > 0);
+    assert_eq!(
+        store.revision().await.expect("revision"),
+        1,
+        "heartbeats are not changes"
+    );
+    server.name = "LB 1".into();
+    let error = store.heartbeat(&server).await.expect_err("invalid name");
+    assert!(error.to_string().starts_with("name: `LB 1`"), "{error}");
+}
+
 /// Runs each suite function against a fresh SQLite file and a fresh PostgreSQL database.
 macro_rules! on_both_stores {
     ($($suite:ident),+ $(,)?) => {
@@ -257,6 +297,7 @@ on_both_stores!(
     every_write_round_trips_and_is_logged,
     refused_writes_name_the_field_and_leave_the_revision_alone,
     concurrent_writers_get_strictly_increasing_revisions,
+    heartbeats_record_the_fleet_without_moving_the_revision,
 );
 
 #[tokio::test]

@@ -12,6 +12,7 @@
 //! | `PUT /v1/pools/{pool}/backends/{address}/weight` | `{"weight": 3}` |
 //! | `PUT /v1/pools/{pool}/backends/{address}/state` | `{"state": "draining"}` (or `active`, `disabled`) |
 //! | `GET /v1/changes?since=R&wait_ms=W` | the change log after R, waiting up to W ms for one |
+//! | `GET /v1/lbs` | the LB servers' last heartbeats: addresses, pools, applied revision, state |
 //!
 //! Writes answer `{"revision": N}`, the revision they produced. Errors answer
 //! `{"error": {"field": …, "reason": …}}` with 400 (invalid), 404 (unknown pool or backend),
@@ -65,6 +66,7 @@ pub fn router(store: SqlStore, token: String) -> Router {
         )
         .route("/v1/pools/{pool}/backends/{address}/state", put(set_state))
         .route("/v1/changes", get(changes))
+        .route("/v1/lbs", get(lb_servers))
         .layer(middleware::from_fn_with_state(api.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -229,6 +231,11 @@ async fn set_state(
         state,
     };
     write(&api, set, StatusCode::OK).await
+}
+
+async fn lb_servers(State(api): State<Api>) -> Answer {
+    let servers = api.store.lb_servers().await?;
+    Ok((StatusCode::OK, Json(json!({ "lbs": servers }))))
 }
 
 #[derive(Debug, Deserialize)]

@@ -82,8 +82,9 @@ fn pool_and_backend_commands_reach_every_managed_lb() {
     cli.revision(&["backend", "add", "web", &b1]);
     cli.revision(&["backend", "add", "web", &b2, "--weight", "2"]);
 
-    let lbs: Vec<Process> = (0..2)
-        .map(|_| support::managed_lb(&url, "web", &[]))
+    let mut lbs: Vec<Process> = ["lb-1", "lb-2"]
+        .iter()
+        .map(|name| support::managed_lb(&url, "web", &["--name", name]))
         .collect();
     for lb in &lbs {
         let seen: HashSet<String> = (0..6)
@@ -123,6 +124,22 @@ fn pool_and_backend_commands_reach_every_managed_lb() {
     let enabled = cli.revision(&["backend", "enable", "web", &b1]);
     applied_everywhere(enabled);
 
+    // Both LBs have reported themselves, with the revision they applied.
+    let token = format!("Bearer {TOKEN}");
+    eventually(
+        Duration::from_secs(10),
+        "both heartbeats at the last revision",
+        || {
+            let reply = get(cli.control, "/v1/lbs", &[("authorization", &token)]);
+            let fleet: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
+            let lbs = fleet["lbs"].as_array().cloned().unwrap_or_default();
+            lbs.len() == 2
+                && lbs.iter().all(|lb| {
+                    lb["applied_revision"].as_f64() == Some(enabled) && lb["state"] == "serving"
+                })
+        },
+    );
+
     let refused = cli.run(&["backend", "add", "web", "nowhere"]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -136,6 +153,14 @@ fn pool_and_backend_commands_reach_every_managed_lb() {
         .output()
         .expect("runs");
     assert!(String::from_utf8_lossy(&unauthorized.stderr).contains("401 Unauthorized"));
+
+    // A drained, exited LB says so.
+    lbs[1].terminate();
+    assert!(lbs[1].wait(Duration::from_secs(10)).success());
+    let reply = get(cli.control, "/v1/lbs", &[("authorization", &token)]);
+    let fleet: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
+    assert_eq!(fleet["lbs"][1]["name"], "lb-2");
+    assert_eq!(fleet["lbs"][1]["state"], "stopped");
 
     drop(lbs);
     drop(control);

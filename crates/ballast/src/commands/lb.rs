@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ballast_config::{Config, FollowOptions, follow_or_fall_back};
+use ballast_config::{
+    Config, ConfigStore, FollowOptions, LbServer, LbState, SqlStore, follow_or_fall_back,
+};
 use ballast_proxy::settings::{BackendAddress, Listener, Mode, Pool, Settings, TlsFiles};
 use ballast_proxy::{Bound, HashKey, Source};
 use clap::{Args, ValueEnum};
@@ -27,6 +29,10 @@ pub(crate) struct LbArgs {
     /// Managed mode: follow this configuration database (sqlite://PATH or postgres://…).
     #[arg(long, value_name = "URL", conflicts_with_all = ["backend", "config"], requires = "pool")]
     db: Option<String>,
+    /// Managed mode: this LB's name in the fleet; it heartbeats its addresses, pools and applied
+    /// revision into the database every few seconds.
+    #[arg(long, value_name = "NAME", requires = "db")]
+    name: Option<String>,
     /// Managed mode: the pool this listener serves.
     #[arg(long, value_name = "NAME", requires = "db")]
     pool: Option<String>,
@@ -178,11 +184,101 @@ impl LbArgs {
             .block_on(follow_or_fall_back(url, options, fallback))
             .with_context(|| format!("--db {url}"))?;
         let source = Source::Database {
-            followed,
+            followed: followed.clone(),
             cache: self.cache.clone(),
         };
-        ballast_proxy::run(settings, source, announce)?;
+        let Some(name) = &self.name else {
+            ballast_proxy::run(settings, source, announce)?;
+            return Ok(());
+        };
+        let (bound_tx, bound_rx) = tokio::sync::watch::channel(None);
+        let heartbeat = Heartbeat {
+            url: url.clone(),
+            name: name.clone(),
+            pools: settings.listeners.iter().map(|l| l.pool.clone()).collect(),
+        };
+        let beating = feed.spawn(heartbeat.clone().run(bound_rx.clone(), followed.clone()));
+        ballast_proxy::run(settings, source, |bound| {
+            announce(bound);
+            let _ = bound_tx.send(Some(bound.clone()));
+        })?;
+        beating.abort();
+        let stopped = bound_rx.borrow().clone();
+        if let Some(bound) = stopped {
+            let revision = followed.borrow().config.revision;
+            feed.block_on(heartbeat.send(&mut None, &bound, revision, LbState::Stopped));
+        }
         Ok(())
+    }
+}
+
+/// A managed LB's heartbeat into the fleet table.
+#[derive(Debug, Clone)]
+struct Heartbeat {
+    url: String,
+    name: String,
+    pools: Vec<String>,
+}
+
+impl Heartbeat {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    /// Beats every few seconds and on every applied revision, once the listeners are bound.
+    async fn run(
+        self,
+        mut bound: tokio::sync::watch::Receiver<Option<Bound>>,
+        mut followed: tokio::sync::watch::Receiver<ballast_config::Followed>,
+    ) {
+        let Ok(bound) = bound.wait_for(Option::is_some).await.map(|b| b.clone()) else {
+            return;
+        };
+        let Some(bound) = bound else { return };
+        let mut store = None;
+        loop {
+            let revision = followed.borrow_and_update().config.revision;
+            self.send(&mut store, &bound, revision, LbState::Serving)
+                .await;
+            tokio::select! {
+                () = tokio::time::sleep(Self::EVERY) => {}
+                changed = followed.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    /// Records one heartbeat, connecting `store` first if it is not connected yet.
+    async fn send(
+        &self,
+        store: &mut Option<SqlStore>,
+        bound: &Bound,
+        revision: u64,
+        state: LbState,
+    ) {
+        let server = LbServer {
+            name: self.name.clone(),
+            addresses: bound
+                .listeners
+                .iter()
+                .map(|(a, _, _)| a.to_string())
+                .collect(),
+            pools: self.pools.clone(),
+            admin: bound.admin.map(|a| a.to_string()),
+            applied_revision: revision,
+            state,
+            last_heartbeat_ms: 0,
+        };
+        let sent = async {
+            if store.is_none() {
+                *store = Some(SqlStore::connect(&self.url).await?);
+            }
+            match store {
+                Some(store) => store.heartbeat(&server).await,
+                None => Ok(()),
+            }
+        }
+        .await;
+        if let Err(error) = sent {
+            tracing::debug!(%error, "heartbeat not recorded");
+        }
     }
 }
 
