@@ -49,18 +49,36 @@ impl Cli {
 }
 
 #[test]
-fn pool_and_backend_commands_reach_every_managed_lb() {
-    let dir = std::env::temp_dir().join(format!("ballast-cli-{}", std::process::id()));
+fn on_sqlite() {
+    let dir = std::env::temp_dir().join(format!("ballast-cli-sqlite-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
+    let url = format!("sqlite://{}", dir.join("config.db").display());
+    pool_and_backend_commands_reach_every_managed_lb(&url, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn on_postgres() {
+    let dir = std::env::temp_dir().join(format!("ballast-cli-postgres-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = runtime.block_on(ballast_testkit::postgres::database());
+    pool_and_backend_commands_reach_every_managed_lb(&url, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::Path) {
     let token_file = dir.join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
-    let url = format!("sqlite://{}", dir.join("config.db").display());
 
     let control = Process::start(
         &[
             "control",
             "--db",
-            &url,
+            url,
             "--listen",
             "127.0.0.1:0",
             "--token-file",
@@ -84,7 +102,7 @@ fn pool_and_backend_commands_reach_every_managed_lb() {
 
     let mut lbs: Vec<Process> = ["lb-1", "lb-2"]
         .iter()
-        .map(|name| support::managed_lb(&url, "web", &["--name", name]))
+        .map(|name| support::managed_lb(url, "web", &["--name", name]))
         .collect();
     for lb in &lbs {
         let seen: HashSet<String> = (0..6)
@@ -164,5 +182,4 @@ fn pool_and_backend_commands_reach_every_managed_lb() {
 
     drop(lbs);
     drop(control);
-    let _ = std::fs::remove_dir_all(&dir);
 }
