@@ -148,6 +148,8 @@ async fn run(
             () = tokio::time::sleep(options.poll_interval), if options.push && store.dialect() == Dialect::Sqlite => {}
             () = tokio::time::sleep(backoff), if unreachable => {}
             _ = pull.tick() => {}
+            // Nobody follows any more (the LB is exiting): stop.
+            () = publish.closed() => return,
         }
         let current = Arc::clone(&publish.borrow().config);
         match catch_up(&store, &current).await {
