@@ -196,13 +196,13 @@ async fn require_existing(
     if !pool_exists(tx, pool).await? {
         return Err(StoreError::NotFound(format!("pool `{pool}`")));
     }
-    if let Some(address) = backend {
-        if !backend_exists(tx, pool, address).await? {
-            return Err(StoreError::NotFound(format!(
-                "backend `{}` in pool `{pool}`",
-                canonical_address(address)
-            )));
-        }
+    if let Some(address) = backend
+        && !backend_exists(tx, pool, address).await?
+    {
+        return Err(StoreError::NotFound(format!(
+            "backend `{}` in pool `{pool}`",
+            canonical_address(address)
+        )));
     }
     Ok(())
 }

@@ -112,12 +112,11 @@ pub(crate) fn to_backend(
 ) {
     let found = scan(&parts.headers);
     strip(&mut parts.headers, found, upgrade);
-    if !found.host {
-        if let Some(authority) = parts.uri.authority() {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                parts.headers.insert(header::HOST, host);
-            }
-        }
+    if !found.host
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
     }
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         let origin = parts

@@ -72,15 +72,16 @@ pub(crate) async fn apply_revisions(
         if current.config.revision != shared.snapshot.load().revision {
             install(&shared, &current.config);
         }
-        if let Some(path) = &cache {
-            if saved != Some(current.config.revision) && current.unreachable_since.is_none() {
-                saved = Some(current.config.revision);
-                let (config, path) = (Arc::clone(&current.config), path.clone());
-                // Off the event loop: a file write must not stall requests.
-                let written = tokio::task::spawn_blocking(move || config.save(&path)).await;
-                if let Ok(Err(error)) = written {
-                    tracing::warn!(%error, "could not save the configuration cache");
-                }
+        if let Some(path) = &cache
+            && saved != Some(current.config.revision)
+            && current.unreachable_since.is_none()
+        {
+            saved = Some(current.config.revision);
+            let (config, path) = (Arc::clone(&current.config), path.clone());
+            // Off the event loop: a file write must not stall requests.
+            let written = tokio::task::spawn_blocking(move || config.save(&path)).await;
+            if let Ok(Err(error)) = written {
+                tracing::warn!(%error, "could not save the configuration cache");
             }
         }
         if followed.changed().await.is_err() {

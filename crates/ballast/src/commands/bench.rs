@@ -139,7 +139,7 @@ fn balance(args: &BalanceBenchArgs) -> Result<()> {
                 continue;
             }
             // Every (n / removed)-th backend, spread over the set.
-            let gone = |i: usize| i % (n / removed) == 0;
+            let gone = |i: usize| i.is_multiple_of(n / removed);
             let kept: Vec<Backend> = (0..n)
                 .filter(|&i| !gone(i))
                 .map(|i| all[i].clone())
