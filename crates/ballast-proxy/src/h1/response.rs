@@ -105,7 +105,10 @@ pub(super) fn parse_response(
         client.put_slice(response.reason.unwrap_or("").as_bytes());
         client.put_slice(b"\r\n");
         for header in response.headers.iter() {
-            if !message.is_hop_by_hop(header.name) {
+            // With both framings, chunked wins (RFC 9112 §6.3) and the length must not go on.
+            let stale_length =
+                body == Framing::Chunked && header.name.eq_ignore_ascii_case("content-length");
+            if !message.is_hop_by_hop(header.name) && !stale_length {
                 put_header(&mut client, header.name.as_bytes(), header.value);
             }
         }
@@ -178,5 +181,79 @@ pub(super) async fn send_response(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(is_head: bool) -> RequestHead {
+        RequestHead {
+            upstream: BytesMut::new(),
+            body: Framing::Empty,
+            is_head,
+            idempotent: true,
+            keep_alive: true,
+            http10: false,
+            upgrade: false,
+            expect_continue: false,
+            key: 0,
+        }
+    }
+
+    fn parse(raw: &[u8], is_head: bool) -> (ResponseHead, usize) {
+        parse_response(raw, &request(is_head))
+            .expect("valid")
+            .expect("complete")
+    }
+
+    #[test]
+    fn chunked_wins_over_a_length_and_the_length_is_dropped() {
+        let raw =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n";
+        let (head, length) = parse(raw, false);
+        assert_eq!(length, raw.len());
+        assert_eq!(head.body, Framing::Chunked);
+        let text = String::from_utf8_lossy(&head.client).to_ascii_lowercase();
+        assert!(!text.contains("content-length"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert!(text.contains("x-a: 1\r\n"), "{text}");
+    }
+
+    #[test]
+    fn framing_follows_the_request_and_status() {
+        let with_length = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(parse(with_length, false).0.body, Framing::Length(5));
+        assert_eq!(
+            parse(with_length, true).0.body,
+            Framing::Empty,
+            "HEAD has no body"
+        );
+        let no_content = b"HTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(parse(no_content, false).0.body, Framing::Empty);
+        let until_close = b"HTTP/1.1 200 OK\r\n\r\n";
+        let (head, _) = parse(until_close, false);
+        assert_eq!(head.body, Framing::UntilClose);
+        assert!(!head.backend_keep_alive && !head.client_keep_alive);
+        let closing = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        let (head, _) = parse(closing, false);
+        assert!(!head.backend_keep_alive);
+        assert!(
+            head.client_keep_alive,
+            "the backend's close is not the client's"
+        );
+    }
+
+    #[test]
+    fn partial_and_malformed_heads() {
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nContent-Le", &request(false))
+                .expect("ok")
+                .is_none()
+        );
+        assert!(parse_response(b"garbage\r\n\r\n", &request(false)).is_err());
+        let two_lengths = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert!(parse_response(two_lengths, &request(false)).is_err());
     }
 }
