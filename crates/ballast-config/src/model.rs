@@ -7,9 +7,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// A pool as users define it: a name, how to choose among its backends, and what to hash.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     /// Lower-case letters, digits and dashes, at most 63 (a DNS label).
@@ -30,7 +31,7 @@ fn client_ip() -> String {
 }
 
 /// An algorithm by name with its optional parameters (see `ballast_balance::Parameters`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlgorithmSpec {
     /// One of `ballast_balance::ALGORITHM_NAMES`.
@@ -73,7 +74,7 @@ impl AlgorithmSpec {
 }
 
 /// Whether a backend may take traffic, as an operator sets it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AdminState {
     /// Takes new requests.
@@ -85,7 +86,7 @@ pub enum AdminState {
 }
 
 /// What the orchestrator last concluded about a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Not checked yet: treated as healthy.
@@ -128,7 +129,7 @@ text_enum!(AdminState { Active => "active", Draining => "draining", Disabled => 
 text_enum!(Health { Unknown => "unknown", Healthy => "healthy", Unhealthy => "unhealthy" });
 
 /// A backend of a pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Backend {
     /// `IP:port`.
     pub address: String,
@@ -148,7 +149,7 @@ impl Backend {
 }
 
 /// A pool with its backends.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Pool {
     /// Its definition.
     #[serde(flatten)]
@@ -158,7 +159,7 @@ pub struct Pool {
 }
 
 /// The whole configuration at one revision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Config {
     /// The revision this is the state at.
     pub revision: u64,
@@ -377,7 +378,7 @@ impl Write {
 }
 
 /// Whether an LB server is taking traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LbState {
     /// Serving.
@@ -389,7 +390,7 @@ pub enum LbState {
 text_enum!(LbState { Serving => "serving", Stopped => "stopped" });
 
 /// A managed LB server as it reports itself in its heartbeat.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LbServer {
     /// Its name, unique in the fleet (a DNS label).
     pub name: String,
@@ -409,7 +410,7 @@ pub struct LbServer {
 }
 
 /// One entry of the change log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Change {
     /// The revision the write produced.
     pub revision: u64,
@@ -418,6 +419,7 @@ pub struct Change {
     /// The operation, e.g. `add_backend`.
     pub operation: String,
     /// The write itself, as JSON.
+    #[schema(value_type = Object)]
     pub value: serde_json::Value,
     /// When it was written, in milliseconds since the Unix epoch.
     pub at_ms: i64,

@@ -13,6 +13,7 @@
 //! | `PUT /v1/pools/{pool}/backends/{address}/state` | `{"state": "draining"}` (or `active`, `disabled`) |
 //! | `GET /v1/changes?since=R&wait_ms=W` | the change log after R, waiting up to W ms for one |
 //! | `GET /v1/lbs` | the LB servers' last heartbeats: addresses, pools, applied revision, state |
+//! | `GET /v1/openapi.json` | this API as an OpenAPI document (generated from the routes) |
 //!
 //! Writes answer `{"revision": N}`, the revision they produced. Errors answer
 //! `{"error": {"field": …, "reason": …}}` with 400 (invalid), 404 (unknown pool or backend),
@@ -26,7 +27,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Json, Router, middleware};
-use ballast_config::{AdminState, AlgorithmSpec, ConfigStore, Pool, PoolSpec, SqlStore, Write};
+use ballast_config::{
+    AdminState, AlgorithmSpec, Backend, ConfigStore, Pool, PoolSpec, SqlStore, Write,
+};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -67,6 +70,7 @@ pub fn router(store: SqlStore, token: String) -> Router {
         .route("/v1/pools/{pool}/backends/{address}/state", put(set_state))
         .route("/v1/changes", get(changes))
         .route("/v1/lbs", get(lb_servers))
+        .route("/v1/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(api.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -102,11 +106,13 @@ async fn write(api: &Api, write: Write, status: StatusCode) -> Answer {
     Ok((status, Json(json!({ "revision": revision }))))
 }
 
+#[utoipa::path(get, path = "/v1/revision", responses((status = 200, description = "`{\"revision\": N}`")), security(("bearer" = [])))]
 async fn revision(State(api): State<Api>) -> Answer {
     let revision = api.store.revision().await?;
     Ok((StatusCode::OK, Json(json!({ "revision": revision }))))
 }
 
+#[utoipa::path(get, path = "/v1/pools", responses((status = 200, description = "`{\"revision\": N, \"pools\": [Pool]}`")), security(("bearer" = [])))]
 async fn list_pools(State(api): State<Api>) -> Answer {
     let config = api.store.config().await?;
     Ok((
@@ -125,16 +131,19 @@ async fn find_pool(api: &Api, name: &str) -> Result<Pool, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("pool `{name}` does not exist")))
 }
 
+#[utoipa::path(get, path = "/v1/pools/{pool}", params(("pool" = String, Path, description = "The pool")), responses((status = 200, body = Pool), (status = 404, description = "No such pool")), security(("bearer" = [])))]
 async fn show_pool(State(api): State<Api>, Path(pool): Path<String>) -> Answer {
     let pool = find_pool(&api, &pool).await?;
     Ok((StatusCode::OK, Json(json!(pool))))
 }
 
+#[utoipa::path(get, path = "/v1/pools/{pool}/backends", params(("pool" = String, Path, description = "The pool")), responses((status = 200, body = Vec<Backend>), (status = 404, description = "No such pool")), security(("bearer" = [])))]
 async fn list_backends(State(api): State<Api>, Path(pool): Path<String>) -> Answer {
     let pool = find_pool(&api, &pool).await?;
     Ok((StatusCode::OK, Json(json!(pool.backends))))
 }
 
+#[utoipa::path(post, path = "/v1/pools", request_body = PoolSpec, responses((status = 201, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 409, description = "The pool exists")), security(("bearer" = [])))]
 async fn create_pool(
     State(api): State<Api>,
     spec: Result<Json<PoolSpec>, JsonRejection>,
@@ -142,10 +151,12 @@ async fn create_pool(
     write(&api, Write::CreatePool(body(spec)?), StatusCode::CREATED).await
 }
 
+#[utoipa::path(delete, path = "/v1/pools/{pool}", params(("pool" = String, Path, description = "The pool")), responses((status = 200, description = "`{\"revision\": N}`"), (status = 404, description = "No such pool")), security(("bearer" = [])))]
 async fn delete_pool(State(api): State<Api>, Path(pool): Path<String>) -> Answer {
     write(&api, Write::DeletePool { pool }, StatusCode::OK).await
 }
 
+#[utoipa::path(put, path = "/v1/pools/{pool}/algorithm", params(("pool" = String, Path, description = "The pool")), request_body = AlgorithmSpec, responses((status = 200, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 404, description = "No such pool")), security(("bearer" = [])))]
 async fn set_algorithm(
     State(api): State<Api>,
     Path(pool): Path<String>,
@@ -160,9 +171,10 @@ async fn set_algorithm(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+/// A backend to add.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewBackend {
+pub(crate) struct NewBackend {
     address: String,
     #[serde(default = "one")]
     weight: u32,
@@ -172,6 +184,7 @@ fn one() -> u32 {
     1
 }
 
+#[utoipa::path(post, path = "/v1/pools/{pool}/backends", params(("pool" = String, Path, description = "The pool")), request_body = NewBackend, responses((status = 201, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 404, description = "No such pool"), (status = 409, description = "The backend is in the pool")), security(("bearer" = [])))]
 async fn add_backend(
     State(api): State<Api>,
     Path(pool): Path<String>,
@@ -186,6 +199,7 @@ async fn add_backend(
     write(&api, add, StatusCode::CREATED).await
 }
 
+#[utoipa::path(delete, path = "/v1/pools/{pool}/backends/{address}", params(("pool" = String, Path, description = "The pool"), ("address" = String, Path, description = "IP:port")), responses((status = 200, description = "`{\"revision\": N}`"), (status = 404, description = "No such pool or backend")), security(("bearer" = [])))]
 async fn remove_backend(
     State(api): State<Api>,
     Path((pool, address)): Path<(String, String)>,
@@ -193,12 +207,14 @@ async fn remove_backend(
     write(&api, Write::RemoveBackend { pool, address }, StatusCode::OK).await
 }
 
-#[derive(Debug, Deserialize)]
+/// A backend's new weight.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Weight {
+pub(crate) struct Weight {
     weight: u32,
 }
 
+#[utoipa::path(put, path = "/v1/pools/{pool}/backends/{address}/weight", params(("pool" = String, Path, description = "The pool"), ("address" = String, Path, description = "IP:port")), request_body = Weight, responses((status = 200, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 404, description = "No such pool or backend")), security(("bearer" = [])))]
 async fn set_weight(
     State(api): State<Api>,
     Path((pool, address)): Path<(String, String)>,
@@ -213,12 +229,14 @@ async fn set_weight(
     write(&api, set, StatusCode::OK).await
 }
 
-#[derive(Debug, Deserialize)]
+/// A backend's new admin state.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewState {
+pub(crate) struct NewState {
     state: AdminState,
 }
 
+#[utoipa::path(put, path = "/v1/pools/{pool}/backends/{address}/state", params(("pool" = String, Path, description = "The pool"), ("address" = String, Path, description = "IP:port")), request_body = NewState, responses((status = 200, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 404, description = "No such pool or backend")), security(("bearer" = [])))]
 async fn set_state(
     State(api): State<Api>,
     Path((pool, address)): Path<(String, String)>,
@@ -233,6 +251,7 @@ async fn set_state(
     write(&api, set, StatusCode::OK).await
 }
 
+#[utoipa::path(get, path = "/v1/lbs", responses((status = 200, description = "`{\"lbs\": [LbServer]}`")), security(("bearer" = [])))]
 async fn lb_servers(State(api): State<Api>) -> Answer {
     let servers = api.store.lb_servers().await?;
     Ok((StatusCode::OK, Json(json!({ "lbs": servers }))))
@@ -249,6 +268,7 @@ struct Since {
 /// The longest a change-feed request waits for a change.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
+#[utoipa::path(get, path = "/v1/changes", params(("since" = u64, Query, description = "Changes after this revision"), ("wait_ms" = u64, Query, description = "Wait up to this long for one")), responses((status = 200, description = "`{\"changes\": [Change]}`")), security(("bearer" = [])))]
 async fn changes(State(api): State<Api>, Query(query): Query<Since>) -> Answer {
     let deadline = Instant::now() + Duration::from_millis(query.wait_ms).min(MAX_WAIT);
     loop {
@@ -258,4 +278,8 @@ async fn changes(State(api): State<Api>, Query(query): Query<Since>) -> Answer {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+async fn openapi() -> Json<Value> {
+    Json(serde_json::to_value(crate::openapi::document()).unwrap_or(Value::Null))
 }

@@ -17,3 +17,4 @@
 pub mod api;
 mod auth;
 mod error;
+mod openapi;

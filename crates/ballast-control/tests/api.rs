@@ -254,3 +254,44 @@ async fn the_change_feed_long_polls() {
     assert_eq!(answer["changes"][0]["revision"], 1);
     assert_eq!(answer["changes"][0]["operation"], "create_pool");
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let control = Control::start().await;
+    let (status, _) = control
+        .call(Method::GET, "/v1/openapi.json", None, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, document) = control.ok(Method::GET, "/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        document["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with('3')),
+        "{document}"
+    );
+    let paths = document["paths"].as_object().expect("paths");
+    for path in [
+        "/v1/revision",
+        "/v1/pools",
+        "/v1/pools/{pool}",
+        "/v1/pools/{pool}/algorithm",
+        "/v1/pools/{pool}/backends",
+        "/v1/pools/{pool}/backends/{address}",
+        "/v1/pools/{pool}/backends/{address}/weight",
+        "/v1/pools/{pool}/backends/{address}/state",
+        "/v1/changes",
+        "/v1/lbs",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} missing from {:?}",
+            paths.keys()
+        );
+    }
+    assert!(document["components"]["schemas"]["PoolSpec"].is_object());
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}
