@@ -15,6 +15,7 @@
 //!     algorithm: AlgorithmSpec::named("least_request"),
 //!     hash_key: "client_ip".into(),
 //!     dns_name: None,
+//!     policy: Default::default(),
 //! })).await?;
 //! let revision = store
 //!     .apply(Write::AddBackend { pool: "web".into(), address: "127.0.0.1:9001".into(), weight: 1 })
@@ -37,7 +38,7 @@ mod validate;
 pub use feed::{FollowOptions, Followed, follow, follow_or_fall_back};
 pub use model::{
     AdminState, AlgorithmSpec, Backend, Change, Config, Health, LbServer, LbState, OutOfStep, Pool,
-    PoolSpec, Write,
+    PoolPolicy, PoolSpec, Write,
 };
 pub use sql::{Dialect, NOTIFY_CHANNEL, SqlStore};
 pub use store::{ConfigStore, StoreError};

@@ -24,6 +24,34 @@ pub struct PoolSpec {
     /// The DNS name the pool is served under, if any.
     #[serde(default)]
     pub dns_name: Option<String>,
+    /// Retries, timeouts and the health check; each unset field keeps the default.
+    #[serde(flatten)]
+    pub policy: PoolPolicy,
+}
+
+/// A pool's own retries and timeouts (overriding the LB servers' defaults) and the health check
+/// the orchestrator runs against its backends. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolPolicy {
+    /// Extra tries on another backend for replayable requests (0 to 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Connecting to a backend, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
+    /// A backend starting its response, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_timeout_ms: Option<u64>,
+    /// The path the health check requests (HTTP); unset: a TCP connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
+    /// How often each backend is checked, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_interval_ms: Option<u64>,
+    /// How long one check may take, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_timeout_ms: Option<u64>,
 }
 
 fn client_ip() -> String {
@@ -440,6 +468,7 @@ mod tests {
                 },
                 hash_key: "cookie:session".into(),
                 dns_name: Some("web.lb.test".into()),
+                policy: Default::default(),
             }),
             Write::SetAdminState {
                 pool: "web".into(),

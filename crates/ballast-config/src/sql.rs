@@ -238,7 +238,9 @@ async fn mutate(
     let query = match write {
         Write::CreatePool(spec) => sqlx::query(
             "INSERT INTO pools (name, algorithm, table_size, points_per_weight, load_factor, \
-             peak_ewma_ms, hash_key, dns_name, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             peak_ewma_ms, hash_key, dns_name, revision, retries, connect_timeout_ms, \
+             response_timeout_ms, health_path, health_interval_ms, health_timeout_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(&spec.name)
         .bind(&spec.algorithm.algorithm)
@@ -248,7 +250,13 @@ async fn mutate(
         .bind(spec.algorithm.peak_ewma_ms.map(|ms| ms as i64))
         .bind(&spec.hash_key)
         .bind(&spec.dns_name)
-        .bind(revision),
+        .bind(revision)
+        .bind(spec.policy.retries.map(i64::from))
+        .bind(millis(spec.policy.connect_timeout_ms))
+        .bind(millis(spec.policy.response_timeout_ms))
+        .bind(&spec.policy.health_path)
+        .bind(millis(spec.policy.health_interval_ms))
+        .bind(millis(spec.policy.health_timeout_ms)),
         Write::DeletePool { pool } => sqlx::query("DELETE FROM pools WHERE name = $1").bind(pool),
         Write::SetAlgorithm { pool, algorithm } => sqlx::query(
             "UPDATE pools SET algorithm = $1, table_size = $2, points_per_weight = $3, \
@@ -352,7 +360,32 @@ fn pool_from(row: &AnyRow) -> Result<PoolSpec, sqlx::Error> {
         },
         hash_key: row.try_get("hash_key")?,
         dns_name: row.try_get("dns_name")?,
+        policy: crate::model::PoolPolicy {
+            retries: small(row, "retries")?,
+            connect_timeout_ms: whole(row, "connect_timeout_ms")?,
+            response_timeout_ms: whole(row, "response_timeout_ms")?,
+            health_path: row.try_get("health_path")?,
+            health_interval_ms: whole(row, "health_interval_ms")?,
+            health_timeout_ms: whole(row, "health_timeout_ms")?,
+        },
     })
+}
+
+/// An optional count of milliseconds as stored.
+fn millis(value: Option<u64>) -> Option<i64> {
+    value.map(|ms| i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+/// An optional non-negative whole number.
+fn whole(row: &AnyRow, column: &str) -> Result<Option<u64>, sqlx::Error> {
+    row.try_get::<Option<i64>, _>(column)?
+        .map(|value| {
+            u64::try_from(value).map_err(|e| sqlx::Error::ColumnDecode {
+                index: column.to_owned(),
+                source: e.into(),
+            })
+        })
+        .transpose()
 }
 
 /// An optional whole number that must fit in `u32`.

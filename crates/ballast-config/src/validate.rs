@@ -50,6 +50,7 @@ fn check_pool(spec: &PoolSpec) -> Result<(), Invalid> {
     check_name(&spec.name, "name")?;
     check_algorithm(&spec.algorithm)?;
     check_hash_key(&spec.hash_key)?;
+    check_policy(&spec.policy)?;
     if let Some(dns) = &spec.dns_name {
         let valid = !dns.is_empty()
             && dns.len() <= 253
@@ -60,6 +61,31 @@ fn check_pool(spec: &PoolSpec) -> Result<(), Invalid> {
                 format!("`{dns}` is not a DNS name"),
             ));
         }
+    }
+    Ok(())
+}
+
+fn check_policy(policy: &crate::model::PoolPolicy) -> Result<(), Invalid> {
+    if policy.retries.is_some_and(|r| r > 10) {
+        return Err(Invalid::new("retries", "at most 10 extra tries"));
+    }
+    for (field, value) in [
+        ("connect_timeout_ms", policy.connect_timeout_ms),
+        ("response_timeout_ms", policy.response_timeout_ms),
+        ("health_interval_ms", policy.health_interval_ms),
+        ("health_timeout_ms", policy.health_timeout_ms),
+    ] {
+        if value.is_some_and(|ms| ms == 0 || ms > 3_600_000) {
+            return Err(Invalid::new(field, "must be from 1 ms to one hour"));
+        }
+    }
+    if let Some(path) = &policy.health_path
+        && (!path.starts_with('/') || path.contains(char::is_whitespace))
+    {
+        return Err(Invalid::new(
+            "health_path",
+            format!("`{path}`: a path starting with `/`, without spaces"),
+        ));
     }
     Ok(())
 }
@@ -163,6 +189,7 @@ mod tests {
             algorithm,
             hash_key: hash_key.into(),
             dns_name: None,
+            policy: Default::default(),
         })
     }
 
@@ -184,6 +211,55 @@ mod tests {
             weight: 0,
         })
         .expect("valid");
+    }
+
+    #[test]
+    fn pool_policy_is_checked() {
+        let with = |policy: crate::model::PoolPolicy| {
+            Write::CreatePool(PoolSpec {
+                name: "web".into(),
+                algorithm: AlgorithmSpec::named("maglev"),
+                hash_key: "path".into(),
+                dns_name: None,
+                policy,
+            })
+        };
+        let good = crate::model::PoolPolicy {
+            retries: Some(3),
+            connect_timeout_ms: Some(250),
+            response_timeout_ms: Some(5_000),
+            health_path: Some("/health".into()),
+            health_interval_ms: Some(1_000),
+            health_timeout_ms: Some(500),
+        };
+        check(&with(good.clone())).expect("valid");
+        let bad = [
+            (
+                crate::model::PoolPolicy {
+                    retries: Some(11),
+                    ..good.clone()
+                },
+                "retries: at most 10",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    response_timeout_ms: Some(0),
+                    ..good.clone()
+                },
+                "response_timeout_ms: must be",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    health_path: Some("health".into()),
+                    ..good.clone()
+                },
+                "health_path: `health`",
+            ),
+        ];
+        for (policy, expected) in bad {
+            let error = check(&with(policy)).expect_err("invalid").to_string();
+            assert!(error.starts_with(expected), "{error}");
+        }
     }
 
     #[test]

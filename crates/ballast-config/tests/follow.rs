@@ -28,6 +28,7 @@ fn writes() -> Vec<Write> {
         algorithm: AlgorithmSpec::named("round_robin"),
         hash_key: "client_ip".into(),
         dns_name: None,
+        policy: Default::default(),
     })];
     for i in 0..12 {
         writes.push(Write::AddBackend {

@@ -18,6 +18,7 @@ fn pool(name: &str, algorithm: &str) -> Write {
         algorithm: AlgorithmSpec::named(algorithm),
         hash_key: "client_ip".into(),
         dns_name: Some(format!("{name}.lb.test")),
+        policy: Default::default(),
     })
 }
 
@@ -67,6 +68,7 @@ async fn every_write_round_trips_and_is_logged(store: SqlStore) {
 
     let config = store.config().await.expect("config");
     assert_eq!(config.revision, 7);
+
     let web = &config.pools[0];
     assert_eq!(web.spec.algorithm.algorithm, "maglev");
     assert_eq!(web.spec.algorithm.table_size, Some(65_537));
@@ -267,6 +269,29 @@ async fn heartbeats_record_the_fleet_without_moving_the_revision(store: SqlStore
     assert!(error.to_string().starts_with("name: `LB 1`"), "{error}");
 }
 
+async fn pool_policies_round_trip(store: SqlStore) {
+    let shop = PoolSpec {
+        name: "shop".into(),
+        algorithm: AlgorithmSpec::named("least_request"),
+        hash_key: "cookie:cart".into(),
+        dns_name: None,
+        policy: ballast_config::PoolPolicy {
+            retries: Some(0),
+            connect_timeout_ms: Some(250),
+            response_timeout_ms: Some(5_000),
+            health_path: Some("/health".into()),
+            health_interval_ms: Some(1_000),
+            health_timeout_ms: Some(400),
+        },
+    };
+    store
+        .apply(Write::CreatePool(shop.clone()))
+        .await
+        .expect("pool with a policy");
+    let config = store.config().await.expect("config");
+    assert_eq!(config.pools[0].spec, shop);
+}
+
 /// Runs each suite function against a fresh SQLite file and a fresh PostgreSQL database.
 macro_rules! on_both_stores {
     ($($suite:ident),+ $(,)?) => {
@@ -298,6 +323,7 @@ on_both_stores!(
     refused_writes_name_the_field_and_leave_the_revision_alone,
     concurrent_writers_get_strictly_increasing_revisions,
     heartbeats_record_the_fleet_without_moving_the_revision,
+    pool_policies_round_trip,
 );
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 //!   within the tries;
 //! - 502 when a backend accepted the request and then broke the exchange (reset, closed, or sent
 //!   an invalid response), after retries;
-//! - 504 when a backend did not start its response within `timeouts.backend_response`.
+//! - 504 when a backend did not start its response within the pool's response timeout.
 //!
 //! A request is retried on another backend only when replaying it is safe: an idempotent method
 //! (RFC 9110 §9.2.2), no request body, and no response byte received.
@@ -86,9 +86,9 @@ pub(crate) async fn handle(
 
     let mut body = (!body.is_end_stream()).then_some(body);
     let replayable =
-        body.is_none() && !upgrade && is_idempotent(&parts.method) && shared.settings.retries > 0;
+        body.is_none() && !upgrade && is_idempotent(&parts.method) && pool.state.retries > 0;
     let tries = if replayable {
-        1 + shared.settings.retries as usize
+        1 + pool.state.retries as usize
     } else {
         1
     }
@@ -105,7 +105,7 @@ pub(crate) async fn handle(
         let backend = &pool.state.backends[index];
         let in_flight = backend.balance.load().start();
 
-        let mut sender = match backend_connection(shared, backend).await {
+        let mut sender = match backend_connection(shared, &pool.state, backend).await {
             Ok(sender) => sender,
             Err(error) => {
                 tracing::debug!(backend = %backend.address, %error, "backend connect failed");
@@ -130,7 +130,7 @@ pub(crate) async fn handle(
             None => Either::Right(Empty::new()),
         };
         let exchange = tokio::time::timeout(
-            shared.settings.timeouts.backend_response,
+            pool.state.response_timeout,
             sender.send_request(Request::from_parts(head, upstream_body)),
         )
         .await;
@@ -168,6 +168,7 @@ pub(crate) async fn handle(
 /// A pooled connection that is ready, or a new one.
 async fn backend_connection(
     shared: &Shared,
+    pool: &PoolState,
     backend: &BackendState,
 ) -> Result<Sender, upstream::ConnectError> {
     let timeouts = &shared.settings.timeouts;
@@ -178,7 +179,7 @@ async fn backend_connection(
             return Ok(sender);
         }
     }
-    upstream::connect(backend.address, timeouts.connect).await
+    upstream::connect(backend.address, pool.connect_timeout).await
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -14,6 +14,7 @@
 //!     algorithm: "least_request".parse()?,
 //!     hash_key: ballast_proxy::HashKey::ClientIp,
 //!     backends: vec!["127.0.0.1:9001=3".parse()?, "127.0.0.1:9002".parse()?],
+//!     overrides: Default::default(),
 //! };
 //! let listener = Listener {
 //!     address: "127.0.0.1:8080".parse()?,

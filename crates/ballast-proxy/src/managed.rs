@@ -5,14 +5,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ballast_balance::Algorithm;
 use ballast_config::{Config, Followed};
 use tokio::sync::watch;
 
 use crate::key::HashKey;
-use crate::settings::{BackendAddress, Pool};
+use crate::settings::{BackendAddress, Pool, PoolOverrides};
 use crate::state::Shared;
 
 /// The proxy's pools for a configuration. A pool or backend that the proxy cannot use (which the
@@ -46,11 +46,17 @@ pub(crate) fn pools(config: &Config) -> Vec<Pool> {
                     }
                 })
                 .collect();
+            let policy = &spec.policy;
             Some(Pool {
                 name: spec.name.clone(),
                 algorithm,
                 hash_key,
                 backends,
+                overrides: PoolOverrides {
+                    retries: policy.retries,
+                    connect: policy.connect_timeout_ms.map(Duration::from_millis),
+                    backend_response: policy.response_timeout_ms.map(Duration::from_millis),
+                },
             })
         })
         .collect()

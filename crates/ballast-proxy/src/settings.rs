@@ -83,6 +83,19 @@ pub struct Pool {
     pub hash_key: HashKey,
     /// The backends.
     pub backends: Vec<BackendAddress>,
+    /// The pool's own retries and timeouts, where it overrides the LB's.
+    pub overrides: PoolOverrides,
+}
+
+/// What a pool may set for itself instead of the LB server's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolOverrides {
+    /// Extra tries for replayable requests.
+    pub retries: Option<u32>,
+    /// Connecting to a backend.
+    pub connect: Option<Duration>,
+    /// A backend starting its response (and each read of its body).
+    pub backend_response: Option<Duration>,
 }
 
 /// A backend and its weight.
@@ -437,6 +450,7 @@ impl File {
                 algorithm,
                 hash_key,
                 backends,
+                overrides: PoolOverrides::default(),
             });
         }
         let mut settings = Settings::new(listeners, pools);

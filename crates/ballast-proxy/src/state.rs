@@ -48,6 +48,12 @@ pub(crate) struct PoolState {
     pub backends: Vec<Arc<BackendState>>,
     /// Its metric handles.
     pub counters: PoolCounters,
+    /// Extra tries for replayable requests (the pool's, or the LB's default).
+    pub retries: u32,
+    /// Connecting to a backend.
+    pub connect_timeout: std::time::Duration,
+    /// A backend starting its response, and each read of its body.
+    pub response_timeout: std::time::Duration,
 }
 
 /// One immutable view of every pool, as the request path reads it.
@@ -246,6 +252,15 @@ impl Shared {
                 })
                 .collect(),
             counters: self.metrics.pool(&pool.name),
+            retries: pool.overrides.retries.unwrap_or(self.settings.retries),
+            connect_timeout: pool
+                .overrides
+                .connect
+                .unwrap_or(self.settings.timeouts.connect),
+            response_timeout: pool
+                .overrides
+                .backend_response
+                .unwrap_or(self.settings.timeouts.backend_response),
         }
     }
 

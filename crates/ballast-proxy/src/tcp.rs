@@ -29,7 +29,7 @@ where
     } else {
         0
     };
-    let tries = 1 + shared.settings.retries as usize;
+    let tries = 1 + pool.state.retries as usize;
     let mut tried = Vec::with_capacity(tries);
     for _ in 0..tries {
         let Some(index) = pool.choose(key, &tried) else {
@@ -39,7 +39,7 @@ where
         let backend = &pool.state.backends[index];
         let _in_flight = backend.balance.load().start();
         let connect = tokio::time::timeout(
-            shared.settings.timeouts.connect,
+            pool.state.connect_timeout,
             TcpStream::connect(backend.address),
         )
         .await;

@@ -34,6 +34,7 @@ fn a_managed_lb_applies_each_change_while_serving() {
         algorithm: AlgorithmSpec::named("round_robin"),
         hash_key: "client_ip".into(),
         dns_name: None,
+        policy: Default::default(),
     }));
     for backend in [b1, b2] {
         apply(Write::AddBackend {
@@ -130,6 +131,7 @@ fn a_managed_lb_restarted_while_the_database_is_down_serves_from_its_cache() {
         algorithm: AlgorithmSpec::named("round_robin"),
         hash_key: "client_ip".into(),
         dns_name: None,
+        policy: Default::default(),
     })))
     .expect("pool");
     rt.block_on(store.apply(Write::AddBackend {
@@ -188,5 +190,44 @@ fn a_managed_lb_restarted_while_the_database_is_down_serves_from_its_cache() {
     assert!(stderr.contains("--db sqlite://"), "{stderr}");
 
     drop(second);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_pools_own_response_timeout_applies() {
+    let dir = std::env::temp_dir().join(format!("ballast-managed-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let url = format!("sqlite://{}", dir.join("config.db").display());
+    let (_slow, slow) = echo("slow", &["--latency", "3s"]);
+    let rt = runtime();
+    let store = rt.block_on(SqlStore::connect(&url)).expect("store");
+    rt.block_on(store.apply(Write::CreatePool(PoolSpec {
+        name: "impatient".into(),
+        algorithm: AlgorithmSpec::named("round_robin"),
+        hash_key: "client_ip".into(),
+        dns_name: None,
+        policy: ballast_config::PoolPolicy {
+            response_timeout_ms: Some(300),
+            ..Default::default()
+        },
+    })))
+    .expect("pool");
+    rt.block_on(store.apply(Write::AddBackend {
+        pool: "impatient".into(),
+        address: slow.to_string(),
+        weight: 1,
+    }))
+    .expect("backend");
+    // The LB's own default is 30 s; the pool's 300 ms decides.
+    let lb = support::managed_lb(&url, "impatient", &[]);
+    let started = std::time::Instant::now();
+    let reply = get(lb.listen_addr(0), "/", &[]);
+    assert_eq!(reply.status, 504, "{reply:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(lb);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -28,6 +28,7 @@ fn lbs_serve_through_a_database_restart_and_catch_up_after() {
             algorithm: AlgorithmSpec::named("round_robin"),
             hash_key: "client_ip".into(),
             dns_name: None,
+            policy: Default::default(),
         })))
         .expect("pool");
     runtime

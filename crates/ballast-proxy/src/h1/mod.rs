@@ -30,7 +30,7 @@ use self::request::{Refusal, RequestHead, parse_request, send_request};
 use self::response::{ResponseHead, read_response, send_response};
 use crate::http::ClientContext;
 use crate::metrics::ErrorKind;
-use crate::state::{BackendState, PoolSnapshot, Shared};
+use crate::state::{BackendState, PoolSnapshot, PoolState, Shared};
 use crate::upstream::{self, Raw};
 
 /// The most tries one request makes.
@@ -163,12 +163,10 @@ async fn proxy(
         // on each other through us.
         client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
     }
-    let replayable = head.body == Framing::Empty
-        && head.idempotent
-        && !head.upgrade
-        && shared.settings.retries > 0;
+    let replayable =
+        head.body == Framing::Empty && head.idempotent && !head.upgrade && pool.state.retries > 0;
     let tries = if replayable {
-        (1 + shared.settings.retries as usize).min(MAX_TRIES)
+        (1 + pool.state.retries as usize).min(MAX_TRIES)
     } else {
         1
     };
@@ -181,7 +179,7 @@ async fn proxy(
         tried[attempt] = index;
         let backend = &pool.state.backends[index];
         let _in_flight = backend.balance.load().start();
-        let (mut upstream, reused) = match backend_connection(shared, backend).await {
+        let (mut upstream, reused) = match backend_connection(shared, &pool.state, backend).await {
             Ok(found) => found,
             Err(error) => {
                 tracing::debug!(backend = %backend.address, %error, "backend connect failed");
@@ -208,7 +206,7 @@ async fn proxy(
             }
         }
         let response = tokio::time::timeout(
-            shared.settings.timeouts.backend_response,
+            pool.state.response_timeout,
             read_response(&mut upstream, &head, client),
         )
         .await;
@@ -243,6 +241,7 @@ async fn proxy(
 /// A cached connection (`true`) or a new one (`false`).
 async fn backend_connection(
     shared: &Shared,
+    pool: &PoolState,
     backend: &BackendState,
 ) -> Result<(Raw, bool), upstream::ConnectError> {
     let timeouts = &shared.settings.timeouts;
@@ -250,7 +249,7 @@ async fn backend_connection(
     {
         return Ok((raw, true));
     }
-    let raw = upstream::connect_raw(backend.address, timeouts.connect).await?;
+    let raw = upstream::connect_raw(backend.address, pool.connect_timeout).await?;
     Ok((raw, false))
 }
 
@@ -289,7 +288,7 @@ async fn respond(
         return result.map(|_| Next::Close);
     }
 
-    let patience = context.shared.settings.timeouts.backend_response;
+    let patience = pool.state.response_timeout;
     let result = send_response(client, &mut upstream, &response, patience).await;
     pool.state.counters.observe(started.elapsed().as_secs_f64());
     result?;

@@ -12,7 +12,9 @@ use anyhow::{Context, Result};
 use ballast_config::{
     Config, ConfigStore, FollowOptions, LbServer, LbState, SqlStore, follow_or_fall_back,
 };
-use ballast_proxy::settings::{BackendAddress, Listener, Mode, Pool, Settings, TlsFiles};
+use ballast_proxy::settings::{
+    BackendAddress, Listener, Mode, Pool, PoolOverrides, Settings, TlsFiles,
+};
 use ballast_proxy::{Bound, HashKey, Source};
 use clap::{Args, ValueEnum};
 
@@ -134,6 +136,7 @@ impl LbArgs {
                     algorithm: self.algorithm.algorithm()?,
                     hash_key: self.hash_key.clone(),
                     backends: self.backend.clone(),
+                    overrides: PoolOverrides::default(),
                 };
                 Settings::new(vec![self.listener(&pool.name)?], vec![pool])
             }

@@ -33,6 +33,8 @@ enum PoolAction {
         /// The DNS name the pool is served under.
         #[arg(long)]
         dns_name: Option<String>,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// List every pool.
     List,
@@ -53,6 +55,51 @@ enum PoolAction {
         #[command(flatten)]
         algorithm: AlgorithmArgs,
     },
+}
+
+/// A pool's own retries, timeouts and health check.
+#[derive(Debug, Args)]
+struct PolicyArgs {
+    /// Extra tries on another backend for replayable requests [default: the LB's].
+    #[arg(long)]
+    retries: Option<u32>,
+    /// Connecting to a backend [default: the LB's].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    connect_timeout: Option<std::time::Duration>,
+    /// A backend starting its response [default: the LB's].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    response_timeout: Option<std::time::Duration>,
+    /// The path health checks request (unset: a TCP connect).
+    #[arg(long, value_name = "PATH")]
+    health_path: Option<String>,
+    /// How often each backend is checked.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    health_interval: Option<std::time::Duration>,
+    /// How long one check may take.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    health_timeout: Option<std::time::Duration>,
+}
+
+impl PolicyArgs {
+    /// Adds the given fields to a pool's JSON.
+    fn add_to(&self, spec: &mut Value) {
+        let ms = |d: &Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
+        let fields = [
+            ("retries", self.retries.map(u64::from)),
+            ("connect_timeout_ms", ms(&self.connect_timeout)),
+            ("response_timeout_ms", ms(&self.response_timeout)),
+            ("health_interval_ms", ms(&self.health_interval)),
+            ("health_timeout_ms", ms(&self.health_timeout)),
+        ];
+        for (field, value) in fields {
+            if let Some(value) = value {
+                spec[field] = json!(value);
+            }
+        }
+        if let Some(path) = &self.health_path {
+            spec["health_path"] = json!(path);
+        }
+    }
 }
 
 /// The algorithm flags as the API's JSON.
@@ -83,6 +130,7 @@ impl PoolCommand {
                 algorithm,
                 hash_key,
                 dns_name,
+                policy,
             } => {
                 let mut spec = algorithm_json(algorithm);
                 spec["name"] = json!(name);
@@ -90,6 +138,7 @@ impl PoolCommand {
                 if let Some(dns) = dns_name {
                     spec["dns_name"] = json!(dns);
                 }
+                policy.add_to(&mut spec);
                 control.call(Method::POST, "/v1/pools", Some(spec))?
             }
             PoolAction::List => control.call(Method::GET, "/v1/pools", None)?,
