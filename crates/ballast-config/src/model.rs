@@ -266,6 +266,11 @@ impl Config {
                     .ok_or_else(|| out_of_step(format!("no pool `{pool}`")))?;
                 self.pools[index].spec.algorithm = algorithm.clone();
             }
+            Write::SetPolicy { pool, policy } => {
+                let index = pool_index(&self.pools, pool)
+                    .ok_or_else(|| out_of_step(format!("no pool `{pool}`")))?;
+                self.pools[index].spec.policy = policy.clone();
+            }
             Write::AddBackend {
                 pool,
                 address,
@@ -336,6 +341,15 @@ pub enum Write {
         #[serde(flatten)]
         algorithm: AlgorithmSpec,
     },
+    /// Replaces a pool's policy (retries, timeouts, health check) whole: fields left out fall
+    /// back to the defaults.
+    SetPolicy {
+        /// The pool.
+        pool: String,
+        /// The new policy.
+        #[serde(flatten)]
+        policy: PoolPolicy,
+    },
     /// Adds a backend, active and of unknown health.
     AddBackend {
         /// The pool.
@@ -385,7 +399,10 @@ impl Write {
     /// What the write changes, for the change log: `pool` or `backend`.
     pub fn entity(&self) -> &'static str {
         match self {
-            Self::CreatePool(_) | Self::DeletePool { .. } | Self::SetAlgorithm { .. } => "pool",
+            Self::CreatePool(_)
+            | Self::DeletePool { .. }
+            | Self::SetAlgorithm { .. }
+            | Self::SetPolicy { .. } => "pool",
             _ => "backend",
         }
     }
@@ -396,6 +413,7 @@ impl Write {
             Self::CreatePool(_) => "create_pool",
             Self::DeletePool { .. } => "delete_pool",
             Self::SetAlgorithm { .. } => "set_algorithm",
+            Self::SetPolicy { .. } => "set_policy",
             Self::AddBackend { .. } => "add_backend",
             Self::RemoveBackend { .. } => "remove_backend",
             Self::SetWeight { .. } => "set_weight",

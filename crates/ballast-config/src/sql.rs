@@ -172,7 +172,9 @@ async fn require_existing(
             }
             return Ok(());
         }
-        Write::DeletePool { pool } | Write::SetAlgorithm { pool, .. } => (pool, None),
+        Write::DeletePool { pool }
+        | Write::SetAlgorithm { pool, .. }
+        | Write::SetPolicy { pool, .. } => (pool, None),
         Write::AddBackend { pool, address, .. } => {
             if !pool_exists(tx, pool).await? {
                 return Err(StoreError::NotFound(format!("pool `{pool}`")));
@@ -267,6 +269,19 @@ async fn mutate(
         .bind(algorithm.points_per_weight.map(i64::from))
         .bind(algorithm.load_factor)
         .bind(algorithm.peak_ewma_ms.map(|ms| ms as i64))
+        .bind(revision)
+        .bind(pool),
+        Write::SetPolicy { pool, policy } => sqlx::query(
+            "UPDATE pools SET retries = $1, connect_timeout_ms = $2, response_timeout_ms = $3, \
+             health_path = $4, health_interval_ms = $5, health_timeout_ms = $6, revision = $7 \
+             WHERE name = $8",
+        )
+        .bind(policy.retries.map(i64::from))
+        .bind(millis(policy.connect_timeout_ms))
+        .bind(millis(policy.response_timeout_ms))
+        .bind(&policy.health_path)
+        .bind(millis(policy.health_interval_ms))
+        .bind(millis(policy.health_timeout_ms))
         .bind(revision)
         .bind(pool),
         Write::AddBackend {

@@ -35,6 +35,10 @@ pub fn check(write: &Write) -> Result<(), Invalid> {
             check_algorithm(algorithm)
         }
         Write::DeletePool { pool } => check_name(pool, "pool"),
+        Write::SetPolicy { pool, policy } => {
+            check_name(pool, "pool")?;
+            check_policy(policy)
+        }
         Write::AddBackend { pool, address, .. }
         | Write::RemoveBackend { pool, address }
         | Write::SetWeight { pool, address, .. }

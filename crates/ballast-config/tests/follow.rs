@@ -41,6 +41,14 @@ fn writes() -> Vec<Write> {
         pool: "web".into(),
         algorithm: AlgorithmSpec::named("maglev"),
     });
+    writes.push(Write::SetPolicy {
+        pool: "web".into(),
+        policy: ballast_config::PoolPolicy {
+            retries: Some(1),
+            health_path: Some("/health".into()),
+            ..Default::default()
+        },
+    });
     writes.push(Write::SetAdminState {
         pool: "web".into(),
         address: "127.0.0.10:80".into(),

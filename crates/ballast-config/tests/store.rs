@@ -290,6 +290,29 @@ async fn pool_policies_round_trip(store: SqlStore) {
         .expect("pool with a policy");
     let config = store.config().await.expect("config");
     assert_eq!(config.pools[0].spec, shop);
+
+    // Replaced whole: what is left out falls back to the defaults.
+    let policy = ballast_config::PoolPolicy {
+        retries: Some(5),
+        ..Default::default()
+    };
+    store
+        .apply(Write::SetPolicy {
+            pool: "shop".into(),
+            policy: policy.clone(),
+        })
+        .await
+        .expect("set policy");
+    let config = store.config().await.expect("config");
+    assert_eq!(config.pools[0].spec.policy, policy);
+    let refused = store
+        .apply(Write::SetPolicy {
+            pool: "nowhere".into(),
+            policy,
+        })
+        .await
+        .expect_err("unknown pool");
+    assert_eq!(refused.to_string(), "pool `nowhere` does not exist");
 }
 
 /// Runs each suite function against a fresh SQLite file and a fresh PostgreSQL database.

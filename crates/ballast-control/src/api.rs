@@ -7,6 +7,7 @@
 //! | `GET /v1/pools`, `POST /v1/pools` | list pools with their backends; create one (`PoolSpec`) |
 //! | `GET`, `DELETE /v1/pools/{pool}` | one pool; delete it and its backends |
 //! | `PUT /v1/pools/{pool}/algorithm` | `{"algorithm": "maglev", "table_size": 65537}` |
+//! | `PUT /v1/pools/{pool}/policy` | `{"retries": 1, "response_timeout_ms": 2000, "health_path": "/health"}` (replaces the whole policy) |
 //! | `GET`, `POST /v1/pools/{pool}/backends` | list; add `{"address": "IP:port", "weight": 1}` |
 //! | `DELETE /v1/pools/{pool}/backends/{address}` | remove a backend |
 //! | `PUT /v1/pools/{pool}/backends/{address}/weight` | `{"weight": 3}` |
@@ -28,7 +29,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Json, Router, middleware};
 use ballast_config::{
-    AdminState, AlgorithmSpec, Backend, ConfigStore, Pool, PoolSpec, SqlStore, Write,
+    AdminState, AlgorithmSpec, Backend, ConfigStore, Pool, PoolPolicy, PoolSpec, SqlStore, Write,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -55,6 +56,7 @@ pub fn router(store: SqlStore, token: String) -> Router {
         .route("/v1/pools", get(list_pools).post(create_pool))
         .route("/v1/pools/{pool}", get(show_pool).delete(delete_pool))
         .route("/v1/pools/{pool}/algorithm", put(set_algorithm))
+        .route("/v1/pools/{pool}/policy", put(set_policy))
         .route(
             "/v1/pools/{pool}/backends",
             get(list_backends).post(add_backend),
@@ -169,6 +171,16 @@ async fn set_algorithm(
         StatusCode::OK,
     )
     .await
+}
+
+#[utoipa::path(put, path = "/v1/pools/{pool}/policy", params(("pool" = String, Path, description = "The pool")), request_body = PoolPolicy, responses((status = 200, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 404, description = "No such pool")), security(("bearer" = [])))]
+async fn set_policy(
+    State(api): State<Api>,
+    Path(pool): Path<String>,
+    policy: Result<Json<PoolPolicy>, JsonRejection>,
+) -> Answer {
+    let policy = body(policy)?;
+    write(&api, Write::SetPolicy { pool, policy }, StatusCode::OK).await
 }
 
 /// A backend to add.

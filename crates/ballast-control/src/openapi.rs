@@ -16,6 +16,7 @@ use crate::api;
         api::show_pool,
         api::delete_pool,
         api::set_algorithm,
+        api::set_policy,
         api::list_backends,
         api::add_backend,
         api::remove_backend,
@@ -27,6 +28,7 @@ use crate::api;
     components(schemas(
         ballast_config::PoolSpec,
         ballast_config::AlgorithmSpec,
+        ballast_config::PoolPolicy,
         ballast_config::Pool,
         ballast_config::Backend,
         ballast_config::AdminState,

@@ -130,6 +130,18 @@ fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::
 
     let changed = cli.revision(&["pool", "set-algorithm", "web", "--algorithm", "maglev"]);
     applied_everywhere(changed);
+    let policy = cli.revision(&[
+        "pool",
+        "set-policy",
+        "web",
+        "--retries",
+        "0",
+        "--response-timeout",
+        "2s",
+    ]);
+    applied_everywhere(policy);
+    let shown = cli.ok(&["pool", "show", "web", "--json"]);
+    assert!(shown.contains("\"response_timeout_ms\":2000"), "{shown}");
     let listing = cli.ok(&["pool", "list"]);
     assert!(
         listing

@@ -48,6 +48,13 @@ enum PoolAction {
         /// The pool.
         name: String,
     },
+    /// Replace a pool's retries, timeouts and health check (flags left out: the defaults).
+    SetPolicy {
+        /// The pool.
+        name: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
     /// Change a pool's algorithm (and its parameters).
     SetAlgorithm {
         /// The pool.
@@ -150,6 +157,15 @@ impl PoolCommand {
                 &format!("/v1/pools/{}", segment(name)),
                 None,
             )?,
+            PoolAction::SetPolicy { name, policy } => {
+                let mut spec = json!({});
+                policy.add_to(&mut spec);
+                control.call(
+                    Method::PUT,
+                    &format!("/v1/pools/{}/policy", segment(name)),
+                    Some(spec),
+                )?
+            }
             PoolAction::SetAlgorithm { name, algorithm } => control.call(
                 Method::PUT,
                 &format!("/v1/pools/{}/algorithm", segment(name)),
