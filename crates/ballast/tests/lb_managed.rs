@@ -29,20 +29,7 @@ fn a_managed_lb_applies_each_change_while_serving() {
     let rt = runtime();
     let store = rt.block_on(SqlStore::connect(&url)).expect("store");
     let apply = |write: Write| rt.block_on(store.apply(write)).expect("write");
-    apply(Write::CreatePool(PoolSpec {
-        name: "web".into(),
-        algorithm: AlgorithmSpec::named("round_robin"),
-        hash_key: "client_ip".into(),
-        dns_name: None,
-        policy: Default::default(),
-    }));
-    for backend in [b1, b2] {
-        apply(Write::AddBackend {
-            pool: "web".into(),
-            address: backend.to_string(),
-            weight: 1,
-        });
-    }
+    support::create_pool(&rt, &store, "web", &[b1, b2]);
 
     let lb = support::managed_lb(&url, "web", &[]);
     let (address, admin) = (lb.listen_addr(0), lb.admin_addr());
@@ -126,20 +113,7 @@ fn a_managed_lb_restarted_while_the_database_is_down_serves_from_its_cache() {
 
     let rt = runtime();
     let store = rt.block_on(SqlStore::connect(&url)).expect("store");
-    rt.block_on(store.apply(Write::CreatePool(PoolSpec {
-        name: "web".into(),
-        algorithm: AlgorithmSpec::named("round_robin"),
-        hash_key: "client_ip".into(),
-        dns_name: None,
-        policy: Default::default(),
-    })))
-    .expect("pool");
-    rt.block_on(store.apply(Write::AddBackend {
-        pool: "web".into(),
-        address: b1.to_string(),
-        weight: 1,
-    }))
-    .expect("backend");
+    support::create_pool(&rt, &store, "web", &[b1]);
 
     let args = |db: &str| {
         vec![

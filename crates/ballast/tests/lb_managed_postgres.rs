@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ballast_config::{AlgorithmSpec, ConfigStore, PoolSpec, SqlStore, Write};
+use ballast_config::{ConfigStore, SqlStore, Write};
 use support::{Process, backend_of, echo, eventually, get, metric};
 
 #[test]
@@ -22,22 +22,7 @@ fn lbs_serve_through_a_database_restart_and_catch_up_after() {
     let store = runtime.block_on(SqlStore::connect(&url)).expect("store");
     let (_b1, b1) = echo("b1", &[]);
     let (_b2, b2) = echo("b2", &[]);
-    runtime
-        .block_on(store.apply(Write::CreatePool(PoolSpec {
-            name: "web".into(),
-            algorithm: AlgorithmSpec::named("round_robin"),
-            hash_key: "client_ip".into(),
-            dns_name: None,
-            policy: Default::default(),
-        })))
-        .expect("pool");
-    runtime
-        .block_on(store.apply(Write::AddBackend {
-            pool: "web".into(),
-            address: b1.to_string(),
-            weight: 1,
-        }))
-        .expect("backend");
+    support::create_pool(&runtime, &store, "web", &[b1]);
 
     let lbs: Vec<Process> = (0..2)
         .map(|_| support::managed_lb(&url, "web", &["--pull-interval", "1s"]))

@@ -152,6 +152,33 @@ pub fn lb(backends: &[SocketAddr], extra: &[&str]) -> (Process, SocketAddr) {
     (process, address)
 }
 
+/// Creates a round-robin pool `name` with `backends` (weight 1) straight in the store, as an
+/// operator would through the admin API.
+pub fn create_pool(
+    runtime: &tokio::runtime::Runtime,
+    store: &ballast_config::SqlStore,
+    name: &str,
+    backends: &[SocketAddr],
+) {
+    use ballast_config::{AlgorithmSpec, ConfigStore, PoolSpec, Write};
+    let pool = Write::CreatePool(PoolSpec {
+        name: name.into(),
+        algorithm: AlgorithmSpec::named("round_robin"),
+        hash_key: "client_ip".into(),
+        dns_name: None,
+        policy: Default::default(),
+    });
+    runtime.block_on(store.apply(pool)).expect("pool");
+    for backend in backends {
+        let add = Write::AddBackend {
+            pool: name.into(),
+            address: backend.to_string(),
+            weight: 1,
+        };
+        runtime.block_on(store.apply(add)).expect("backend");
+    }
+}
+
 /// A managed LB on database `url` serving `pool`, with an admin endpoint and one worker.
 pub fn managed_lb(url: &str, pool: &str, extra: &[&str]) -> Process {
     let mut args = vec![
