@@ -193,8 +193,10 @@ async fn listen(url: &str) -> Option<PgListener> {
     Some(listener)
 }
 
-/// The configuration at the database's revision, if it moved past `current`.
-async fn catch_up(store: &SqlStore, current: &Config) -> Result<Option<Config>, StoreError> {
+/// The configuration at the database's revision, if it moved past `current`: `current` with the
+/// change log applied, or the whole configuration read afresh when the log does not follow from
+/// it (pruned past `current`, or a database restored from a backup).
+pub async fn catch_up(store: &SqlStore, current: &Config) -> Result<Option<Config>, StoreError> {
     let revision = store.revision().await?;
     if revision < current.revision {
         // The database is behind what we hold (restored from a backup, or a new one): it is

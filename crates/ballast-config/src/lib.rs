@@ -35,7 +35,7 @@ mod sql;
 mod store;
 mod validate;
 
-pub use feed::{FollowOptions, Followed, follow, follow_or_fall_back};
+pub use feed::{FollowOptions, Followed, catch_up, follow, follow_or_fall_back};
 pub use model::{
     AdminState, AlgorithmSpec, Backend, Change, Config, Health, LbServer, LbState, OutOfStep, Pool,
     PoolPolicy, PoolSpec, Write,

@@ -578,4 +578,15 @@ impl ConfigStore for SqlStore {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(fail())
     }
+
+    async fn prune_changes(&self, keep: u64) -> Result<u64, StoreError> {
+        sqlx::query(
+            "DELETE FROM changes WHERE revision <= (SELECT value FROM revision WHERE id = 1) - $1",
+        )
+        .bind(i64::try_from(keep).unwrap_or(i64::MAX))
+        .execute(&self.writer)
+        .await
+        .map(|done| done.rows_affected())
+        .map_err(StoreError::database("pruning the change log"))
+    }
 }

@@ -52,10 +52,18 @@ pub trait ConfigStore: Send + Sync {
     /// Every LB server that has reported, by name.
     fn lb_servers(&self) -> impl Future<Output = Result<Vec<LbServer>, StoreError>> + Send;
 
-    /// Up to `limit` changes after `revision`, oldest first.
+    /// Up to `limit` changes after `revision`, oldest first. When the log has been pruned past
+    /// `revision`, the first change returned is later than `revision + 1`: a follower must then
+    /// read the whole configuration instead.
     fn changes_since(
         &self,
         revision: u64,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Change>, StoreError>> + Send;
+
+    /// Deletes the change log's entries except the latest `keep` revisions; returns how many
+    /// went. Followers further behind than that reload the whole configuration, so `keep` trades
+    /// the log's size against how long a follower may be away and still catch up change by
+    /// change.
+    fn prune_changes(&self, keep: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }

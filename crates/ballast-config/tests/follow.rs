@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ballast_config::{
     AdminState, AlgorithmSpec, ConfigStore, FollowOptions, Followed, PoolSpec, SqlStore, Write,
-    follow,
+    catch_up, follow,
 };
 use tokio::sync::watch;
 
@@ -102,6 +102,58 @@ async fn pull_repairs_what_push_missed(store: SqlStore, url: String) {
         *follower.borrow().config,
         store.config().await.expect("config")
     );
+}
+
+async fn a_follower_behind_the_pruned_log_reloads_everything(store: SqlStore) {
+    let writes = writes();
+    let (early, late) = writes.split_at(3);
+    for write in early {
+        store.apply(write.clone()).await.expect("write");
+    }
+    let behind = store.config().await.expect("config");
+    for write in late {
+        store.apply(write.clone()).await.expect("write");
+    }
+    let near = store.config().await.expect("config");
+    let revision = near.revision;
+    store
+        .apply(Write::SetWeight {
+            pool: "web".into(),
+            address: "127.0.0.20:80".into(),
+            weight: 4,
+        })
+        .await
+        .expect("write");
+    let truth = store.config().await.expect("config");
+
+    let latest = revision + 1;
+    assert_eq!(store.prune_changes(5).await.expect("prune"), latest - 5);
+    let log = store.changes_since(0, 100).await.expect("changes");
+    assert_eq!(
+        log.iter().map(|c| c.revision).collect::<Vec<_>>(),
+        (truth.revision - 4..=truth.revision).collect::<Vec<_>>()
+    );
+    assert_eq!(store.prune_changes(5).await.expect("prune again"), 0);
+
+    // Far behind: the log starts after the follower's next revision, so it reloads.
+    let reloaded = catch_up(&store, &behind).await.expect("catch up");
+    assert_eq!(reloaded.as_ref(), Some(&truth));
+    // Close behind: the log still reaches back, so one change is applied.
+    let applied = catch_up(&store, &near).await.expect("catch up");
+    assert_eq!(applied.as_ref(), Some(&truth));
+    assert_eq!(catch_up(&store, &truth).await.expect("catch up"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_pruned_log() {
+    let (store, _url, _db) = support::sqlite().await;
+    a_follower_behind_the_pruned_log_reloads_everything(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_pruned_log() {
+    let (store, _url) = support::postgres().await;
+    a_follower_behind_the_pruned_log_reloads_everything(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

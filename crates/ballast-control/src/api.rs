@@ -18,7 +18,8 @@
 //!
 //! Writes answer `{"revision": N}`, the revision they produced. Errors answer
 //! `{"error": {"field": …, "reason": …}}` with 400 (invalid), 404 (unknown pool or backend),
-//! 409 (already exists), 401 (token) or 503 (database down; nothing was written).
+//! 409 (already exists), 401 (token), 410 (the change log was pruned past `since`) or 503
+//! (database down; nothing was written).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -280,11 +281,20 @@ struct Since {
 /// The longest a change-feed request waits for a change.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-#[utoipa::path(get, path = "/v1/changes", params(("since" = u64, Query, description = "Changes after this revision"), ("wait_ms" = u64, Query, description = "Wait up to this long for one")), responses((status = 200, description = "`{\"changes\": [Change]}`")), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/changes", params(("since" = u64, Query, description = "Changes after this revision"), ("wait_ms" = u64, Query, description = "Wait up to this long for one")), responses((status = 200, description = "`{\"changes\": [Change]}`"), (status = 410, description = "The log was pruned past `since`: read the whole configuration instead")), security(("bearer" = [])))]
 async fn changes(State(api): State<Api>, Query(query): Query<Since>) -> Answer {
     let deadline = Instant::now() + Duration::from_millis(query.wait_ms).min(MAX_WAIT);
     loop {
         let changes = api.store.changes_since(query.since, 1000).await?;
+        if let Some(first) = changes.first()
+            && first.revision > query.since + 1
+        {
+            return Err(ApiError::Gone(format!(
+                "the change log starts at revision {}; read /v1/pools for the whole \
+                 configuration and follow from its revision",
+                first.revision
+            )));
+        }
         if !changes.is_empty() || Instant::now() >= deadline {
             return Ok((StatusCode::OK, Json(json!({ "changes": changes }))));
         }

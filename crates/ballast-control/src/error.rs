@@ -18,6 +18,8 @@ pub(crate) enum ApiError {
     NotFound(String),
     /// 409: clashes with what exists.
     Conflict { field: String, reason: String },
+    /// 410: what was asked for is no longer kept (the change log was pruned past it).
+    Gone(String),
     /// 503: the configuration database failed; nothing was written.
     Unavailable(String),
 }
@@ -58,6 +60,7 @@ impl IntoResponse for ApiError {
                 StatusCode::CONFLICT,
                 json!({"error": {"field": field, "reason": reason}}),
             ),
+            Self::Gone(reason) => (StatusCode::GONE, json!({"error": {"reason": reason}})),
             Self::Unavailable(reason) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 json!({"error": {"reason": reason}}),

@@ -1,7 +1,8 @@
 //! Ballast's control plane. Today: the admin API, a JSON REST API over the configuration
 //! database that the `ballast pool …` and `ballast backend …` commands (and anything else with
 //! the token) use to change pools and backends. Each change is one store write, one revision,
-//! and reaches every managed LB through the change feed.
+//! and reaches every managed LB through the change feed. [`retention`] keeps the change log to
+//! a bounded length.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,3 +19,4 @@ pub mod api;
 mod auth;
 mod error;
 mod openapi;
+pub mod retention;

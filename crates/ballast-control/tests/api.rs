@@ -17,6 +17,7 @@ const TOKEN: &str = "test-token-0123456789";
 struct Control {
     address: SocketAddr,
     client: Client<HttpConnector, Full<Bytes>>,
+    store: ballast_config::SqlStore,
     _dir: TempDir,
 }
 
@@ -45,11 +46,12 @@ impl Control {
             .await
             .expect("bind");
         let address = listener.local_addr().expect("address");
-        let app = ballast_control::api::router(store, TOKEN.to_owned());
+        let app = ballast_control::api::router(store.clone(), TOKEN.to_owned());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self {
             address,
             client: Client::builder(TokioExecutor::new()).build_http(),
+            store,
             _dir: TempDir(dir),
         }
     }
@@ -253,6 +255,39 @@ async fn the_change_feed_long_polls() {
         .expect("task");
     assert_eq!(answer["changes"][0]["revision"], 1);
     assert_eq!(answer["changes"][0]["operation"], "create_pool");
+}
+
+#[tokio::test]
+async fn a_change_feed_reader_behind_the_pruned_log_is_told_to_reload() {
+    use ballast_config::ConfigStore;
+    let control = Control::start().await;
+    control
+        .ok(
+            Method::POST,
+            "/v1/pools",
+            Some(json!({"name": "web", "algorithm": "round_robin"})),
+        )
+        .await;
+    for port in 9001..9006 {
+        let (status, _) = control
+            .ok(
+                Method::POST,
+                "/v1/pools/web/backends",
+                Some(json!({"address": format!("127.0.0.1:{port}")})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    assert_eq!(control.store.prune_changes(2).await.expect("prune"), 4);
+
+    let (status, answer) = control.ok(Method::GET, "/v1/changes?since=1", None).await;
+    assert_eq!(status, StatusCode::GONE, "{answer}");
+    let reason = answer["error"]["reason"].as_str().expect("reason");
+    assert!(reason.contains("starts at revision 5"), "{reason}");
+
+    let (status, answer) = control.ok(Method::GET, "/v1/changes?since=4", None).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["changes"].as_array().map(Vec::len), Some(2));
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ballast_config::SqlStore;
@@ -22,6 +23,11 @@ pub(crate) struct ControlArgs {
     /// A file holding the bearer token clients must present.
     #[arg(long, value_name = "FILE")]
     token_file: PathBuf,
+    /// Keep this many of the latest revisions in the change log (pruned once a minute). An LB
+    /// further behind reloads the whole configuration instead of replaying changes.
+    #[arg(long, value_name = "N", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    keep_changes: u64,
 }
 
 impl ControlArgs {
@@ -54,6 +60,11 @@ impl ControlArgs {
                 writeln!(out, "listening http {} control", listener.local_addr()?)?;
                 out.flush()?;
             }
+            let pruning = tokio::spawn(ballast_control::retention::prune_every(
+                store.clone(),
+                self.keep_changes,
+                Duration::from_secs(60),
+            ));
             let app = ballast_control::api::router(store, token);
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
@@ -63,7 +74,9 @@ impl ControlArgs {
                     }
                 })
                 .await
-                .context("admin API")
+                .context("admin API")?;
+            pruning.abort();
+            Ok(())
         })
     }
 }
