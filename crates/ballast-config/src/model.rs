@@ -429,11 +429,13 @@ impl Write {
 pub enum LbState {
     /// Serving.
     Serving,
+    /// Told to stop: finishing the requests in flight, taking no new clients if it can help it.
+    Draining,
     /// Stopped (drained and exited).
     Stopped,
 }
 
-text_enum!(LbState { Serving => "serving", Stopped => "stopped" });
+text_enum!(LbState { Serving => "serving", Draining => "draining", Stopped => "stopped" });
 
 /// A managed LB server as it reports itself in its heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -69,6 +69,9 @@ pub struct Bound {
     pub listeners: Vec<(SocketAddr, Mode, String)>,
     /// The admin endpoint's address.
     pub admin: Option<SocketAddr>,
+    /// Becomes `true` when SIGTERM or SIGINT starts the drain, so that whoever started the
+    /// server can tell the fleet before it is gone.
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// One listener as a worker runs it.
@@ -112,9 +115,11 @@ pub fn run(
     // Every worker gets its own socket per listener, bound to the same address.
     let mut per_worker: Vec<Vec<WorkerListener>> =
         (0..settings.workers).map(|_| Vec::new()).collect();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut bound = Bound {
         listeners: Vec::new(),
         admin: None,
+        stopping: shutdown_rx.clone(),
     };
     for listener in &settings.listeners {
         let index = bound.listeners.len();
@@ -155,7 +160,6 @@ pub fn run(
     };
 
     let runtime = current_thread_runtime()?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let signals = {
         let _context = runtime.enter();
         let term = signal(SignalKind::terminate()).map_err(ServerError::Runtime)?;

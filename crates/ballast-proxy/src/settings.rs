@@ -256,7 +256,8 @@ impl Settings {
         }
         let mut addresses = HashSet::new();
         for (i, listener) in self.listeners.iter().enumerate() {
-            if !addresses.insert(listener.address) {
+            // Port 0 asks for any free port, a different one each time.
+            if listener.address.port() != 0 && !addresses.insert(listener.address) {
                 return Err(SettingsError::new(
                     format!("listeners[{i}].listen"),
                     format!("{} is used by two listeners", listener.address),
@@ -299,13 +300,33 @@ impl Settings {
 
     /// Reads and validates a TOML file (see `ballast.example.toml`).
     pub fn from_file(path: &Path) -> Result<Self, SettingsError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SettingsError::new(path.display().to_string(), e.to_string()))?;
-        Self::from_toml(&text)
+        Self::from_toml(&read(path)?)
+    }
+
+    /// Reads and validates a TOML file for a managed LB: listeners and settings only, since the
+    /// pools come from the configuration database.
+    pub fn managed_from_file(path: &Path) -> Result<Self, SettingsError> {
+        let mut settings = Self::parse(&read(path)?)?;
+        if !settings.pools.is_empty() {
+            return Err(SettingsError::new(
+                "pools",
+                "pools come from --db in managed mode; remove the file's [[pools]]",
+            ));
+        }
+        settings.managed = true;
+        settings.validate()?;
+        Ok(settings)
     }
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Self, SettingsError> {
+        let settings = Self::parse(text)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parses TOML text, leaving validation to the caller.
+    fn parse(text: &str) -> Result<Self, SettingsError> {
         let file: File = toml::from_str(text).map_err(|e| {
             let reason = e.message().to_owned();
             let at = e
@@ -317,9 +338,7 @@ impl Settings {
                 .unwrap_or_else(|| "file".to_owned());
             SettingsError::new(at, reason)
         })?;
-        let settings = file.into_settings()?;
-        settings.validate()?;
-        Ok(settings)
+        file.into_settings()
     }
 }
 
@@ -393,6 +412,12 @@ struct FilePool {
     #[serde(default, with = "humantime_serde_opt")]
     peak_ewma: Option<Duration>,
     backends: Vec<String>,
+}
+
+/// A settings file's text; an unreadable file is an error naming it.
+fn read(path: &Path) -> Result<String, SettingsError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| SettingsError::new(path.display().to_string(), e.to_string()))
 }
 
 fn default_algorithm() -> String {

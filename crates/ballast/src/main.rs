@@ -39,6 +39,8 @@ enum Command {
     Pool(commands::pool::PoolCommand),
     /// Add, remove, drain, enable, disable backends and set their weight (through the admin API).
     Backend(commands::backend::BackendCommand),
+    /// List the LB servers that report to the configuration database (through the admin API).
+    Fleet(commands::fleet::FleetCommand),
     /// Explore the balancing algorithms: where keys go, how load spreads.
     #[command(subcommand)]
     Balance(commands::balance::BalanceCommand),
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Control(args) => args.run(),
         Command::Pool(command) => command.run(),
         Command::Backend(command) => command.run(),
+        Command::Fleet(command) => command.run(),
         Command::Balance(command) => command.run(),
         Command::Bench(command) => command.run(),
     };

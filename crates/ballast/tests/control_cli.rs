@@ -91,7 +91,8 @@ fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::
     };
     let (_b1, b1) = echo("b1", &[]);
     let (_b2, b2) = echo("b2", &[]);
-    let (b1, b2) = (b1.to_string(), b2.to_string());
+    let (_b3, b3) = echo("b3", &["--latency", "1500ms"]);
+    let (b1, b2, b3) = (b1.to_string(), b2.to_string(), b3.to_string());
 
     assert_eq!(
         cli.revision(&["pool", "create", "web", "--algorithm", "round_robin"]),
@@ -100,10 +101,26 @@ fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::
     cli.revision(&["backend", "add", "web", &b1]);
     cli.revision(&["backend", "add", "web", &b2, "--weight", "2"]);
 
-    let mut lbs: Vec<Process> = ["lb-1", "lb-2"]
-        .iter()
-        .map(|name| support::managed_lb(url, "web", &["--name", name]))
-        .collect();
+    cli.revision(&["pool", "create", "slow"]);
+    cli.revision(&["backend", "add", "slow", &b3]);
+
+    // lb-2 serves a second pool on a second listener.
+    let mut lbs = vec![
+        support::managed_lb(url, "web", &["--name", "lb-1"]),
+        support::managed_lb(
+            url,
+            "web",
+            &[
+                "--name",
+                "lb-2",
+                "--listen",
+                "127.0.0.1:0",
+                "--pool",
+                "slow",
+            ],
+        ),
+    ];
+    assert_eq!(backend_of(&get(lbs[1].listen_addr(1), "/", &[])), "b3");
     for lb in &lbs {
         let seen: HashSet<String> = (0..6)
             .map(|_| backend_of(&get(lb.listen_addr(0), "/", &[])))
@@ -155,19 +172,25 @@ fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::
     applied_everywhere(enabled);
 
     // Both LBs have reported themselves, with the revision they applied.
-    let token = format!("Bearer {TOKEN}");
     eventually(
         Duration::from_secs(10),
         "both heartbeats at the last revision",
         || {
-            let reply = get(cli.control, "/v1/lbs", &[("authorization", &token)]);
-            let fleet: serde_json::Value = serde_json::from_str(&reply.body).unwrap_or_default();
-            let lbs = fleet["lbs"].as_array().cloned().unwrap_or_default();
-            lbs.len() == 2
-                && lbs.iter().all(|lb| {
-                    lb["applied_revision"].as_f64() == Some(enabled) && lb["state"] == "serving"
+            let fleet = cli.ok(&["fleet", "list"]);
+            let rows: Vec<&str> = fleet.lines().skip(1).collect();
+            rows.len() == 2
+                && rows.iter().all(|row| {
+                    let cells: Vec<&str> = row.split_whitespace().collect();
+                    cells.get(1..4) == Some(&["serving", &enabled.to_string(), "0"][..])
                 })
         },
+    );
+    let fleet = cli.ok(&["fleet", "list"]);
+    assert!(
+        fleet
+            .lines()
+            .any(|l| l.starts_with("lb-2") && l.ends_with("web,slow")),
+        "{fleet}"
     );
 
     let refused = cli.run(&["backend", "add", "web", "nowhere"]);
@@ -184,13 +207,37 @@ fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::
         .expect("runs");
     assert!(String::from_utf8_lossy(&unauthorized.stderr).contains("401 Unauthorized"));
 
-    // A drained, exited LB says so.
+    // An LB told to stop says it is draining while its requests finish, then that it stopped.
+    let slow = {
+        let address = lbs[1].listen_addr(1);
+        std::thread::spawn(move || get(address, "/", &[]))
+    };
+    let admin = lbs[1].admin_addr();
+    eventually(
+        Duration::from_secs(10),
+        "the slow request in flight",
+        || {
+            get(admin, "/metrics", &[]).body.lines().any(|l| {
+                l.starts_with("ballast_backend_in_flight")
+                    && l.contains("slow")
+                    && l.ends_with(" 1")
+            })
+        },
+    );
     lbs[1].terminate();
+    let state_of_lb_2 = || {
+        let fleet: serde_json::Value =
+            serde_json::from_str(&cli.ok(&["fleet", "list", "--json"])).expect("json");
+        fleet["lbs"][1]["state"].as_str().unwrap_or("").to_owned()
+    };
+    eventually(Duration::from_secs(10), "lb-2 draining", || {
+        state_of_lb_2() == "draining"
+    });
+    let reply = slow.join().expect("slow request");
+    assert_eq!(reply.status, 200, "the request in flight finished");
+    assert_eq!(backend_of(&reply), "b3");
     assert!(lbs[1].wait(Duration::from_secs(10)).success());
-    let reply = get(cli.control, "/v1/lbs", &[("authorization", &token)]);
-    let fleet: serde_json::Value = serde_json::from_str(&reply.body).expect("json");
-    assert_eq!(fleet["lbs"][1]["name"], "lb-2");
-    assert_eq!(fleet["lbs"][1]["state"], "stopped");
+    assert_eq!(state_of_lb_2(), "stopped");
 
     drop(lbs);
     drop(control);

@@ -205,3 +205,57 @@ fn a_pools_own_response_timeout_applies() {
     drop(lb);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_managed_lb_takes_its_listeners_from_a_file_and_its_pools_from_the_database() {
+    let dir = std::env::temp_dir().join(format!("ballast-managed-file-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let url = format!("sqlite://{}", dir.join("config.db").display());
+    let (_a, a) = echo("a", &[]);
+    let (_b, b) = echo("b", &[]);
+    let rt = runtime();
+    let store = rt.block_on(SqlStore::connect(&url)).expect("store");
+    support::create_pool(&rt, &store, "api", &[a]);
+    support::create_pool(&rt, &store, "static", &[b]);
+
+    let file = dir.join("lb.toml");
+    let listeners = "admin = \"127.0.0.1:0\"\nworkers = 1\n\n\
+                     [[listeners]]\nlisten = \"127.0.0.1:0\"\npool = \"api\"\n\n\
+                     [[listeners]]\nlisten = \"127.0.0.1:0\"\npool = \"static\"\n";
+    std::fs::write(&file, listeners).expect("file");
+    let file_arg = file.to_str().expect("utf-8");
+    let lb = Process::start(&["lb", "--db", &url, "--config", file_arg], 3);
+    assert_eq!(backend_of(&get(lb.listen_addr(0), "/", &[])), "a");
+    assert_eq!(backend_of(&get(lb.listen_addr(1), "/", &[])), "b");
+
+    // Pools in the file would be a second source of truth: refused.
+    let with_pools = format!("{listeners}\n[[pools]]\nname = \"api\"\nbackends = [\"{a}\"]\n");
+    std::fs::write(&file, with_pools).expect("file");
+    let stderr = support::rejected(&["lb", "--db", &url, "--config", file_arg]);
+    assert!(stderr.contains("pools come from --db"), "{stderr}");
+
+    let stderr = support::rejected(&[
+        "lb",
+        "--db",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--listen",
+        "127.0.0.1:0",
+        "--pool",
+        "api",
+        "--pool",
+        "static",
+    ]);
+    assert!(
+        stderr.contains("--pool: 2 pools for 3 listeners"),
+        "{stderr}"
+    );
+    let stderr = support::rejected(&["lb", "--db", &url, "--listen", "127.0.0.1:0"]);
+    assert!(stderr.contains("--pool: managed mode needs"), "{stderr}");
+
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
+}

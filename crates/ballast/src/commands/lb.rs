@@ -1,14 +1,15 @@
 //! `ballast lb`: one LB server, static (`--listen`, `--backend …`, or a TOML file with `--config`)
-//! or managed (`--db URL --pool NAME`: the pool and its backends come from the configuration
-//! database and follow every change). Prints one `listening …` line per listener (and `admin …`)
-//! once it is ready, and exits 0 after SIGTERM or SIGINT has drained it.
+//! or managed (`--db URL --listen ADDR --pool NAME`, repeated for each listener, or `--db URL
+//! --config FILE` with the file's listeners: the pools and their backends come from the
+//! configuration database and follow every change). Prints one `listening …` line per listener
+//! (and `admin …`) once it is ready, and exits 0 after SIGTERM or SIGINT has drained it.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use ballast_config::{
     Config, ConfigStore, FollowOptions, LbServer, LbState, SqlStore, follow_or_fall_back,
 };
@@ -22,22 +23,24 @@ use super::algorithm_args::AlgorithmArgs;
 
 #[derive(Debug, Args)]
 pub(crate) struct LbArgs {
-    /// Where clients connect (port 0: any free port, printed when ready).
+    /// Where clients connect (port 0: any free port, printed when ready). Repeat for several
+    /// listeners; in managed mode each serves the --pool in the same position.
     #[arg(long, value_name = "ADDR", required_unless_present = "config")]
-    listen: Option<SocketAddr>,
+    listen: Vec<SocketAddr>,
     /// A backend, ADDR or ADDR=WEIGHT; repeat for each.
     #[arg(long, value_name = "ADDR[=WEIGHT]", required_unless_present_any = ["config", "db"])]
     backend: Vec<BackendAddress>,
     /// Managed mode: follow this configuration database (sqlite://PATH or postgres://…).
-    #[arg(long, value_name = "URL", conflicts_with_all = ["backend", "config"], requires = "pool")]
+    #[arg(long, value_name = "URL", conflicts_with = "backend", required_unless_present_any = ["backend", "config"])]
     db: Option<String>,
     /// Managed mode: this LB's name in the fleet; it heartbeats its addresses, pools and applied
     /// revision into the database every few seconds.
     #[arg(long, value_name = "NAME", requires = "db")]
     name: Option<String>,
-    /// Managed mode: the pool this listener serves.
-    #[arg(long, value_name = "NAME", requires = "db")]
-    pool: Option<String>,
+    /// Managed mode: the pool the --listen in the same position serves (one for all, or one per
+    /// --listen).
+    #[arg(long, value_name = "NAME", requires = "db", conflicts_with = "config")]
+    pool: Vec<String>,
     /// Managed mode: keep the last applied configuration in this file, and start from it when
     /// the database cannot be reached.
     #[arg(long, value_name = "FILE", requires = "db")]
@@ -68,7 +71,8 @@ pub(crate) struct LbArgs {
     /// The PEM private key for --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Read listeners, pools and settings from a TOML file instead.
+    /// Read listeners, pools and settings from a TOML file instead (with --db: the listeners and
+    /// settings; the pools come from the database).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "backend", "tls_cert"])]
     config: Option<PathBuf>,
     /// Connecting to a backend.
@@ -101,32 +105,48 @@ enum ModeArg {
 }
 
 impl LbArgs {
-    /// The listener the flags describe, serving `pool`.
-    fn listener(&self, pool: &str) -> Result<Listener> {
-        Ok(Listener {
-            address: self.listen.context("--listen is required")?,
-            mode: match self.mode {
-                ModeArg::Http => Mode::Http,
-                ModeArg::Tcp => Mode::Tcp,
-            },
-            pool: pool.to_owned(),
-            tls: match (&self.tls_cert, &self.tls_key) {
-                (Some(cert), Some(key)) => Some(TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                }),
-                _ => None,
-            },
-        })
+    /// The listeners the flags describe, each serving the pool beside it.
+    fn listeners<'a>(&self, pools: impl Iterator<Item = &'a str>) -> Vec<Listener> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        self.listen
+            .iter()
+            .zip(pools)
+            .map(|(address, pool)| Listener {
+                address: *address,
+                mode: match self.mode {
+                    ModeArg::Http => Mode::Http,
+                    ModeArg::Tcp => Mode::Tcp,
+                },
+                pool: pool.to_owned(),
+                tls: tls.clone(),
+            })
+            .collect()
     }
 
     fn settings(&self) -> Result<Settings> {
-        let mut settings = match (&self.config, &self.pool) {
-            (Some(path), _) => {
+        let mut settings = match (&self.config, &self.db) {
+            (Some(path), None) => {
                 Settings::from_file(path).with_context(|| format!("--config {}", path.display()))?
             }
-            (None, Some(pool)) => {
-                let mut settings = Settings::new(vec![self.listener(pool)?], Vec::new());
+            (Some(path), Some(_)) => Settings::managed_from_file(path)
+                .with_context(|| format!("--config {}", path.display()))?,
+            (None, Some(_)) => {
+                let pools = match (self.pool.len(), self.listen.len()) {
+                    (0, _) => bail!("--pool: managed mode needs the pool each --listen serves"),
+                    (1, _) => std::iter::repeat_n(self.pool[0].as_str(), self.listen.len())
+                        .collect::<Vec<_>>(),
+                    (p, l) if p == l => self.pool.iter().map(String::as_str).collect(),
+                    (p, l) => {
+                        bail!("--pool: {p} pools for {l} listeners; give one, or one per --listen")
+                    }
+                };
+                let mut settings = Settings::new(self.listeners(pools.into_iter()), Vec::new());
                 settings.managed = true;
                 settings
             }
@@ -138,7 +158,8 @@ impl LbArgs {
                     backends: self.backend.clone(),
                     overrides: PoolOverrides::default(),
                 };
-                Settings::new(vec![self.listener(&pool.name)?], vec![pool])
+                let listeners = self.listeners(std::iter::repeat(pool.name.as_str()));
+                Settings::new(listeners, vec![pool])
             }
         };
         settings.workers = self.workers.unwrap_or(settings.workers);
@@ -226,7 +247,8 @@ struct Heartbeat {
 impl Heartbeat {
     const EVERY: Duration = Duration::from_secs(5);
 
-    /// Beats every few seconds and on every applied revision, once the listeners are bound.
+    /// Beats every few seconds and on every applied revision once the listeners are bound, and
+    /// at once when the drain starts (then as `draining`, until the caller reports `stopped`).
     async fn run(
         self,
         mut bound: tokio::sync::watch::Receiver<Option<Bound>>,
@@ -236,14 +258,23 @@ impl Heartbeat {
             return;
         };
         let Some(bound) = bound else { return };
+        let mut stopping = bound.stopping.clone();
         let mut store = None;
         loop {
             let revision = followed.borrow_and_update().config.revision;
-            self.send(&mut store, &bound, revision, LbState::Serving)
-                .await;
+            let state = if *stopping.borrow_and_update() {
+                LbState::Draining
+            } else {
+                LbState::Serving
+            };
+            self.send(&mut store, &bound, revision, state).await;
             tokio::select! {
                 () = tokio::time::sleep(Self::EVERY) => {}
                 changed = followed.changed() => if changed.is_err() { return },
+                // Once the drain has begun this keeps answering at once: stop watching it.
+                changed = stopping.changed(), if state == LbState::Serving => {
+                    if changed.is_err() { return }
+                }
             }
         }
     }

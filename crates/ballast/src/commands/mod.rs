@@ -7,6 +7,7 @@ pub(crate) mod balance;
 pub(crate) mod bench;
 pub(crate) mod control;
 pub(crate) mod echo;
+pub(crate) mod fleet;
 pub(crate) mod lb;
 pub(crate) mod pool;
 mod propagation;

@@ -179,7 +179,8 @@ pub fn create_pool(
     }
 }
 
-/// A managed LB on database `url` serving `pool`, with an admin endpoint and one worker.
+/// A managed LB on database `url` serving `pool`, with an admin endpoint and one worker; `extra`
+/// may add listeners (`--listen ADDR --pool NAME`).
 pub fn managed_lb(url: &str, pool: &str, extra: &[&str]) -> Process {
     let mut args = vec![
         "lb",
@@ -195,7 +196,8 @@ pub fn managed_lb(url: &str, pool: &str, extra: &[&str]) -> Process {
         "1",
     ];
     args.extend_from_slice(extra);
-    Process::start(&args, 2)
+    let listeners = 1 + extra.iter().filter(|a| **a == "--listen").count();
+    Process::start(&args, listeners + 1)
 }
 
 /// A free loopback port nobody listens on (bound, then released).
