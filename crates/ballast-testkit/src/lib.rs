@@ -9,9 +9,15 @@
 //! let server = ballast_testkit::postgres::Server::start();
 //! server.stop();
 //! server.start_again();
+//!
+//! // Five private Redis servers for Redlock, and one crashed and restarted:
+//! let nodes = ballast_testkit::redis::Server::cluster(5);
+//! nodes[0].kill();
+//! nodes[0].start_again();
 //! # }
 //! ```
 
 #![forbid(unsafe_code)]
 
 pub mod postgres;
+pub mod redis;

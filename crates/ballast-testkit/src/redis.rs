@@ -1,0 +1,188 @@
+//! Private Redis servers: `redis-server` on a free loopback port in a temp dir, never the
+//! machine's own on 6379. Five of them make a Redlock cluster.
+//!
+//! As for PostgreSQL, each server runs under a small supervising shell that reads commands from a
+//! pipe this process holds (`kill`, `start`, `pause`, `resume`); when the pipe closes, however the
+//! test binary ended, the shell kills the server and removes its directory.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How a server keeps its data across a `kill` and `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// Nothing on disk: a restarted server is empty (the usual test setting).
+    None,
+    /// An append-only file synced on every write (`appendfsync always`): a restarted server has
+    /// every acknowledged write, as Redlock's safety argument requires.
+    AppendFsyncAlways,
+}
+
+/// A running private server.
+pub struct Server {
+    port: u16,
+    dir: PathBuf,
+    control: Mutex<ChildStdin>,
+    _shell: Mutex<Child>,
+}
+
+static STARTED: AtomicU32 = AtomicU32::new(0);
+
+/// `redis-server`, or a clear failure saying how to get it.
+fn server_program() -> &'static str {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "redis-server not found on the PATH; scripts/test installs the `redis-server` package"
+    );
+    "redis-server"
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn quoted(path: &Path) -> String {
+    format!(
+        "'{}'",
+        path.to_str().expect("utf-8 path").replace('\'', r"'\''")
+    )
+}
+
+impl Server {
+    /// Starts a server that keeps nothing on disk.
+    pub fn start() -> Self {
+        Self::start_with(Persistence::None)
+    }
+
+    /// Starts a server with the given persistence, and waits until it accepts connections.
+    pub fn start_with(persistence: Persistence) -> Self {
+        let program = server_program();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "ballast-redis-{}-{}-{nanos}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let port = free_port();
+        let persistence = match persistence {
+            Persistence::None => "--appendonly no",
+            Persistence::AppendFsyncAlways => "--appendonly yes --appendfsync always",
+        };
+        let dir_text = quoted(&dir);
+        let script = format!(
+            "run() {{ {program} --port {port} --bind 127.0.0.1 --save '' {persistence} \
+               --dir {dir_text} >>{dir_text}/log 2>&1 & pid=$!; }}; \
+             run; \
+             while read -r command; do \
+               case \"$command\" in \
+                 kill) kill -9 $pid; wait $pid ;; \
+                 start) run ;; \
+                 pause) kill -STOP $pid ;; \
+                 resume) kill -CONT $pid ;; \
+               esac; \
+             done; \
+             kill -9 $pid 2>/dev/null; wait $pid; rm -rf {dir_text}"
+        );
+        let mut shell = Command::new("bash")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            // bash reports each killed job ("Killed …") on stderr: noise in test output.
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bash runs");
+        let control = shell.stdin.take().expect("piped stdin");
+        let server = Self {
+            port,
+            dir,
+            control: Mutex::new(control),
+            _shell: Mutex::new(shell),
+        };
+        server.wait_until(true);
+        server
+    }
+
+    /// `count` servers that keep nothing on disk: a Redlock cluster.
+    pub fn cluster(count: usize) -> Vec<Self> {
+        (0..count).map(|_| Self::start()).collect()
+    }
+
+    /// The server's address on loopback.
+    pub fn address(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Its URL, `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.address())
+    }
+
+    /// Kills the server at once (SIGKILL, as a crash) and waits until it is gone.
+    pub fn kill(&self) {
+        self.send("kill");
+        self.wait_until(false);
+    }
+
+    /// Starts the killed server again on the same port and directory.
+    pub fn start_again(&self) {
+        self.send("start");
+        self.wait_until(true);
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing is answered, so clients
+    /// see timeouts rather than refusals.
+    pub fn pause(&self) {
+        self.send("pause");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.send("resume");
+    }
+
+    fn send(&self, line: &str) {
+        let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        writeln!(control, "{line}").expect("the supervising shell runs");
+        control.flush().expect("flush");
+    }
+
+    fn wait_until(&self, listening: bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(self.address()).is_ok() != listening {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not {}; see {}/log",
+                if listening { "start" } else { "stop" },
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// The servers' URLs, comma-separated, as `--redis` takes them.
+pub fn urls(servers: &[Server]) -> String {
+    servers
+        .iter()
+        .map(Server::url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
