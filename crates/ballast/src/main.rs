@@ -41,6 +41,9 @@ enum Command {
     Backend(commands::backend::BackendCommand),
     /// List the LB servers that report to the configuration database (through the admin API).
     Fleet(commands::fleet::FleetCommand),
+    /// Take, hold and inspect remote locks and Redlock from the shell.
+    #[command(subcommand)]
+    Lock(commands::lock::LockCommand),
     /// Explore the balancing algorithms: where keys go, how load spreads.
     #[command(subcommand)]
     Balance(commands::balance::BalanceCommand),
@@ -66,6 +69,10 @@ fn main() -> ExitCode {
         Command::Pool(command) => command.run(),
         Command::Backend(command) => command.run(),
         Command::Fleet(command) => command.run(),
+        Command::Lock(command) => match command.run() {
+            Ok(code) => return code,
+            Err(error) => Err(error),
+        },
         Command::Balance(command) => command.run(),
         Command::Bench(command) => command.run(),
     };

@@ -9,6 +9,7 @@ pub(crate) mod control;
 pub(crate) mod echo;
 pub(crate) mod fleet;
 pub(crate) mod lb;
+pub(crate) mod lock;
 pub(crate) mod pool;
 mod propagation;
 mod table;

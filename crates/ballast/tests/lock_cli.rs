@@ -1,0 +1,165 @@
+//! `ballast lock` as a shell user runs it, against private `redis-server` processes: the fencing
+//! token in the command's environment, its exit status passed on, 75 when the lock is taken, the
+//! command stopped when the lock is lost, and acquire / status / release for scripts.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ballast_testkit::redis::{Server, urls};
+
+fn ballast(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("ballast runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn run_passes_the_fencing_token_and_the_commands_status() {
+    let server = Server::start();
+    let url = server.url();
+    let output = ballast(&[
+        "lock",
+        "run",
+        "job",
+        "--redis",
+        &url,
+        "--ttl",
+        "2s",
+        "--",
+        "sh",
+        "-c",
+        "echo token=$BALLAST_FENCING_TOKEN; exit 3",
+    ]);
+    assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    let token: u64 = stdout
+        .trim()
+        .strip_prefix("token=")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout:?}"));
+
+    let again = ballast(&[
+        "lock",
+        "run",
+        "job",
+        "--redis",
+        &url,
+        "--",
+        "sh",
+        "-c",
+        "echo $BALLAST_FENCING_TOKEN",
+    ]);
+    assert!(again.status.success());
+    let next: u64 = text(&again.stdout).trim().parse().expect("a token");
+    assert!(next > token, "{next} after {token}");
+}
+
+#[test]
+fn a_held_lock_makes_run_exit_75_until_released() {
+    let server = Server::start();
+    let url = server.url();
+    let acquired = ballast(&["lock", "acquire", "job", "--redis", &url, "--ttl", "30s"]);
+    assert!(acquired.status.success(), "{}", text(&acquired.stderr));
+    let line = text(&acquired.stdout);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        (words[0], words[2], words[4]),
+        ("value", "token", "valid_ms"),
+        "{line}"
+    );
+    let (value, token) = (words[1].to_owned(), words[3].to_owned());
+
+    let started = Instant::now();
+    let refused = ballast(&[
+        "lock", "run", "job", "--redis", &url, "--wait", "300ms", "--", "true",
+    ]);
+    assert_eq!(refused.status.code(), Some(75));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("`job` not acquired within 300ms"),
+        "{stderr}"
+    );
+
+    let status = text(&ballast(&["lock", "status", "job", "--redis", &url]).stdout);
+    assert!(
+        status.contains(&value) && status.contains(&token),
+        "{status}"
+    );
+
+    let wrong = ballast(&[
+        "lock", "release", "job", "--redis", &url, "--value", "not-mine",
+    ]);
+    assert_eq!(wrong.status.code(), Some(1));
+    let released = ballast(&[
+        "lock", "release", "job", "--redis", &url, "--value", &value, "--token", &token,
+    ]);
+    assert_eq!(text(&released.stdout).trim(), "released on 1 of 1 nodes");
+    let ran = ballast(&["lock", "run", "job", "--redis", &url, "--", "true"]);
+    assert_eq!(ran.status.code(), Some(0), "{}", text(&ran.stderr));
+}
+
+#[test]
+fn a_lost_lock_stops_the_command() {
+    let servers = Server::cluster(3);
+    let nodes = urls(&servers);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args([
+            "lock", "run", "job", "--redis", &nodes, "--ttl", "600ms", "--", "sleep", "30",
+        ])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ballast runs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text(&ballast(&["lock", "status", "job", "--redis", &nodes]).stdout).contains("/") {
+        assert!(Instant::now() < deadline, "the lock was never taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    servers[0].kill();
+    servers[1].kill();
+    let killed_at = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "still running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "the command was stopped by SIGTERM"
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(stderr.contains("lock `job` lost"), "{stderr}");
+}
+
+#[test]
+fn bad_node_lists_are_refused() {
+    let even = ballast(&[
+        "lock",
+        "status",
+        "job",
+        "--redis",
+        "redis://127.0.0.1:1,redis://127.0.0.1:2",
+    ]);
+    assert_eq!(even.status.code(), Some(1));
+    assert!(
+        text(&even.stderr).contains("Redlock needs an odd number of independent nodes"),
+        "{}",
+        text(&even.stderr)
+    );
+}
