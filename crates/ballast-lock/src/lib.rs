@@ -49,6 +49,7 @@ mod lease;
 mod manager;
 mod node;
 mod options;
+pub mod queue;
 pub mod renewal;
 mod scripts;
 

@@ -44,6 +44,9 @@ enum Command {
     /// Take, hold and inspect remote locks and Redlock from the shell.
     #[command(subcommand)]
     Lock(commands::lock::LockCommand),
+    /// Consumers over an unprotected remote queue, with and without locks.
+    #[command(subcommand)]
+    Queue(commands::queue::QueueCommand),
     /// Explore the balancing algorithms: where keys go, how load spreads.
     #[command(subcommand)]
     Balance(commands::balance::BalanceCommand),
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
             Ok(code) => return code,
             Err(error) => Err(error),
         },
+        Command::Queue(command) => command.run(),
         Command::Balance(command) => command.run(),
         Command::Bench(command) => command.run(),
     };

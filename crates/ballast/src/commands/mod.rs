@@ -12,4 +12,5 @@ pub(crate) mod lb;
 pub(crate) mod lock;
 pub(crate) mod pool;
 mod propagation;
+pub(crate) mod queue;
 mod table;
