@@ -103,6 +103,17 @@ impl LockManager {
             .collect()
     }
 
+    /// Opens every node's connection now, all at once, each within `timeout`; returns the nodes
+    /// that could not be reached. Otherwise the first attempt opens them, and a cold connection
+    /// counts against the per-node timeout (which is small against the TTL).
+    pub async fn connect(&self, timeout: Duration) -> Vec<NodeError> {
+        self.each_node(|node| node.connect(timeout))
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect()
+    }
+
     /// One attempt: the lock if a majority grants it now, with validity left.
     pub async fn try_acquire(&self, name: &str, ttl: Duration) -> Result<Lease, LockError> {
         check(name, ttl)?;

@@ -26,11 +26,16 @@ pub struct Holding {
 }
 
 /// One Redis server.
-#[derive(Debug)]
 pub(crate) struct Node {
     url: String,
     client: Client,
     connection: Mutex<Option<MultiplexedConnection>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
 }
 
 impl Node {
@@ -76,6 +81,11 @@ impl Node {
             .map_err(|e| self.unreachable(&e))?;
         *slot = Some(opened.clone());
         Ok(opened)
+    }
+
+    /// Opens the connection now (within `timeout`), if it is not open yet.
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<(), NodeError> {
+        self.connection(timeout).await.map(drop)
     }
 
     /// Runs `script` with `keys` and `args`, within `timeout` in all (connecting included).

@@ -5,10 +5,10 @@
 //! pipe this process holds (`kill`, `start`, `pause`, `resume`); when the pipe closes, however the
 //! test binary ended, the shell kills the server and removes its directory.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,7 +27,9 @@ pub enum Persistence {
 pub struct Server {
     port: u16,
     dir: PathBuf,
-    control: Mutex<ChildStdin>,
+    /// Commands to the supervising shell, and its acknowledgements (one line per command, once
+    /// it has been carried out).
+    control: Mutex<(ChildStdin, BufReader<ChildStdout>)>,
     _shell: Mutex<Child>,
 }
 
@@ -98,22 +100,24 @@ impl Server {
                  pause) kill -STOP $pid ;; \
                  resume) kill -CONT $pid ;; \
                esac; \
+               echo done; \
              done; \
              kill -9 $pid 2>/dev/null; wait $pid; rm -rf {dir_text}"
         );
         let mut shell = Command::new("bash")
             .args(["-c", &script])
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             // bash reports each killed job ("Killed …") on stderr: noise in test output.
             .stderr(Stdio::null())
             .spawn()
             .expect("bash runs");
         let control = shell.stdin.take().expect("piped stdin");
+        let acks = BufReader::new(shell.stdout.take().expect("piped stdout"));
         let server = Self {
             port,
             dir,
-            control: Mutex::new(control),
+            control: Mutex::new((control, acks)),
             _shell: Mutex::new(shell),
         };
         server.wait_until(true);
@@ -147,8 +151,8 @@ impl Server {
         self.wait_until(true);
     }
 
-    /// Freezes the server (SIGSTOP): connections stay open but nothing is answered, so clients
-    /// see timeouts rather than refusals.
+    /// Freezes the server (SIGSTOP) and returns once it is frozen: connections stay open but
+    /// nothing is answered, so clients see timeouts rather than refusals.
     pub fn pause(&self) {
         self.send("pause");
     }
@@ -158,10 +162,15 @@ impl Server {
         self.send("resume");
     }
 
+    /// Sends one command and waits until the shell has carried it out.
     fn send(&self, line: &str) {
         let mut control = self.control.lock().unwrap_or_else(|e| e.into_inner());
-        writeln!(control, "{line}").expect("the supervising shell runs");
-        control.flush().expect("flush");
+        let (commands, acks) = &mut *control;
+        writeln!(commands, "{line}").expect("the supervising shell runs");
+        commands.flush().expect("flush");
+        let mut ack = String::new();
+        acks.read_line(&mut ack)
+            .expect("the supervising shell answers");
     }
 
     fn wait_until(&self, listening: bool) {

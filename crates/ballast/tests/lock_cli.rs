@@ -111,7 +111,8 @@ fn a_lost_lock_stops_the_command() {
     let nodes = urls(&servers);
     let mut child = Command::new(env!("CARGO_BIN_EXE_ballast"))
         .args([
-            "lock", "run", "job", "--redis", &nodes, "--ttl", "600ms", "--", "sleep", "30",
+            "lock", "run", "job", "--redis", &nodes, "--ttl", "600ms", "--wait", "5s", "--",
+            "sleep", "30",
         ])
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
@@ -119,7 +120,16 @@ fn a_lost_lock_stops_the_command() {
         .spawn()
         .expect("ballast runs");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !text(&ballast(&["lock", "status", "job", "--redis", &nodes]).stdout).contains("/") {
+    let held = || {
+        let status = text(&ballast(&["lock", "status", "job", "--redis", &nodes]).stdout);
+        // A row per node: URL, holder (`-` when free), TTL, last token.
+        status.lines().skip(1).any(|row| {
+            row.split_whitespace()
+                .nth(1)
+                .is_some_and(|holder| holder != "-")
+        })
+    };
+    while !held() {
         assert!(Instant::now() < deadline, "the lock was never taken");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -162,4 +172,25 @@ fn bad_node_lists_are_refused() {
         "{}",
         text(&even.stderr)
     );
+}
+
+#[test]
+fn the_lock_benchmark_compares_one_node_with_redlock() {
+    let servers = Server::cluster(3);
+    let output = ballast(&["bench", "lock", "--redis", &urls(&servers), "--ops", "20"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let labels: Vec<String> = rows.iter().map(|r| r[..2].join(" ")).collect();
+    assert_eq!(
+        labels,
+        ["single node", "redlock-3 parallel", "redlock-3 sequential"],
+        "{stdout}"
+    );
+    assert!(rows.iter().all(|r| r[2] == "20"), "{stdout}");
+    assert_eq!(rows[0].last(), Some(&"1.00x"));
 }

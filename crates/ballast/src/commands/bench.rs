@@ -20,6 +20,8 @@ pub(crate) enum BenchCommand {
     Balance(BalanceBenchArgs),
     /// How long a configuration change takes to reach every managed LB, push and pull-only.
     Propagation(super::propagation::PropagationArgs),
+    /// Lock acquire + release: one Redis node against Redlock, in parallel and node after node.
+    Lock(super::lock_bench::LockBenchArgs),
 }
 
 impl BenchCommand {
@@ -27,6 +29,7 @@ impl BenchCommand {
         match self {
             Self::Balance(args) => balance(&args),
             Self::Propagation(args) => args.run(),
+            Self::Lock(args) => args.run(),
         }
     }
 }

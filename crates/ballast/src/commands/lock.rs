@@ -54,14 +54,18 @@ pub(crate) struct NodesArgs {
 }
 
 impl NodesArgs {
-    fn manager(&self) -> Result<LockManager> {
+    async fn manager(&self) -> Result<LockManager> {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         let options = Options {
             node_timeout: self.node_timeout,
             holder: format!("{}/{}", host.trim(), std::process::id()),
             ..Options::default()
         };
-        Ok(LockManager::from_urls(&self.redis, options)?)
+        let locks = LockManager::from_urls(&self.redis, options)?;
+        for failure in locks.connect(Duration::from_secs(1)).await {
+            tracing::warn!(%failure, "node unreachable");
+        }
+        Ok(locks)
     }
 }
 
@@ -134,7 +138,7 @@ fn not_acquired(error: &LockError) -> Result<ExitCode> {
 }
 
 async fn acquire(args: AcquireArgs) -> Result<ExitCode> {
-    let locks = args.nodes.manager()?;
+    let locks = args.nodes.manager().await?;
     let lease = match locks.acquire(&args.nodes.name, args.ttl, args.wait).await {
         Ok(lease) => lease,
         Err(error) => return not_acquired(&error),
@@ -151,7 +155,7 @@ async fn acquire(args: AcquireArgs) -> Result<ExitCode> {
 }
 
 async fn release(args: ReleaseArgs) -> Result<ExitCode> {
-    let locks = args.nodes.manager()?;
+    let locks = args.nodes.manager().await?;
     let released = locks
         .release(&args.nodes.name, &args.value, args.token)
         .await;
@@ -171,7 +175,7 @@ async fn release(args: ReleaseArgs) -> Result<ExitCode> {
 }
 
 async fn status(args: NodesArgs) -> Result<ExitCode> {
-    let locks = args.manager()?;
+    let locks = args.manager().await?;
     let mut table = Table::new(&["node", "holder", "ttl_ms", "last_token"]);
     for node in locks.status(&args.name).await {
         match node.holding {
@@ -192,7 +196,7 @@ async fn status(args: NodesArgs) -> Result<ExitCode> {
 
 async fn run(args: RunArgs) -> Result<ExitCode> {
     let name = &args.lock.nodes.name;
-    let locks = args.lock.nodes.manager()?;
+    let locks = args.lock.nodes.manager().await?;
     let lease = match locks.acquire(name, args.lock.ttl, args.lock.wait).await {
         Ok(lease) => lease,
         Err(error) => return not_acquired(&error),

@@ -10,6 +10,7 @@ pub(crate) mod echo;
 pub(crate) mod fleet;
 pub(crate) mod lb;
 pub(crate) mod lock;
+mod lock_bench;
 pub(crate) mod pool;
 mod propagation;
 pub(crate) mod queue;

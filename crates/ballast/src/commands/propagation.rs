@@ -20,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
-use super::table::Table;
+use super::table::{Table, quantile};
 
 #[derive(Debug, Args)]
 pub(crate) struct PropagationArgs {
@@ -215,9 +215,7 @@ impl PropagationArgs {
             };
             let mut samples = runtime.block_on(self.round(&api, &pool, &admins, changes))?;
             samples.sort_by(f64::total_cmp);
-            let at = |q: f64| {
-                samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1]
-            };
+            let at = |q: f64| quantile(&samples, q);
             table.row(vec![
                 mode.to_owned(),
                 self.lbs.to_string(),
