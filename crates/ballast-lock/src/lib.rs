@@ -45,7 +45,10 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod fenced;
+pub mod history;
 mod lease;
+pub mod local;
 mod manager;
 mod node;
 mod options;

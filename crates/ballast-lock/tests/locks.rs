@@ -323,3 +323,51 @@ fn bad_settings_are_refused_with_the_reason() {
         .expect_err("zero TTL");
     assert!(zero.to_string().starts_with("ttl: "), "{zero}");
 }
+
+/// Kleppmann's scenario: A holds the lock and pauses past its lease; B acquires and writes; A
+/// wakes and writes with its old token — and the resource refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holders_late_write_is_refused_by_fencing() {
+    let servers = Server::cluster(5);
+    let resource = Server::start();
+    let register = ballast_lock::fenced::Register::open(&resource.url(), "storage")
+        .await
+        .expect("register");
+    let (a, b) = (redlock(&servers), redlock(&servers));
+    let ttl = Duration::from_millis(300);
+
+    let lease_a = a.try_acquire("storage", ttl).await.expect("A acquires");
+    assert!(
+        register
+            .write(lease_a.fencing_token(), "A1")
+            .await
+            .expect("write")
+    );
+    // A pauses (a GC pause, a swapped-out process) past its lease; B's wait ends when it lapses.
+    let lease_b = b
+        .acquire("storage", ttl, Duration::from_secs(5))
+        .await
+        .expect("B acquires once A's lease ran out");
+    assert!(lease_b.fencing_token() > lease_a.fencing_token());
+    assert!(
+        register
+            .write(lease_b.fencing_token(), "B1")
+            .await
+            .expect("write")
+    );
+    // A wakes, unaware, and writes with the token it was given.
+    assert!(!lease_a.is_valid());
+    let accepted = register
+        .write(lease_a.fencing_token(), "A2")
+        .await
+        .expect("write");
+    assert!(!accepted, "A's late write must be refused");
+    let log: Vec<String> = register
+        .log()
+        .await
+        .expect("log")
+        .into_iter()
+        .map(|(_, payload)| payload)
+        .collect();
+    assert_eq!(log, ["A1", "B1"]);
+}

@@ -194,3 +194,48 @@ fn the_lock_benchmark_compares_one_node_with_redlock() {
     assert!(rows.iter().all(|r| r[2] == "20"), "{stdout}");
     assert_eq!(rows[0].last(), Some(&"1.00x"));
 }
+
+#[test]
+fn the_safety_checker_injects_every_fault_and_finds_no_violation() {
+    let output = ballast(&[
+        "lock",
+        "check",
+        "--nodes",
+        "5",
+        "--clients",
+        "4",
+        "--duration",
+        "6s",
+        "--ttl",
+        "300ms",
+        "--faults",
+        "pause,kill-node,restart-node,kill-majority",
+    ]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert!(stdout.contains("violations: none"), "{stdout}");
+    let count = |label: &str| -> u64 {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(label))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no `{label}` in {stdout}"))
+    };
+    assert!(count("grants") > 0, "{stdout}");
+    assert!(count("writes accepted") > 0, "{stdout}");
+    for fault in ["kill-node", "restart-node", "kill-majority"] {
+        assert!(count(fault) >= 1, "{fault} not injected: {stdout}");
+    }
+
+    let refused = ballast(&[
+        "lock",
+        "check",
+        "--redis",
+        "redis://127.0.0.1:1",
+        "--faults",
+        "kill-node",
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains("need nodes the checker starts"));
+}

@@ -32,6 +32,12 @@ pub(crate) enum LockCommand {
     Release(ReleaseArgs),
     /// Show each node's holder, the TTL left and the last fencing token.
     Status(NodesArgs),
+    /// Run clients against the lock while injecting faults, and check the history for
+    /// violations (overlapping holders, tokens out of order, stale writes accepted).
+    Check(super::lock_check::CheckArgs),
+    /// One of `check`'s clients (started by `check`).
+    #[command(hide = true)]
+    CheckClient(super::lock_check::ClientArgs),
 }
 
 /// The lock and its nodes.
@@ -121,6 +127,10 @@ impl LockCommand {
                 Self::Acquire(args) => acquire(args).await,
                 Self::Release(args) => release(args).await,
                 Self::Status(args) => status(args).await,
+                Self::Check(args) => super::lock_check::check(args).await,
+                Self::CheckClient(args) => super::lock_check::client(args)
+                    .await
+                    .map(|()| ExitCode::SUCCESS),
             }
         })
     }

@@ -11,6 +11,7 @@ pub(crate) mod fleet;
 pub(crate) mod lb;
 pub(crate) mod lock;
 mod lock_bench;
+mod lock_check;
 pub(crate) mod pool;
 mod propagation;
 pub(crate) mod queue;
