@@ -41,7 +41,13 @@ impl std::fmt::Debug for Node {
 impl Node {
     /// A node at `url` (`redis://HOST:PORT[/DB]`); nothing is connected yet.
     pub(crate) fn new(url: &str) -> Result<Self, String> {
-        let client = Client::open(url).map_err(|e| e.to_string())?;
+        use redis::IntoConnectionInfo;
+        let info = url
+            .into_connection_info()
+            .map_err(|e| e.to_string())?;
+        // One small request in flight per lock step: never wait on Nagle's algorithm.
+        let tcp = info.tcp_settings().clone().set_nodelay(true);
+        let client = Client::open(info.set_tcp_settings(tcp)).map_err(|e| e.to_string())?;
         Ok(Self {
             url: url.to_owned(),
             client,
