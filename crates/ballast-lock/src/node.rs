@@ -42,9 +42,7 @@ impl Node {
     /// A node at `url` (`redis://HOST:PORT[/DB]`); nothing is connected yet.
     pub(crate) fn new(url: &str) -> Result<Self, String> {
         use redis::IntoConnectionInfo;
-        let info = url
-            .into_connection_info()
-            .map_err(|e| e.to_string())?;
+        let info = url.into_connection_info().map_err(|e| e.to_string())?;
         // One small request in flight per lock step: never wait on Nagle's algorithm.
         let tcp = info.tcp_settings().clone().set_nodelay(true);
         let client = Client::open(info.set_tcp_settings(tcp)).map_err(|e| e.to_string())?;

@@ -141,7 +141,7 @@ async fn proxy(
 ) -> io::Result<Next> {
     let started = Instant::now();
     let shared = &context.shared;
-    let snapshot = shared.snapshot.load_full();
+    let snapshot = &head.snapshot;
     let Some(pool) = snapshot.for_listener(context.listener) else {
         // The configuration has no such pool (now): nobody to send the request to.
         let keep_alive = head.keep_alive && head.body == Framing::Empty;

@@ -1,6 +1,7 @@
 //! Requests on the fast path: the head parsed in place and rewritten for the backend, then sent
 //! with its body.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio::net::TcpStream;
 use super::body::{CopyError, copy_chunked, copy_length};
 use super::message::{Framing, MAX_HEADERS, Message, put_header};
 use crate::http::ClientContext;
+use crate::state::Snapshot;
 use crate::upstream::Raw;
 
 /// A request head, ready to send to a backend.
@@ -26,6 +28,8 @@ pub(super) struct RequestHead {
     pub(super) upgrade: bool,
     pub(super) expect_continue: bool,
     pub(super) key: u64,
+    /// The configuration the key was computed with, and the one the request is proxied with.
+    pub(super) snapshot: Arc<Snapshot>,
 }
 
 /// Why a request head was refused.
@@ -70,7 +74,7 @@ pub(super) fn parse_request(
         }
     };
     let shared = &context.shared;
-    let snapshot = shared.snapshot.load();
+    let snapshot = shared.snapshot.load_full();
     let key = match snapshot.for_listener(context.listener) {
         Some(pool) if pool.uses_key => {
             pool.state
@@ -134,6 +138,7 @@ pub(super) fn parse_request(
             upgrade,
             expect_continue: message.expect_continue,
             key,
+            snapshot,
         },
         length,
     )))

@@ -199,6 +199,11 @@ mod tests {
             upgrade: false,
             expect_continue: false,
             key: 0,
+            snapshot: std::sync::Arc::new(crate::state::Snapshot {
+                pools: Vec::new(),
+                by_listener: Vec::new(),
+                revision: 0,
+            }),
         }
     }
 
