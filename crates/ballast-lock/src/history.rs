@@ -3,7 +3,8 @@
 //! monotonic clock, which all processes on it share; [`verify`] then checks the history:
 //!
 //! - no two holders' granted intervals overlap (an interval runs from the grant to the release,
-//!   or to the end of the validity the holder was given, renewals included);
+//!   to the moment the holder learnt it lost the lock, or to the end of the validity it was
+//!   given, renewals included, whichever comes first);
 //! - fencing tokens increase in grant order;
 //! - the resource accepted writes in non-decreasing token order, so no write with a token older
 //!   than one it had seen got through.
@@ -203,7 +204,13 @@ pub fn verify(events: &[Event], accepted_tokens: &[u64]) -> Verdict {
                     h.to = h.to.min(at);
                 }
             }
-            Event::Lost { .. } => verdict.losses += 1,
+            // A failed extension releases what is left of the lock, so the holder stops there.
+            Event::Lost { client, token, at } => {
+                verdict.losses += 1;
+                if let Some(h) = find(&mut holdings, client, token) {
+                    h.to = h.to.min(at);
+                }
+            }
             Event::Write { accepted, .. } => {
                 if accepted {
                     verdict.writes_accepted += 1;
@@ -291,6 +298,18 @@ mod tests {
             (2, 1, 1, 1)
         );
         assert_eq!((verdict.writes_accepted, verdict.writes_refused), (1, 1));
+    }
+
+    #[test]
+    fn a_holder_that_learnt_it_lost_the_lock_holds_it_no_longer() {
+        // Client 1's extension failed at 3000 (and released the rest); client 2 got it at 3500,
+        // well before client 1's last validity would have ended.
+        let history = events(&[
+            "grant 1 10 1000 5000",
+            "lost 1 10 3000",
+            "grant 2 11 3500 7000",
+        ]);
+        assert_eq!(verify(&history, &[]).violations, Vec::<String>::new());
     }
 
     #[test]

@@ -140,6 +140,9 @@ pub(crate) async fn client(args: ClientArgs) -> Result<()> {
                 at: now_ns(),
                 accepted,
             })?;
+            // A failed extension releases what is left of the lock before it returns, so the
+            // client stops holding it when it starts the attempt (it does nothing else meanwhile).
+            let attempt = now_ns();
             match lease.extend().await {
                 Ok(()) => report(Event::Renew {
                     client,
@@ -151,7 +154,7 @@ pub(crate) async fn client(args: ClientArgs) -> Result<()> {
                     report(Event::Lost {
                         client,
                         token,
-                        at: now_ns(),
+                        at: attempt,
                     })?;
                     lost = true;
                     break;
