@@ -1,0 +1,32 @@
+//! Ballast's health detection, pure and free of any store: the phi accrual failure detector,
+//! active probes (HTTP and TCP), and the tracker that turns probe outcomes into verdicts with
+//! rise and fall thresholds. The orchestrator (`ballast-control`) runs the probes on a schedule
+//! and writes the verdicts to the configuration database.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use std::time::{Duration, Instant};
+//! use ballast_health::{Check, Thresholds, Tracker, probe};
+//!
+//! let mut tracker = Tracker::new(Thresholds::default());
+//! let backend = "127.0.0.1:9001".parse().unwrap();
+//! let check = Check::Http { path: "/health".into() };
+//! loop {
+//!     let outcome = probe(backend, &check, Duration::from_millis(500)).await;
+//!     if let Some(verdict) = tracker.record(&outcome, Instant::now()) {
+//!         println!("{:?}: {} (phi {:.1})", verdict.health, verdict.reason, verdict.phi);
+//!     }
+//!     tokio::time::sleep(Duration::from_secs(1)).await;
+//! }
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod phi;
+mod probe;
+mod tracker;
+
+pub use phi::{PhiAccrual, PhiSettings};
+pub use probe::{Check, Outcome, probe};
+pub use tracker::{Health, Thresholds, Tracker, Verdict, shown};
