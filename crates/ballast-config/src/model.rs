@@ -31,7 +31,7 @@ pub struct PoolSpec {
 
 /// A pool's own retries and timeouts (overriding the LB servers' defaults) and the health check
 /// the orchestrator runs against its backends. Every field is optional.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolPolicy {
     /// Extra tries on another backend for replayable requests (0 to 10).
@@ -52,6 +52,24 @@ pub struct PoolPolicy {
     /// How long one check may take, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_timeout_ms: Option<u64>,
+    /// Successful checks in a row that make a backend healthy (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_rise: Option<u32>,
+    /// Refused connections or error statuses in a row that make it unhealthy (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_fall: Option<u32>,
+    /// The phi accrual detector's threshold (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phi_threshold: Option<f64>,
+    /// Intervals the detector remembers (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phi_window: Option<u32>,
+    /// The floor under the intervals' standard deviation, in milliseconds (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phi_min_std_dev_ms: Option<u64>,
+    /// A pause the detector forgives, in milliseconds (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phi_acceptable_pause_ms: Option<u64>,
 }
 
 fn client_ip() -> String {
@@ -157,7 +175,7 @@ text_enum!(AdminState { Active => "active", Draining => "draining", Disabled => 
 text_enum!(Health { Unknown => "unknown", Healthy => "healthy", Unhealthy => "unhealthy" });
 
 /// A backend of a pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Backend {
     /// `IP:port`.
     pub address: String,
@@ -167,6 +185,12 @@ pub struct Backend {
     pub admin_state: AdminState,
     /// What the orchestrator concluded.
     pub health: Health,
+    /// The phi accrual detector's value when the orchestrator reached its verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phi: Option<f64>,
+    /// Why the orchestrator reached its verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_reason: Option<String>,
 }
 
 impl Backend {
@@ -291,6 +315,8 @@ impl Config {
                         weight: *weight,
                         admin_state: AdminState::Active,
                         health: Health::Unknown,
+                        phi: None,
+                        health_reason: None,
                     },
                 );
             }
@@ -312,7 +338,16 @@ impl Config {
                     }
                     Write::SetWeight { weight, .. } => backends[at].weight = *weight,
                     Write::SetAdminState { state, .. } => backends[at].admin_state = *state,
-                    Write::SetHealth { health, .. } => backends[at].health = *health,
+                    Write::SetHealth {
+                        health,
+                        phi,
+                        reason,
+                        ..
+                    } => {
+                        backends[at].health = *health;
+                        backends[at].phi = *phi;
+                        backends[at].health_reason.clone_from(reason);
+                    }
                     _ => {}
                 }
             }
@@ -392,6 +427,12 @@ pub enum Write {
         address: String,
         /// The verdict.
         health: Health,
+        /// The phi accrual detector's value then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        phi: Option<f64>,
+        /// Why, for people.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
 }
 

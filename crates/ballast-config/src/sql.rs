@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyPoolOptions, AnyRow, install_default_drivers};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::{Any, AnyPool, AssertSqlSafe, Row, Transaction};
 
 use crate::model::{
     AdminState, AlgorithmSpec, Backend, Change, Config, Health, LbServer, LbState, Pool, PoolSpec,
@@ -238,12 +238,12 @@ async fn mutate(
     revision: i64,
 ) -> Result<(), StoreError> {
     let query = match write {
-        Write::CreatePool(spec) => sqlx::query(
+        Write::CreatePool(spec) => sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO pools (name, algorithm, table_size, points_per_weight, load_factor, \
-             peak_ewma_ms, hash_key, dns_name, revision, retries, connect_timeout_ms, \
-             response_timeout_ms, health_path, health_interval_ms, health_timeout_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        )
+             peak_ewma_ms, hash_key, dns_name, revision, {POLICY_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {})",
+            placeholders(10, POLICY_COLUMNS)
+        )))
         .bind(&spec.name)
         .bind(&spec.algorithm.algorithm)
         .bind(spec.algorithm.table_size.map(i64::from))
@@ -253,12 +253,7 @@ async fn mutate(
         .bind(&spec.hash_key)
         .bind(&spec.dns_name)
         .bind(revision)
-        .bind(spec.policy.retries.map(i64::from))
-        .bind(millis(spec.policy.connect_timeout_ms))
-        .bind(millis(spec.policy.response_timeout_ms))
-        .bind(&spec.policy.health_path)
-        .bind(millis(spec.policy.health_interval_ms))
-        .bind(millis(spec.policy.health_timeout_ms)),
+        .bind_policy(&spec.policy),
         Write::DeletePool { pool } => sqlx::query("DELETE FROM pools WHERE name = $1").bind(pool),
         Write::SetAlgorithm { pool, algorithm } => sqlx::query(
             "UPDATE pools SET algorithm = $1, table_size = $2, points_per_weight = $3, \
@@ -271,19 +266,13 @@ async fn mutate(
         .bind(algorithm.peak_ewma_ms.map(|ms| ms as i64))
         .bind(revision)
         .bind(pool),
-        Write::SetPolicy { pool, policy } => sqlx::query(
-            "UPDATE pools SET retries = $1, connect_timeout_ms = $2, response_timeout_ms = $3, \
-             health_path = $4, health_interval_ms = $5, health_timeout_ms = $6, revision = $7 \
-             WHERE name = $8",
-        )
-        .bind(policy.retries.map(i64::from))
-        .bind(millis(policy.connect_timeout_ms))
-        .bind(millis(policy.response_timeout_ms))
-        .bind(&policy.health_path)
-        .bind(millis(policy.health_interval_ms))
-        .bind(millis(policy.health_timeout_ms))
+        Write::SetPolicy { pool, policy } => sqlx::query(AssertSqlSafe(format!(
+            "UPDATE pools SET revision = $1, ({POLICY_COLUMNS}) = ({}) WHERE name = $2",
+            placeholders(3, POLICY_COLUMNS)
+        )))
         .bind(revision)
-        .bind(pool),
+        .bind(pool)
+        .bind_policy(policy),
         Write::AddBackend {
             pool,
             address,
@@ -327,10 +316,15 @@ async fn mutate(
             pool,
             address,
             health,
+            phi,
+            reason,
         } => sqlx::query(
-            "UPDATE backends SET health = $1, revision = $2 WHERE pool = $3 AND address = $4",
+            "UPDATE backends SET health = $1, phi = $2, health_reason = $3, revision = $4 \
+             WHERE pool = $5 AND address = $6",
         )
         .bind(health.as_str())
+        .bind(phi.map(|phi| phi.min(f64::MAX)))
+        .bind(reason)
         .bind(revision)
         .bind(pool)
         .bind(canonical_address(address)),
@@ -340,6 +334,42 @@ async fn mutate(
         .await
         .map(|_| ())
         .map_err(StoreError::database("applying a write"))
+}
+
+/// A pool's policy columns, in the order [`BindPolicy::bind_policy`] binds them.
+const POLICY_COLUMNS: &str = "retries, connect_timeout_ms, response_timeout_ms, health_path, \
+     health_interval_ms, health_timeout_ms, health_rise, health_fall, phi_threshold, phi_window, \
+     phi_min_std_dev_ms, phi_acceptable_pause_ms";
+
+/// `$first, $first+1, …`, one per column of `columns`.
+fn placeholders(first: usize, columns: &str) -> String {
+    let count = columns.split(',').count();
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Binds a pool's policy, one value per [`POLICY_COLUMNS`].
+trait BindPolicy<'q> {
+    fn bind_policy(self, policy: &'q crate::model::PoolPolicy) -> Self;
+}
+
+impl<'q> BindPolicy<'q> for sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    fn bind_policy(self, policy: &'q crate::model::PoolPolicy) -> Self {
+        self.bind(policy.retries.map(i64::from))
+            .bind(millis(policy.connect_timeout_ms))
+            .bind(millis(policy.response_timeout_ms))
+            .bind(&policy.health_path)
+            .bind(millis(policy.health_interval_ms))
+            .bind(millis(policy.health_timeout_ms))
+            .bind(policy.health_rise.map(i64::from))
+            .bind(policy.health_fall.map(i64::from))
+            .bind(policy.phi_threshold)
+            .bind(policy.phi_window.map(i64::from))
+            .bind(millis(policy.phi_min_std_dev_ms))
+            .bind(millis(policy.phi_acceptable_pause_ms))
+    }
 }
 
 /// Pools that give up on an unreachable database in seconds rather than sqlx's default half
@@ -382,6 +412,12 @@ fn pool_from(row: &AnyRow) -> Result<PoolSpec, sqlx::Error> {
             health_path: row.try_get("health_path")?,
             health_interval_ms: whole(row, "health_interval_ms")?,
             health_timeout_ms: whole(row, "health_timeout_ms")?,
+            health_rise: small(row, "health_rise")?,
+            health_fall: small(row, "health_fall")?,
+            phi_threshold: row.try_get("phi_threshold")?,
+            phi_window: small(row, "phi_window")?,
+            phi_min_std_dev_ms: whole(row, "phi_min_std_dev_ms")?,
+            phi_acceptable_pause_ms: whole(row, "phi_acceptable_pause_ms")?,
         },
     })
 }
@@ -433,6 +469,8 @@ fn backend_from(row: &AnyRow) -> Result<(String, Backend), sqlx::Error> {
             health: text("health")?
                 .parse::<Health>()
                 .map_err(|e| decode("health", e))?,
+            phi: row.try_get("phi")?,
+            health_reason: row.try_get("health_reason")?,
         },
     ))
 }

@@ -42,10 +42,26 @@ pub fn check(write: &Write) -> Result<(), Invalid> {
         Write::AddBackend { pool, address, .. }
         | Write::RemoveBackend { pool, address }
         | Write::SetWeight { pool, address, .. }
-        | Write::SetAdminState { pool, address, .. }
-        | Write::SetHealth { pool, address, .. } => {
+        | Write::SetAdminState { pool, address, .. } => {
             check_name(pool, "pool")?;
             check_address(address)
+        }
+        Write::SetHealth {
+            pool,
+            address,
+            phi,
+            reason,
+            ..
+        } => {
+            check_name(pool, "pool")?;
+            check_address(address)?;
+            if phi.is_some_and(|phi| phi.is_nan() || phi < 0.0) {
+                return Err(Invalid::new("phi", "a number from 0 up"));
+            }
+            if reason.as_ref().is_some_and(|r| r.len() > 1000) {
+                return Err(Invalid::new("reason", "at most 1000 bytes"));
+            }
+            Ok(())
         }
     }
 }
@@ -78,10 +94,40 @@ fn check_policy(policy: &crate::model::PoolPolicy) -> Result<(), Invalid> {
         ("response_timeout_ms", policy.response_timeout_ms),
         ("health_interval_ms", policy.health_interval_ms),
         ("health_timeout_ms", policy.health_timeout_ms),
+        ("phi_min_std_dev_ms", policy.phi_min_std_dev_ms),
     ] {
         if value.is_some_and(|ms| ms == 0 || ms > 3_600_000) {
             return Err(Invalid::new(field, "must be from 1 ms to one hour"));
         }
+    }
+    if policy
+        .phi_acceptable_pause_ms
+        .is_some_and(|ms| ms > 3_600_000)
+    {
+        return Err(Invalid::new("phi_acceptable_pause_ms", "at most one hour"));
+    }
+    for (field, value) in [
+        ("health_rise", policy.health_rise),
+        ("health_fall", policy.health_fall),
+    ] {
+        if value.is_some_and(|n| n == 0 || n > 100) {
+            return Err(Invalid::new(field, "from 1 to 100 checks in a row"));
+        }
+    }
+    if policy
+        .phi_window
+        .is_some_and(|n| !(2..=100_000).contains(&n))
+    {
+        return Err(Invalid::new("phi_window", "from 2 to 100000 intervals"));
+    }
+    if policy
+        .phi_threshold
+        .is_some_and(|phi| !(phi > 0.0 && phi <= 100.0))
+    {
+        return Err(Invalid::new(
+            "phi_threshold",
+            "a number above 0, at most 100",
+        ));
     }
     if let Some(path) = &policy.health_path
         && (!path.starts_with('/') || path.contains(char::is_whitespace))
@@ -235,6 +281,12 @@ mod tests {
             health_path: Some("/health".into()),
             health_interval_ms: Some(1_000),
             health_timeout_ms: Some(500),
+            health_rise: Some(2),
+            health_fall: Some(3),
+            phi_threshold: Some(8.0),
+            phi_window: Some(1000),
+            phi_min_std_dev_ms: Some(100),
+            phi_acceptable_pause_ms: Some(0),
         };
         check(&with(good.clone())).expect("valid");
         let bad = [
@@ -258,6 +310,27 @@ mod tests {
                     ..good.clone()
                 },
                 "health_path: `health`",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    health_fall: Some(0),
+                    ..good.clone()
+                },
+                "health_fall: from 1 to 100",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    phi_threshold: Some(f64::NAN),
+                    ..good.clone()
+                },
+                "phi_threshold: a number above 0",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    phi_window: Some(1),
+                    ..good.clone()
+                },
+                "phi_window: from 2",
             ),
         ];
         for (policy, expected) in bad {

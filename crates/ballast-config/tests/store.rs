@@ -57,6 +57,8 @@ async fn every_write_round_trips_and_is_logged(store: SqlStore) {
             pool: "web".into(),
             address: "127.0.0.1:9001".into(),
             health: Health::Healthy,
+            phi: Some(0.3),
+            reason: Some("2 successful probes in a row".into()),
         },
     ];
     for (i, write) in writes.iter().enumerate() {
@@ -77,6 +79,11 @@ async fn every_write_round_trips_and_is_logged(store: SqlStore) {
     assert_eq!(
         (first.address.as_str(), first.weight, first.health),
         ("127.0.0.1:9001", 5, Health::Healthy)
+    );
+    assert_eq!(first.phi, Some(0.3));
+    assert_eq!(
+        first.health_reason.as_deref(),
+        Some("2 successful probes in a row")
     );
     let second = &web.backends[1];
     assert_eq!(
@@ -282,6 +289,12 @@ async fn pool_policies_round_trip(store: SqlStore) {
             health_path: Some("/health".into()),
             health_interval_ms: Some(1_000),
             health_timeout_ms: Some(400),
+            health_rise: Some(3),
+            health_fall: Some(2),
+            phi_threshold: Some(10.5),
+            phi_window: Some(500),
+            phi_min_std_dev_ms: Some(50),
+            phi_acceptable_pause_ms: Some(250),
         },
     };
     store

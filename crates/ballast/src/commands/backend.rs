@@ -138,13 +138,17 @@ impl BackendCommand {
 
 /// A table of backends from the API's JSON list.
 pub(crate) fn backends_table(backends: &Value, out: &mut impl Write) -> Result<()> {
-    let mut table = Table::new(&["backend", "weight", "state", "health"]);
+    let mut table = Table::new(&["backend", "weight", "state", "health", "phi", "why"]);
     for backend in backends.as_array().map_or(&[][..], |b| b) {
         table.row(vec![
             text(&backend["address"]),
             text(&backend["weight"]),
             text(&backend["admin_state"]),
             text(&backend["health"]),
+            backend["phi"]
+                .as_f64()
+                .map_or_else(|| "-".to_owned(), |phi| format!("{phi:.1}")),
+            text(&backend["health_reason"]),
         ]);
     }
     table.write(out)?;

@@ -85,6 +85,24 @@ struct PolicyArgs {
     /// How long one check may take.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     health_timeout: Option<std::time::Duration>,
+    /// Successful checks in a row that make a backend healthy [default: 2].
+    #[arg(long, value_name = "N")]
+    health_rise: Option<u32>,
+    /// Refused connections or error statuses in a row that make it unhealthy [default: 3].
+    #[arg(long, value_name = "N")]
+    health_fall: Option<u32>,
+    /// The phi accrual detector's threshold [default: 8].
+    #[arg(long, value_name = "PHI")]
+    phi_threshold: Option<f64>,
+    /// Intervals between successful checks the detector remembers [default: 1000].
+    #[arg(long, value_name = "N")]
+    phi_window: Option<u32>,
+    /// The floor under the intervals' standard deviation [default: 100ms].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    phi_min_std_dev: Option<std::time::Duration>,
+    /// A pause the detector forgives [default: 0s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    phi_acceptable_pause: Option<std::time::Duration>,
 }
 
 impl PolicyArgs {
@@ -97,6 +115,11 @@ impl PolicyArgs {
             ("response_timeout_ms", ms(&self.response_timeout)),
             ("health_interval_ms", ms(&self.health_interval)),
             ("health_timeout_ms", ms(&self.health_timeout)),
+            ("health_rise", self.health_rise.map(u64::from)),
+            ("health_fall", self.health_fall.map(u64::from)),
+            ("phi_window", self.phi_window.map(u64::from)),
+            ("phi_min_std_dev_ms", ms(&self.phi_min_std_dev)),
+            ("phi_acceptable_pause_ms", ms(&self.phi_acceptable_pause)),
         ];
         for (field, value) in fields {
             if let Some(value) = value {
@@ -105,6 +128,9 @@ impl PolicyArgs {
         }
         if let Some(path) = &self.health_path {
             spec["health_path"] = json!(path);
+        }
+        if let Some(phi) = self.phi_threshold {
+            spec["phi_threshold"] = json!(phi);
         }
     }
 }
