@@ -14,6 +14,8 @@
 //! | `PUT /v1/pools/{pool}/backends/{address}/state` | `{"state": "draining"}` (or `active`, `disabled`) |
 //! | `GET /v1/changes?since=R&wait_ms=W` | the change log after R, waiting up to W ms for one |
 //! | `GET /v1/lbs` | the LB servers' last heartbeats: addresses, pools, applied revision, state |
+//! | `GET /v1/health` | the health checker's view of every backend: verdict, phi now, reason |
+//! | `GET /metrics` | the orchestrator's metrics (Prometheus text), phi per backend included |
 //! | `GET /v1/openapi.json` | this API as an OpenAPI document (generated from the routes) |
 //!
 //! Writes answer `{"revision": N}`, the revision they produced. Errors answer
@@ -38,19 +40,30 @@ use serde_json::{Value, json};
 
 use crate::auth::require_token;
 use crate::error::ApiError;
+use crate::health::HealthHandle;
+use prometheus_client::registry::Registry;
 
-/// The API's state: the store and the token.
+/// The API's state: the store, the token, and the health checker's state when it runs here.
 #[derive(Debug, Clone)]
 pub struct Api {
     store: SqlStore,
     pub(crate) token: Arc<str>,
+    health: Option<HealthHandle>,
+    registry: Arc<Registry>,
 }
 
-/// The admin routes over `store`, guarded by `token`.
-pub fn router(store: SqlStore, token: String) -> Router {
+/// The admin routes over `store`, guarded by `token`; with `health`, also the checker's state
+/// (`/v1/health`) and metrics (`/metrics`).
+pub fn router(store: SqlStore, token: String, health: Option<HealthHandle>) -> Router {
+    let mut registry = Registry::default();
+    if let Some(health) = &health {
+        health.register(&mut registry);
+    }
     let api = Api {
         store,
         token: token.into(),
+        health,
+        registry: Arc::new(registry),
     };
     let v1 = Router::new()
         .route("/v1/revision", get(revision))
@@ -73,6 +86,8 @@ pub fn router(store: SqlStore, token: String) -> Router {
         .route("/v1/pools/{pool}/backends/{address}/state", put(set_state))
         .route("/v1/changes", get(changes))
         .route("/v1/lbs", get(lb_servers))
+        .route("/v1/health", get(health_status))
+        .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(api.clone(), require_token));
     Router::new()
@@ -300,6 +315,24 @@ async fn changes(State(api): State<Api>, Query(query): Query<Since>) -> Answer {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+#[utoipa::path(get, path = "/v1/health", responses((status = 200, description = "`{\"backends\": [{pool, address, health, phi, reason}]}`: the health checker's current view, phi included"), (status = 404, description = "Health checking does not run in this instance")), security(("bearer" = [])))]
+async fn health_status(State(api): State<Api>) -> Answer {
+    let Some(health) = &api.health else {
+        return Err(ApiError::NotFound(
+            "health checking does not run in this instance".to_owned(),
+        ));
+    };
+    Ok((StatusCode::OK, Json(json!({ "backends": health.status() }))))
+}
+
+/// The orchestrator's metrics, in the Prometheus text format.
+async fn metrics(State(api): State<Api>) -> Result<String, ApiError> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &api.registry)
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(text)
 }
 
 async fn openapi() -> Json<Value> {

@@ -24,6 +24,7 @@ use crate::api;
         api::set_state,
         api::changes,
         api::lb_servers,
+        api::health_status,
     ),
     components(schemas(
         ballast_config::PoolSpec,

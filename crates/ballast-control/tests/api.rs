@@ -46,7 +46,7 @@ impl Control {
             .await
             .expect("bind");
         let address = listener.local_addr().expect("address");
-        let app = ballast_control::api::router(store.clone(), TOKEN.to_owned());
+        let app = ballast_control::api::router(store.clone(), TOKEN.to_owned(), None);
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self {
             address,

@@ -63,6 +63,7 @@ pub struct Tracker {
     health: Health,
     successes: u32,
     failures: u32,
+    last_failed: bool,
 }
 
 impl Tracker {
@@ -74,7 +75,14 @@ impl Tracker {
             health: Health::Unknown,
             successes: 0,
             failures: 0,
+            last_failed: false,
         }
+    }
+
+    /// Whether the backend is unhealthy or its last probe failed (refused, error, no answer):
+    /// what the orchestrator counts to tell many backends failing together.
+    pub fn failing(&self) -> bool {
+        self.health == Health::Unhealthy || self.last_failed
     }
 
     /// The current verdict.
@@ -89,6 +97,7 @@ impl Tracker {
 
     /// Takes a probe's outcome, seen at `at`; returns the new verdict if it changed.
     pub fn record(&mut self, outcome: &Outcome, at: Instant) -> Option<Verdict> {
+        self.last_failed = !outcome.is_up();
         match outcome {
             Outcome::Up => {
                 if self.health == Health::Unhealthy {
@@ -231,5 +240,8 @@ mod tests {
             );
         }
         assert_eq!(tracker.health(), Health::Unknown);
+        assert!(!tracker.failing(), "the last probe succeeded");
+        tracker.record(&Outcome::TimedOut, at(start, 1000));
+        assert!(tracker.failing(), "the last probe went unanswered");
     }
 }

@@ -1,4 +1,5 @@
-//! `ballast control`: the admin API over the configuration database. Prints
+//! `ballast control`: the admin API over the configuration database and the orchestrator's
+//! health checking (see `ballast_control::health`). Prints
 //! `listening http ADDR control` when ready; SIGTERM or SIGINT stops it after the requests in
 //! flight.
 
@@ -28,6 +29,9 @@ pub(crate) struct ControlArgs {
     #[arg(long, value_name = "N", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     keep_changes: u64,
+    /// Do not check backends' health here (another orchestrator does).
+    #[arg(long)]
+    no_health_checks: bool,
 }
 
 impl ControlArgs {
@@ -65,7 +69,25 @@ impl ControlArgs {
                 self.keep_changes,
                 Duration::from_secs(60),
             ));
-            let app = ballast_control::api::router(store, token);
+            let health = if self.no_health_checks {
+                None
+            } else {
+                let followed = ballast_config::follow(
+                    store.clone(),
+                    &self.db,
+                    ballast_config::FollowOptions::default(),
+                )
+                .await
+                .with_context(|| format!("--db {}", self.db))?;
+                let handle = ballast_control::health::HealthHandle::default();
+                tokio::spawn(ballast_control::health::run(
+                    store.clone(),
+                    followed,
+                    handle.clone(),
+                ));
+                Some(handle)
+            };
+            let app = ballast_control::api::router(store, token, health);
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     tokio::select! {
