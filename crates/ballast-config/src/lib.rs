@@ -30,16 +30,18 @@
 #![forbid(unsafe_code)]
 
 mod feed;
+mod lease;
 mod model;
 mod sql;
 mod store;
 mod validate;
 
 pub use feed::{FollowOptions, Followed, catch_up, follow, follow_or_fall_back};
+pub use lease::Lease;
 pub use model::{
     AdminState, AlgorithmSpec, Backend, Change, Config, Health, LbServer, LbState, OutOfStep, Pool,
     PoolPolicy, PoolSpec, Write,
 };
 pub use sql::{Dialect, NOTIFY_CHANNEL, SqlStore};
-pub use store::{ConfigStore, StoreError};
+pub use store::{ConfigStore, Fence, StoreError};
 pub use validate::{Invalid, check};

@@ -21,7 +21,7 @@ use crate::model::{
     AdminState, AlgorithmSpec, Backend, Change, Config, Health, LbServer, LbState, Pool, PoolSpec,
     Write,
 };
-use crate::store::{ConfigStore, StoreError};
+use crate::store::{ConfigStore, Fence, StoreError};
 use crate::validate::{Invalid, canonical_address, check};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -42,9 +42,9 @@ pub enum Dialect {
 /// A configuration store in SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
-    writer: AnyPool,
+    pub(crate) writer: AnyPool,
     reader: AnyPool,
-    dialect: Dialect,
+    pub(crate) dialect: Dialect,
 }
 
 impl SqlStore {
@@ -113,7 +113,7 @@ impl SqlStore {
         self.dialect
     }
 
-    async fn write(&self, write: &Write) -> Result<u64, StoreError> {
+    async fn write(&self, write: &Write, fence: Option<&Fence>) -> Result<u64, StoreError> {
         let begin = match self.dialect {
             Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
             Dialect::Postgres => self.writer.begin().await,
@@ -127,6 +127,9 @@ impl SqlStore {
                 .await
                 .and_then(|row| row.try_get("value"))
                 .map_err(StoreError::database("bumping the revision"))?;
+        if let Some(fence) = fence {
+            check_fence(&mut tx, fence).await?;
+        }
         require_existing(&mut tx, write).await?;
         mutate(&mut tx, write, revision).await?;
         let value = serde_json::to_string(write).unwrap_or_else(|_| "{}".to_owned());
@@ -155,6 +158,37 @@ impl SqlStore {
             .map_err(StoreError::database("committing a write"))?;
         Ok(revision as u64)
     }
+}
+
+/// Refuses a token older than the newest seen for its name, and records it otherwise; inside the
+/// write's transaction, after the revision row's lock is held.
+async fn check_fence(tx: &mut Transaction<'static, Any>, fence: &Fence) -> Result<(), StoreError> {
+    let token = i64::try_from(fence.token).unwrap_or(i64::MAX);
+    let newest: Option<i64> = sqlx::query("SELECT token FROM fences WHERE name = $1")
+        .bind(&fence.name)
+        .fetch_optional(&mut **tx)
+        .await
+        .and_then(|row| row.map(|r| r.try_get("token")).transpose())
+        .map_err(StoreError::database("reading the fence"))?;
+    if let Some(newest) = newest
+        && newest > token
+    {
+        return Err(StoreError::Fenced {
+            name: fence.name.clone(),
+            token: fence.token,
+            newest: newest as u64,
+        });
+    }
+    sqlx::query(
+        "INSERT INTO fences (name, token) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET token = excluded.token",
+    )
+    .bind(&fence.name)
+    .bind(token)
+    .execute(&mut **tx)
+    .await
+    .map(|_| ())
+    .map_err(StoreError::database("recording the fence"))
 }
 
 /// Refuses a write that names a missing pool or backend, or would duplicate one.
@@ -478,7 +512,12 @@ fn backend_from(row: &AnyRow) -> Result<(String, Backend), sqlx::Error> {
 impl ConfigStore for SqlStore {
     async fn apply(&self, write: Write) -> Result<u64, StoreError> {
         check(&write)?;
-        self.write(&write).await
+        self.write(&write, None).await
+    }
+
+    async fn apply_fenced(&self, write: Write, fence: &Fence) -> Result<u64, StoreError> {
+        check(&write)?;
+        self.write(&write, Some(fence)).await
     }
 
     async fn config(&self) -> Result<Config, StoreError> {

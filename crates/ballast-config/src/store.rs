@@ -17,6 +17,17 @@ pub enum StoreError {
     /// The write clashes with what exists (409), e.g. a backend already in the pool.
     #[error("{0}")]
     Conflict(Invalid),
+    /// The write carried a fencing token older than one the store has seen: its writer's lease
+    /// has passed to someone else (409).
+    #[error("fenced out: token {token} for `{name}` is older than {newest}")]
+    Fenced {
+        /// What the token fences (e.g. `orchestrator`).
+        name: String,
+        /// The writer's token.
+        token: u64,
+        /// The newest the store has seen.
+        newest: u64,
+    },
     /// The database failed; nothing was written.
     #[error("configuration database: {context}: {source}")]
     Database {
@@ -31,6 +42,15 @@ impl StoreError {
     pub(crate) fn database(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
         move |source| Self::Database { context, source }
     }
+}
+
+/// A writer's fencing token, from a lease on `name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// What the lease is for, e.g. `orchestrator`.
+    pub name: String,
+    /// The lease's token.
+    pub token: u64,
 }
 
 /// A configuration store: SQLite or PostgreSQL, the same behaviour.
@@ -51,6 +71,15 @@ pub trait ConfigStore: Send + Sync {
 
     /// Every LB server that has reported, by name.
     fn lb_servers(&self) -> impl Future<Output = Result<Vec<LbServer>, StoreError>> + Send;
+
+    /// Applies one write like [`apply`](Self::apply), but only if `fence`'s token is at least the
+    /// newest the store has seen for its name — checked and recorded in the write's own
+    /// transaction, so a writer whose lease passed to another cannot land a late write.
+    fn apply_fenced(
+        &self,
+        write: Write,
+        fence: &Fence,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Up to `limit` changes after `revision`, oldest first. When the log has been pruned past
     /// `revision`, the first change returned is later than `revision + 1`: a follower must then

@@ -328,6 +328,117 @@ async fn pool_policies_round_trip(store: SqlStore) {
     assert_eq!(refused.to_string(), "pool `nowhere` does not exist");
 }
 
+async fn leases_elect_one_holder_and_fences_refuse_the_former(store: SqlStore) {
+    use ballast_config::{Fence, StoreError};
+    use std::time::Duration;
+    let ttl = Duration::from_millis(300);
+    let a = store
+        .acquire_lease("orchestrator", "a", ttl)
+        .await
+        .expect("lease")
+        .expect("free");
+    assert_eq!(
+        store
+            .acquire_lease("orchestrator", "b", ttl)
+            .await
+            .expect("lease"),
+        None
+    );
+    assert!(
+        store
+            .renew_lease("orchestrator", "a", a.token, ttl)
+            .await
+            .expect("renew")
+    );
+    let again = store
+        .acquire_lease("orchestrator", "a", ttl)
+        .await
+        .expect("lease");
+    assert_eq!(
+        again.map(|l| l.token),
+        Some(a.token),
+        "the holder keeps its token"
+    );
+
+    store.apply(pool("web", "maglev")).await.expect("pool");
+    let fenced = |token| Fence {
+        name: "orchestrator".into(),
+        token,
+    };
+    let write = || backend("web", "127.0.0.1:9001", 1);
+    store
+        .apply_fenced(write(), &fenced(a.token))
+        .await
+        .expect("the holder writes");
+
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let b = store
+        .acquire_lease("orchestrator", "b", ttl)
+        .await
+        .expect("lease")
+        .expect("expired, so free");
+    assert!(b.token > a.token);
+    assert!(
+        !store
+            .renew_lease("orchestrator", "a", a.token, ttl)
+            .await
+            .expect("renew")
+    );
+    store
+        .apply_fenced(
+            Write::SetWeight {
+                pool: "web".into(),
+                address: "127.0.0.1:9001".into(),
+                weight: 2,
+            },
+            &fenced(b.token),
+        )
+        .await
+        .expect("the new holder writes");
+    let before = store.revision().await.expect("revision");
+    let late = store
+        .apply_fenced(
+            Write::SetWeight {
+                pool: "web".into(),
+                address: "127.0.0.1:9001".into(),
+                weight: 9,
+            },
+            &fenced(a.token),
+        )
+        .await
+        .expect_err("the former holder is fenced out");
+    assert!(matches!(late, StoreError::Fenced { .. }), "{late:?}");
+    assert!(late.to_string().starts_with("fenced out: token"), "{late}");
+    assert_eq!(store.revision().await.expect("revision"), before);
+    assert_eq!(
+        store.config().await.expect("config").pools[0].backends[0].weight,
+        2
+    );
+
+    // A token from elsewhere (a Redis lease) raises the bar for the database's own leases too.
+    store
+        .apply_fenced(
+            Write::SetWeight {
+                pool: "web".into(),
+                address: "127.0.0.1:9001".into(),
+                weight: 3,
+            },
+            &fenced(1_000),
+        )
+        .await
+        .expect("a newer token");
+    store
+        .release_lease("orchestrator", "b", b.token)
+        .await
+        .expect("release");
+    let c = store
+        .acquire_lease("orchestrator", "c", ttl)
+        .await
+        .expect("lease")
+        .expect("released, so free");
+    assert!(c.token > 1_000, "{}", c.token);
+}
+
 /// Runs each suite function against a fresh SQLite file and a fresh PostgreSQL database.
 macro_rules! on_both_stores {
     ($($suite:ident),+ $(,)?) => {
@@ -360,6 +471,7 @@ on_both_stores!(
     concurrent_writers_get_strictly_increasing_revisions,
     heartbeats_record_the_fleet_without_moving_the_revision,
     pool_policies_round_trip,
+    leases_elect_one_holder_and_fences_refuse_the_former,
 );
 
 #[tokio::test]

@@ -36,6 +36,10 @@ impl From<StoreError> for ApiError {
                 reason: invalid.reason,
             },
             StoreError::NotFound(what) => Self::NotFound(format!("{what} does not exist")),
+            fenced @ StoreError::Fenced { .. } => Self::Conflict {
+                field: "fence".to_owned(),
+                reason: fenced.to_string(),
+            },
             database @ StoreError::Database { .. } => {
                 tracing::error!(error = %database, "configuration database failed");
                 Self::Unavailable(database.to_string())
