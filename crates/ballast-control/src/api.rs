@@ -14,7 +14,8 @@
 //! | `PUT /v1/pools/{pool}/backends/{address}/state` | `{"state": "draining"}` (or `active`, `disabled`) |
 //! | `GET /v1/changes?since=R&wait_ms=W` | the change log after R, waiting up to W ms for one |
 //! | `GET /v1/lbs` | the LB servers' last heartbeats: addresses, pools, applied revision, state |
-//! | `GET /v1/health` | the health checker's view of every backend: verdict, phi now, reason |
+//! | `GET /v1/health` | the health checker's view of every backend: verdict, phi now, reason (the leader's; empty on followers) |
+//! | `GET /v1/leader` | whether this instance leads the orchestrators, its fencing token, why it last stepped down |
 //! | `GET /metrics` | the orchestrator's metrics (Prometheus text), phi per backend included |
 //! | `GET /v1/openapi.json` | this API as an OpenAPI document (generated from the routes) |
 //!
@@ -40,29 +41,29 @@ use serde_json::{Value, json};
 
 use crate::auth::require_token;
 use crate::error::ApiError;
-use crate::health::HealthHandle;
+use crate::orchestrator::Status;
 use prometheus_client::registry::Registry;
 
-/// The API's state: the store, the token, and the health checker's state when it runs here.
+/// The API's state: the store, the token, and the orchestrator's state when it runs here.
 #[derive(Debug, Clone)]
 pub struct Api {
     store: SqlStore,
     pub(crate) token: Arc<str>,
-    health: Option<HealthHandle>,
+    orchestrator: Option<Status>,
     registry: Arc<Registry>,
 }
 
-/// The admin routes over `store`, guarded by `token`; with `health`, also the checker's state
-/// (`/v1/health`) and metrics (`/metrics`).
-pub fn router(store: SqlStore, token: String, health: Option<HealthHandle>) -> Router {
+/// The admin routes over `store`, guarded by `token`; with `orchestrator`, also its state
+/// (`/v1/health`, `/v1/leader`) and metrics (`/metrics`).
+pub fn router(store: SqlStore, token: String, orchestrator: Option<Status>) -> Router {
     let mut registry = Registry::default();
-    if let Some(health) = &health {
-        health.register(&mut registry);
+    if let Some(orchestrator) = &orchestrator {
+        orchestrator.register(&mut registry);
     }
     let api = Api {
         store,
         token: token.into(),
-        health,
+        orchestrator,
         registry: Arc::new(registry),
     };
     let v1 = Router::new()
@@ -87,6 +88,7 @@ pub fn router(store: SqlStore, token: String, health: Option<HealthHandle>) -> R
         .route("/v1/changes", get(changes))
         .route("/v1/lbs", get(lb_servers))
         .route("/v1/health", get(health_status))
+        .route("/v1/leader", get(leader_status))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
         .layer(middleware::from_fn_with_state(api.clone(), require_token));
@@ -319,12 +321,25 @@ async fn changes(State(api): State<Api>, Query(query): Query<Since>) -> Answer {
 
 #[utoipa::path(get, path = "/v1/health", responses((status = 200, description = "`{\"backends\": [{pool, address, health, phi, reason}]}`: the health checker's current view, phi included"), (status = 404, description = "Health checking does not run in this instance")), security(("bearer" = [])))]
 async fn health_status(State(api): State<Api>) -> Answer {
-    let Some(health) = &api.health else {
-        return Err(ApiError::NotFound(
-            "health checking does not run in this instance".to_owned(),
-        ));
-    };
-    Ok((StatusCode::OK, Json(json!({ "backends": health.status() }))))
+    let orchestrator = orchestrator(&api)?;
+    let backends = orchestrator.health.status();
+    let leader = orchestrator.leader();
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "leading": leader.leading, "backends": backends })),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/leader", responses((status = 200, description = "`{identity, leading, token, election, last_step_down, since_ms}`: whether this instance leads the orchestrators"), (status = 404, description = "The orchestrator does not run in this instance")), security(("bearer" = [])))]
+async fn leader_status(State(api): State<Api>) -> Answer {
+    let leader = orchestrator(&api)?.leader();
+    Ok((StatusCode::OK, Json(json!(leader))))
+}
+
+fn orchestrator(api: &Api) -> Result<&Status, ApiError> {
+    api.orchestrator.as_ref().ok_or_else(|| {
+        ApiError::NotFound("the orchestrator does not run in this instance".to_owned())
+    })
 }
 
 /// The orchestrator's metrics, in the Prometheus text format.

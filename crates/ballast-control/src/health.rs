@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ballast_config::{
-    Config, ConfigStore, Followed, Health as StoredHealth, PoolPolicy, SqlStore, Write,
+    Config, ConfigStore, Fence, Followed, Health as StoredHealth, PoolPolicy, SqlStore, StoreError,
+    Write,
 };
 use ballast_health::{Check, Health, Outcome, PhiSettings, Thresholds, Tracker, probe};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -66,6 +67,7 @@ pub struct HealthHandle {
     phi: Family<BackendLabels, Gauge<f64, AtomicU64>>,
     verdicts: Family<VerdictLabels, Counter>,
     held: Gauge,
+    fenced: Counter,
 }
 
 impl std::fmt::Debug for HealthHandle {
@@ -86,6 +88,11 @@ impl HealthHandle {
             "ballast_health_verdicts",
             "Health verdicts written to the configuration database",
             self.verdicts.clone(),
+        );
+        registry.register(
+            "ballast_fenced_writes_refused",
+            "Verdicts the store refused because another instance leads (a newer fencing token)",
+            self.fenced.clone(),
         );
         registry.register(
             "ballast_health_held",
@@ -121,9 +128,15 @@ impl Drop for Target {
     }
 }
 
-/// Checks every backend of `followed`'s configuration until the feed ends, writing verdicts to
-/// `store` and publishing state through `handle`.
-pub async fn run(store: SqlStore, mut followed: watch::Receiver<Followed>, handle: HealthHandle) {
+/// Checks every backend of `followed`'s configuration, writing verdicts to `store` (each carrying
+/// `fence`, when given) and publishing state through `handle`. Returns why it stopped: the feed
+/// ended, or the store refused a write as fenced out (another instance leads now).
+pub async fn run(
+    store: SqlStore,
+    mut followed: watch::Receiver<Followed>,
+    handle: HealthHandle,
+    fence: Option<Fence>,
+) -> String {
     let (outcomes_tx, mut outcomes) = mpsc::channel::<(Key, Outcome, Instant)>(1024);
     let mut targets: HashMap<Key, Target> = HashMap::new();
     let mut config = followed.borrow_and_update().config.clone();
@@ -134,7 +147,7 @@ pub async fn run(store: SqlStore, mut followed: watch::Receiver<Followed>, handl
         tokio::select! {
             changed = followed.changed() => {
                 if changed.is_err() {
-                    return;
+                    return "the configuration feed ended".to_owned();
                 }
                 config = followed.borrow_and_update().config.clone();
                 reconcile(&config, &mut targets, &outcomes_tx);
@@ -155,7 +168,14 @@ pub async fn run(store: SqlStore, mut followed: watch::Receiver<Followed>, handl
                         target.reason = Some(verdict.reason);
                     }
                 }
-                holding = write_verdicts(&store, &config, &mut targets, &handle, holding).await;
+                let written = write_verdicts(&store, fence.as_ref(), &config, &mut targets, &handle, holding).await;
+                holding = match written {
+                    Ok(holding) => holding,
+                    Err(fenced) => {
+                        handle.status.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                        return fenced;
+                    }
+                };
                 publish(&targets, &handle, now);
             }
         }
@@ -258,14 +278,16 @@ async fn probe_forever(
     }
 }
 
-/// Writes each verdict that differs from the database; returns whether verdicts are held.
+/// Writes each verdict that differs from the database; returns whether verdicts are held, or why
+/// this instance may write no more (fenced out).
 async fn write_verdicts(
     store: &SqlStore,
+    fence: Option<&Fence>,
     config: &Config,
     targets: &mut HashMap<Key, Target>,
     handle: &HealthHandle,
     was_holding: bool,
-) -> bool {
+) -> Result<bool, String> {
     let now = Instant::now();
     let checked = targets.len();
     let failing = targets.values().filter(|t| t.tracker.failing()).count();
@@ -308,7 +330,11 @@ async fn write_verdicts(
                 phi: Some(target.tracker.phi(now).min(f64::MAX)),
                 reason: target.reason.clone(),
             };
-            match store.apply(write).await {
+            let applied = match fence {
+                Some(fence) => store.apply_fenced(write, fence).await,
+                None => store.apply(write).await,
+            };
+            match applied {
                 Ok(_) => {
                     target.written = Some(wanted);
                     handle
@@ -318,13 +344,18 @@ async fn write_verdicts(
                         })
                         .inc();
                 }
+                Err(fenced @ StoreError::Fenced { .. }) => {
+                    handle.fenced.inc();
+                    tracing::warn!(error = %fenced, "verdict refused: another instance leads");
+                    return Err(fenced.to_string());
+                }
                 Err(error) => {
                     tracing::warn!(%error, pool = %key.0, backend = %key.1, "verdict not written")
                 }
             }
         }
     }
-    holding
+    Ok(holding)
 }
 
 fn publish(targets: &HashMap<Key, Target>, handle: &HealthHandle, now: Instant) {

@@ -20,5 +20,7 @@ pub mod api;
 mod auth;
 mod error;
 pub mod health;
+pub mod leader;
 mod openapi;
+pub mod orchestrator;
 pub mod retention;

@@ -25,6 +25,7 @@ use crate::api;
         api::changes,
         api::lb_servers,
         api::health_status,
+        api::leader_status,
     ),
     components(schemas(
         ballast_config::PoolSpec,

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ballast_config::SqlStore;
+use ballast_control::leader::Election;
+use ballast_control::orchestrator::Status;
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -29,9 +31,20 @@ pub(crate) struct ControlArgs {
     #[arg(long, value_name = "N", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     keep_changes: u64,
-    /// Do not check backends' health here (another orchestrator does).
+    /// Serve the admin API only: no orchestrator loops (another instance runs them).
     #[arg(long)]
     no_health_checks: bool,
+    /// This instance's name among the orchestrators [default: HOST/PID].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Elect the leader with a lock on these Redis nodes (one, or an odd number for Redlock)
+    /// instead of a lease row in the configuration database.
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    redis: Vec<String>,
+    /// The leader's lease: a paused or cut-off leader is replaced this long after its last
+    /// renewal.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    lease_ttl: std::time::Duration,
 }
 
 impl ControlArgs {
@@ -69,7 +82,7 @@ impl ControlArgs {
                 self.keep_changes,
                 Duration::from_secs(60),
             ));
-            let health = if self.no_health_checks {
+            let orchestrator = if self.no_health_checks {
                 None
             } else {
                 let followed = ballast_config::follow(
@@ -79,15 +92,34 @@ impl ControlArgs {
                 )
                 .await
                 .with_context(|| format!("--db {}", self.db))?;
-                let handle = ballast_control::health::HealthHandle::default();
-                tokio::spawn(ballast_control::health::run(
+                let election = if self.redis.is_empty() {
+                    Election::Database {
+                        store: store.clone(),
+                    }
+                } else {
+                    let locks = ballast_lock::LockManager::from_urls(
+                        &self.redis,
+                        ballast_lock::Options::default(),
+                    )
+                    .context("--redis")?;
+                    Election::Redis(locks)
+                };
+                let identity = self.name.clone().unwrap_or_else(|| {
+                    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                    format!("{}/{}", host.trim(), std::process::id())
+                });
+                let status = Status::default();
+                tokio::spawn(ballast_control::orchestrator::run(
+                    identity,
+                    election,
+                    self.lease_ttl,
                     store.clone(),
                     followed,
-                    handle.clone(),
+                    status.clone(),
                 ));
-                Some(handle)
+                Some(status)
             };
-            let app = ballast_control::api::router(store, token, health);
+            let app = ballast_control::api::router(store, token, orchestrator);
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     tokio::select! {

@@ -1,0 +1,138 @@
+//! The orchestrator's life: campaign for leadership; while leading, run the loops (health
+//! checking) with the term's fencing token; step down when the term ends or the store fences a
+//! write out; campaign again. Followers serve the read API and wait.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ballast_config::{Fence, Followed, SqlStore};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::health::{self, HealthHandle};
+use crate::leader::{Election, LEASE};
+
+/// Whether this instance leads, as `GET /v1/leader` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LeaderStatus {
+    /// This instance's name.
+    pub identity: String,
+    /// Whether it leads now.
+    pub leading: bool,
+    /// Its term's fencing token, while it leads.
+    pub token: Option<u64>,
+    /// How the election works: `redis` or `database`.
+    pub election: &'static str,
+    /// Why the last term ended.
+    pub last_step_down: Option<String>,
+    /// When the current term began (ms since the epoch).
+    pub since_ms: Option<u64>,
+}
+
+/// What the orchestrator shares with the API.
+#[derive(Clone, Default)]
+pub struct Status {
+    /// The health checker's state.
+    pub health: HealthHandle,
+    leader: Arc<Mutex<LeaderStatus>>,
+    leading: Gauge,
+    terms: Counter,
+}
+
+impl std::fmt::Debug for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Status")
+            .field("leader", &self.leader())
+            .finish()
+    }
+}
+
+impl Status {
+    /// Registers the orchestrator's metrics.
+    pub fn register(&self, registry: &mut Registry) {
+        self.health.register(registry);
+        registry.register(
+            "ballast_orchestrator_leading",
+            "1 while this instance leads",
+            self.leading.clone(),
+        );
+        registry.register(
+            "ballast_orchestrator_terms",
+            "Terms this instance has led",
+            self.terms.clone(),
+        );
+    }
+
+    /// Whether this instance leads.
+    pub fn leader(&self) -> LeaderStatus {
+        self.leader
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut LeaderStatus)) {
+        change(&mut self.leader.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// Runs the orchestrator for ever: `identity` campaigns through `election` with lease `ttl`; while
+/// it leads, the health checker follows `followed` and writes to `store` with the term's token.
+pub async fn run(
+    identity: String,
+    election: Election,
+    ttl: Duration,
+    store: SqlStore,
+    followed: watch::Receiver<Followed>,
+    status: Status,
+) {
+    status.update(|s| {
+        s.identity.clone_from(&identity);
+        s.election = match election {
+            Election::Redis(_) => "redis",
+            Election::Database { .. } => "database",
+        };
+    });
+    loop {
+        let mut term = election.campaign(&identity, ttl).await;
+        let token = term.token();
+        tracing::info!(%identity, token, "leading");
+        status.leading.set(1);
+        status.terms.inc();
+        status.update(|s| {
+            s.leading = true;
+            s.token = Some(token);
+            s.since_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_millis() as u64);
+        });
+        let fence = Fence {
+            name: LEASE.to_owned(),
+            token,
+        };
+        let mut checking = tokio::spawn(health::run(
+            store.clone(),
+            followed.clone(),
+            status.health.clone(),
+            Some(fence),
+        ));
+        let reason = tokio::select! {
+            reason = term.lost() => reason,
+            ended = &mut checking => ended.unwrap_or_else(|e| format!("the health checker failed: {e}")),
+        };
+        checking.abort();
+        drop(term);
+        tracing::warn!(%identity, token, %reason, "stepped down");
+        status.leading.set(0);
+        status.update(|s| {
+            s.leading = false;
+            s.token = None;
+            s.since_ms = None;
+            s.last_step_down = Some(reason);
+        });
+    }
+}
