@@ -242,3 +242,33 @@ fn a_killed_backend_leaves_every_lb_and_comes_back() {
     drop(control_process);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_detection_benchmark_reports_every_lb_and_no_client_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args([
+            "bench",
+            "detect",
+            "--interval",
+            "200ms",
+            "--lbs",
+            "2",
+            "--jitter-run",
+            "1s",
+        ])
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("ballast runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for lb in ["lb-1", "lb-2"] {
+        assert!(stdout.lines().any(|l| l.starts_with(lb)), "{stdout}");
+    }
+    // Retries on another backend hide the dead one from clients entirely.
+    assert!(stdout.contains(", errors: 0\n"), "{stdout}");
+    assert!(stdout.contains("unhealthy verdicts: 0"), "{stdout}");
+}

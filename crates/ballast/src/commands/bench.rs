@@ -22,6 +22,8 @@ pub(crate) enum BenchCommand {
     Propagation(super::propagation::PropagationArgs),
     /// Lock acquire + release: one Redis node against Redlock, in parallel and node after node.
     Lock(super::lock_bench::LockBenchArgs),
+    /// How fast a killed backend leaves every LB, and false positives on a jittery one.
+    Detect(super::detect::DetectArgs),
 }
 
 impl BenchCommand {
@@ -30,6 +32,7 @@ impl BenchCommand {
             Self::Balance(args) => balance(&args),
             Self::Propagation(args) => args.run(),
             Self::Lock(args) => args.run(),
+            Self::Detect(args) => args.run(),
         }
     }
 }

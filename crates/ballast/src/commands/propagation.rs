@@ -5,21 +5,16 @@
 //! the time from sending the change to every LB reporting the new revision (polled every
 //! millisecond on their admin `/config/revision`). Once with push, once pull-only.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use serde_json::{Value, json};
+use hyper::Method;
+use serde_json::json;
 
+use super::harness::{Api, address_after, start};
 use super::table::{Table, quantile};
 
 #[derive(Debug, Args)]
@@ -36,99 +31,6 @@ pub(crate) struct PropagationArgs {
     /// The LBs' pull interval in the pull-only round.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     pull_interval: Duration,
-}
-
-/// A child `ballast` process, killed when dropped.
-struct Started {
-    child: Child,
-    ready: Vec<String>,
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `ballast ARGS` and waits (at most 20 s) for its `lines` ready lines.
-fn start(args: &[&str], lines: usize) -> Result<Started> {
-    let mut child = Command::new(std::env::current_exe().context("this binary's path")?)
-        .args(args)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting ballast {}", args.join(" ")))?;
-    let stdout = child.stdout.take().context("piped stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut ready = Vec::new();
-    while ready.len() < lines {
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) => ready.push(line),
-            Err(_) => {
-                let _ = child.kill();
-                bail!("ballast {} did not become ready", args.join(" "));
-            }
-        }
-    }
-    Ok(Started { child, ready })
-}
-
-fn address_after(lines: &[String], prefix: &str) -> Result<SocketAddr> {
-    lines
-        .iter()
-        .find_map(|line| line.strip_prefix(prefix))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|address| address.parse().ok())
-        .with_context(|| format!("no `{prefix}` line in {lines:?}"))
-}
-
-struct Api {
-    client: Client<HttpConnector, Full<Bytes>>,
-    control: SocketAddr,
-    token: String,
-}
-
-impl Api {
-    async fn send(&self, method: Method, url: String, body: Option<Value>) -> Result<(u16, Bytes)> {
-        let request = Request::builder()
-            .method(method)
-            .uri(url)
-            .header("authorization", format!("Bearer {}", self.token))
-            .header("content-type", "application/json")
-            .body(Full::new(
-                body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string())),
-            ))?;
-        let response = self.client.request(request).await?;
-        let status = response.status().as_u16();
-        Ok((status, response.into_body().collect().await?.to_bytes()))
-    }
-
-    async fn write(&self, method: Method, path: &str, body: Value) -> Result<u64> {
-        let url = format!("http://{}{path}", self.control);
-        let (status, bytes) = self.send(method, url, Some(body)).await?;
-        let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        match answer["revision"].as_u64() {
-            Some(revision) if status < 300 => Ok(revision),
-            _ => bail!("admin API answered {status}: {answer}"),
-        }
-    }
-
-    /// The revision an LB has applied.
-    async fn applied(&self, admin: SocketAddr) -> Result<u64> {
-        let (_, bytes) = self
-            .send(Method::GET, format!("http://{admin}/config/revision"), None)
-            .await?;
-        Ok(String::from_utf8_lossy(&bytes).trim().parse()?)
-    }
 }
 
 impl PropagationArgs {
@@ -159,11 +61,7 @@ impl PropagationArgs {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let api = Api {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            control: address_after(&control.ready, "listening http ")?,
-            token: token.to_owned(),
-        };
+        let api = Api::new(address_after(&control.ready, "listening http ")?, token);
         let pool = format!("propagation-{}", std::process::id());
         runtime.block_on(async {
             api.write(
