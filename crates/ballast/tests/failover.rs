@@ -1,5 +1,5 @@
-//! Two `ballast control` instances elect one leader — by a lease row in the database, or by a
-//! lock on a private Redis server. The leader is frozen (SIGSTOP) past its lease; the other takes
+//! Two `ballast control` instances elect one leader — by a lease row in the database (SQLite or
+//! PostgreSQL), or by a lock on a private Redis server. The leader is frozen (SIGSTOP) past its lease; the other takes
 //! over and marks a killed backend unhealthy; the old leader is thawed (SIGCONT) with its stale
 //! view of that backend — and none of its writes land: the store fences them out, and it steps
 //! down.
@@ -47,10 +47,13 @@ fn health_of(control: SocketAddr, address: SocketAddr) -> String {
         .unwrap_or_default()
 }
 
-fn a_frozen_leader_is_replaced_and_fenced_out(election: &[&str], tag: &str) {
+fn a_frozen_leader_is_replaced_and_fenced_out(db: Option<&str>, election: &[&str], tag: &str) {
     let dir = std::env::temp_dir().join(format!("ballast-failover-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let url = format!("sqlite://{}", dir.join("config.db").display());
+    let url = db.map_or_else(
+        || format!("sqlite://{}", dir.join("config.db").display()),
+        str::to_owned,
+    );
     let token_file = dir.join("token");
     std::fs::write(&token_file, TOKEN).expect("token");
     let start = |name: &str| {
@@ -141,13 +144,23 @@ fn a_frozen_leader_is_replaced_and_fenced_out(election: &[&str], tag: &str) {
 }
 
 #[test]
-fn with_a_database_lease() {
-    a_frozen_leader_is_replaced_and_fenced_out(&[], "db");
+fn with_a_sqlite_lease() {
+    a_frozen_leader_is_replaced_and_fenced_out(None, &[], "sqlite");
+}
+
+#[test]
+fn with_a_postgres_lease() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = runtime.block_on(ballast_testkit::postgres::database());
+    a_frozen_leader_is_replaced_and_fenced_out(Some(&url), &[], "postgres");
 }
 
 #[test]
 fn with_a_redis_lease() {
     let redis = ballast_testkit::redis::Server::start();
     let url = redis.url();
-    a_frozen_leader_is_replaced_and_fenced_out(&["--redis", &url], "redis");
+    a_frozen_leader_is_replaced_and_fenced_out(None, &["--redis", &url], "redis");
 }
