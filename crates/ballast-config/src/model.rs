@@ -478,8 +478,39 @@ pub enum LbState {
 
 text_enum!(LbState { Serving => "serving", Draining => "draining", Stopped => "stopped" });
 
-/// A managed LB server as it reports itself in its heartbeat.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// Whether the orchestrator finds an LB server alive (by its scrapes), whatever it says itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    /// Not judged yet.
+    #[default]
+    Unknown,
+    /// Its metrics answer.
+    Up,
+    /// Dead or unreachable: out of DNS.
+    Down,
+}
+
+text_enum!(Liveness { Unknown => "unknown", Up => "up", Down => "down" });
+
+/// The latest figures the orchestrator scraped from an LB server's `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LbFigures {
+    /// CPU in use: CPU seconds per second over the last scrape interval (1.0 = one core).
+    pub cpu_cores: f64,
+    /// Resident memory, in bytes.
+    pub resident_bytes: u64,
+    /// Open client connections.
+    pub connections: u64,
+    /// Responses per second over the last scrape interval.
+    pub requests_per_second: f64,
+    /// When they were scraped, in milliseconds since the Unix epoch.
+    pub scraped_ms: i64,
+}
+
+/// A managed LB server as it reports itself in its heartbeat, with what the orchestrator
+/// observed of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct LbServer {
     /// Its name, unique in the fleet (a DNS label).
     pub name: String,
@@ -496,6 +527,15 @@ pub struct LbServer {
     /// When it last reported, in milliseconds since the Unix epoch (set by the store).
     #[serde(default)]
     pub last_heartbeat_ms: i64,
+    /// The latest scraped figures, once the orchestrator has scraped it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub figures: Option<LbFigures>,
+    /// The orchestrator's verdict on whether it is alive.
+    #[serde(default)]
+    pub liveness: Liveness,
+    /// Why that verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_reason: Option<String>,
 }
 
 /// One entry of the change log.

@@ -247,6 +247,9 @@ async fn heartbeats_record_the_fleet_without_moving_the_revision(store: SqlStore
         applied_revision: 1,
         state: LbState::Serving,
         last_heartbeat_ms: 0,
+        figures: None,
+        liveness: Default::default(),
+        liveness_reason: None,
     };
     store.heartbeat(&server).await.expect("heartbeat");
     server.applied_revision = 7;
@@ -271,6 +274,27 @@ async fn heartbeats_record_the_fleet_without_moving_the_revision(store: SqlStore
         1,
         "heartbeats are not changes"
     );
+    // What the orchestrator observes survives the next heartbeat, and is not a change either.
+    let figures = ballast_config::LbFigures {
+        cpu_cores: 0.25,
+        resident_bytes: 14 << 20,
+        connections: 12,
+        requests_per_second: 950.5,
+        scraped_ms: 1_700_000_000_000,
+    };
+    store.record_lb_figures("lb-1", &figures).await.expect("figures");
+    store
+        .set_lb_liveness("lb-1", ballast_config::Liveness::Down, "phi 9.1 > 8")
+        .await
+        .expect("liveness");
+    store.heartbeat(&server).await.expect("heartbeat");
+    let fleet = store.lb_servers().await.expect("fleet");
+    assert_eq!(fleet[1].figures, Some(figures));
+    assert_eq!(fleet[1].liveness, ballast_config::Liveness::Down);
+    assert_eq!(fleet[1].liveness_reason.as_deref(), Some("phi 9.1 > 8"));
+    assert_eq!(fleet[0].figures, None);
+    assert_eq!(store.revision().await.expect("revision"), 1);
+
     server.name = "LB 1".into();
     let error = store.heartbeat(&server).await.expect_err("invalid name");
     assert!(error.to_string().starts_with("name: `LB 1`"), "{error}");

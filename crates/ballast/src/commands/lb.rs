@@ -299,6 +299,9 @@ impl Heartbeat {
             applied_revision: revision,
             state,
             last_heartbeat_ms: 0,
+            figures: None,
+            liveness: Default::default(),
+            liveness_reason: None,
         };
         let sent = async {
             if store.is_none() {
