@@ -40,9 +40,8 @@ mod validate;
 pub use feed::{FollowOptions, Followed, catch_up, follow, follow_or_fall_back};
 pub use lease::Lease;
 pub use model::{
-    AdminState, AlgorithmSpec, Backend, Change, Config, Health, LbFigures, LbServer, LbState, Liveness,
-    OutOfStep, Pool,
-    PoolPolicy, PoolSpec, Write,
+    AdminState, AlgorithmSpec, Backend, Change, Config, Health, LbFigures, LbServer, LbState,
+    Liveness, OutOfStep, Pool, PoolPolicy, PoolSpec, Write,
 };
 pub use sql::{Dialect, NOTIFY_CHANNEL, SqlStore};
 pub use store::{ConfigStore, Fence, StoreError};

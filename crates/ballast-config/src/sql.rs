@@ -623,13 +623,12 @@ impl ConfigStore for SqlStore {
                         })?,
                     last_heartbeat_ms: row.try_get("last_heartbeat_ms")?,
                     figures: crate::fleet::figures_from(row)?,
-                    liveness: row
-                        .try_get::<String, _>("liveness")?
-                        .parse()
-                        .map_err(|e: String| sqlx::Error::ColumnDecode {
+                    liveness: row.try_get::<String, _>("liveness")?.parse().map_err(
+                        |e: String| sqlx::Error::ColumnDecode {
                             index: "liveness".to_owned(),
                             source: e.into(),
-                        })?,
+                        },
+                    )?,
                     liveness_reason: row.try_get("liveness_reason")?,
                 })
             })

@@ -282,7 +282,10 @@ async fn heartbeats_record_the_fleet_without_moving_the_revision(store: SqlStore
         requests_per_second: 950.5,
         scraped_ms: 1_700_000_000_000,
     };
-    store.record_lb_figures("lb-1", &figures).await.expect("figures");
+    store
+        .record_lb_figures("lb-1", &figures)
+        .await
+        .expect("figures");
     store
         .set_lb_liveness("lb-1", ballast_config::Liveness::Down, "phi 9.1 > 8")
         .await

@@ -19,6 +19,7 @@
 pub mod api;
 mod auth;
 mod error;
+pub mod fleet;
 pub mod health;
 pub mod leader;
 mod openapi;

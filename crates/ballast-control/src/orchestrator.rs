@@ -79,16 +79,34 @@ impl Status {
     }
 }
 
-/// Runs the orchestrator for ever: `identity` campaigns through `election` with lease `ttl`; while
-/// it leads, the health checker follows `followed` and writes to `store` with the term's token.
+/// How the orchestrator runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This instance's name.
+    pub identity: String,
+    /// How instances elect their leader.
+    pub election: Election,
+    /// The leader's lease.
+    pub lease_ttl: Duration,
+    /// How often the leader scrapes every LB server's metrics.
+    pub scrape_interval: Duration,
+}
+
+/// Runs the orchestrator for ever: campaigns through the election; while it leads, the health
+/// checker follows `followed` and writes to `store` with the term's token, and the fleet watcher
+/// scrapes the LB servers.
 pub async fn run(
-    identity: String,
-    election: Election,
-    ttl: Duration,
+    settings: Settings,
     store: SqlStore,
     followed: watch::Receiver<Followed>,
     status: Status,
 ) {
+    let Settings {
+        identity,
+        election,
+        lease_ttl: ttl,
+        scrape_interval,
+    } = settings;
     status.update(|s| {
         s.identity.clone_from(&identity);
         s.election = match election {
@@ -120,11 +138,13 @@ pub async fn run(
             status.health.clone(),
             Some(fence),
         ));
+        let watching = tokio::spawn(crate::fleet::run(store.clone(), scrape_interval));
         let reason = tokio::select! {
             reason = term.lost() => reason,
             ended = &mut checking => ended.unwrap_or_else(|e| format!("the health checker failed: {e}")),
         };
         checking.abort();
+        watching.abort();
         drop(term);
         tracing::warn!(%identity, token, %reason, "stepped down");
         status.leading.set(0);

@@ -83,6 +83,8 @@ fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::
             "127.0.0.1:0",
             "--token-file",
             token_file.to_str().expect("utf-8"),
+            "--scrape-interval",
+            "200ms",
         ],
         1,
     );
@@ -181,7 +183,8 @@ fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::
             rows.len() == 2
                 && rows.iter().all(|row| {
                     let cells: Vec<&str> = row.split_whitespace().collect();
-                    cells.get(1..4) == Some(&["serving", &enabled.to_string(), "0"][..])
+                    cells.get(1) == Some(&"serving")
+                        && cells.get(3..5) == Some(&[&enabled.to_string(), "0"][..])
                 })
         },
     );
@@ -206,6 +209,30 @@ fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::
         .output()
         .expect("runs");
     assert!(String::from_utf8_lossy(&unauthorized.stderr).contains("401 Unauthorized"));
+
+    // The orchestrator scrapes both LBs: alive, with their figures.
+    let fleet_json = || -> serde_json::Value {
+        serde_json::from_str(&cli.ok(&["fleet", "list", "--json"])).expect("json")
+    };
+    eventually(Duration::from_secs(10), "figures for both LBs", || {
+        let fleet = fleet_json();
+        let lbs = fleet["lbs"].as_array().cloned().unwrap_or_default();
+        lbs.len() == 2
+            && lbs.iter().all(|lb| {
+                lb["liveness"] == "up"
+                    && lb["figures"]["resident_bytes"]
+                        .as_f64()
+                        .is_some_and(|b| b > 0.0)
+            })
+    });
+    eventually(Duration::from_secs(10), "lb-1's request rate", || {
+        for _ in 0..20 {
+            get(lbs[0].listen_addr(0), "/", &[]);
+        }
+        fleet_json()["lbs"][0]["figures"]["requests_per_second"]
+            .as_f64()
+            .is_some_and(|rate| rate > 0.0)
+    });
 
     // An LB told to stop says it is draining while its requests finish, then that it stopped.
     let slow = {
@@ -238,6 +265,21 @@ fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::
     assert_eq!(backend_of(&reply), "b3");
     assert!(lbs[1].wait(Duration::from_secs(10)).success());
     assert_eq!(state_of_lb_2(), "stopped");
+
+    // An LB that dies without a word (SIGKILL) is found dead by its scrapes.
+    lbs[0].kill();
+    eventually(Duration::from_secs(10), "lb-1 marked down", || {
+        let fleet = fleet_json();
+        fleet["lbs"][0]["liveness"] == "down"
+            && fleet["lbs"][0]["liveness_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("failed probes in a row") || r.starts_with("phi "))
+    });
+    assert_eq!(
+        fleet_json()["lbs"][0]["state"],
+        "serving",
+        "what it last said itself"
+    );
 
     drop(lbs);
     drop(control);

@@ -45,6 +45,9 @@ pub(crate) struct ControlArgs {
     /// renewal.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     lease_ttl: std::time::Duration,
+    /// How often the leader scrapes every LB server's /metrics.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    scrape_interval: std::time::Duration,
 }
 
 impl ControlArgs {
@@ -109,10 +112,14 @@ impl ControlArgs {
                     format!("{}/{}", host.trim(), std::process::id())
                 });
                 let status = Status::default();
-                tokio::spawn(ballast_control::orchestrator::run(
+                let settings = ballast_control::orchestrator::Settings {
                     identity,
                     election,
-                    self.lease_ttl,
+                    lease_ttl: self.lease_ttl,
+                    scrape_interval: self.scrape_interval,
+                };
+                tokio::spawn(ballast_control::orchestrator::run(
+                    settings,
                     store.clone(),
                     followed,
                     status.clone(),
