@@ -18,6 +18,7 @@
 
 pub mod api;
 mod auth;
+pub mod autoscale;
 mod error;
 pub mod fleet;
 pub mod health;
