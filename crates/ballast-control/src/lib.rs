@@ -25,4 +25,6 @@ pub mod health;
 pub mod leader;
 mod openapi;
 pub mod orchestrator;
+pub mod provision;
 pub mod retention;
+pub mod scaler;

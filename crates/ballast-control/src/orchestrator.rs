@@ -90,6 +90,8 @@ pub struct Settings {
     pub lease_ttl: Duration,
     /// How often the leader scrapes every LB server's metrics.
     pub scrape_interval: Duration,
+    /// The autoscaler, if the fleet is scaled.
+    pub autoscaling: Option<crate::scaler::Autoscaling>,
 }
 
 /// Runs the orchestrator for ever: campaigns through the election; while it leads, the health
@@ -106,6 +108,7 @@ pub async fn run(
         election,
         lease_ttl: ttl,
         scrape_interval,
+        autoscaling,
     } = settings;
     status.update(|s| {
         s.identity.clone_from(&identity);
@@ -139,12 +142,18 @@ pub async fn run(
             Some(fence),
         ));
         let watching = tokio::spawn(crate::fleet::run(store.clone(), scrape_interval));
+        let scaling = autoscaling
+            .clone()
+            .map(|autoscaling| tokio::spawn(crate::scaler::run(store.clone(), autoscaling)));
         let reason = tokio::select! {
             reason = term.lost() => reason,
             ended = &mut checking => ended.unwrap_or_else(|e| format!("the health checker failed: {e}")),
         };
         checking.abort();
         watching.abort();
+        if let Some(scaling) = scaling {
+            scaling.abort();
+        }
         drop(term);
         tracing::warn!(%identity, token, %reason, "stepped down");
         status.leading.set(0);

@@ -10,8 +10,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ballast_config::SqlStore;
+use std::sync::Arc;
+
+use ballast_control::autoscale::Policy;
 use ballast_control::leader::Election;
 use ballast_control::orchestrator::Status;
+use ballast_control::provision::{Commands, Local, Provisioner};
+use ballast_control::scaler::Autoscaling;
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -48,6 +53,105 @@ pub(crate) struct ControlArgs {
     /// How often the leader scrapes every LB server's /metrics.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     scrape_interval: std::time::Duration,
+    #[command(flatten)]
+    scaling: ScalingArgs,
+}
+
+/// Autoscaling the LB fleet.
+#[derive(Debug, Args)]
+struct ScalingArgs {
+    /// Scale the LB fleet on METRIC:TARGET per LB: cpu:0.6 (cores in use), connections:N or
+    /// rps:N. Without it the fleet is not scaled.
+    #[arg(long, value_name = "METRIC:TARGET")]
+    autoscale: Option<ballast_control::scaler::Target>,
+    /// The fewest LB servers.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    min_lbs: u32,
+    /// The most LB servers.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    max_lbs: u32,
+    /// No change while the metric is within this fraction of its target.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.1)]
+    scale_tolerance: f64,
+    /// Scale down only to the highest size recommended over this long.
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = humantime::parse_duration)]
+    scale_down_window: std::time::Duration,
+    /// How often the autoscaler decides.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    scale_interval: std::time::Duration,
+    /// How LB servers are added and removed.
+    #[arg(long, value_enum, default_value_t = ProvisionerKind::Local)]
+    provisioner: ProvisionerKind,
+    /// Local provisioner: a pool each LB serves, on --lb-port, --lb-port + 1, … (repeat).
+    #[arg(long, value_name = "POOL")]
+    lb_pool: Vec<String>,
+    /// Local provisioner: the port every LB listens on, each on its own 127.0.0.x.
+    #[arg(long, value_name = "PORT", default_value_t = 8080)]
+    lb_port: u16,
+    /// Command provisioner: run to add an LB (BALLAST_LB_NAME, BALLAST_LB_ADDRESS set).
+    #[arg(long, value_name = "COMMAND")]
+    scale_up_cmd: Option<String>,
+    /// Command provisioner: run to remove an LB (BALLAST_LB_NAME set).
+    #[arg(long, value_name = "COMMAND")]
+    scale_down_cmd: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ProvisionerKind {
+    /// `ballast lb` processes on this machine, on 127.0.0.11, .12, …
+    Local,
+    /// --scale-up-cmd and --scale-down-cmd.
+    Command,
+}
+
+impl ScalingArgs {
+    /// The autoscaler the flags describe, if any.
+    fn autoscaling(&self, db: &str) -> Result<Option<Autoscaling>> {
+        let Some(target) = self.autoscale else {
+            return Ok(None);
+        };
+        if self.min_lbs > self.max_lbs || self.max_lbs == 0 {
+            bail!(
+                "--min-lbs {} and --max-lbs {}: need 0 <= min <= max, max >= 1",
+                self.min_lbs,
+                self.max_lbs
+            );
+        }
+        if !(0.0..1.0).contains(&self.scale_tolerance) {
+            bail!("--scale-tolerance: a fraction from 0 to 1");
+        }
+        let provisioner = match self.provisioner {
+            ProvisionerKind::Local => {
+                if self.lb_pool.is_empty() {
+                    bail!("--lb-pool: the local provisioner needs the pools its LBs serve");
+                }
+                Provisioner::Local(Local::new(
+                    std::env::current_exe().context("finding the ballast binary")?,
+                    db.to_owned(),
+                    self.lb_pool.clone(),
+                    self.lb_port,
+                ))
+            }
+            ProvisionerKind::Command => match (&self.scale_up_cmd, &self.scale_down_cmd) {
+                (Some(up), Some(down)) => {
+                    Provisioner::Commands(Commands::new(up.clone(), down.clone()))
+                }
+                _ => bail!("--provisioner command needs --scale-up-cmd and --scale-down-cmd"),
+            },
+        };
+        Ok(Some(Autoscaling {
+            target,
+            policy: Policy {
+                target: target.value,
+                tolerance: self.scale_tolerance,
+                min: self.min_lbs,
+                max: self.max_lbs,
+                stabilisation: self.scale_down_window,
+            },
+            interval: self.scale_interval,
+            provisioner: Arc::new(tokio::sync::Mutex::new(provisioner)),
+        }))
+    }
 }
 
 impl ControlArgs {
@@ -85,6 +189,7 @@ impl ControlArgs {
                 self.keep_changes,
                 Duration::from_secs(60),
             ));
+            let autoscaling = self.scaling.autoscaling(&self.db)?;
             let orchestrator = if self.no_health_checks {
                 None
             } else {
@@ -117,6 +222,7 @@ impl ControlArgs {
                     election,
                     lease_ttl: self.lease_ttl,
                     scrape_interval: self.scrape_interval,
+                    autoscaling: autoscaling.clone(),
                 };
                 tokio::spawn(ballast_control::orchestrator::run(
                     settings,
@@ -137,6 +243,10 @@ impl ControlArgs {
                 .await
                 .context("admin API")?;
             pruning.abort();
+            if let Some(autoscaling) = autoscaling {
+                // The LBs this instance started drain and stop with it.
+                autoscaling.provisioner.lock().await.stop_all();
+            }
             Ok(())
         })
     }
