@@ -1,15 +1,16 @@
 //! Watching the LB fleet: every scrape interval the leader reads each reporting LB server's
 //! `/metrics` (Prometheus text, parsed with `prometheus-parse`), stores its figures — CPU in use,
 //! resident memory, client connections, responses per second — and judges whether it is alive
-//! with the same tracker as backends: phi accrual over successful scrapes, `fall` definite
-//! failures in a row. A dead LB is marked down (and leaves DNS); two good scrapes bring it back.
+//! with the same tracker as backends: phi accrual over the signs of life (a scrape that answered,
+//! or a new heartbeat), `fall` definite failures in a row. A dead LB is marked down (and leaves
+//! DNS); two signs of life bring it back.
 //! LBs that said they stopped are not watched.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ballast_config::{ConfigStore, LbFigures, LbState, Liveness, SqlStore};
+use ballast_config::{ConfigStore, LbFigures, LbServer, LbState, Liveness, SqlStore};
 use ballast_health::{Health, Outcome, PhiSettings, Thresholds, Tracker};
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -59,6 +60,8 @@ struct Watched {
     tracker: Tracker,
     last: Option<(Instant, Reading)>,
     liveness: Liveness,
+    /// The last heartbeat seen, so that a new one counts as a sign of life.
+    heartbeat_ms: i64,
 }
 
 /// Watches the fleet in `store` every `interval`, for ever (the caller aborts it on losing the
@@ -84,27 +87,34 @@ pub async fn run(store: SqlStore, interval: Duration) {
                 continue;
             }
         };
-        let targets: Vec<(String, SocketAddr, Liveness)> = servers
+        let targets: Vec<(&LbServer, SocketAddr)> = servers
             .iter()
             .filter(|s| s.state != LbState::Stopped)
-            .filter_map(|s| Some((s.name.clone(), s.admin.as_ref()?.parse().ok()?, s.liveness)))
+            .filter_map(|s| Some((s, s.admin.as_ref()?.parse().ok()?)))
             .collect();
-        watched.retain(|name, _| targets.iter().any(|(n, _, _)| n == name));
+        watched.retain(|name, _| targets.iter().any(|(s, _)| &s.name == name));
         let scrapes = join_all(
             targets
                 .iter()
-                .map(|(_, admin, _)| scrape(&client, *admin, interval)),
+                .map(|(_, admin)| scrape(&client, *admin, interval)),
         )
         .await;
         let now = Instant::now();
-        for ((name, _, stored), scraped) in targets.into_iter().zip(scrapes) {
+        for ((server, _), scraped) in targets.into_iter().zip(scrapes) {
+            let name = server.name.clone();
             let entry = watched.entry(name.clone()).or_insert_with(|| Watched {
                 tracker: Tracker::new(thresholds),
                 last: None,
-                liveness: stored,
+                liveness: server.liveness,
+                heartbeat_ms: server.last_heartbeat_ms,
             });
+            // A scrape answered, or a new heartbeat arrived: either is a sign of life (an LB
+            // whose admin endpoint fails but which still reports is not dead).
+            let heartbeat = server.last_heartbeat_ms > entry.heartbeat_ms;
+            entry.heartbeat_ms = server.last_heartbeat_ms;
             let outcome = match &scraped {
                 Ok(_) => Outcome::Up,
+                Err(_) if heartbeat => Outcome::Up,
                 Err(outcome) => outcome.clone(),
             };
             let mut verdict = entry.tracker.record(&outcome, now);
