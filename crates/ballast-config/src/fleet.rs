@@ -6,8 +6,8 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::model::{LbFigures, Liveness};
-use crate::sql::SqlStore;
-use crate::store::StoreError;
+use crate::sql::{SqlStore, check_fence};
+use crate::store::{Fence, StoreError};
 
 /// The figures of an `lb_servers` row, if it has been scraped.
 pub(crate) fn figures_from(row: &AnyRow) -> Result<Option<LbFigures>, sqlx::Error> {
@@ -29,13 +29,15 @@ pub(crate) fn figures_from(row: &AnyRow) -> Result<Option<LbFigures>, sqlx::Erro
 }
 
 impl SqlStore {
-    /// Records the latest figures scraped from LB server `name` (nothing if it never reported).
+    /// Records the latest figures scraped from LB server `name` (nothing if it never reported),
+    /// unless `fence` is older than the newest token seen.
     pub async fn record_lb_figures(
         &self,
         name: &str,
         figures: &LbFigures,
+        fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        let query = sqlx::query(
             "UPDATE lb_servers SET cpu_cores = $1, resident_bytes = $2, connections = $3, \
              requests_per_second = $4, scraped_ms = $5 WHERE name = $6",
         )
@@ -44,27 +46,47 @@ impl SqlStore {
         .bind(i64::try_from(figures.connections).unwrap_or(i64::MAX))
         .bind(figures.requests_per_second)
         .bind(figures.scraped_ms)
-        .bind(name)
-        .execute(&self.writer)
-        .await
-        .map(drop)
-        .map_err(StoreError::database("recording an LB's figures"))
+        .bind(name);
+        self.fenced(query, fence, "recording an LB's figures").await
     }
 
-    /// Records the orchestrator's verdict on whether LB server `name` is alive, and why.
+    /// Records the orchestrator's verdict on whether LB server `name` is alive, and why, unless
+    /// `fence` is older than the newest token seen.
     pub async fn set_lb_liveness(
         &self,
         name: &str,
         liveness: Liveness,
         reason: &str,
+        fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE lb_servers SET liveness = $1, liveness_reason = $2 WHERE name = $3")
-            .bind(liveness.as_str())
-            .bind(reason)
-            .bind(name)
-            .execute(&self.writer)
+        let query = sqlx::query(
+            "UPDATE lb_servers SET liveness = $1, liveness_reason = $2 WHERE name = $3",
+        )
+        .bind(liveness.as_str())
+        .bind(reason)
+        .bind(name);
+        self.fenced(query, fence, "recording an LB's liveness")
             .await
-            .map(drop)
-            .map_err(StoreError::database("recording an LB's liveness"))
+    }
+
+    /// Runs `query` in a transaction that first checks `fence`.
+    async fn fenced(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+        fence: Option<&Fence>,
+        context: &'static str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self
+            .begin_write()
+            .await
+            .map_err(StoreError::database(context))?;
+        if let Some(fence) = fence {
+            check_fence(&mut tx, fence).await?;
+        }
+        query
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::database(context))?;
+        tx.commit().await.map_err(StoreError::database(context))
     }
 }

@@ -44,11 +44,7 @@ impl SqlStore {
         ttl: Duration,
     ) -> Result<Option<Lease>, StoreError> {
         let fail = || StoreError::database("taking a lease");
-        let mut tx = match self.dialect {
-            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
-            Dialect::Postgres => self.writer.begin().await,
-        }
-        .map_err(fail())?;
+        let mut tx = self.begin_write().await.map_err(fail())?;
         // The row exists from now on, so that PostgreSQL can lock it below.
         sqlx::query(
             "INSERT INTO leases (name, holder, token, expires_ms) VALUES ($1, '', 0, 0) \

@@ -113,12 +113,19 @@ impl SqlStore {
         self.dialect
     }
 
-    async fn write(&self, write: &Write, fence: Option<&Fence>) -> Result<u64, StoreError> {
-        let begin = match self.dialect {
+    /// A transaction on the writer, taking SQLite's write lock at once.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.dialect {
             Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
             Dialect::Postgres => self.writer.begin().await,
-        };
-        let mut tx = begin.map_err(StoreError::database("starting a write"))?;
+        }
+    }
+
+    async fn write(&self, write: &Write, fence: Option<&Fence>) -> Result<u64, StoreError> {
+        let mut tx = self
+            .begin_write()
+            .await
+            .map_err(StoreError::database("starting a write"))?;
         // Bumping first takes the write lock, so the checks below cannot race another writer;
         // a refused write rolls back and the revision stays where it was.
         let revision: i64 =
@@ -162,7 +169,10 @@ impl SqlStore {
 
 /// Refuses a token older than the newest seen for its name, and records it otherwise; inside the
 /// write's transaction, after the revision row's lock is held.
-async fn check_fence(tx: &mut Transaction<'static, Any>, fence: &Fence) -> Result<(), StoreError> {
+pub(crate) async fn check_fence(
+    tx: &mut Transaction<'static, Any>,
+    fence: &Fence,
+) -> Result<(), StoreError> {
     let token = i64::try_from(fence.token).unwrap_or(i64::MAX);
     let newest: Option<i64> = sqlx::query("SELECT token FROM fences WHERE name = $1")
         .bind(&fence.name)

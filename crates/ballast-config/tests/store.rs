@@ -282,14 +282,31 @@ async fn heartbeats_record_the_fleet_without_moving_the_revision(store: SqlStore
         requests_per_second: 950.5,
         scraped_ms: 1_700_000_000_000,
     };
+    let fence = |token| ballast_config::Fence {
+        name: "orchestrator".into(),
+        token,
+    };
     store
-        .record_lb_figures("lb-1", &figures)
+        .record_lb_figures("lb-1", &figures, Some(&fence(5)))
         .await
         .expect("figures");
     store
-        .set_lb_liveness("lb-1", ballast_config::Liveness::Down, "phi 9.1 > 8")
+        .set_lb_liveness("lb-1", ballast_config::Liveness::Down, "phi 9.1 > 8", None)
         .await
         .expect("liveness");
+    let stale = store
+        .set_lb_liveness(
+            "lb-1",
+            ballast_config::Liveness::Up,
+            "late",
+            Some(&fence(4)),
+        )
+        .await
+        .expect_err("a stale leader");
+    assert!(
+        matches!(stale, ballast_config::StoreError::Fenced { .. }),
+        "{stale:?}"
+    );
     store.heartbeat(&server).await.expect("heartbeat");
     let fleet = store.lb_servers().await.expect("fleet");
     assert_eq!(fleet[1].figures, Some(figures));

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ballast_config::{ConfigStore, LbFigures, LbServer, LbState, Liveness, SqlStore};
+use ballast_config::{
+    ConfigStore, Fence, LbFigures, LbServer, LbState, Liveness, SqlStore, StoreError,
+};
 use ballast_health::{Health, Outcome, PhiSettings, Thresholds, Tracker};
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -64,9 +66,10 @@ struct Watched {
     heartbeat_ms: i64,
 }
 
-/// Watches the fleet in `store` every `interval`, for ever (the caller aborts it on losing the
-/// lead).
-pub async fn run(store: SqlStore, interval: Duration) {
+/// Watches the fleet in `store` every `interval`, each write carrying `fence`, until the store
+/// refuses one as fenced out (another instance leads): returns why. The caller also aborts it on
+/// losing the lead.
+pub async fn run(store: SqlStore, interval: Duration, fence: Option<Fence>) -> String {
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let mut watched: HashMap<String, Watched> = HashMap::new();
@@ -124,8 +127,13 @@ pub async fn run(store: SqlStore, interval: Duration) {
             if let Ok(reading) = scraped {
                 let figures = figures(entry.last, now, reading);
                 entry.last = Some((now, reading));
-                if let Err(error) = store.record_lb_figures(&name, &figures).await {
-                    tracing::warn!(%error, lb = %name, "figures not recorded");
+                match store
+                    .record_lb_figures(&name, &figures, fence.as_ref())
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(fenced @ StoreError::Fenced { .. }) => return fenced.to_string(),
+                    Err(error) => tracing::warn!(%error, lb = %name, "figures not recorded"),
                 }
             }
             let Some(verdict) = verdict else { continue };
@@ -138,11 +146,12 @@ pub async fn run(store: SqlStore, interval: Duration) {
                 continue;
             }
             tracing::info!(lb = %name, ?liveness, reason = %verdict.reason, "LB liveness");
-            match store
-                .set_lb_liveness(&name, liveness, &verdict.reason)
-                .await
-            {
+            let recorded = store
+                .set_lb_liveness(&name, liveness, &verdict.reason, fence.as_ref())
+                .await;
+            match recorded {
                 Ok(()) => entry.liveness = liveness,
+                Err(fenced @ StoreError::Fenced { .. }) => return fenced.to_string(),
                 Err(error) => tracing::warn!(%error, lb = %name, "liveness not recorded"),
             }
         }

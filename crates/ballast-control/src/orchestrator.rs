@@ -139,15 +139,20 @@ pub async fn run(
             store.clone(),
             followed.clone(),
             status.health.clone(),
+            Some(fence.clone()),
+        ));
+        let mut watching = tokio::spawn(crate::fleet::run(
+            store.clone(),
+            scrape_interval,
             Some(fence),
         ));
-        let watching = tokio::spawn(crate::fleet::run(store.clone(), scrape_interval));
         let scaling = autoscaling
             .clone()
             .map(|autoscaling| tokio::spawn(crate::scaler::run(store.clone(), autoscaling)));
         let reason = tokio::select! {
             reason = term.lost() => reason,
             ended = &mut checking => ended.unwrap_or_else(|e| format!("the health checker failed: {e}")),
+            ended = &mut watching => ended.unwrap_or_else(|e| format!("the fleet watcher failed: {e}")),
         };
         checking.abort();
         watching.abort();
