@@ -4,7 +4,8 @@
 //! with the same tracker as backends: phi accrual over the signs of life (a scrape that answered,
 //! or a new heartbeat), `fall` definite failures in a row. A dead LB is marked down (and leaves
 //! DNS); two signs of life bring it back.
-//! LBs that said they stopped are not watched.
+//! LBs that said they stopped are not watched. With `--prometheus URL` the figures and `up` come
+//! from that Prometheus server's query API instead (see [`crate::prometheus`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -69,7 +70,12 @@ struct Watched {
 /// Watches the fleet in `store` every `interval`, each write carrying `fence`, until the store
 /// refuses one as fenced out (another instance leads): returns why. The caller also aborts it on
 /// losing the lead.
-pub async fn run(store: SqlStore, interval: Duration, fence: Option<Fence>) -> String {
+pub async fn run(
+    store: SqlStore,
+    interval: Duration,
+    prometheus: Option<String>,
+    fence: Option<Fence>,
+) -> String {
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let mut watched: HashMap<String, Watched> = HashMap::new();
@@ -96,12 +102,28 @@ pub async fn run(store: SqlStore, interval: Duration, fence: Option<Fence>) -> S
             .filter_map(|s| Some((s, s.admin.as_ref()?.parse().ok()?)))
             .collect();
         watched.retain(|name, _| targets.iter().any(|(s, _)| &s.name == name));
-        let scrapes = join_all(
-            targets
-                .iter()
-                .map(|(_, admin)| scrape(&client, *admin, interval)),
-        )
-        .await;
+        let scrapes: Vec<Result<Observed, Outcome>> = match &prometheus {
+            None => join_all(
+                targets
+                    .iter()
+                    .map(|(_, admin)| scrape(&client, *admin, interval)),
+            )
+            .await
+            .into_iter()
+            .map(|scraped| scraped.map(Observed::Reading))
+            .collect(),
+            Some(base) => match crate::prometheus::fleet(&client, base).await {
+                Ok(known) => targets
+                    .iter()
+                    .map(|(_, admin)| from_prometheus(known.get(&admin.to_string())))
+                    .collect(),
+                Err(error) => {
+                    // Prometheus itself is down: that says nothing about the LBs.
+                    tracing::warn!(%error, "cannot query Prometheus");
+                    continue;
+                }
+            },
+        };
         let now = Instant::now();
         for ((server, _), scraped) in targets.into_iter().zip(scrapes) {
             let name = server.name.clone();
@@ -124,9 +146,15 @@ pub async fn run(store: SqlStore, interval: Duration, fence: Option<Fence>) -> S
             if verdict.is_none() {
                 verdict = entry.tracker.check(now);
             }
-            if let Ok(reading) = scraped {
-                let figures = figures(entry.last, now, reading);
-                entry.last = Some((now, reading));
+            if let Ok(observed) = scraped {
+                let figures = match observed {
+                    Observed::Reading(reading) => {
+                        let figures = figures(entry.last, now, reading);
+                        entry.last = Some((now, reading));
+                        figures
+                    }
+                    Observed::Figures(figures) => figures,
+                };
                 match store
                     .record_lb_figures(&name, &figures, fence.as_ref())
                     .await
@@ -158,6 +186,34 @@ pub async fn run(store: SqlStore, interval: Duration, fence: Option<Fence>) -> S
     }
 }
 
+/// What one round found of an LB: raw counters from its own page, or figures (rates included)
+/// from Prometheus.
+enum Observed {
+    Reading(Reading),
+    Figures(LbFigures),
+}
+
+/// An LB as Prometheus knows it: up with its figures, down (`up` is 0), or not scraped at all.
+fn from_prometheus(known: Option<&crate::prometheus::Known>) -> Result<Observed, Outcome> {
+    match known {
+        Some(known) if known.up => Ok(Observed::Figures(LbFigures {
+            cpu_cores: known.cpu_cores.max(0.0),
+            resident_bytes: known.resident_bytes.max(0.0) as u64,
+            connections: known.connections.max(0.0) as u64,
+            requests_per_second: known.requests_per_second.max(0.0),
+            scraped_ms: now_ms(),
+        })),
+        Some(_) => Err(Outcome::Failed("prometheus: up is 0".to_owned())),
+        None => Err(Outcome::TimedOut),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Figures from a reading, with rates against the previous one.
 fn figures(last: Option<(Instant, Reading)>, now: Instant, reading: Reading) -> LbFigures {
     let (cpu_cores, requests_per_second) = match last {
@@ -175,9 +231,7 @@ fn figures(last: Option<(Instant, Reading)>, now: Instant, reading: Reading) -> 
         resident_bytes: reading.resident_bytes.max(0.0) as u64,
         connections: reading.connections.max(0.0) as u64,
         requests_per_second,
-        scraped_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
+        scraped_ms: now_ms(),
     }
 }
 

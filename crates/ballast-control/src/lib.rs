@@ -25,6 +25,7 @@ pub mod health;
 pub mod leader;
 mod openapi;
 pub mod orchestrator;
+pub mod prometheus;
 pub mod provision;
 pub mod retention;
 pub mod scaler;

@@ -90,6 +90,8 @@ pub struct Settings {
     pub lease_ttl: Duration,
     /// How often the leader scrapes every LB server's metrics.
     pub scrape_interval: Duration,
+    /// Read the LBs' figures from this Prometheus server instead of scraping them.
+    pub prometheus: Option<String>,
     /// The autoscaler, if the fleet is scaled.
     pub autoscaling: Option<crate::scaler::Autoscaling>,
 }
@@ -108,6 +110,7 @@ pub async fn run(
         election,
         lease_ttl: ttl,
         scrape_interval,
+        prometheus,
         autoscaling,
     } = settings;
     status.update(|s| {
@@ -144,6 +147,7 @@ pub async fn run(
         let mut watching = tokio::spawn(crate::fleet::run(
             store.clone(),
             scrape_interval,
+            prometheus.clone(),
             Some(fence),
         ));
         let scaling = autoscaling

@@ -20,4 +20,5 @@
 #![forbid(unsafe_code)]
 
 pub mod postgres;
+pub mod prometheus;
 pub mod redis;

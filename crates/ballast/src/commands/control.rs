@@ -53,6 +53,10 @@ pub(crate) struct ControlArgs {
     /// How often the leader scrapes every LB server's /metrics.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     scrape_interval: std::time::Duration,
+    /// Read the LBs' figures from this Prometheus server's query API (it must scrape their
+    /// admin endpoints) instead of scraping them.
+    #[arg(long, value_name = "URL")]
+    prometheus: Option<String>,
     #[command(flatten)]
     scaling: ScalingArgs,
 }
@@ -222,6 +226,7 @@ impl ControlArgs {
                     election,
                     lease_ttl: self.lease_ttl,
                     scrape_interval: self.scrape_interval,
+                    prometheus: self.prometheus.clone(),
                     autoscaling: autoscaling.clone(),
                 };
                 tokio::spawn(ballast_control::orchestrator::run(
