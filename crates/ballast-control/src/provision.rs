@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::Stdio;
 
 use tokio::process::{Child, Command};
@@ -39,49 +40,59 @@ pub enum ProvisionError {
     Full,
 }
 
-/// Adds and removes LB servers.
-#[derive(Debug)]
-pub enum Provisioner {
-    /// `ballast lb` processes on this machine.
-    Local(Local),
-    /// The user's scripts.
-    Commands(Commands),
-}
+/// A boxed future, for the trait's async methods (kept object-safe so that provisioners can be
+/// chosen at run time).
+pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, ProvisionError>> + Send + 'a>>;
 
-impl Provisioner {
+/// Adds and removes LB servers: the one trait every provisioner implements.
+pub trait Provision: Send + std::fmt::Debug {
     /// Starts one more LB server; returns its name.
-    pub async fn scale_up(&mut self) -> Result<String, ProvisionError> {
-        match self {
-            Self::Local(local) => local.start(),
-            Self::Commands(commands) => commands.up().await,
-        }
-    }
+    fn scale_up(&mut self) -> Pending<'_, String>;
 
-    /// Stops the LB server `name` (it drains first), if this provisioner can.
-    pub async fn scale_down(&mut self, name: &str) -> Result<bool, ProvisionError> {
-        match self {
-            Self::Local(local) => Ok(local.stop(name)),
-            Self::Commands(commands) => commands.down(name).await.map(|()| true),
-        }
-    }
-
-    /// Drains every LB server this provisioner started (SIGTERM to the local ones; the scripts'
-    /// LBs are left as they are), for a clean shutdown.
-    pub fn stop_all(&mut self) {
-        if let Self::Local(local) = self {
-            let names: Vec<String> = local.children.keys().cloned().collect();
-            for name in names {
-                local.stop(&name);
-            }
-        }
-    }
+    /// Stops the LB server `name` (it drains first); `false` if this provisioner cannot.
+    fn scale_down<'a>(&'a mut self, name: &'a str) -> Pending<'a, bool>;
 
     /// The LB servers this provisioner may stop, newest first.
-    pub fn removable(&self) -> Vec<String> {
-        match self {
-            Self::Local(local) => local.children.keys().rev().cloned().collect(),
-            Self::Commands(commands) => commands.started.iter().rev().cloned().collect(),
+    fn removable(&self) -> Vec<String>;
+
+    /// Drains every LB server it started, for a clean shutdown (nothing by default).
+    fn stop_all(&mut self) {}
+}
+
+impl Provision for Local {
+    fn scale_up(&mut self) -> Pending<'_, String> {
+        let started = self.start();
+        Box::pin(async move { started })
+    }
+
+    fn scale_down<'a>(&'a mut self, name: &'a str) -> Pending<'a, bool> {
+        let stopped = self.stop(name);
+        Box::pin(async move { Ok(stopped) })
+    }
+
+    fn removable(&self) -> Vec<String> {
+        self.children.keys().rev().cloned().collect()
+    }
+
+    fn stop_all(&mut self) {
+        let names: Vec<String> = self.children.keys().cloned().collect();
+        for name in names {
+            self.stop(&name);
         }
+    }
+}
+
+impl Provision for Commands {
+    fn scale_up(&mut self) -> Pending<'_, String> {
+        Box::pin(self.up())
+    }
+
+    fn scale_down<'a>(&'a mut self, name: &'a str) -> Pending<'a, bool> {
+        Box::pin(async move { self.down(name).await.map(|()| true) })
+    }
+
+    fn removable(&self) -> Vec<String> {
+        self.started.iter().rev().cloned().collect()
     }
 }
 
@@ -210,5 +221,40 @@ async fn run(command: &str, name: &str, address: &str) -> Result<(), ProvisionEr
             command: command.to_owned(),
             status,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_command_provisioner_runs_the_scripts_with_the_lbs_name_and_address() {
+        let log = std::env::temp_dir().join(format!("ballast-provision-{}", std::process::id()));
+        let _ = std::fs::remove_file(&log);
+        let path = log.display();
+        let mut commands: Box<dyn Provision> = Box::new(Commands::new(
+            format!("echo up $BALLAST_LB_NAME $BALLAST_LB_ADDRESS >> {path}"),
+            format!("echo down $BALLAST_LB_NAME >> {path}"),
+        ));
+        assert_eq!(commands.scale_up().await.expect("up"), "lb-01");
+        assert_eq!(commands.scale_up().await.expect("up"), "lb-02");
+        assert_eq!(commands.removable(), ["lb-02", "lb-01"]);
+        assert!(commands.scale_down("lb-02").await.expect("down"));
+        assert_eq!(commands.removable(), ["lb-01"]);
+        let ran = std::fs::read_to_string(&log).expect("the scripts wrote");
+        assert_eq!(
+            ran,
+            "up lb-01 127.0.0.11\nup lb-02 127.0.0.12\ndown lb-02\n"
+        );
+
+        let mut failing: Box<dyn Provision> =
+            Box::new(Commands::new("exit 3".into(), "true".into()));
+        let error = failing.scale_up().await.expect_err("the script failed");
+        assert!(
+            error.to_string().starts_with("`exit 3` exited with"),
+            "{error}"
+        );
+        let _ = std::fs::remove_file(&log);
     }
 }

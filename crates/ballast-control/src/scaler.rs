@@ -1,6 +1,6 @@
 //! The autoscaling loop the leader runs: every interval, read the fleet and its scraped figures,
 //! ask the [`Recommender`] how many LB servers to run, log the decision with its inputs, and have
-//! the [`Provisioner`] start or drain the difference. LBs just started count as running until they
+//! the [`Provision`]er start or drain the difference. LBs just started count as running until they
 //! report, so that a slow start does not start more.
 
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ballast_config::{ConfigStore, LbServer, LbState, Liveness, SqlStore};
 
 use crate::autoscale::{Policy, Recommender};
-use crate::provision::Provisioner;
+use crate::provision::Provision;
 
 /// The metric the fleet is scaled on, per LB server.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,7 +24,8 @@ pub enum Metric {
     RequestsPerSecond,
 }
 
-/// `cpu:0.6`, `connections:100` or `rps:500`: the metric and its target per LB.
+/// `cpu:60%` (or `cpu:0.6`, or just `cpu`: 60% of a core), `connections:100` or `rps:500`: the
+/// metric and its target per LB.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Target {
     /// The metric.
@@ -37,18 +38,23 @@ impl FromStr for Target {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let (metric, value) = text
-            .split_once(':')
-            .ok_or_else(|| format!("`{text}`: METRIC:TARGET, e.g. cpu:0.6 or rps:500"))?;
+        let (metric, value) = match text.split_once(':') {
+            Some(split) => split,
+            // CPU utilisation has a default target, as HPA's examples use: 60%.
+            None if text == "cpu" => ("cpu", "60%"),
+            None => return Err(format!("`{text}`: METRIC:TARGET, e.g. cpu:60% or rps:500")),
+        };
         let metric = match metric {
             "cpu" => Metric::Cpu,
             "connections" => Metric::Connections,
             "rps" => Metric::RequestsPerSecond,
             other => return Err(format!("`{other}`: the metric is cpu, connections or rps")),
         };
-        let value: f64 = value
-            .parse()
-            .map_err(|_| format!("`{value}`: the target is a number"))?;
+        let value: f64 = match value.strip_suffix('%') {
+            Some(percent) => percent.parse::<f64>().map(|p| p / 100.0),
+            None => value.parse(),
+        }
+        .map_err(|_| format!("`{value}`: the target is a number (or a percentage for cpu)"))?;
         if !(value.is_finite() && value > 0.0) {
             return Err(format!("`{value}`: the target must be above 0"));
         }
@@ -78,7 +84,7 @@ pub struct Autoscaling {
     /// How often to decide.
     pub interval: Duration,
     /// Who starts and stops LBs.
-    pub provisioner: Arc<tokio::sync::Mutex<Provisioner>>,
+    pub provisioner: Arc<tokio::sync::Mutex<Box<dyn Provision>>>,
 }
 
 /// How long an LB just started may take to report before it no longer counts.

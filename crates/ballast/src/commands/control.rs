@@ -15,7 +15,7 @@ use std::sync::Arc;
 use ballast_control::autoscale::Policy;
 use ballast_control::leader::Election;
 use ballast_control::orchestrator::Status;
-use ballast_control::provision::{Commands, Local, Provisioner};
+use ballast_control::provision::{Commands, Local, Provision};
 use ballast_control::scaler::Autoscaling;
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
@@ -64,8 +64,8 @@ pub(crate) struct ControlArgs {
 /// Autoscaling the LB fleet.
 #[derive(Debug, Args)]
 struct ScalingArgs {
-    /// Scale the LB fleet on METRIC:TARGET per LB: cpu:0.6 (cores in use), connections:N or
-    /// rps:N. Without it the fleet is not scaled.
+    /// Scale the LB fleet on METRIC:TARGET per LB: cpu:60% (of one core; `cpu` alone means
+    /// that), connections:N or rps:N. Without it the fleet is not scaled.
     #[arg(long, value_name = "METRIC:TARGET")]
     autoscale: Option<ballast_control::scaler::Target>,
     /// The fewest LB servers.
@@ -124,12 +124,12 @@ impl ScalingArgs {
         if !(0.0..1.0).contains(&self.scale_tolerance) {
             bail!("--scale-tolerance: a fraction from 0 to 1");
         }
-        let provisioner = match self.provisioner {
+        let provisioner: Box<dyn Provision> = match self.provisioner {
             ProvisionerKind::Local => {
                 if self.lb_pool.is_empty() {
                     bail!("--lb-pool: the local provisioner needs the pools its LBs serve");
                 }
-                Provisioner::Local(Local::new(
+                Box::new(Local::new(
                     std::env::current_exe().context("finding the ballast binary")?,
                     db.to_owned(),
                     self.lb_pool.clone(),
@@ -137,9 +137,7 @@ impl ScalingArgs {
                 ))
             }
             ProvisionerKind::Command => match (&self.scale_up_cmd, &self.scale_down_cmd) {
-                (Some(up), Some(down)) => {
-                    Provisioner::Commands(Commands::new(up.clone(), down.clone()))
-                }
+                (Some(up), Some(down)) => Box::new(Commands::new(up.clone(), down.clone())),
                 _ => bail!("--provisioner command needs --scale-up-cmd and --scale-down-cmd"),
             },
         };
