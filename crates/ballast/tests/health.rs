@@ -77,10 +77,27 @@ fn restart_echo(name: &str, address: SocketAddr) -> Process {
 }
 
 #[test]
-fn a_killed_backend_leaves_every_lb_and_comes_back() {
-    let dir = std::env::temp_dir().join(format!("ballast-health-{}", std::process::id()));
+fn on_sqlite() {
+    a_killed_backend_leaves_every_lb_and_comes_back(None, "sqlite");
+}
+
+#[test]
+fn on_postgres() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = runtime.block_on(ballast_testkit::postgres::database());
+    a_killed_backend_leaves_every_lb_and_comes_back(Some(&url), "postgres");
+}
+
+fn a_killed_backend_leaves_every_lb_and_comes_back(db: Option<&str>, tag: &str) {
+    let dir = std::env::temp_dir().join(format!("ballast-health-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let url = format!("sqlite://{}", dir.join("config.db").display());
+    let url = db.map_or_else(
+        || format!("sqlite://{}", dir.join("config.db").display()),
+        str::to_owned,
+    );
     let token_file = dir.join("token");
     std::fs::write(&token_file, TOKEN).expect("token");
     let control_process = Process::start(
