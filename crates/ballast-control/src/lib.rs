@@ -1,9 +1,12 @@
 //! Ballast's control plane: the admin API, a JSON REST API over the configuration database that
 //! the `ballast pool …` and `ballast backend …` commands (and anything else with the token) use to
 //! change pools and backends — each change one store write, one revision, reaching every managed
-//! LB through the change feed — and the orchestrator's loops: [`health`] checks every backend and
-//! writes its verdicts the same way. [`retention`] keeps the change log to
-//! a bounded length.
+//! LB through the change feed — and the orchestrator. Instances elect a leader ([`leader`]); the
+//! leader ([`orchestrator`]) runs the loops, every write carrying its fencing token: [`health`]
+//! checks every backend and writes its verdicts, [`fleet`] scrapes the LB servers (or asks
+//! [`prometheus`]) and judges their liveness, [`scaler`] sizes the fleet by the HPA rule of
+//! [`autoscale`] through a [`provision`]er. [`retention`] keeps the change log to a bounded
+//! length.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
