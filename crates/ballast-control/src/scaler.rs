@@ -133,16 +133,19 @@ pub async fn run(store: SqlStore, autoscaling: Autoscaling) {
         if decision.replicas == current {
             continue;
         }
-        tracing::info!(
-            current,
-            observed,
-            target = target.value,
-            recommended = decision.recommended,
-            replicas = decision.replicas,
-            metric = ?target.metric,
-            "scaling"
-        );
+        let log = || {
+            tracing::info!(
+                current,
+                observed,
+                target = target.value,
+                recommended = decision.recommended,
+                replicas = decision.replicas,
+                metric = ?target.metric,
+                "scaling"
+            );
+        };
         if decision.replicas > current {
+            log();
             for _ in current..decision.replicas {
                 match provisioner.lock().await.scale_up().await {
                     Ok(name) => {
@@ -161,6 +164,17 @@ pub async fn run(store: SqlStore, autoscaling: Autoscaling) {
                 .filter(|name| live.iter().any(|lb| &lb.name == name))
                 .take(excess)
                 .collect();
+            if removable.is_empty() {
+                // The surplus LBs were started by another process (a former leader): say so once
+                // per decision rather than pretend to scale.
+                tracing::debug!(
+                    current,
+                    replicas = decision.replicas,
+                    "no LB this instance can drain"
+                );
+                continue;
+            }
+            log();
             for name in removable {
                 match provisioner.scale_down(&name).await {
                     Ok(true) => tracing::info!(lb = %name, "LB draining"),
