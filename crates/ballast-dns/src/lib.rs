@@ -17,6 +17,8 @@
 
 #![forbid(unsafe_code)]
 
+mod server;
 mod zone;
 
+pub use server::{Answerer, serve};
 pub use zone::{Lookup, QueryType, Zone};

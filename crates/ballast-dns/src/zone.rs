@@ -41,6 +41,7 @@ pub enum Lookup {
 pub struct Zone {
     origin: String,
     ttl: u32,
+    serial: u64,
     names: BTreeMap<String, Vec<IpAddr>>,
 }
 
@@ -55,6 +56,7 @@ impl Zone {
         Self {
             origin: canonical(origin),
             ttl,
+            serial: 0,
             names: BTreeMap::new(),
         }
     }
@@ -63,6 +65,7 @@ impl Zone {
     /// of the LB servers that serve the pool and are up (serving, and not found dead).
     pub fn build(origin: &str, ttl: u32, config: &Config, fleet: &[LbServer]) -> Self {
         let mut zone = Self::new(origin, ttl);
+        zone.serial = config.revision;
         for pool in &config.pools {
             let Some(dns_name) = &pool.spec.dns_name else {
                 continue;
@@ -89,6 +92,11 @@ impl Zone {
     /// The zone's origin.
     pub fn origin(&self) -> &str {
         &self.origin
+    }
+
+    /// The configuration revision it was built from (the SOA serial).
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     /// How long answers may be cached, in seconds.

@@ -1,0 +1,200 @@
+//! The DNS protocol side: a `hickory-server` request handler that answers from the current
+//! [`Zone`], swapped in whole when the configuration or the fleet changes. Authoritative answers
+//! for names in the zone (with SOA in the authority section for NXDOMAIN and NODATA), REFUSED for
+//! names outside it; over UDP, an answer that does not fit is truncated with the TC bit set (by
+//! `hickory-server`), and the client repeats the query over TCP.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use hickory_server::authority::MessageResponseBuilder;
+use hickory_server::proto::op::{Edns, Header, ResponseCode};
+use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::proto::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+
+use crate::zone::{Lookup, QueryType, Zone};
+
+/// Answers queries from the zone it holds.
+#[derive(Debug)]
+pub struct Answerer {
+    zone: Arc<ArcSwap<Zone>>,
+    max_answers: Option<usize>,
+    rotation: AtomicU64,
+}
+
+impl Answerer {
+    /// Answers from `zone` (swap a new one in to change the answers), with at most
+    /// `max_answers` addresses per answer.
+    pub fn new(zone: Arc<ArcSwap<Zone>>, max_answers: Option<usize>) -> Self {
+        Self {
+            zone,
+            max_answers,
+            rotation: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The largest UDP answer sent, whatever a client advertises (the DNS flag day 2020 size).
+const MAX_UDP_PAYLOAD: u16 = 1232;
+
+/// An upper bound of a response's wire size: header, the question, each record with its owner
+/// name written out (compression only makes it smaller), and the OPT record.
+fn encoded_size(name: &Name, answers: &[Record], authority: &[Record], edns: bool) -> usize {
+    let name_len = name.len() + 2;
+    let records: usize = answers
+        .iter()
+        .chain(authority)
+        .map(|record| {
+            let rdata = match record.data() {
+                RData::A(_) => 4,
+                RData::AAAA(_) => 16,
+                RData::SOA(soa) => soa.mname().len() + soa.rname().len() + 4 + 20,
+                RData::NS(ns) => ns.0.len() + 2,
+                _ => 255,
+            };
+            record.name().len() + 2 + 10 + rdata
+        })
+        .sum();
+    12 + name_len + 4 + records + if edns { 11 } else { 0 }
+}
+
+/// The zone's SOA record: the serial is the configuration revision it was built from.
+fn soa(zone: &Zone, origin: &Name) -> Record {
+    let mname =
+        Name::from_ascii(format!("ns.{}.", zone.origin())).unwrap_or_else(|_| origin.clone());
+    let rname = Name::from_ascii(format!("hostmaster.{}.", zone.origin()))
+        .unwrap_or_else(|_| origin.clone());
+    let ttl = zone.ttl();
+    let serial = u32::try_from(zone.serial() % u64::from(u32::MAX)).unwrap_or(0);
+    Record::from_rdata(
+        origin.clone(),
+        ttl,
+        RData::SOA(SOA::new(mname, rname, serial, 60, 30, 3600, ttl)),
+    )
+}
+
+// hickory-server's trait is declared with `async_trait`, so its implementations are too.
+#[async_trait::async_trait]
+impl RequestHandler for Answerer {
+    async fn handle_request<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        let mut header = Header::response_from_request(request.header());
+        let Ok(info) = request.request_info() else {
+            header.set_response_code(ResponseCode::FormErr);
+            let response = builder.build_no_records(header);
+            return response_handle
+                .send_response(response)
+                .await
+                .unwrap_or_else(|_| header.into());
+        };
+        let zone = self.zone.load();
+        let name: Name = info.query.name().into();
+        let origin =
+            Name::from_ascii(format!("{}.", zone.origin())).unwrap_or_else(|_| Name::root());
+        let qtype = match info.query.query_type() {
+            RecordType::A => QueryType::A,
+            RecordType::AAAA => QueryType::Aaaa,
+            _ => QueryType::Other,
+        };
+        let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
+        let lookup = zone.lookup(
+            &name.to_ascii(),
+            qtype,
+            info.src.ip(),
+            self.max_answers,
+            rotation,
+        );
+        let mut answers = Vec::new();
+        let mut authority = Vec::new();
+        match lookup {
+            Lookup::Refused => {
+                header.set_response_code(ResponseCode::Refused);
+            }
+            Lookup::NxDomain => {
+                header.set_authoritative(true);
+                header.set_response_code(ResponseCode::NXDomain);
+                authority.push(soa(&zone, &origin));
+            }
+            Lookup::NoData => {
+                header.set_authoritative(true);
+                match info.query.query_type() {
+                    RecordType::SOA if name == origin => answers.push(soa(&zone, &origin)),
+                    RecordType::NS if name == origin => {
+                        let ns = Name::from_ascii(format!("ns.{}.", zone.origin()))
+                            .unwrap_or_else(|_| origin.clone());
+                        answers.push(Record::from_rdata(
+                            origin.clone(),
+                            zone.ttl(),
+                            RData::NS(NS(ns)),
+                        ));
+                    }
+                    _ => authority.push(soa(&zone, &origin)),
+                }
+            }
+            Lookup::Answers(addresses) => {
+                header.set_authoritative(true);
+                for address in addresses {
+                    let rdata = match address {
+                        std::net::IpAddr::V4(v4) => RData::A(A(v4)),
+                        std::net::IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+                    };
+                    answers.push(Record::from_rdata(name.clone(), zone.ttl(), rdata));
+                }
+            }
+        }
+        // Over UDP the answer must fit what the client can take: 512 bytes without EDNS (RFC
+        // 1035), its advertised payload with EDNS, capped at 1232 (the DNS flag day's size that
+        // avoids fragmentation). Too large: no records and the TC bit, and the client asks again
+        // over TCP, which carries the whole answer.
+        let budget = match request.edns() {
+            Some(edns) => {
+                let payload = edns.max_payload().clamp(512, MAX_UDP_PAYLOAD);
+                let mut ours = Edns::new();
+                ours.set_max_payload(payload).set_version(0);
+                builder.edns(ours);
+                usize::from(payload)
+            }
+            None => 512,
+        };
+        if info.protocol == Protocol::Udp
+            && encoded_size(&name, &answers, &authority, request.edns().is_some()) > budget
+        {
+            header.set_truncated(true);
+            answers.clear();
+        }
+        let response = builder.build(
+            header,
+            answers.iter(),
+            [].iter(),
+            authority.iter(),
+            [].iter(),
+        );
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::debug!(%error, "answer not sent");
+                header.into()
+            }
+        }
+    }
+}
+
+/// A server for `answerer` on `udp` and `tcp` (idle TCP connections close after 5 s); drive it
+/// with `block_until_done`, stop it with `shutdown_gracefully`.
+pub fn serve(
+    answerer: Answerer,
+    udp: tokio::net::UdpSocket,
+    tcp: tokio::net::TcpListener,
+) -> hickory_server::ServerFuture<Answerer> {
+    let mut server = hickory_server::ServerFuture::new(answerer);
+    server.register_socket(udp);
+    server.register_listener(tcp, std::time::Duration::from_secs(5));
+    server
+}
