@@ -17,8 +17,10 @@
 
 #![forbid(unsafe_code)]
 
+mod follow;
 mod server;
 mod zone;
 
+pub use follow::follow_zone;
 pub use server::{Answerer, serve};
 pub use zone::{Lookup, QueryType, Zone};

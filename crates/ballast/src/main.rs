@@ -35,6 +35,8 @@ enum Command {
     Echo(commands::echo::EchoArgs),
     /// Run the admin API over the configuration database.
     Control(commands::control::ControlArgs),
+    /// Run the authoritative DNS server for the LB fleet: each pool's name answers with its LBs.
+    Dns(commands::dns::DnsArgs),
     /// Create, list, show, delete pools and change their algorithm (through the admin API).
     Pool(commands::pool::PoolCommand),
     /// Add, remove, drain, enable, disable backends and set their weight (through the admin API).
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Lb(args) => args.run(),
         Command::Echo(args) => args.run(),
         Command::Control(args) => args.run(),
+        Command::Dns(args) => args.run(),
         Command::Pool(command) => command.run(),
         Command::Backend(command) => command.run(),
         Command::Fleet(command) => command.run(),

@@ -7,6 +7,7 @@ pub(crate) mod balance;
 pub(crate) mod bench;
 pub(crate) mod control;
 mod detect;
+pub(crate) mod dns;
 pub(crate) mod echo;
 pub(crate) mod fleet;
 mod harness;

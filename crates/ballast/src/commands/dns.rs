@@ -1,0 +1,78 @@
+//! `ballast dns`: the authoritative DNS server for the LB fleet (see `ballast_dns`). Each pool's
+//! DNS name inside `--zone` answers with the LB servers that serve the pool and are up. Prints
+//! `listening dns ADDR` once it answers over UDP and TCP; SIGTERM or SIGINT stops it.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ballast_config::SqlStore;
+use ballast_dns::{Answerer, follow_zone, serve};
+use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Debug, Args)]
+pub(crate) struct DnsArgs {
+    /// The configuration database: sqlite://PATH or postgres://….
+    #[arg(long, value_name = "URL")]
+    db: String,
+    /// Where to answer, over UDP and TCP (port 0: any free port, printed when ready).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5353")]
+    listen: SocketAddr,
+    /// The zone this server is authoritative for.
+    #[arg(long, value_name = "NAME", default_value = "ballast.local")]
+    zone: String,
+    /// How long resolvers may cache an answer, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    ttl: u32,
+    /// Answer with at most this many addresses, a stable subset per client subnet.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    max_answers: Option<u64>,
+    /// How often the fleet (LB states and liveness) is read.
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = humantime::parse_duration)]
+    fleet_interval: Duration,
+}
+
+impl DnsArgs {
+    pub(crate) fn run(self) -> Result<()> {
+        if self.zone.trim_end_matches('.').is_empty() {
+            bail!("--zone: a domain name, e.g. ballast.local");
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("tokio runtime")?;
+        runtime.block_on(async {
+            let store = SqlStore::connect(&self.db)
+                .await
+                .with_context(|| format!("--db {}", self.db))?;
+            let zone = follow_zone(store, &self.db, &self.zone, self.ttl, self.fleet_interval)
+                .await
+                .with_context(|| format!("--db {}", self.db))?;
+            let udp = tokio::net::UdpSocket::bind(self.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (UDP)", self.listen))?;
+            let address = udp.local_addr()?;
+            let tcp = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (TCP)"))?;
+            let max_answers = self.max_answers.map(|k| k as usize);
+            let mut server = serve(Answerer::new(zone, max_answers), udp, tcp);
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "listening dns {address} zone {}", self.zone)?;
+                out.flush()?;
+            }
+            tokio::select! {
+                done = server.block_until_done() => done.context("DNS server")?,
+                _ = term.recv() => server.shutdown_gracefully().await.context("DNS server")?,
+                _ = int.recv() => server.shutdown_gracefully().await.context("DNS server")?,
+            }
+            Ok(())
+        })
+    }
+}
