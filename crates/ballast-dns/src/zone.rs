@@ -111,6 +111,33 @@ impl Zone {
             .map(|(name, addresses)| (name.as_str(), addresses.as_slice()))
     }
 
+    /// The zone as a standard master file (RFC 1035), for serving it with CoreDNS's `file`
+    /// plugin or BIND: SOA and NS at the apex (the name server `ns.ORIGIN` at `ns_address`),
+    /// then each name's addresses.
+    pub fn to_zone_file(&self, ns_address: IpAddr) -> String {
+        let origin = &self.origin;
+        let mut file = format!(
+            "; the LB fleet's zone, written by `ballast dns export` at revision {serial}\n\
+             $ORIGIN {origin}.\n$TTL {ttl}\n\
+             @\tIN\tSOA\tns.{origin}. hostmaster.{origin}. ({serial} 60 30 3600 {ttl})\n\
+             @\tIN\tNS\tns.{origin}.\n\
+             ns\tIN\t{ns_type}\t{ns_address}\n",
+            serial = self.serial,
+            ttl = self.ttl,
+            ns_type = if ns_address.is_ipv4() { "A" } else { "AAAA" },
+        );
+        for (name, addresses) in &self.names {
+            let relative = name
+                .strip_suffix(origin.as_str())
+                .map_or(name.as_str(), |head| head.trim_end_matches('.'));
+            for address in addresses {
+                let kind = if address.is_ipv4() { "A" } else { "AAAA" };
+                file.push_str(&format!("{relative}\tIN\t{kind}\t{address}\n"));
+            }
+        }
+        file
+    }
+
     /// Whether `name` (canonical) is the origin or below it.
     fn contains(&self, name: &str) -> bool {
         name == self.origin
@@ -325,6 +352,21 @@ mod tests {
             zone.lookup("ballast.local", QueryType::A, client(), None, 0),
             Lookup::NoData
         );
+    }
+
+    #[test]
+    fn the_zone_file_lists_every_name_under_its_origin() {
+        let file = zone().to_zone_file("127.0.0.1".parse().expect("ip"));
+        let expected = "; the LB fleet's zone, written by `ballast dns export` at revision 1\n\
+                        $ORIGIN ballast.local.\n$TTL 5\n\
+                        @\tIN\tSOA\tns.ballast.local. hostmaster.ballast.local. (1 60 30 3600 5)\n\
+                        @\tIN\tNS\tns.ballast.local.\n\
+                        ns\tIN\tA\t127.0.0.1\n\
+                        api\tIN\tA\t127.0.0.12\n\
+                        lb.web\tIN\tA\t127.0.0.11\n\
+                        lb.web\tIN\tA\t127.0.0.12\n\
+                        lb.web\tIN\tAAAA\t::1\n";
+        assert_eq!(file, expected);
     }
 
     #[test]

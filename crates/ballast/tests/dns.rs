@@ -117,6 +117,18 @@ fn the_pool_name_resolves_to_its_live_lbs_and_follows_the_fleet() {
         "the new LB in the answer",
     );
 
+    // The same zone as a zone file, for CoreDNS or BIND.
+    let export = std::process::Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["dns", "export", "--db", &url, "--zone", "ballast.local"])
+        .output()
+        .expect("ballast runs");
+    let file = String::from_utf8_lossy(&export.stdout);
+    assert!(export.status.success(), "{file}");
+    assert!(file.contains("$ORIGIN ballast.local.\n"), "{file}");
+    assert!(file.contains("lb.web\tIN\tA\t127.0.0.22\n"), "{file}");
+    assert!(file.contains("lb.web\tIN\tA\t127.0.0.23\n"), "{file}");
+    assert!(!file.contains("127.0.0.21"), "{file}");
+
     // Outside the zone: refused, never resolved on anyone's behalf.
     assert!(
         runtime
@@ -125,4 +137,10 @@ fn the_pool_name_resolves_to_its_live_lbs_and_follows_the_fleet() {
     );
     drop(dns);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn serving_without_a_database_says_what_is_missing() {
+    let stderr = support::rejected(&["dns", "--listen", "127.0.0.1:0"]);
+    assert!(stderr.contains("--db: the configuration database"), "{stderr}");
 }

@@ -1,6 +1,7 @@
 //! `ballast dns`: the authoritative DNS server for the LB fleet (see `ballast_dns`). Each pool's
 //! DNS name inside `--zone` answers with the LB servers that serve the pool and are up. Prints
 //! `listening dns ADDR` once it answers over UDP and TCP; SIGTERM or SIGINT stops it.
+//! `ballast dns export` writes the same zone as a zone file instead.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,10 +14,41 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct DnsArgs {
+    #[command(subcommand)]
+    action: Option<DnsAction>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DnsAction {
+    /// Write the zone as a standard zone file (RFC 1035) on stdout, for CoreDNS or BIND.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
     /// The configuration database: sqlite://PATH or postgres://….
     #[arg(long, value_name = "URL")]
     db: String,
+    /// The zone.
+    #[arg(long, value_name = "NAME", default_value = "ballast.local")]
+    zone: String,
+    /// The records' TTL, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    ttl: u32,
+    /// The address of the zone's name server (`ns.ZONE`): where CoreDNS or BIND answers.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    ns_address: std::net::IpAddr,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The configuration database: sqlite://PATH or postgres://….
+    #[arg(long, value_name = "URL")]
+    db: Option<String>,
     /// Where to answer, over UDP and TCP (port 0: any free port, printed when ready).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5353")]
     listen: SocketAddr,
@@ -36,6 +68,41 @@ pub(crate) struct DnsArgs {
 
 impl DnsArgs {
     pub(crate) fn run(self) -> Result<()> {
+        match self.action {
+            Some(DnsAction::Export(args)) => args.run(),
+            None => self.serve.run(),
+        }
+    }
+}
+
+impl ExportArgs {
+    fn run(self) -> Result<()> {
+        use ballast_config::ConfigStore;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("tokio runtime")?;
+        let zone = runtime.block_on(async {
+            let store = SqlStore::connect(&self.db)
+                .await
+                .with_context(|| format!("--db {}", self.db))?;
+            let config = store.config().await?;
+            let fleet = store.lb_servers().await?;
+            anyhow::Ok(ballast_dns::Zone::build(
+                &self.zone, self.ttl, &config, &fleet,
+            ))
+        })?;
+        let mut out = std::io::stdout().lock();
+        out.write_all(zone.to_zone_file(self.ns_address).as_bytes())?;
+        Ok(())
+    }
+}
+
+impl ServeArgs {
+    fn run(self) -> Result<()> {
+        let Some(db) = self.db.clone() else {
+            bail!("--db: the configuration database to serve the zone from");
+        };
         if self.zone.trim_end_matches('.').is_empty() {
             bail!("--zone: a domain name, e.g. ballast.local");
         }
@@ -45,12 +112,12 @@ impl DnsArgs {
             .build()
             .context("tokio runtime")?;
         runtime.block_on(async {
-            let store = SqlStore::connect(&self.db)
+            let store = SqlStore::connect(&db)
                 .await
-                .with_context(|| format!("--db {}", self.db))?;
-            let zone = follow_zone(store, &self.db, &self.zone, self.ttl, self.fleet_interval)
+                .with_context(|| format!("--db {db}"))?;
+            let zone = follow_zone(store, &db, &self.zone, self.ttl, self.fleet_interval)
                 .await
-                .with_context(|| format!("--db {}", self.db))?;
+                .with_context(|| format!("--db {db}"))?;
             let udp = tokio::net::UdpSocket::bind(self.listen)
                 .await
                 .with_context(|| format!("cannot listen on {} (UDP)", self.listen))?;
