@@ -18,9 +18,11 @@
 #![forbid(unsafe_code)]
 
 mod follow;
+mod metrics;
 mod server;
 mod zone;
 
 pub use follow::follow_zone;
+pub use metrics::Metrics;
 pub use server::{Answerer, serve};
 pub use zone::{Lookup, QueryType, Zone};

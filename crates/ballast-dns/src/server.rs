@@ -15,6 +15,7 @@ use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::proto::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 
+use crate::metrics::Metrics;
 use crate::zone::{Lookup, QueryType, Zone};
 
 /// Answers queries from the zone it holds.
@@ -23,17 +24,41 @@ pub struct Answerer {
     zone: Arc<ArcSwap<Zone>>,
     max_answers: Option<usize>,
     rotation: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Answerer {
     /// Answers from `zone` (swap a new one in to change the answers), with at most
     /// `max_answers` addresses per answer.
     pub fn new(zone: Arc<ArcSwap<Zone>>, max_answers: Option<usize>) -> Self {
+        Self::with_metrics(zone, max_answers, Arc::new(Metrics::new()))
+    }
+
+    /// Like [`new`](Self::new), counting into `metrics`.
+    pub fn with_metrics(
+        zone: Arc<ArcSwap<Zone>>,
+        max_answers: Option<usize>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             zone,
             max_answers,
             rotation: AtomicU64::new(0),
+            metrics,
         }
+    }
+}
+
+/// A response code as the metrics label it: the mnemonic of RFC 1035 and its successors.
+fn rcode_name(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        _ => "OTHER",
     }
 }
 
@@ -169,6 +194,11 @@ impl RequestHandler for Answerer {
             header.set_truncated(true);
             answers.clear();
         }
+        self.metrics.answered(
+            &info.query.query_type().to_string(),
+            rcode_name(header.response_code()),
+            encoded_size(&name, &answers, &authority, request.edns().is_some()),
+        );
         let response = builder.build(
             header,
             answers.iter(),

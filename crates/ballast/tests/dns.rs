@@ -84,8 +84,10 @@ fn the_pool_name_resolves_to_its_live_lbs_and_follows_the_fleet() {
             "ballast.local",
             "--fleet-interval",
             "100ms",
+            "--admin",
+            "127.0.0.1:0",
         ],
-        1,
+        2,
     );
     let resolver = resolver(dns.listen_addr(0));
     let answer = || -> BTreeSet<IpAddr> {
@@ -135,6 +137,25 @@ fn the_pool_name_resolves_to_its_live_lbs_and_follows_the_fleet() {
             .block_on(resolver.ipv4_lookup("example.com."))
             .is_err()
     );
+    // Its metrics count what it answered, and the revision it serves.
+    let page = support::get(dns.admin_addr(), "/metrics", &[]).body;
+    let count = |prefix: &str| -> f64 {
+        page.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        count("ballast_dns_queries_total{qtype=\"A\",rcode=\"NOERROR\"}") >= 3.0,
+        "{page}"
+    );
+    assert!(
+        count("ballast_dns_queries_total{qtype=\"A\",rcode=\"REFUSED\"}") >= 1.0,
+        "{page}"
+    );
+    assert_eq!(count("ballast_dns_revision "), 2.0, "{page}");
+    assert!(page.contains("ballast_dns_answer_bytes_bucket"), "{page}");
     drop(dns);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -142,5 +163,8 @@ fn the_pool_name_resolves_to_its_live_lbs_and_follows_the_fleet() {
 #[test]
 fn serving_without_a_database_says_what_is_missing() {
     let stderr = support::rejected(&["dns", "--listen", "127.0.0.1:0"]);
-    assert!(stderr.contains("--db: the configuration database"), "{stderr}");
+    assert!(
+        stderr.contains("--db: the configuration database"),
+        "{stderr}"
+    );
 }

@@ -5,11 +5,12 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ballast_config::SqlStore;
-use ballast_dns::{Answerer, follow_zone, serve};
+use ballast_dns::{Answerer, Metrics, follow_zone, serve};
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -64,6 +65,9 @@ struct ServeArgs {
     /// How often the fleet (LB states and liveness) is read.
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = humantime::parse_duration)]
     fleet_interval: Duration,
+    /// Serve /metrics here (queries by type and code, answer sizes, revision).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
 }
 
 impl DnsArgs {
@@ -126,12 +130,36 @@ impl ServeArgs {
                 .await
                 .with_context(|| format!("cannot listen on {address} (TCP)"))?;
             let max_answers = self.max_answers.map(|k| k as usize);
-            let mut server = serve(Answerer::new(zone, max_answers), udp, tcp);
+            let metrics = Arc::new(Metrics::new());
+            let admin = match self.admin {
+                Some(address) => {
+                    let listener = tokio::net::TcpListener::bind(address)
+                        .await
+                        .with_context(|| format!("--admin {address}"))?;
+                    let bound = listener.local_addr()?;
+                    let (metrics, zone) = (Arc::clone(&metrics), Arc::clone(&zone));
+                    let app = axum::Router::new().route(
+                        "/metrics",
+                        axum::routing::get(move || {
+                            let page = metrics.encode(zone.load().serial());
+                            async move { page }
+                        }),
+                    );
+                    tokio::spawn(async move { axum::serve(listener, app).await });
+                    Some(bound)
+                }
+                None => None,
+            };
+            let answerer = Answerer::with_metrics(zone, max_answers, metrics);
+            let mut server = serve(answerer, udp, tcp);
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
             {
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "listening dns {address} zone {}", self.zone)?;
+                if let Some(admin) = admin {
+                    writeln!(out, "admin {admin}")?;
+                }
                 out.flush()?;
             }
             tokio::select! {
