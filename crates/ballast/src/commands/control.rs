@@ -214,10 +214,7 @@ impl ControlArgs {
                     .context("--redis")?;
                     Election::Redis(locks)
                 };
-                let identity = self.name.clone().unwrap_or_else(|| {
-                    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-                    format!("{}/{}", host.trim(), std::process::id())
-                });
+                let identity = self.name.clone().unwrap_or_else(super::host_and_pid);
                 let status = Status::default();
                 let settings = ballast_control::orchestrator::Settings {
                     identity,

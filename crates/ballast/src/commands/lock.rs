@@ -61,10 +61,9 @@ pub(crate) struct NodesArgs {
 
 impl NodesArgs {
     async fn manager(&self) -> Result<LockManager> {
-        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         let options = Options {
             node_timeout: self.node_timeout,
-            holder: format!("{}/{}", host.trim(), std::process::id()),
+            holder: super::host_and_pid(),
             ..Options::default()
         };
         let locks = LockManager::from_urls(&self.redis, options)?;

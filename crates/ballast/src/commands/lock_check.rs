@@ -173,11 +173,7 @@ pub(crate) async fn client(args: ClientArgs) -> Result<()> {
 }
 
 fn rand_below(n: u32) -> u32 {
-    (rand_u64() % u64::from(n)) as u32
-}
-
-fn rand_u64() -> u64 {
-    fastrand::u64(..)
+    fastrand::u32(..n)
 }
 
 /// What the running clients have reported so far, and who holds the lock now.

@@ -19,3 +19,9 @@ pub(crate) mod pool;
 mod propagation;
 pub(crate) mod queue;
 mod table;
+
+/// This process as people read it in lock values and leader names: `HOST/PID`.
+pub(crate) fn host_and_pid() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    format!("{}/{}", host.trim(), std::process::id())
+}
