@@ -8,14 +8,13 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Process, echo, eventually};
+use support::{echo, eventually};
 
 const TOKEN: &str = "autoscale-test-token-0123456789";
 
@@ -44,22 +43,16 @@ fn load_grows_the_fleet_and_its_end_shrinks_it_without_a_failed_request() {
     let dir = std::env::temp_dir().join(format!("ballast-autoscale-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let url = format!("sqlite://{}", dir.join("config.db").display());
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, TOKEN).expect("token");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
         .to_string();
-    let mut control = Process::start(
+    let mut control = support::control(
+        &url,
+        &dir,
+        TOKEN,
         &[
-            "control",
-            "--db",
-            &url,
-            "--listen",
-            "127.0.0.1:0",
-            "--token-file",
-            token_file.to_str().expect("utf-8"),
             "--scrape-interval",
             "200ms",
             "--autoscale",
@@ -77,16 +70,10 @@ fn load_grows_the_fleet_and_its_end_shrinks_it_without_a_failed_request() {
             "--lb-port",
             &port,
         ],
-        1,
     );
     let control_addr = control.listen_addr(0);
     let cli = |args: &[&str]| -> String {
-        let output = Command::new(env!("CARGO_BIN_EXE_ballast"))
-            .args(args)
-            .env("BALLAST_CONTROL", format!("http://{control_addr}"))
-            .env("BALLAST_TOKEN", TOKEN)
-            .output()
-            .expect("ballast runs");
+        let output = support::cli(control_addr, TOKEN, args);
         assert!(output.status.success(), "{args:?}");
         String::from_utf8_lossy(&output.stdout).into_owned()
     };

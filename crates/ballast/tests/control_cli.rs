@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use support::{Process, backend_of, echo, eventually, get, metric};
+use support::{backend_of, echo, eventually, get, metric};
 
 const TOKEN: &str = "cli-test-token-0123456789";
 
@@ -19,12 +19,7 @@ struct Cli {
 
 impl Cli {
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_ballast"))
-            .args(args)
-            .env("BALLAST_CONTROL", format!("http://{}", self.control))
-            .env("BALLAST_TOKEN", TOKEN)
-            .output()
-            .expect("ballast runs")
+        support::cli(self.control, TOKEN, args)
     }
 
     /// Stdout of a command that must succeed.
@@ -71,23 +66,9 @@ fn on_postgres() {
 }
 
 fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::Path) {
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
-
-    let control = Process::start(
-        &[
-            "control",
-            "--db",
-            url,
-            "--listen",
-            "127.0.0.1:0",
-            "--token-file",
-            token_file.to_str().expect("utf-8"),
-            "--scrape-interval",
-            "200ms",
-        ],
-        1,
-    );
+    // A trailing newline in the token file, as an editor leaves it, is not part of the token.
+    let token = format!("{TOKEN}\n");
+    let control = support::control(url, dir, &token, &["--scrape-interval", "200ms"]);
     let cli = Cli {
         control: control.listen_addr(0),
     };

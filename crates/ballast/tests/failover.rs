@@ -54,24 +54,10 @@ fn a_frozen_leader_is_replaced_and_fenced_out(db: Option<&str>, election: &[&str
         || format!("sqlite://{}", dir.join("config.db").display()),
         str::to_owned,
     );
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, TOKEN).expect("token");
     let start = |name: &str| {
-        let mut args = vec![
-            "control",
-            "--db",
-            &url,
-            "--listen",
-            "127.0.0.1:0",
-            "--token-file",
-            token_file.to_str().expect("utf-8"),
-            "--name",
-            name,
-            "--lease-ttl",
-            "1s",
-        ];
-        args.extend_from_slice(election);
-        Process::start(&args, 1)
+        let mut extra = vec!["--name", name, "--lease-ttl", "1s"];
+        extra.extend_from_slice(election);
+        support::control(&url, &dir, TOKEN, &extra)
     };
     let a = start("a");
     let a_addr = a.listen_addr(0);
@@ -86,12 +72,7 @@ fn a_frozen_leader_is_replaced_and_fenced_out(db: Option<&str>, election: &[&str
     let (mut b2, a2) = echo("b2", &[]);
     let (_b3, a3) = echo("b3", &[]);
     let cli = |args: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_ballast"))
-            .args(args)
-            .env("BALLAST_CONTROL", format!("http://{b_addr}"))
-            .env("BALLAST_TOKEN", TOKEN)
-            .output()
-            .expect("ballast runs");
+        let output = support::cli(b_addr, TOKEN, args);
         assert!(output.status.success(), "{args:?}");
     };
     cli(&[

@@ -21,12 +21,7 @@ struct Control {
 
 impl Control {
     fn ballast(&self, args: &[&str]) -> String {
-        let output = Command::new(env!("CARGO_BIN_EXE_ballast"))
-            .args(args)
-            .env("BALLAST_CONTROL", format!("http://{}", self.address))
-            .env("BALLAST_TOKEN", TOKEN)
-            .output()
-            .expect("ballast runs");
+        let output = support::cli(self.address, TOKEN, args);
         assert!(
             output.status.success(),
             "ballast {args:?}: {}",
@@ -98,20 +93,7 @@ fn a_killed_backend_leaves_every_lb_and_comes_back(db: Option<&str>, tag: &str) 
         || format!("sqlite://{}", dir.join("config.db").display()),
         str::to_owned,
     );
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, TOKEN).expect("token");
-    let control_process = Process::start(
-        &[
-            "control",
-            "--db",
-            &url,
-            "--listen",
-            "127.0.0.1:0",
-            "--token-file",
-            token_file.to_str().expect("utf-8"),
-        ],
-        1,
-    );
+    let control_process = support::control(&url, &dir, TOKEN, &[]);
     let control = Control {
         address: control_process.listen_addr(0),
     };

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,8 +16,6 @@ fn lb_figures_and_liveness_come_from_prometheus() {
     let dir = std::env::temp_dir().join(format!("ballast-prometheus-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let url = format!("sqlite://{}", dir.join("config.db").display());
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, TOKEN).expect("token");
     let (_b1, b1) = echo("b1", &[]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -34,30 +31,21 @@ fn lb_figures_and_liveness_come_from_prometheus() {
         .collect();
     let prometheus =
         ballast_testkit::prometheus::Server::start(&[lbs[0].admin_addr(), lbs[1].admin_addr()]);
-    let control = Process::start(
+    let prometheus_url = prometheus.url();
+    let control = support::control(
+        &url,
+        &dir,
+        TOKEN,
         &[
-            "control",
-            "--db",
-            &url,
-            "--listen",
-            "127.0.0.1:0",
-            "--token-file",
-            token_file.to_str().expect("utf-8"),
             "--scrape-interval",
             "300ms",
             "--prometheus",
-            &prometheus.url(),
+            &prometheus_url,
         ],
-        1,
     );
     let control_addr = control.listen_addr(0);
     let fleet = || -> Vec<Value> {
-        let output = Command::new(env!("CARGO_BIN_EXE_ballast"))
-            .args(["fleet", "list", "--json"])
-            .env("BALLAST_CONTROL", format!("http://{control_addr}"))
-            .env("BALLAST_TOKEN", TOKEN)
-            .output()
-            .expect("ballast runs");
+        let output = support::cli(control_addr, TOKEN, &["fleet", "list", "--json"]);
         let json: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
         json["lbs"].as_array().cloned().unwrap_or_default()
     };

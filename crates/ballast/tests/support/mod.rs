@@ -276,3 +276,32 @@ pub fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> bo
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `ballast control` on database `url`, on a free port, with `token` written to `dir/token`;
+/// `extra` flags follow.
+pub fn control(url: &str, dir: &std::path::Path, token: &str, extra: &[&str]) -> Process {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token).expect("token file");
+    let mut args = vec![
+        "control",
+        "--db",
+        url,
+        "--listen",
+        "127.0.0.1:0",
+        "--token-file",
+        token_file.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    Process::start(&args, 1)
+}
+
+/// Runs `ballast ARGS` against the admin API at `control` with `token` (through
+/// `BALLAST_CONTROL` and `BALLAST_TOKEN`, as a user would set them).
+pub fn cli(control: SocketAddr, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(args)
+        .env("BALLAST_CONTROL", format!("http://{control}"))
+        .env("BALLAST_TOKEN", token)
+        .output()
+        .expect("ballast runs")
+}
