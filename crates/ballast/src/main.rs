@@ -33,7 +33,7 @@ enum Command {
     Lb(Box<commands::lb::LbArgs>),
     /// Run a demo backend that answers with its name, optionally slow or failing.
     Echo(commands::echo::EchoArgs),
-    /// Run the admin API over the configuration database.
+    /// Run the admin API and the orchestrator: health checks, leader election, fleet watching, autoscaling.
     Control(commands::control::ControlArgs),
     /// Run the authoritative DNS server for the LB fleet: each pool's name answers with its LBs.
     Dns(commands::dns::DnsArgs),
