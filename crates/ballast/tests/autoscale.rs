@@ -33,6 +33,11 @@ fn request(lbs: &[SocketAddr]) -> bool {
         }
         let mut reply = Vec::new();
         let _ = stream.read_to_end(&mut reply);
+        if reply.is_empty() {
+            // Accepted by a listener that closed as its LB began to drain, and reset before any
+            // answer: like Go's and browsers' HTTP clients, retry an idempotent GET elsewhere.
+            continue;
+        }
         return reply.starts_with(b"HTTP/1.1 200");
     }
     false
