@@ -24,6 +24,8 @@ pub(crate) enum BenchCommand {
     Lock(super::lock_bench::LockBenchArgs),
     /// How fast a killed backend leaves every LB, and false positives on a jittery one.
     Detect(super::detect::DetectArgs),
+    /// Answers/s and latency of `ballast dns` over UDP, beside Knot DNS and NSD where installed.
+    Dns(super::dns_bench::DnsBenchArgs),
 }
 
 impl BenchCommand {
@@ -33,6 +35,7 @@ impl BenchCommand {
             Self::Propagation(args) => args.run(),
             Self::Lock(args) => args.run(),
             Self::Detect(args) => args.run(),
+            Self::Dns(args) => args.run(),
         }
     }
 }

@@ -30,7 +30,21 @@ impl Drop for Started {
 
 /// Starts `ballast ARGS` and waits (at most 20 s) for its `lines` ready lines.
 pub(crate) fn start(args: &[&str], lines: usize) -> Result<Started> {
-    let mut child = Command::new(std::env::current_exe().context("this binary's path")?)
+    start_on(None, args, lines)
+}
+
+/// [`start`], on the CPUs `cpus` (a `taskset` list such as `1`) when given.
+pub(crate) fn start_on(cpus: Option<&str>, args: &[&str], lines: usize) -> Result<Started> {
+    let exe = std::env::current_exe().context("this binary's path")?;
+    let mut command = match cpus {
+        Some(cpus) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", cpus]).arg(exe);
+            taskset
+        }
+        None => Command::new(exe),
+    };
+    let mut child = command
         .args(args)
         .env("RUST_LOG", "error")
         .stdin(Stdio::null())

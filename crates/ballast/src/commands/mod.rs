@@ -8,6 +8,8 @@ pub(crate) mod bench;
 pub(crate) mod control;
 mod detect;
 pub(crate) mod dns;
+mod dns_bench;
+mod dns_peers;
 pub(crate) mod echo;
 pub(crate) mod fleet;
 mod harness;
