@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
-use hickory_server::authority::MessageResponseBuilder;
+use hickory_server::authority::{MessageRequest, MessageResponseBuilder};
 use hickory_server::proto::op::{Edns, Header, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::proto::serialize::binary::{BinDecodable, BinEncodable};
 use hickory_server::proto::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 
@@ -109,16 +110,12 @@ impl RequestHandler for Answerer {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
+        // Not exactly one question (RFC 9619): FORMERR.
+        let Ok(info) = request.request_info() else {
+            return form_error(request, response_handle).await;
+        };
         let mut builder = MessageResponseBuilder::from_message_request(request);
         let mut header = Header::response_from_request(request.header());
-        let Ok(info) = request.request_info() else {
-            header.set_response_code(ResponseCode::FormErr);
-            let response = builder.build_no_records(header);
-            return response_handle
-                .send_response(response)
-                .await
-                .unwrap_or_else(|_| header.into());
-        };
         let zone = self.zone.load();
         let name: Name = info.query.name().into();
         let origin =
@@ -212,6 +209,35 @@ impl RequestHandler for Answerer {
                 tracing::debug!(%error, "answer not sent");
                 header.into()
             }
+        }
+    }
+}
+
+/// FORMERR, with no question section: hickory-server echoes a request's questions as the client
+/// wrote them, and an answer carrying a client's malformed or pointer-laden questions might not
+/// decode (found by `cargo fuzz run answer`).
+async fn form_error<R: ResponseHandler>(request: &Request, mut response_handle: R) -> ResponseInfo {
+    let mut header = Header::response_from_request(request.header());
+    header.set_response_code(ResponseCode::FormErr);
+    // The builder echoes a request's question section, so it is given a request of this one's
+    // header alone, whose question section is empty.
+    let mut bare = *request.header();
+    bare.set_query_count(0)
+        .set_answer_count(0)
+        .set_name_server_count(0)
+        .set_additional_count(0);
+    let Ok(bare) = bare
+        .to_bytes()
+        .and_then(|bytes| MessageRequest::from_bytes(&bytes))
+    else {
+        return header.into();
+    };
+    let response = MessageResponseBuilder::from_message_request(&bare).build_no_records(header);
+    match response_handle.send_response(response).await {
+        Ok(info) => info,
+        Err(error) => {
+            tracing::debug!(%error, "FORMERR not sent");
+            header.into()
         }
     }
 }

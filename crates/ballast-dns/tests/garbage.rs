@@ -107,3 +107,62 @@ async fn random_and_broken_packets_never_take_the_server_down() {
     }
     assert!(answers(server_address, 9999).await, "after TCP garbage");
 }
+
+/// Requests without exactly one question get a FORMERR that decodes, with the request's ID and no
+/// question. (The first was found by `cargo fuzz run answer`: hickory-server copies the
+/// questions' bytes into the answer, compression pointers into the header and all.)
+#[tokio::test]
+async fn requests_without_exactly_one_question_get_a_formerr_that_decodes() {
+    let zone = Arc::new(ArcSwap::from_pointee(Zone::new("ballast.local", 5)));
+    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+    let server_address = udp.local_addr().expect("address");
+    let tcp = tokio::net::TcpListener::bind(server_address)
+        .await
+        .expect("tcp");
+    let mut server = serve(Answerer::new(zone, None), udp, tcp);
+    tokio::spawn(async move { server.block_until_done().await });
+
+    let header = |id: u16, questions: u16| {
+        let mut bytes = id.to_be_bytes().to_vec();
+        bytes.extend([1, 0]);
+        bytes.extend(questions.to_be_bytes());
+        bytes.extend([0; 6]);
+        bytes
+    };
+    // Ten questions whose names point into the header.
+    let mut ten = header(0x0200, 10);
+    ten.extend([
+        0, 0x8a, 0xa8, 0x39, 0x72, 0, 0, 1, 0xfa, 0, 0, 0, 0xfa, 0x20, 0, 0, 0, 0, 2, 0, 0x1a,
+        0x14, 0, 0x44, 0, 0, 0, 0x14, 0, 0x44, 0, 0, 0, 0x3d, 0, 0, 0, b'b', b'i', b'g', 0, 0xb6,
+        0, 0, 0, 0, 0, 0, 0x14, 0, 0x44, 0, 0, 0, 0x3d, 0, 0, 0, b'b', b'i', b'g', 0, 0xc0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0x14, 0, 0, 0, 0x3d, 0, 0, 0, b'b', b'i', b'g', 0, 0xc0, 0, 0, 0, 0,
+        0x2a, 0x55, 0x14, 0, 0x7f, 0xe7, 0xe7, 0xe7, 0, 0xe5, 0,
+    ]);
+    // Two well-formed questions (RFC 9619: FORMERR).
+    let mut two = query(0x0402);
+    two[5] = 2;
+    two.extend_from_slice(&query(0)[12..]);
+
+    let client = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+    for request in [ten, two] {
+        let id = u16::from_be_bytes([request[0], request[1]]);
+        client
+            .send_to(&request, server_address)
+            .await
+            .expect("send");
+        let mut buffer = [0u8; 1024];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buffer))
+            .await
+            .expect("an answer within 5 s")
+            .expect("recv");
+        let answer = Message::from_vec(&buffer[..n]).expect("the answer decodes");
+        assert_eq!(answer.id(), id, "{request:?}");
+        assert_eq!(
+            answer.response_code(),
+            hickory_server::proto::op::ResponseCode::FormErr,
+            "{request:?}"
+        );
+        assert!(answer.queries().is_empty());
+    }
+    assert!(answers(server_address, 42).await, "still answering");
+}
