@@ -53,6 +53,14 @@ impl Outlier {
         until
     }
 
+    /// Ends an ejection at once: the active health check found the backend healthy again after
+    /// it was not (Envoy's `successful_active_health_check_uneject_host`). How often it was
+    /// ejected stays, so a backend that fails again is ejected for longer.
+    pub(crate) fn readmit(&self) {
+        self.ejected_until_ms.store(0, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
     /// Whether the backend is ejected at `now_ms`.
     #[inline]
     pub(crate) fn is_ejected(&self, now_ms: u64) -> bool {
@@ -91,6 +99,20 @@ impl Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_readmitted_backend_is_back_at_once_and_ejected_longer_next_time() {
+        let policy = OutlierPolicy::default();
+        let outlier = Outlier::default();
+        assert_eq!(outlier.eject(&policy, 0), 30_000);
+        outlier.readmit();
+        assert!(!outlier.is_ejected(1));
+        assert_eq!(
+            outlier.eject(&policy, 10_000),
+            70_000,
+            "second time: 2 × 30 s"
+        );
+    }
 
     #[test]
     fn ejects_after_consecutive_failures_for_growing_periods() {

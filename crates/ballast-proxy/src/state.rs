@@ -233,6 +233,13 @@ impl Shared {
                     let kept =
                         before.and_then(|p| p.backends.iter().find(|k| k.address == b.address));
                     let balance = Backend::new(id.clone(), b.weight).accepting(b.accepting);
+                    if let Some(kept) = kept
+                        && b.accepting
+                        && !kept.balance.takes_traffic()
+                    {
+                        // Back from unhealthy or drained: what the LB saw fail before is over.
+                        kept.outlier.readmit();
+                    }
                     Arc::new(match kept {
                         Some(kept) => BackendState {
                             address: b.address,
