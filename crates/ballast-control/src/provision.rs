@@ -55,8 +55,12 @@ pub trait Provision: Send + std::fmt::Debug {
     /// The LB servers this provisioner may stop, newest first.
     fn removable(&self) -> Vec<String>;
 
-    /// Drains every LB server it started, for a clean shutdown (nothing by default).
-    fn stop_all(&mut self) {}
+    /// Drains every LB server it started and waits (at most `grace`) until they have stopped,
+    /// for a clean shutdown (nothing by default).
+    fn stop_all(&mut self, grace: std::time::Duration) -> Pending<'_, ()> {
+        let _ = grace;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl Provision for Local {
@@ -74,11 +78,25 @@ impl Provision for Local {
         self.children.keys().rev().cloned().collect()
     }
 
-    fn stop_all(&mut self) {
+    fn stop_all(&mut self, grace: std::time::Duration) -> Pending<'_, ()> {
         let names: Vec<String> = self.children.keys().cloned().collect();
-        for name in names {
-            self.stop(&name);
+        for name in &names {
+            self.stop(name);
         }
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + grace;
+            for (name, child) in &mut self.children {
+                if tokio::time::timeout_at(deadline, child.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(lb = %name, "LB still draining at shutdown; killed");
+                    let _ = child.kill().await;
+                }
+            }
+            self.children.clear();
+            Ok(())
+        })
     }
 }
 

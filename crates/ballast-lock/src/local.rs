@@ -78,6 +78,13 @@ impl LocalNode {
         self.child.as_ref().and_then(Child::id)
     }
 
+    /// Whether it runs: false once it has exited or was killed.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
     /// Kills it at once (SIGKILL, as a crash) and waits for it to be gone.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

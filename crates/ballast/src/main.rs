@@ -29,6 +29,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole system on this machine: database, control, LB fleet, DNS, demo backends.
+    Up(commands::up::UpArgs),
     /// Run one LB server: HTTP or TCP proxying to backends with a tunable algorithm.
     Lb(Box<commands::lb::LbArgs>),
     /// Run a demo backend that answers with its name, optionally slow or failing.
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
         )
         .init();
     let result = match cli.command {
+        Command::Up(args) => args.run(),
         Command::Lb(args) => args.run(),
         Command::Echo(args) => args.run(),
         Command::Control(args) => args.run(),

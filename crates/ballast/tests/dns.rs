@@ -5,14 +5,11 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ballast_config::{AlgorithmSpec, ConfigStore, PoolSpec, SqlStore, Write};
-use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
-use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::{Resolver, TokioResolver};
-use support::{Process, echo};
+use support::{Process, echo, resolver};
 
 fn lb(url: &str, name: &str, ip: &str) -> Process {
     Process::start(
@@ -33,16 +30,6 @@ fn lb(url: &str, name: &str, ip: &str) -> Process {
         ],
         2,
     )
-}
-
-fn resolver(server: SocketAddr) -> TokioResolver {
-    let servers = NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true);
-    let mut builder = Resolver::builder_with_config(
-        ResolverConfig::from_parts(None, Vec::new(), servers),
-        TokioConnectionProvider::default(),
-    );
-    builder.options_mut().cache_size = 0;
-    builder.build()
 }
 
 #[test]

@@ -20,6 +20,10 @@ use ballast_control::scaler::Autoscaling;
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
+/// How long the LBs this instance started may take to drain when it stops (an LB's own drain
+/// timeout is 30 s by default).
+const LB_STOP_GRACE: Duration = Duration::from_secs(35);
+
 #[derive(Debug, Args)]
 pub(crate) struct ControlArgs {
     /// The configuration database: sqlite://PATH (created if missing) or postgres://….
@@ -244,8 +248,11 @@ impl ControlArgs {
                 .context("admin API")?;
             pruning.abort();
             if let Some(autoscaling) = autoscaling {
-                // The LBs this instance started drain and stop with it.
-                autoscaling.provisioner.lock().await.stop_all();
+                // The LBs this instance started drain and stop with it, before it exits.
+                let mut provisioner = autoscaling.provisioner.lock().await;
+                if let Err(error) = provisioner.stop_all(LB_STOP_GRACE).await {
+                    tracing::warn!(%error, "stopping the LBs");
+                }
             }
             Ok(())
         })

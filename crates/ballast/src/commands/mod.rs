@@ -20,7 +20,10 @@ mod lock_check;
 pub(crate) mod pool;
 mod propagation;
 pub(crate) mod queue;
+mod supervise;
 mod table;
+pub(crate) mod up;
+mod up_display;
 
 /// This process as people read it in lock values and leader names: `HOST/PID`.
 pub(crate) fn host_and_pid() -> String {

@@ -305,3 +305,15 @@ pub fn cli(control: SocketAddr, token: &str, args: &[&str]) -> std::process::Out
         .output()
         .expect("ballast runs")
 }
+
+/// A resolver that asks only `server` and caches nothing, as a client of `ballast dns`.
+pub fn resolver(server: SocketAddr) -> hickory_resolver::TokioResolver {
+    use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
+    let servers = NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true);
+    let mut builder = hickory_resolver::Resolver::builder_with_config(
+        ResolverConfig::from_parts(None, Vec::new(), servers),
+        hickory_resolver::name_server::TokioConnectionProvider::default(),
+    );
+    builder.options_mut().cache_size = 0;
+    builder.build()
+}
