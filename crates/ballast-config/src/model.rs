@@ -538,6 +538,14 @@ pub struct LbServer {
     pub liveness_reason: Option<String>,
 }
 
+impl LbServer {
+    /// Whether it takes traffic: serving (not draining or stopped) and not found dead by the
+    /// orchestrator. DNS answers with these, and the autoscaler counts them.
+    pub fn is_live(&self) -> bool {
+        self.state == LbState::Serving && self.liveness != Liveness::Down
+    }
+}
+
 /// One entry of the change log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Change {

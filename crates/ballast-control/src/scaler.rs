@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ballast_config::{ConfigStore, LbServer, LbState, Liveness, SqlStore};
+use ballast_config::{ConfigStore, LbServer, SqlStore};
 
 use crate::autoscale::{Policy, Recommender};
 use crate::provision::Provision;
@@ -115,10 +115,7 @@ pub async fn run(store: SqlStore, autoscaling: Autoscaling) {
             }
         };
         let now = Instant::now();
-        let live: Vec<&LbServer> = fleet
-            .iter()
-            .filter(|lb| lb.state == LbState::Serving && lb.liveness != Liveness::Down)
-            .collect();
+        let live: Vec<&LbServer> = fleet.iter().filter(|lb| lb.is_live()).collect();
         pending.retain(|name, since| {
             !live.iter().any(|lb| &lb.name == name) && now.duration_since(*since) < START_GRACE
         });

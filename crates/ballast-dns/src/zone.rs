@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use ballast_config::{Config, LbServer, LbState, Liveness};
+use ballast_config::{Config, LbServer};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// What a query asks for.
@@ -76,7 +76,7 @@ impl Zone {
             }
             let mut addresses: Vec<IpAddr> = fleet
                 .iter()
-                .filter(|lb| lb.state == LbState::Serving && lb.liveness != Liveness::Down)
+                .filter(|lb| lb.is_live())
                 .filter(|lb| lb.pools.contains(&pool.spec.name))
                 .flat_map(|lb| lb.addresses.iter())
                 .filter_map(|address| address.parse::<std::net::SocketAddr>().ok())
@@ -217,6 +217,7 @@ mod tests {
     use ballast_config::{AlgorithmSpec, Pool, PoolSpec};
 
     use super::*;
+    use ballast_config::{LbState, Liveness};
 
     fn pool(name: &str, dns: &str) -> Pool {
         Pool {
