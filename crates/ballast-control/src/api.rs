@@ -1,4 +1,5 @@
-//! The admin API, `/v1/…`, JSON in and out. Every route but `/healthz` needs
+//! The admin API, `/v1/…`, JSON in and out. Every route but `/healthz` and the dashboard's page
+//! and assets needs
 //! `Authorization: Bearer <token>`.
 //!
 //! | method and path | what |
@@ -18,6 +19,8 @@
 //! | `GET /v1/leader` | whether this instance leads the orchestrators, its fencing token, why it last stepped down |
 //! | `GET /metrics` | the orchestrator's metrics (Prometheus text), phi per backend included |
 //! | `GET /v1/openapi.json` | this API as an OpenAPI document (generated from the routes) |
+//! | `GET /v1/dashboard` | everything the dashboard shows, in one document (see [`crate::dashboard`]) |
+//! | `GET /` | the dashboard page (public: it holds no data, and asks for the token) |
 //!
 //! Writes answer `{"revision": N}`, the revision they produced. Errors answer
 //! `{"error": {"field": …, "reason": …}}` with 400 (invalid), 404 (unknown pool or backend),
@@ -47,10 +50,11 @@ use prometheus_client::registry::Registry;
 /// The API's state: the store, the token, and the orchestrator's state when it runs here.
 #[derive(Debug, Clone)]
 pub struct Api {
-    store: SqlStore,
+    pub(crate) store: SqlStore,
     pub(crate) token: Arc<str>,
-    orchestrator: Option<Status>,
+    pub(crate) orchestrator: Option<Status>,
     registry: Arc<Registry>,
+    pub(crate) traffic: Arc<crate::dashboard::Traffic>,
 }
 
 /// The admin routes over `store`, guarded by `token`; with `orchestrator`, also its state
@@ -65,6 +69,7 @@ pub fn router(store: SqlStore, token: String, orchestrator: Option<Status>) -> R
         token: token.into(),
         orchestrator,
         registry: Arc::new(registry),
+        traffic: Arc::new(crate::dashboard::Traffic::new()),
     };
     let v1 = Router::new()
         .route("/v1/revision", get(revision))
@@ -91,14 +96,17 @@ pub fn router(store: SqlStore, token: String, orchestrator: Option<Status>) -> R
         .route("/v1/leader", get(leader_status))
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/dashboard", get(crate::dashboard::document))
         .layer(middleware::from_fn_with_state(api.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/", get(crate::dashboard::page))
+        .route("/dashboard/{file}", get(crate::dashboard::asset))
         .merge(v1)
         .with_state(api)
 }
 
-type Answer = Result<(StatusCode, Json<Value>), ApiError>;
+pub(crate) type Answer = Result<(StatusCode, Json<Value>), ApiError>;
 
 /// A JSON body, or 400 naming the field serde stopped at.
 fn body<T: DeserializeOwned>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {

@@ -22,6 +22,7 @@
 pub mod api;
 mod auth;
 pub mod autoscale;
+mod dashboard;
 mod error;
 pub mod fleet;
 pub mod health;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ballast_config::{AlgorithmSpec, ConfigStore, LbState, Liveness, PoolSpec, SqlStore, Write};
+use ballast_config::{AlgorithmSpec, ConfigStore, PoolSpec, SqlStore, Write};
 use ballast_lock::local::LocalNode;
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
@@ -307,7 +307,7 @@ impl UpArgs {
                 .lb_servers()
                 .await?
                 .iter()
-                .filter(|lb| lb.state == LbState::Serving && lb.liveness != Liveness::Down)
+                .filter(|lb| lb.is_live())
                 .count();
             if serving >= self.lbs as usize {
                 return Ok(true);
@@ -333,7 +333,8 @@ impl UpArgs {
         }
         format!(
             "\nBallast is up.\n\
-             \n  dashboard     http://{admin}/  (token {token}, also in {dir}/token)\
+             \n  dashboard     http://{admin}/#token={token}\
+             \n  admin token   {token} (also in {dir}/token)\
              \n  LB servers    {lb} … (the orchestrator keeps {lbs})\
              \n  DNS           {dns}: {DNS_NAME}\
              \n  leader        elected by {election}\

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ballast_config::{ConfigStore, LbState, Liveness, SqlStore};
+use ballast_config::{ConfigStore, LbState, SqlStore};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The display: on a terminal or plain.
@@ -122,10 +122,7 @@ impl Status {
         let fleet = store.lb_servers().await?;
         Ok(Self {
             revision: config.revision,
-            lbs_serving: fleet
-                .iter()
-                .filter(|lb| lb.state == LbState::Serving && lb.liveness != Liveness::Down)
-                .count(),
+            lbs_serving: fleet.iter().filter(|lb| lb.is_live()).count(),
             lbs_draining: fleet
                 .iter()
                 .filter(|lb| lb.state == LbState::Draining)
