@@ -5,7 +5,7 @@
 //! pipe this process holds (`kill`, `start`, `pause`, `resume`); when the pipe closes, however the
 //! test binary ended, the shell kills the server and removes its directory.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -70,8 +70,21 @@ impl Server {
         Self::start_with(Persistence::None)
     }
 
-    /// Starts a server with the given persistence, and waits until it accepts connections.
+    /// Starts a server with the given persistence, and waits until it answers PING. The port is
+    /// free when chosen but may be taken before redis-server binds it (by any other process on
+    /// the machine): then a server on another port is started instead.
     pub fn start_with(persistence: Persistence) -> Self {
+        for _ in 0..3 {
+            let server = Self::spawn(persistence);
+            if server.answers_ping(Duration::from_secs(10)) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of three ports");
+    }
+
+    /// A server on a port that was free a moment ago (dropped: its shell kills it).
+    fn spawn(persistence: Persistence) -> Self {
         let program = server_program();
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -114,14 +127,32 @@ impl Server {
             .expect("bash runs");
         let control = shell.stdin.take().expect("piped stdin");
         let acks = BufReader::new(shell.stdout.take().expect("piped stdout"));
-        let server = Self {
+        Self {
             port,
             dir,
             control: Mutex::new((control, acks)),
             _shell: Mutex::new(shell),
-        };
-        server.wait_until(true);
-        server
+        }
+    }
+
+    /// Whether our redis-server answers PING within `limit` (not merely whether something
+    /// accepts connections on its port).
+    fn answers_ping(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(mut stream) = TcpStream::connect(self.address()) {
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut answer = [0u8; 7];
+                if stream.write_all(b"PING\r\n").is_ok()
+                    && stream.read_exact(&mut answer).is_ok()
+                    && &answer == b"+PONG\r\n"
+                {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
     }
 
     /// `count` servers that keep nothing on disk: a Redlock cluster.
@@ -148,7 +179,11 @@ impl Server {
     /// Starts the killed server again on the same port and directory.
     pub fn start_again(&self) {
         self.send("start");
-        self.wait_until(true);
+        assert!(
+            self.answers_ping(Duration::from_secs(20)),
+            "redis-server did not start again; see {}/log",
+            self.dir.display()
+        );
     }
 
     /// Freezes the server (SIGSTOP) and returns once it is frozen: connections stay open but
