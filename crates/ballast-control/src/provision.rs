@@ -2,7 +2,9 @@
 //!
 //! - [`Local`] starts managed `ballast lb` processes on this machine, each on its own loopback
 //!   address (127.0.0.11, .12, …) and the same port, and stops them with SIGTERM, which drains
-//!   them: the LB reports `draining` (and leaves DNS), finishes its requests, reports `stopped`.
+//!   them: the LB reports `draining` (and leaves DNS), still accepts for its drain delay (while
+//!   resolvers' caches expire), then closes its listeners, finishes its requests, reports
+//!   `stopped`.
 //!   They outlive a leadership term (and are drained when `ballast control` shuts down).
 //! - [`Commands`] runs the user's scripts with the LB's name and address in the environment
 //!   (`BALLAST_LB_NAME`, `BALLAST_LB_ADDRESS`): the way to drive a cloud CLI, systemd or
@@ -121,18 +123,27 @@ pub struct Local {
     db: String,
     pools: Vec<String>,
     port: u16,
+    drain_delay: std::time::Duration,
     children: BTreeMap<String, Child>,
 }
 
 impl Local {
     /// LBs of `program` (the `ballast` binary) on database `db`, each serving `pools` (one
-    /// listener per pool, on `port`, `port + 1`, …).
-    pub fn new(program: PathBuf, db: String, pools: Vec<String>, port: u16) -> Self {
+    /// listener per pool, on `port`, `port + 1`, …), each still accepting for `drain_delay`
+    /// after it is told to stop (while DNS drops it).
+    pub fn new(
+        program: PathBuf,
+        db: String,
+        pools: Vec<String>,
+        port: u16,
+        drain_delay: std::time::Duration,
+    ) -> Self {
         Self {
             program,
             db,
             pools,
             port,
+            drain_delay,
             children: BTreeMap::new(),
         }
     }
@@ -156,8 +167,10 @@ impl Local {
             let listen = SocketAddr::from((ip, self.port.saturating_add(i as u16)));
             command.args(["--listen", &listen.to_string(), "--pool", pool]);
         }
+        let drain_delay = format!("{}ms", self.drain_delay.as_millis());
         command
             .args(["--admin", &SocketAddr::from((ip, 0)).to_string()])
+            .args(["--drain-delay", &drain_delay])
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         let child = command.spawn().map_err(|source| ProvisionError::Spawn {

@@ -116,10 +116,12 @@ pub fn run(
     let mut per_worker: Vec<Vec<WorkerListener>> =
         (0..settings.workers).map(|_| Vec::new()).collect();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Turns true at SIGTERM, `drain_delay` before `shutdown` does.
+    let (leaving_tx, leaving_rx) = watch::channel(false);
     let mut bound = Bound {
         listeners: Vec::new(),
         admin: None,
-        stopping: shutdown_rx.clone(),
+        stopping: leaving_rx,
     };
     for listener in &settings.listeners {
         let index = bound.listeners.len();
@@ -216,6 +218,20 @@ pub fn run(
                 _ = int.recv() => tracing::info!("SIGINT: draining"),
             }
             shared_for_signal.draining.store(true, Ordering::Relaxed);
+            let _ = leaving_tx.send(true);
+            let delay = shared_for_signal.settings.drain_delay;
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "still accepting while the fleet learns this LB leaves"
+                );
+                // A second signal cuts the delay short.
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
             let _ = shutdown_tx.send(true);
         });
         worker(Arc::clone(&shared), own, shutdown_rx).await;

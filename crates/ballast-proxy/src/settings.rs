@@ -35,6 +35,11 @@ pub struct Settings {
     pub outlier: OutlierPolicy,
     /// How long SIGTERM waits for requests in flight before exiting.
     pub drain_timeout: Duration,
+    /// How long, after SIGTERM, the server still accepts new connections while it tells the
+    /// fleet it is leaving (its heartbeat says `draining`, DNS drops it, resolvers' caches
+    /// expire), before it closes its listeners and drains: clients that looked it up just before
+    /// are served rather than refused. 0 closes the listeners at once.
+    pub drain_delay: Duration,
     /// The pools come from the configuration database (managed mode): a listener's pool may
     /// not exist yet, and answers 503 until it does.
     pub managed: bool,
@@ -211,6 +216,7 @@ impl Settings {
             retries: 2,
             outlier: OutlierPolicy::default(),
             drain_timeout: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
             managed: false,
         }
     }
@@ -350,6 +356,8 @@ struct File {
     admin: Option<SocketAddr>,
     #[serde(default, with = "humantime_serde_opt")]
     drain_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    drain_delay: Option<Duration>,
     retries: Option<u32>,
     #[serde(default)]
     timeouts: FileTimeouts,
@@ -482,6 +490,7 @@ impl File {
         settings.workers = self.workers.unwrap_or(settings.workers);
         settings.admin = self.admin;
         settings.drain_timeout = self.drain_timeout.unwrap_or(settings.drain_timeout);
+        settings.drain_delay = self.drain_delay.unwrap_or(settings.drain_delay);
         settings.retries = self.retries.unwrap_or(settings.retries);
         let t = &mut settings.timeouts;
         t.connect = self.timeouts.connect.unwrap_or(t.connect);
@@ -523,6 +532,7 @@ mod tests {
 workers = 2
 admin = "127.0.0.1:9180"
 drain_timeout = "5s"
+drain_delay = "2s"
 
 [timeouts]
 connect = "250ms"
@@ -554,6 +564,7 @@ backends = ["127.0.0.1:9101"]
         let settings = Settings::from_toml(EXAMPLE).expect("valid");
         assert_eq!(settings.workers, 2);
         assert_eq!(settings.drain_timeout, Duration::from_secs(5));
+        assert_eq!(settings.drain_delay, Duration::from_secs(2));
         assert_eq!(settings.timeouts.connect, Duration::from_millis(250));
         assert_eq!(settings.timeouts.idle, Duration::from_secs(60));
         assert_eq!(settings.listeners[1].mode, Mode::Tcp);

@@ -345,6 +345,36 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
 }
 
 #[test]
+fn with_a_drain_delay_sigterm_keeps_accepting_while_not_ready_then_stops() {
+    let (_backend, backend) = echo("steady", &[]);
+    let (mut lb_process, address) = lb(&[backend], &["--drain-delay", "3s"]);
+    let admin = lb_process.admin_addr();
+    assert_eq!(get(admin, "/readyz", &[]).status, 200);
+    let signalled = std::time::Instant::now();
+    lb_process.terminate();
+    // Not ready (so the fleet and DNS let it go), yet a client that still has its address is
+    // served.
+    eventually(Duration::from_secs(5), "/readyz says draining", || {
+        get(admin, "/readyz", &[]).status == 503
+    });
+    assert_eq!(backend_of(&get(address, "/", &[])), "steady");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "checked within the delay"
+    );
+    let status = lb_process.wait(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(3),
+        "the listener stayed open for the delay"
+    );
+    assert!(
+        std::net::TcpStream::connect(address).is_err(),
+        "closed after"
+    );
+}
+
+#[test]
 fn invalid_settings_are_rejected_before_listening() {
     let stderr = support::rejected(&[
         "lb",

@@ -20,9 +20,9 @@ use ballast_control::scaler::Autoscaling;
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
-/// How long the LBs this instance started may take to drain when it stops (an LB's own drain
-/// timeout is 30 s by default).
-const LB_STOP_GRACE: Duration = Duration::from_secs(35);
+/// How long the LBs this instance started may take to stop when it stops: their drain delay
+/// (6 s by default) and drain timeout (30 s), and some.
+const LB_STOP_GRACE: Duration = Duration::from_secs(45);
 
 #[derive(Debug, Args)]
 pub(crate) struct ControlArgs {
@@ -96,6 +96,10 @@ struct ScalingArgs {
     /// Local provisioner: the port every LB listens on, each on its own 127.0.0.x.
     #[arg(long, value_name = "PORT", default_value_t = 8080)]
     lb_port: u16,
+    /// Local provisioner: how long a stopped LB still accepts while DNS drops it (`ballast
+    /// dns`'s TTL, 5 s by default, and a second for its fleet poll and the heartbeat).
+    #[arg(long, value_name = "DURATION", default_value = "6s", value_parser = humantime::parse_duration)]
+    lb_drain_delay: Duration,
     /// Command provisioner: run to add an LB (BALLAST_LB_NAME, BALLAST_LB_ADDRESS set).
     #[arg(long, value_name = "COMMAND")]
     scale_up_cmd: Option<String>,
@@ -138,6 +142,7 @@ impl ScalingArgs {
                     db.to_owned(),
                     self.lb_pool.clone(),
                     self.lb_port,
+                    self.lb_drain_delay,
                 ))
             }
             ProvisionerKind::Command => match (&self.scale_up_cmd, &self.scale_down_cmd) {

@@ -96,6 +96,10 @@ pub(crate) struct LbArgs {
     /// How long SIGTERM waits for requests in flight.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     drain_timeout: Option<Duration>,
+    /// After SIGTERM, keep accepting this long while the fleet (and DNS) learns this LB leaves,
+    /// then close the listeners and drain [default: 0s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    drain_delay: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -174,6 +178,7 @@ impl LbArgs {
             .eject_after
             .unwrap_or(settings.outlier.consecutive_failures);
         settings.drain_timeout = self.drain_timeout.unwrap_or(settings.drain_timeout);
+        settings.drain_delay = self.drain_delay.unwrap_or(settings.drain_delay);
         settings.validate()?;
         Ok(settings)
     }

@@ -415,7 +415,7 @@ impl System {
     /// the backends and Redis; anything left in the group is killed last.
     async fn stop(&mut self, display: &Display) {
         display.event("stopping: the LB servers drain first");
-        self.control.stop(Duration::from_secs(40)).await;
+        self.control.stop(Duration::from_secs(50)).await;
         self.dns.stop(Duration::from_secs(5)).await;
         for backend in &mut self.backends {
             backend.stop(Duration::from_secs(5)).await;
