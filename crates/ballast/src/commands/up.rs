@@ -388,7 +388,10 @@ impl UpArgs {
                 if !child.running() {
                     child.restarts += 1;
                     match child.start(&mut system.group).await {
-                        Ok(()) => display.event(&format!("{} started again", child.name)),
+                        Ok(()) => display.event(&format!(
+                            "{} started again (restart {})",
+                            child.name, child.restarts
+                        )),
                         Err(error) => {
                             display.event(&format!("{error:#}; trying again in a second"));
                         }
