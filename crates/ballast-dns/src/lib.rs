@@ -20,11 +20,12 @@
 mod follow;
 mod metrics;
 mod server;
+mod udp;
 mod zone;
 
 pub use follow::follow_zone;
 /// The DNS wire format the server speaks, for clients such as `ballast bench dns`.
 pub use hickory_server::proto;
 pub use metrics::Metrics;
-pub use server::{Answerer, serve};
+pub use server::{Answerer, DnsServer, serve};
 pub use zone::{Lookup, QueryType, Zone};

@@ -1,8 +1,8 @@
 //! The DNS protocol side: a `hickory-server` request handler that answers from the current
 //! [`Zone`], swapped in whole when the configuration or the fleet changes. Authoritative answers
 //! for names in the zone (with SOA in the authority section for NXDOMAIN and NODATA), REFUSED for
-//! names outside it; over UDP, an answer that does not fit is truncated with the TC bit set (by
-//! `hickory-server`), and the client repeats the query over TCP.
+//! names outside it; over UDP, an answer that does not fit what the client can take is sent
+//! without records and with the TC bit set, and the client repeats the query over TCP.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -243,14 +243,71 @@ async fn form_error<R: ResponseHandler>(request: &Request, mut response_handle: 
 }
 
 /// A server for `answerer` on `udp` and `tcp` (idle TCP connections close after 5 s); drive it
-/// with `block_until_done`, stop it with `shutdown_gracefully`.
+/// with `block_until_done`, stop it with `shutdown_gracefully`. UDP is answered in this crate's
+/// own tasks ([`crate::udp`]), TCP by hickory-server. Call it inside a Tokio runtime.
 pub fn serve(
     answerer: Answerer,
     udp: tokio::net::UdpSocket,
     tcp: tokio::net::TcpListener,
-) -> hickory_server::ServerFuture<Answerer> {
-    let mut server = hickory_server::ServerFuture::new(answerer);
-    server.register_socket(udp);
-    server.register_listener(tcp, std::time::Duration::from_secs(5));
-    server
+) -> DnsServer {
+    let answerer = Arc::new(answerer);
+    let udp = Arc::new(udp);
+    let loops = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let udp = (0..loops)
+        .map(|_| {
+            tokio::spawn(crate::udp::answer_loop(
+                Arc::clone(&answerer),
+                Arc::clone(&udp),
+            ))
+        })
+        .collect();
+    let mut tcp_server = hickory_server::ServerFuture::new(Shared(answerer));
+    tcp_server.register_listener(tcp, std::time::Duration::from_secs(5));
+    DnsServer {
+        tcp: tcp_server,
+        udp,
+    }
+}
+
+/// A running DNS server; dropping it stops answering over UDP.
+pub struct DnsServer {
+    tcp: hickory_server::ServerFuture<Shared>,
+    udp: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl DnsServer {
+    /// Runs until the server stops (its TCP listener fails or it is shut down).
+    pub async fn block_until_done(&mut self) -> Result<(), hickory_server::proto::ProtoError> {
+        self.tcp.block_until_done().await
+    }
+
+    /// Stops answering over UDP at once and lets TCP connections finish.
+    pub async fn shutdown_gracefully(&mut self) -> Result<(), hickory_server::proto::ProtoError> {
+        for task in &self.udp {
+            task.abort();
+        }
+        self.tcp.shutdown_gracefully().await
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        for task in &self.udp {
+            task.abort();
+        }
+    }
+}
+
+/// The answerer as hickory-server's TCP side holds it, shared with the UDP tasks.
+struct Shared(Arc<Answerer>);
+
+#[async_trait::async_trait]
+impl RequestHandler for Shared {
+    async fn handle_request<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.0.handle_request(request, response_handle).await
+    }
 }
