@@ -23,7 +23,7 @@ use axum::response::{Html, IntoResponse, Response};
 use ballast_config::{ConfigStore, LbServer};
 use bytes::Bytes;
 use futures_util::future::join_all;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -35,6 +35,9 @@ const PAGE: &str = include_str!("../assets/dashboard.html");
 const SCRIPT: &str = include_str!("../assets/dashboard.js");
 const UPLOT_JS: &str = include_str!("../assets/uplot/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("../assets/uplot/uPlot.min.css");
+
+/// How long one LB's `/metrics` may take before the document goes without it.
+const SCRAPE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How many change-log entries the document carries.
 const RECENT_CHANGES: u64 = 15;
@@ -122,32 +125,17 @@ impl Traffic {
     }
 
     async fn scrape(&self, admin: SocketAddr) -> Option<String> {
-        let uri = format!("http://{admin}/metrics").parse().ok()?;
-        let response = tokio::time::timeout(Duration::from_millis(500), async {
-            let response = self.client.get(uri).await.ok()?;
-            response.into_body().collect().await.ok()
-        })
-        .await
-        .ok()??;
-        String::from_utf8(response.to_bytes().to_vec()).ok()
+        crate::fleet::fetch_metrics(&self.client, admin, SCRAPE_TIMEOUT)
+            .await
+            .ok()
     }
 }
 
 /// `ballast_backend_in_flight` and `ballast_requests_total` by pool and backend, from one LB's
 /// `/metrics` page.
 fn backend_traffic(page: &str) -> HashMap<BackendKey, BackendTraffic> {
-    let lines = page.lines().map(|line| Ok(line.to_owned()));
-    let Ok(scrape) = prometheus_parse::Scrape::parse(lines) else {
-        return HashMap::new();
-    };
     let mut traffic: HashMap<BackendKey, BackendTraffic> = HashMap::new();
-    for sample in &scrape.samples {
-        let value = match sample.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => continue,
-        };
+    for (sample, value) in crate::fleet::numeric_samples(page).unwrap_or_default() {
         let (Some(pool), Some(backend)) = (sample.labels.get("pool"), sample.labels.get("backend"))
         else {
             continue;

@@ -37,16 +37,8 @@ pub struct Reading {
 
 /// Reads the figures out of a `/metrics` page.
 pub fn read(page: &str) -> Result<Reading, String> {
-    let lines = page.lines().map(|line| Ok(line.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).map_err(|e| e.to_string())?;
     let mut reading = Reading::default();
-    for sample in &scrape.samples {
-        let value = match sample.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => continue,
-        };
+    for (sample, value) in numeric_samples(page)? {
         match sample.metric.trim_end_matches("_total") {
             "process_cpu_seconds" => reading.cpu_seconds = value,
             "process_resident_memory_bytes" => reading.resident_bytes = value,
@@ -56,6 +48,23 @@ pub fn read(page: &str) -> Result<Reading, String> {
         }
     }
     Ok(reading)
+}
+
+/// Every counter, gauge and untyped sample of a `/metrics` page, with its value (histograms
+/// and summaries are left out).
+pub(crate) fn numeric_samples(page: &str) -> Result<Vec<(prometheus_parse::Sample, f64)>, String> {
+    let lines = page.lines().map(|line| Ok(line.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).map_err(|e| e.to_string())?;
+    Ok(scrape
+        .samples
+        .into_iter()
+        .filter_map(|sample| match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some((sample, v)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// One watched LB.
@@ -241,6 +250,16 @@ async fn scrape(
     admin: SocketAddr,
     timeout: Duration,
 ) -> Result<Reading, Outcome> {
+    let page = fetch_metrics(client, admin, timeout).await?;
+    read(&page).map_err(Outcome::Failed)
+}
+
+/// The `/metrics` page of the LB whose admin endpoint is `admin`, within `timeout`.
+pub(crate) async fn fetch_metrics(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    admin: SocketAddr,
+    timeout: Duration,
+) -> Result<String, Outcome> {
     let uri: hyper::Uri = format!("http://{admin}/metrics")
         .parse()
         .map_err(|e: hyper::http::uri::InvalidUri| Outcome::Failed(e.to_string()))?;
@@ -258,7 +277,7 @@ async fn scrape(
             .await
             .map_err(|e| Outcome::Failed(format!("scrape: {e}")))?
             .to_bytes();
-        read(&String::from_utf8_lossy(&body)).map_err(Outcome::Failed)
+        Ok(String::from_utf8_lossy(&body).into_owned())
     };
     tokio::time::timeout(timeout, fetch)
         .await
