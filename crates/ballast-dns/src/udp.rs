@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use hickory_server::authority::{MessageRequest, MessageResponse};
-use hickory_server::proto::op::{Header, ResponseCode};
+use hickory_server::proto::op::{Header, MessageType, ResponseCode};
 use hickory_server::proto::rr::Record;
 use hickory_server::proto::serialize::binary::{
     BinDecodable, BinDecoder, BinEncodable, BinEncoder,
@@ -35,7 +35,9 @@ pub(crate) async fn answer_loop(answerer: Arc<Answerer>, socket: Arc<UdpSocket>)
                 continue;
             }
         };
-        if let Some(answer) = answer(&answerer, &buffer[..length], peer).await
+        if let Some(answer) = answerer
+            .answer_message(&buffer[..length], peer, Protocol::Udp)
+            .await
             && let Err(error) = socket.send_to(&answer, peer).await
         {
             tracing::debug!(%error, %peer, "UDP answer not sent");
@@ -43,28 +45,34 @@ pub(crate) async fn answer_loop(answerer: Arc<Answerer>, socket: Arc<UdpSocket>)
     }
 }
 
-/// The answer to one datagram, if it deserves one: a query is answered by the answerer, a
-/// datagram whose header reads but whose rest does not gets FORMERR (as hickory-server does),
-/// anything shorter than a header or already a response gets nothing.
-async fn answer(answerer: &Answerer, datagram: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
-    match MessageRequest::from_bytes(datagram) {
-        Ok(message)
-            if message.header().message_type() == hickory_server::proto::op::MessageType::Query =>
-        {
-            let request = Request::new(message, peer, Protocol::Udp);
-            let written = Written::default();
-            answerer.handle_request(&request, written.clone()).await;
-            written.take()
-        }
-        Ok(_) => None,
-        Err(_) => {
-            let header = Header::read(&mut BinDecoder::new(datagram)).ok()?;
-            if header.message_type() != hickory_server::proto::op::MessageType::Query {
-                return None;
+impl Answerer {
+    /// The encoded answer to one DNS message as a client sent it over `protocol`, if it deserves
+    /// one: a query is answered, a message whose header reads but whose rest does not gets
+    /// FORMERR (as hickory-server does), anything shorter than a header or already a response
+    /// gets nothing. The UDP tasks answer with it; so does the fuzz target.
+    pub async fn answer_message(
+        &self,
+        message: &[u8],
+        peer: SocketAddr,
+        protocol: Protocol,
+    ) -> Option<Vec<u8>> {
+        match MessageRequest::from_bytes(message) {
+            Ok(request) if request.header().message_type() == MessageType::Query => {
+                let request = Request::new(request, peer, protocol);
+                let written = Written::default();
+                self.handle_request(&request, written.clone()).await;
+                written.take()
             }
-            let mut response = Header::response_from_request(&header);
-            response.set_response_code(ResponseCode::FormErr);
-            response.to_bytes().ok()
+            Ok(_) => None,
+            Err(_) => {
+                let header = Header::read(&mut BinDecoder::new(message)).ok()?;
+                if header.message_type() != MessageType::Query {
+                    return None;
+                }
+                let mut response = Header::response_from_request(&header);
+                response.set_response_code(ResponseCode::FormErr);
+                response.to_bytes().ok()
+            }
         }
     }
 }

@@ -44,9 +44,23 @@ async fn answers(server: SocketAddr, id: u16) -> bool {
     false
 }
 
+/// A server for `zone` on a free loopback port (UDP and TCP), running for the rest of the test.
+async fn start(zone: Zone) -> SocketAddr {
+    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+    let address = udp.local_addr().expect("address");
+    let tcp = tokio::net::TcpListener::bind(address).await.expect("tcp");
+    let mut server = serve(
+        Answerer::new(Arc::new(ArcSwap::from_pointee(zone)), None),
+        udp,
+        tcp,
+    );
+    tokio::spawn(async move { server.block_until_done().await });
+    address
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_and_broken_packets_never_take_the_server_down() {
-    let zone = Arc::new(ArcSwap::from_pointee(Zone::build(
+    let server_address = start(Zone::build(
         "ballast.local",
         5,
         &Config {
@@ -54,14 +68,8 @@ async fn random_and_broken_packets_never_take_the_server_down() {
             pools: Vec::new(),
         },
         &[],
-    )));
-    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
-    let server_address = udp.local_addr().expect("address");
-    let tcp = tokio::net::TcpListener::bind(server_address)
-        .await
-        .expect("tcp");
-    let mut server = serve(Answerer::new(zone, None), udp, tcp);
-    tokio::spawn(async move { server.block_until_done().await });
+    ))
+    .await;
     assert!(answers(server_address, 1).await);
 
     let mut rng = fastrand::Rng::with_seed(0xba11a57);
@@ -113,14 +121,7 @@ async fn random_and_broken_packets_never_take_the_server_down() {
 /// questions' bytes into the answer, compression pointers into the header and all.)
 #[tokio::test]
 async fn requests_without_exactly_one_question_get_a_formerr_that_decodes() {
-    let zone = Arc::new(ArcSwap::from_pointee(Zone::new("ballast.local", 5)));
-    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
-    let server_address = udp.local_addr().expect("address");
-    let tcp = tokio::net::TcpListener::bind(server_address)
-        .await
-        .expect("tcp");
-    let mut server = serve(Answerer::new(zone, None), udp, tcp);
-    tokio::spawn(async move { server.block_until_done().await });
+    let server_address = start(Zone::new("ballast.local", 5)).await;
 
     let header = |id: u16, questions: u16| {
         let mut bytes = id.to_be_bytes().to_vec();
