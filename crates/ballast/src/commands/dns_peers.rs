@@ -4,11 +4,14 @@
 //! foreground on a free loopback port with one worker, and is killed when dropped.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+/// Where Debian installs the servers, which a user's PATH may leave out.
+const SBIN: &[&str] = &["/usr/sbin", "/usr/local/sbin", "/sbin"];
 
 /// An authoritative DNS server to compare with.
 #[derive(Debug, Clone, Copy)]
@@ -67,7 +70,7 @@ impl Peer {
         cpus: Option<&str>,
         probe: &[u8],
     ) -> Result<Option<Running>> {
-        let Some(program) = find_program(self.program()) else {
+        let Some(program) = super::find_program(self.program(), SBIN) else {
             return Ok(None);
         };
         let home = dir.join(self.name());
@@ -77,14 +80,7 @@ impl Peer {
         let config = home.join("server.conf");
         std::fs::write(&config, self.config(&home, origin, address))?;
         let version = version_of(&program, self);
-        let mut command = match cpus {
-            Some(cpus) => {
-                let mut taskset = Command::new("taskset");
-                taskset.args(["-c", cpus]).arg(&program);
-                taskset
-            }
-            None => Command::new(&program),
-        };
+        let mut command = super::harness::command_on(cpus, &program);
         match self {
             Self::Knot => command.arg("-c").arg(&config),
             Self::Nsd => command.arg("-d").arg("-c").arg(&config),
@@ -125,15 +121,6 @@ impl Peer {
             ),
         }
     }
-}
-
-/// The program on the PATH or in the sbin directories, where Debian puts both servers.
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
 }
 
 fn version_of(program: &Path, peer: Peer) -> String {

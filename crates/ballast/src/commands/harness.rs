@@ -36,15 +36,7 @@ pub(crate) fn start(args: &[&str], lines: usize) -> Result<Started> {
 /// [`start`], on the CPUs `cpus` (a `taskset` list such as `1`) when given.
 pub(crate) fn start_on(cpus: Option<&str>, args: &[&str], lines: usize) -> Result<Started> {
     let exe = std::env::current_exe().context("this binary's path")?;
-    let mut command = match cpus {
-        Some(cpus) => {
-            let mut taskset = Command::new("taskset");
-            taskset.args(["-c", cpus]).arg(exe);
-            taskset
-        }
-        None => Command::new(exe),
-    };
-    let mut child = command
+    let mut child = command_on(cpus, exe)
         .args(args)
         .env("RUST_LOG", "error")
         .stdin(Stdio::null())
@@ -71,6 +63,18 @@ pub(crate) fn start_on(cpus: Option<&str>, args: &[&str], lines: usize) -> Resul
         }
     }
     Ok(Started { child, ready })
+}
+
+/// A command for `program`, run on the CPUs `cpus` (through `taskset`) when given.
+pub(crate) fn command_on(cpus: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", cpus]).arg(program);
+            taskset
+        }
+        None => Command::new(program),
+    }
 }
 
 pub(crate) fn address_after(lines: &[String], prefix: &str) -> Result<SocketAddr> {

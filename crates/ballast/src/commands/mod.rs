@@ -30,3 +30,13 @@ pub(crate) fn host_and_pid() -> String {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     format!("{}/{}", host.trim(), std::process::id())
 }
+
+/// `name` on the PATH, or else in the directories `also` (Debian puts servers such as Knot and
+/// NSD in sbin directories a user's PATH may leave out).
+pub(crate) fn find_program(name: &str, also: &[&str]) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(also.iter().map(std::path::PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}

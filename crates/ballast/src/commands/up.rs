@@ -197,7 +197,7 @@ impl UpArgs {
     ) -> Result<String> {
         let (redis_urls, election) = match self.redis.as_str() {
             "off" => (Vec::new(), "the database lease (--redis off)".to_owned()),
-            "auto" if !on_path("redis-server") => (
+            "auto" if super::find_program("redis-server", &[]).is_none() => (
                 Vec::new(),
                 "the database lease (redis-server is not installed)".to_owned(),
             ),
@@ -445,11 +445,6 @@ fn fresh_token(dir: &Path) -> Result<String> {
         .with_context(|| format!("writing {}", path.display()))?;
     writeln!(file, "{token}")?;
     Ok(token)
-}
-
-fn on_path(program: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
 }
 
 /// `DIR/up.pid` while `ballast up` runs there: a second one on the same directory is refused.
