@@ -74,6 +74,20 @@ pub enum LockError {
         /// The TTL asked for.
         ttl: Duration,
     },
+    /// A quorum granted it, but too few nodes then raised their fencing counters to its token,
+    /// so a later holder could get a smaller one: refused (and released) rather than unsafe.
+    #[error(
+        "`{name}` not acquired: fewer than {quorum} nodes raised their fencing counter to the token{}",
+        failures_text(.failures)
+    )]
+    Unfenced {
+        /// The lock's name.
+        name: String,
+        /// Nodes needed.
+        quorum: usize,
+        /// The nodes that failed, and how.
+        failures: Vec<NodeError>,
+    },
     /// The wait ended before the lock was free.
     #[error("`{name}` not acquired within {waited:?}: {last}")]
     Timeout {

@@ -25,7 +25,8 @@
 //! it and validity remains: TTL − time taken − drift, drift being 1% of the TTL + 2 ms. A failed
 //! attempt is released on every node, the ones that timed out included. Each grant also issues a
 //! fencing token in the same script (see `scripts.rs`): the largest of the majority's is the
-//! lease's, and it grows with every grant.
+//! lease's once a majority has raised its counter to it, so tokens grow in grant order even when
+//! the nodes' counters disagree.
 //!
 //! # What it does not promise
 //!

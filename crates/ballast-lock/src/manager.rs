@@ -12,7 +12,7 @@ use crate::error::{LockError, NodeError};
 use crate::lease::{Lease, Released};
 use crate::node::{Holding, Node};
 use crate::options::{Options, drift};
-use crate::scripts::{ACQUIRE, INSPECT, RELEASE};
+use crate::scripts::{ACQUIRE, INSPECT, RAISE, RELEASE};
 
 /// The nodes and how they decide.
 #[derive(Debug, Clone)]
@@ -143,18 +143,33 @@ impl LockManager {
         }
         let quorum = self.quorum();
         let margin = drift(ttl);
+        let mut unfenced = None;
         if tokens.len() >= quorum && elapsed + margin < ttl {
-            return Ok(Lease::new(
-                self.clone(),
-                name.to_owned(),
-                value,
-                tokens.into_iter().max().unwrap_or(0),
-                ttl,
-                started + ttl - margin,
-            ));
+            let token = tokens.iter().copied().max().unwrap_or(0);
+            match self.raise(&keys, token, timeout).await {
+                Ok(()) if started.elapsed() + margin < ttl => {
+                    return Ok(Lease::new(
+                        self.clone(),
+                        name.to_owned(),
+                        value,
+                        token,
+                        ttl,
+                        started + ttl - margin,
+                    ));
+                }
+                Ok(()) => {}
+                Err(failures) => unfenced = Some(failures),
+            }
         }
         // Undo every grant, on every node: one that timed out may have granted it all the same.
         self.release(name, &value, 0).await;
+        if let Some(failures) = unfenced {
+            return Err(LockError::Unfenced {
+                name: name.to_owned(),
+                quorum,
+                failures,
+            });
+        }
         if tokens.len() >= quorum {
             return Err(LockError::TooSlow {
                 name: name.to_owned(),
@@ -170,6 +185,34 @@ impl LockManager {
             quorum,
             failures,
         })
+    }
+
+    /// Raises the fencing counter to `token` on every node; `Ok` once a majority's counters are
+    /// at least `token`, so that any later majority includes a node that issues a larger one.
+    async fn raise(
+        &self,
+        keys: &[&str; 2],
+        token: u64,
+        timeout: Duration,
+    ) -> Result<(), Vec<NodeError>> {
+        let args = [token.to_string()];
+        let answers: Vec<Result<u64, NodeError>> = self
+            .each_node(|node| node.run(&RAISE, keys, &args, timeout))
+            .await;
+        let mut raised = 0;
+        let mut failures = Vec::new();
+        for answer in answers {
+            match answer {
+                Ok(counter) if counter >= token => raised += 1,
+                Ok(_) => {}
+                Err(error) => failures.push(error),
+            }
+        }
+        if raised >= self.quorum() {
+            Ok(())
+        } else {
+            Err(failures)
+        }
     }
 
     /// Tries until the lock is had or `wait` has passed, pausing between attempts with jittered

@@ -3,9 +3,13 @@
 //!
 //! A fencing token is `max(last + 1, the node's clock in µs)`: it grows by one per grant like a
 //! counter, and a node that lost its counter (restarted without persistence) still issues tokens
-//! beyond the ones it issued before, as long as its clock moved forward. Release and extension
-//! raise the counter to the token the holder was given, so that the next grant on this node
-//! issues a larger one even when the holder's token came from another node with a faster clock.
+//! beyond the ones it issued before, as long as its clock moved forward.
+//!
+//! Tokens must grow in grant order across nodes too, and the nodes' counters can disagree (a
+//! node whose clock ran fast issues much larger ones). So a grant is complete only once a
+//! majority's counters were raised to the token chosen (`RAISE`, one more parallel round trip):
+//! every later majority shares a node with that one, and that node issues a larger token.
+//! Release and extension raise the counter again, which only ever helps.
 
 use std::sync::LazyLock;
 
@@ -54,6 +58,19 @@ const EXTEND_SOURCE: &str = r"
         ";
 pub(crate) static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(EXTEND_SOURCE));
 
+/// Raises the fencing counter to `ARGV[1]` unless it is already there; answers the counter.
+/// Raising a counter is safe whoever holds the lock: it only makes later tokens larger.
+const RAISE_SOURCE: &str = r"
+        local token = tonumber(ARGV[1])
+        local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+        if last < token then
+            redis.call('SET', KEYS[2], ARGV[1])
+            return token
+        end
+        return last
+        ";
+pub(crate) static RAISE: LazyLock<Script> = LazyLock::new(|| Script::new(RAISE_SOURCE));
+
 /// The holder's value (or false), its remaining TTL in ms, and the last fencing token.
 const INSPECT_SOURCE: &str = r"
         return {
@@ -67,8 +84,9 @@ pub(crate) static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(INSPE
 /// Every script's source, loaded into each node as its connection opens: a request queued on a
 /// node that does not answer (paused, busy) must run when it wakes, without the round trips of
 /// loading a script it does not know.
-pub(crate) const ALL: [&str; 4] = [
+pub(crate) const ALL: [&str; 5] = [
     ACQUIRE_SOURCE,
+    RAISE_SOURCE,
     RELEASE_SOURCE,
     EXTEND_SOURCE,
     INSPECT_SOURCE,

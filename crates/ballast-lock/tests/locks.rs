@@ -371,3 +371,67 @@ async fn a_paused_holders_late_write_is_refused_by_fencing() {
         .collect();
     assert_eq!(log, ["A1", "B1"]);
 }
+
+/// The nodes' fencing counters disagree — node 1's is far ahead, as after a spell with a fast
+/// clock. A is granted by all five and gets node 1's large token, then pauses; node 1 becomes
+/// unreachable; B is granted by the other four. B's token must still be larger than A's, or the
+/// resource would refuse the rightful holder and take A's late write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_grow_in_grant_order_when_one_nodes_counter_is_ahead() {
+    let servers = Server::cluster(5);
+    let resource = Server::start();
+    let register = ballast_lock::fenced::Register::open(&resource.url(), "skewed")
+        .await
+        .expect("register");
+    let ahead = {
+        let client = redis::Client::open(servers[0].url()).expect("url");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("node 1");
+        let (seconds, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut connection)
+            .await
+            .expect("TIME");
+        // 30 s ahead of the node's clock, in the clock-based token's unit (µs).
+        let ahead = seconds * 1_000_000 + micros + 30_000_000;
+        let () = redis::cmd("SET")
+            .arg("skewed:fence")
+            .arg(ahead)
+            .query_async(&mut connection)
+            .await
+            .expect("SET");
+        ahead
+    };
+    let (a, b) = (redlock(&servers), redlock(&servers));
+    let ttl = Duration::from_millis(300);
+    let lease_a = a.try_acquire("skewed", ttl).await.expect("A acquires");
+    assert!(
+        lease_a.fencing_token() > ahead,
+        "A's token comes from node 1"
+    );
+    // A pauses before its first renewal; node 1 is cut off.
+    servers[0].kill();
+    let lease_b = b
+        .acquire("skewed", ttl, Duration::from_secs(5))
+        .await
+        .expect("B acquires from nodes 2-5 once A's lease ran out");
+    assert!(
+        lease_b.fencing_token() > lease_a.fencing_token(),
+        "B {} must be above A {}",
+        lease_b.fencing_token(),
+        lease_a.fencing_token()
+    );
+    assert!(
+        register
+            .write(lease_b.fencing_token(), "B1")
+            .await
+            .expect("write"),
+        "the rightful holder's write is taken"
+    );
+    let late = register
+        .write(lease_a.fencing_token(), "A1")
+        .await
+        .expect("write");
+    assert!(!late, "A's late write must be refused");
+}

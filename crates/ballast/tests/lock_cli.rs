@@ -239,3 +239,32 @@ fn the_safety_checker_injects_every_fault_and_finds_no_violation() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(text(&refused.stderr).contains("need nodes the checker starts"));
 }
+
+/// Nodes whose fencing counters disagree: the holder that got the skewed node's large token is
+/// frozen and the node cut off; the checker must see every later token larger.
+#[test]
+fn the_safety_checker_finds_tokens_in_grant_order_with_a_skewed_counter() {
+    let output = ballast(&[
+        "lock",
+        "check",
+        "--nodes",
+        "5",
+        "--clients",
+        "4",
+        "--duration",
+        "6s",
+        "--ttl",
+        "300ms",
+        "--faults",
+        "skew-counter",
+    ]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert!(stdout.contains("violations: none"), "{stdout}");
+    let injected = stdout
+        .lines()
+        .find(|l| l.starts_with("skew-counter"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(injected >= Some(1), "skew-counter not injected: {stdout}");
+}

@@ -45,6 +45,10 @@ enum Fault {
     RestartNode,
     /// Crash a majority for two TTLs: the lock must become unavailable, never unsafe.
     KillMajority,
+    /// Move one node's fencing counter 30 s ahead (a fast clock), freeze the next holder, whose
+    /// token comes from that node, and cut the node off for two TTLs: the next holder's token
+    /// must still be larger.
+    SkewCounter,
 }
 
 #[derive(Debug, Args)]
@@ -181,13 +185,14 @@ fn rand_below(n: u32) -> u32 {
 struct Record {
     events: Vec<Event>,
     holder: Option<u32>,
+    grants: usize,
 }
 
 pub(crate) async fn check(args: CheckArgs) -> Result<ExitCode> {
     let node_faults = args.faults.iter().any(|f| *f != Fault::Pause);
     if !args.redis.is_empty() && node_faults {
         bail!(
-            "--faults: kill-node, restart-node and kill-majority need nodes the checker starts (--nodes N instead of --redis)"
+            "--faults: kill-node, restart-node, kill-majority and skew-counter need nodes the checker starts (--nodes N instead of --redis)"
         );
     }
     if args.redis.is_empty() && (args.nodes == 0 || args.nodes.is_multiple_of(2)) {
@@ -255,7 +260,10 @@ pub(crate) async fn check(args: CheckArgs) -> Result<ExitCode> {
                 };
                 let mut record = record.lock().unwrap_or_else(|e| e.into_inner());
                 match event {
-                    Event::Grant { client, .. } => record.holder = Some(client),
+                    Event::Grant { client, .. } => {
+                        record.holder = Some(client);
+                        record.grants += 1;
+                    }
                     Event::Release { client, .. } | Event::Lost { client, .. }
                         if record.holder == Some(client) =>
                     {
@@ -319,6 +327,37 @@ pub(crate) async fn check(args: CheckArgs) -> Result<ExitCode> {
                     node.restart().await?;
                 }
                 true
+            }
+            Fault::SkewCounter => {
+                let i = rand_below(nodes.len() as u32) as usize;
+                nodes[i]
+                    .skew_fence(LOCK, Duration::from_secs(30))
+                    .await
+                    .context("skewing a node's fencing counter")?;
+                let before = record.lock().unwrap_or_else(|e| e.into_inner()).grants;
+                let granted_after = tokio::time::Instant::now() + args.ttl * 4;
+                let mut holder = None;
+                while holder.is_none() && tokio::time::Instant::now() < granted_after {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let record = record.lock().unwrap_or_else(|e| e.into_inner());
+                    if record.grants > before {
+                        holder = record.holder;
+                    }
+                }
+                match holder
+                    .and_then(|c| pids.get(&c))
+                    .and_then(|p| Pid::from_raw(*p as i32))
+                {
+                    Some(pid) if nodes.len() >= 3 => {
+                        let _ = kill_process(pid, Signal::STOP);
+                        nodes[i].kill().await;
+                        tokio::time::sleep(args.ttl * 2).await;
+                        nodes[i].restart().await?;
+                        let _ = kill_process(pid, Signal::CONT);
+                        true
+                    }
+                    _ => false,
+                }
             }
         };
         if done {
