@@ -96,6 +96,61 @@ fn strip(headers: &mut HeaderMap, found: Scan, upgrade: bool) {
     }
 }
 
+/// A request whose host cannot be told (RFC 9112 §3.2): answered 400 on every path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BadHost {
+    /// HTTP/1.1 or HTTP/2 without a `Host` (or `:authority`).
+    #[error("no Host")]
+    Missing,
+    /// More than one `Host` line.
+    #[error("more than one Host")]
+    Repeated,
+    /// A `Host` or authority that is not a host and optional port.
+    #[error("malformed Host")]
+    Malformed,
+    /// An absolute URI with user information (`http://user@host/`).
+    #[error("user information in the request target")]
+    UserInfo,
+}
+
+/// The one rule, for the HTTP/1.1 fast path and the hyper path alike, for which host a request
+/// is for and what `Host` the backend gets: the request target's authority when it has one
+/// (absolute form; HTTP/2's `:authority`), which then overrides the `Host` line (RFC 9112
+/// §3.2.2); otherwise the single `Host` line. `host_lines` is how many `Host` lines there were,
+/// `host` the first; `required` is false only for HTTP/1.0.
+pub(crate) fn backend_host<'a>(
+    required: bool,
+    host: Option<&'a [u8]>,
+    host_lines: usize,
+    authority: Option<&'a [u8]>,
+) -> Result<Option<&'a [u8]>, BadHost> {
+    if host_lines > 1 {
+        return Err(BadHost::Repeated);
+    }
+    if let Some(host) = host
+        && !is_authority(host)
+    {
+        return Err(BadHost::Malformed);
+    }
+    match authority {
+        Some(authority) if authority.contains(&b'@') => Err(BadHost::UserInfo),
+        Some(authority) if authority.is_empty() || !is_authority(authority) => {
+            Err(BadHost::Malformed)
+        }
+        Some(authority) => Ok(Some(authority)),
+        None if host.is_none() && required => Err(BadHost::Missing),
+        None => Ok(host),
+    }
+}
+
+/// `host [ ":" port ]` in the characters RFC 3986 allows a reg-name, an IPv4 address or an IP
+/// literal (no userinfo, no percent-decoding needed to decide).
+fn is_authority(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
+}
+
 /// The client's address as a header value, made once per connection.
 pub(crate) fn client_value(client: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&client.to_string())
@@ -112,10 +167,10 @@ pub(crate) fn to_backend(
 ) {
     let found = scan(&parts.headers);
     strip(&mut parts.headers, found, upgrade);
-    if !found.host
-        && let Some(authority) = parts.uri.authority()
+    if let Some(authority) = parts.uri.authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
+        // The target's authority is the host (RFC 9112 §3.2.2), whatever a `Host` line said.
         parts.headers.insert(header::HOST, host);
     }
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
@@ -214,6 +269,51 @@ mod tests {
         assert_eq!(parts.uri, "/a?b");
         assert_eq!(parts.headers["host"], "example.test:8443");
         assert_eq!(parts.version, Version::HTTP_11);
+    }
+
+    #[test]
+    fn one_host_rule() {
+        let host = Some(&b"a.test"[..]);
+        assert_eq!(backend_host(true, host, 1, None), Ok(host));
+        assert_eq!(backend_host(true, None, 0, None), Err(BadHost::Missing));
+        assert_eq!(backend_host(false, None, 0, None), Ok(None), "HTTP/1.0");
+        assert_eq!(backend_host(true, host, 2, None), Err(BadHost::Repeated));
+        let other = Some(&b"other.test:8080"[..]);
+        assert_eq!(
+            backend_host(true, host, 1, other),
+            Ok(other),
+            "the URI wins"
+        );
+        assert_eq!(
+            backend_host(true, None, 0, Some(b"u:p@other.test")),
+            Err(BadHost::UserInfo)
+        );
+        assert_eq!(
+            backend_host(true, Some(b"a b"), 1, None),
+            Err(BadHost::Malformed)
+        );
+        assert_eq!(
+            backend_host(true, Some(b"a/b"), 1, None),
+            Err(BadHost::Malformed)
+        );
+        assert_eq!(
+            backend_host(true, Some(b"[::1]:80"), 1, None),
+            Ok(Some(&b"[::1]:80"[..]))
+        );
+    }
+
+    #[test]
+    fn an_absolute_target_sets_the_host() {
+        let mut parts = head(http::Request::get("http://b.test/x").header("host", "a.test"));
+        to_backend(
+            &mut parts,
+            &client_value("127.0.0.1".parse().expect("ip")),
+            "http",
+            false,
+        );
+        assert_eq!(parts.uri, "/x");
+        assert_eq!(parts.headers["host"], "b.test");
+        assert_eq!(parts.headers.get_all("host").iter().count(), 1);
     }
 
     #[test]

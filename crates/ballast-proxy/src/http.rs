@@ -69,6 +69,20 @@ pub(crate) async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let shared = &context.shared;
+    {
+        let hosts = request.headers().get_all(header::HOST);
+        let checked = headers::backend_host(
+            request.version() != http::Version::HTTP_10,
+            hosts.iter().next().map(HeaderValue::as_bytes),
+            hosts.iter().count(),
+            request.uri().authority().map(|a| a.as_str().as_bytes()),
+        );
+        if let Err(error) = checked {
+            tracing::debug!(client = %context.client, %error, "request refused");
+            shared.count_error(context.listener, ErrorKind::BadRequest);
+            return Ok(status_response(ErrorKind::BadRequest));
+        }
+    }
     let snapshot = shared.snapshot.load_full();
     let Some(pool) = snapshot.for_listener(context.listener) else {
         return Ok(status_response(ErrorKind::NoBackend));
@@ -263,6 +277,7 @@ fn status_response(kind: ErrorKind) -> Response<ProxyBody> {
     let (status, text) = match kind {
         ErrorKind::NoBackend => (StatusCode::SERVICE_UNAVAILABLE, "no backend available\n"),
         ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "backend timed out\n"),
+        ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad request\n"),
         _ => (StatusCode::BAD_GATEWAY, "backend failed\n"),
     };
     let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(

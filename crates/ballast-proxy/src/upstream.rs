@@ -46,32 +46,33 @@ pub(crate) struct Raw {
     pub(crate) buffer: bytes::BytesMut,
 }
 
-/// Connections idle for longer than this are checked for a close from the backend before use.
-const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
-
-/// An idle fast-path connection to the backend at `slot`, most recently used first; `fresh` is
-/// false for one taken from the cache.
+/// An idle fast-path connection to the backend at `slot`, most recently used first, that has
+/// nothing waiting on it.
+///
+/// Every connection is checked as it leaves the cache, with a real `MSG_PEEK` (one system
+/// call, not the runtime's cached readiness): a backend that closed it, or that sent bytes
+/// after its last response (beyond its `Content-Length`, a body to a HEAD), must not have them
+/// read as the next client's response.
 pub(crate) fn take_raw(slot: usize, idle_timeout: Duration, pooled: &AtomicI64) -> Option<Raw> {
     RAW_CACHE.with_borrow_mut(|cache| {
         let idle = cache.get_mut(slot)?;
         while let Some((raw, since)) = idle.pop() {
             pooled.fetch_sub(1, Ordering::Relaxed);
-            let idle_for = since.elapsed();
-            if idle_for >= idle_timeout {
-                continue;
+            if since.elapsed() < idle_timeout && is_quiet(&raw.stream) {
+                return Some(raw);
             }
-            // A backend may close an idle connection; a read that would block says it did not.
-            if idle_for >= CHECK_AFTER_IDLE {
-                let mut probe = [0u8; 1];
-                match raw.stream.try_read(&mut probe) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    _ => continue,
-                }
-            }
-            return Some(raw);
         }
         None
     })
+}
+
+/// Whether nothing is waiting to be read on an idle connection: no byte and no close.
+fn is_quiet(stream: &TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(
+        socket2::SockRef::from(stream).peek(&mut probe),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock
+    )
 }
 
 /// Returns a fast-path connection whose last response was read in full.
@@ -173,7 +174,7 @@ pub(crate) fn sweep<'a>(
     RAW_CACHE.with_borrow_mut(|cache| {
         for (slot, idle) in cache.iter_mut().enumerate() {
             let before = idle.len();
-            idle.retain(|(_, since)| since.elapsed() < idle_timeout);
+            idle.retain(|(raw, since)| since.elapsed() < idle_timeout && is_quiet(&raw.stream));
             if let Some(pooled) = pooled_of(slot) {
                 pooled.fetch_sub((before - idle.len()) as i64, Ordering::Relaxed);
             }

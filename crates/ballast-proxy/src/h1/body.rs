@@ -1,5 +1,5 @@
-//! Bodies on the fast path: forwarded as bytes, their end found from their framing, every read
-//! bounded in time.
+//! Bodies on the fast path: forwarded as bytes (chunked ones re-encoded), their end found from
+//! their framing, every read and every write bounded in time.
 
 use std::io;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::chunked::Chunked;
+use super::chunked::ChunkedRelay;
 use super::message::READ_CHUNK;
 
 /// Reads more of a body into `buffer`, waiting at most `patience` for it (a stalled sender must
@@ -27,6 +27,29 @@ pub(super) async fn read_more(
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => Err(error),
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "body stalled")),
+    }
+}
+
+/// How long one read may wait for bytes and one write for room: a peer that stops sending, or
+/// stops reading, must not hold a connection (and a backend's) forever.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Patience {
+    pub(super) read: Duration,
+    pub(super) write: Duration,
+}
+
+/// Writes all of `bytes`, failing with `TimedOut` if the peer takes none for `patience`.
+pub(super) async fn write_within<B: Buf>(
+    sink: &mut TcpStream,
+    mut bytes: B,
+    patience: Duration,
+) -> io::Result<()> {
+    match tokio::time::timeout(patience, sink.write_all_buf(&mut bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "peer stopped reading",
+        )),
     }
 }
 
@@ -52,16 +75,16 @@ pub(super) async fn copy_length(
     buffer: &mut BytesMut,
     sink: &mut TcpStream,
     mut remaining: u64,
-    patience: Duration,
+    patience: Patience,
 ) -> Result<(), CopyError> {
     while remaining > 0 {
         if buffer.is_empty() {
-            read_more(source, buffer, patience)
+            read_more(source, buffer, patience.read)
                 .await
                 .map_err(CopyError::Source)?;
         }
         let take = (remaining.min(buffer.len() as u64)) as usize;
-        sink.write_all(&buffer[..take])
+        write_within(sink, &buffer[..take], patience.write)
             .await
             .map_err(CopyError::Sink)?;
         buffer.advance(take);
@@ -70,29 +93,32 @@ pub(super) async fn copy_length(
     Ok(())
 }
 
-/// Copies a chunked body from `source` (after what is already in `buffer`) to `sink`, as it is,
-/// up to the end of its trailers.
+/// Copies a chunked body from `source` (after what is already in `buffer`) to `sink`, validated
+/// and re-encoded (see [`ChunkedRelay`]), up to the end of its trailers. A malformed body is
+/// the source's fault.
 pub(super) async fn copy_chunked(
     source: &mut TcpStream,
     buffer: &mut BytesMut,
     sink: &mut TcpStream,
-    patience: Duration,
+    patience: Patience,
 ) -> Result<(), CopyError> {
-    let mut state = Chunked::Size;
+    let mut relay = ChunkedRelay::default();
+    let mut output = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        let whole = state
-            .scan(buffer)
+        let consumed = relay
+            .relay(buffer, &mut output)
             .map_err(|e| CopyError::Source(io::Error::new(io::ErrorKind::InvalidData, e)))?;
-        if whole > 0 {
-            sink.write_all(&buffer[..whole])
+        buffer.advance(consumed);
+        if !output.is_empty() {
+            write_within(sink, &output[..], patience.write)
                 .await
                 .map_err(CopyError::Sink)?;
-            buffer.advance(whole);
+            output.clear();
         }
-        if state == Chunked::Done {
+        if relay.is_done() {
             return Ok(());
         }
-        read_more(source, buffer, patience)
+        read_more(source, buffer, patience.read)
             .await
             .map_err(CopyError::Source)?;
     }

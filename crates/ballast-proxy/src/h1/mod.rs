@@ -17,14 +17,14 @@ mod response;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use self::body::CopyError;
+use self::body::{CopyError, Patience, write_within};
 use self::message::{Framing, MAX_HEAD, READ_CHUNK};
 use self::request::{Refusal, RequestHead, parse_request, send_request};
 use self::response::{ResponseHead, read_response, send_response};
@@ -35,6 +35,11 @@ use crate::upstream::{self, Raw};
 
 /// The most tries one request makes.
 const MAX_TRIES: usize = 11;
+/// How long to look for an early response after a backend stopped taking a request body.
+const EARLY_RESPONSE_WAIT: Duration = Duration::from_secs(1);
+/// At most this long and this much of a client's unread body is drained before closing.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
 
 /// What happens to the client connection after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,9 +69,15 @@ pub(crate) async fn serve(
                         "request headers too large\n",
                         ErrorKind::HeadersTooLarge,
                     ),
+                    Refusal::NotImplemented => (
+                        "501 Not Implemented",
+                        "transfer coding not implemented\n",
+                        ErrorKind::BadRequest,
+                    ),
                 };
                 context.shared.count_error(context.listener, kind);
-                let _ = write_error(&mut client, status, text, false).await;
+                let patience = context.shared.settings.timeouts.idle;
+                let _ = write_error(&mut client, status, text, false, patience).await;
                 return;
             }
         };
@@ -141,6 +152,7 @@ async fn proxy(
 ) -> io::Result<Next> {
     let started = Instant::now();
     let shared = &context.shared;
+    let timeouts = &shared.settings.timeouts;
     let snapshot = &head.snapshot;
     let Some(pool) = snapshot.for_listener(context.listener) else {
         // The configuration has no such pool (now): nobody to send the request to.
@@ -150,6 +162,7 @@ async fn proxy(
             "503 Service Unavailable",
             "no backend available\n",
             keep_alive,
+            timeouts.idle,
         )
         .await?;
         return Ok(if keep_alive {
@@ -161,7 +174,7 @@ async fn proxy(
     if head.expect_continue && head.body != Framing::Empty {
         // We answer for the backend, so the client's body and the backend's reply never wait
         // on each other through us.
-        client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        write_within(client, &b"HTTP/1.1 100 Continue\r\n\r\n"[..], timeouts.idle).await?;
     }
     let replayable =
         head.body == Framing::Empty && head.idempotent && !head.upgrade && pool.state.retries > 0;
@@ -188,15 +201,59 @@ async fn proxy(
                 continue;
             }
         };
-        let patience = shared.settings.timeouts.request_headers;
-        match send_request(&mut upstream, &head, client, buffer, patience).await {
+        let sending = Patience {
+            read: timeouts.request_headers,
+            write: timeouts.idle,
+        };
+        let receiving = Patience {
+            read: pool.state.response_timeout,
+            write: timeouts.idle,
+        };
+        match send_request(&mut upstream, &head, client, buffer, sending).await {
             Ok(()) => {}
             Err(CopyError::Source(error)) => {
-                // The client stopped sending its body: nothing to answer, no backend to blame.
+                // The client stopped sending its body, or sent a malformed one: nothing to
+                // forward, no backend to blame.
                 tracing::debug!(client = %context.client, %error, "request body cut short");
+                if error.kind() == io::ErrorKind::InvalidData {
+                    pool.state.counters.error(ErrorKind::BadRequest);
+                    let _ = write_error(
+                        client,
+                        "400 Bad Request",
+                        "bad request\n",
+                        false,
+                        timeouts.idle,
+                    )
+                    .await;
+                }
                 return Ok(Next::Close);
             }
             Err(CopyError::Sink(error)) => {
+                // A backend may answer before it has read the whole body (413, 401) and stop
+                // reading: its answer is the response, and no failure of its own.
+                if head.body != Framing::Empty
+                    && let Ok(Ok(response)) = tokio::time::timeout(
+                        EARLY_RESPONSE_WAIT,
+                        read_response(&mut upstream, &closing(&head), client, receiving),
+                    )
+                    .await
+                {
+                    let closing_head = closing(&head);
+                    let next = respond(
+                        context,
+                        pool,
+                        index,
+                        client,
+                        buffer,
+                        upstream,
+                        &closing_head,
+                        response,
+                        started,
+                    )
+                    .await;
+                    linger(client).await;
+                    return next.map(|_| Next::Close);
+                }
                 tracing::debug!(backend = %backend.address, %error, "sending to the backend failed");
                 if !reused {
                     shared.failure(&pool.state, index);
@@ -207,13 +264,21 @@ async fn proxy(
         }
         let response = tokio::time::timeout(
             pool.state.response_timeout,
-            read_response(&mut upstream, &head, client),
+            read_response(&mut upstream, &head, client, receiving),
         )
         .await;
         match response {
             Err(_) => {
                 shared.failure(&pool.state, index);
-                return reply_error(pool, client, ErrorKind::Timeout, &head, started).await;
+                return reply_error(
+                    pool,
+                    client,
+                    ErrorKind::Timeout,
+                    &head,
+                    started,
+                    timeouts.idle,
+                )
+                .await;
             }
             Ok(Err(error)) => {
                 tracing::debug!(backend = %backend.address, %error, "backend response failed");
@@ -235,7 +300,7 @@ async fn proxy(
         Failure::NoBackend | Failure::Connect => ErrorKind::NoBackend,
         Failure::Exchange => ErrorKind::BadGateway,
     };
-    reply_error(pool, client, kind, &head, started).await
+    reply_error(pool, client, kind, &head, started, timeouts.idle).await
 }
 
 /// A cached connection (`true`) or a new one (`false`).
@@ -274,10 +339,14 @@ async fn respond(
     }
     backend.counters.response(response.status);
 
+    let patience = Patience {
+        read: pool.state.response_timeout,
+        write: context.shared.settings.timeouts.idle,
+    };
     if response.status == 101 && head.upgrade {
-        client.write_all(&response.client).await?;
+        write_within(client, &response.client[..], patience.write).await?;
         if !upstream.buffer.is_empty() {
-            client.write_all(&upstream.buffer).await?;
+            write_within(client, &upstream.buffer[..], patience.write).await?;
         }
         if !buffer.is_empty() {
             upstream.stream.write_all(buffer).await?;
@@ -288,7 +357,6 @@ async fn respond(
         return result.map(|_| Next::Close);
     }
 
-    let patience = pool.state.response_timeout;
     let result = send_response(client, &mut upstream, &response, patience).await;
     pool.state.counters.observe(started.elapsed().as_secs_f64());
     result?;
@@ -309,6 +377,7 @@ async fn reply_error(
     kind: ErrorKind,
     head: &RequestHead,
     started: Instant,
+    patience: Duration,
 ) -> io::Result<Next> {
     let (status, text) = match kind {
         ErrorKind::NoBackend => ("503 Service Unavailable", "no backend available\n"),
@@ -319,7 +388,7 @@ async fn reply_error(
     pool.state.counters.observe(started.elapsed().as_secs_f64());
     // A request body we did not forward would be read as the next request: close instead.
     let keep_alive = head.keep_alive && head.body == Framing::Empty;
-    write_error(client, status, text, keep_alive).await?;
+    write_error(client, status, text, keep_alive, patience).await?;
     Ok(if keep_alive {
         Next::KeepAlive
     } else {
@@ -332,6 +401,7 @@ async fn write_error(
     status: &str,
     text: &str,
     keep_alive: bool,
+    patience: Duration,
 ) -> io::Result<()> {
     let connection = if keep_alive {
         ""
@@ -342,9 +412,35 @@ async fn write_error(
         "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{connection}\r\n{text}",
         text.len()
     );
-    client.write_all(response.as_bytes()).await?;
+    write_within(client, response.as_bytes(), patience).await?;
     if !keep_alive {
         let _ = client.shutdown().await;
     }
     Ok(())
+}
+
+/// The same request, but the client connection closes after its response (the client's body
+/// was not all read, so what follows it on the connection cannot be trusted as a request).
+fn closing(head: &RequestHead) -> RequestHead {
+    RequestHead {
+        keep_alive: false,
+        upstream: BytesMut::new(),
+        snapshot: Arc::clone(&head.snapshot),
+        ..*head
+    }
+}
+
+/// Closes our side and reads what the client still sends for a moment, so that the kernel
+/// does not answer its unread body with a reset that could destroy the response it just got.
+async fn linger(client: &mut TcpStream) {
+    let _ = client.shutdown().await;
+    let mut sink = [0u8; 16 * 1024];
+    let mut drained = 0usize;
+    let until = tokio::time::Instant::now() + LINGER;
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(until, client.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
+        }
+    }
 }

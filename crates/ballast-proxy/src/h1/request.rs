@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::body::{CopyError, copy_chunked, copy_length};
-use super::message::{Framing, MAX_HEADERS, Message, put_header};
+use super::body::{CopyError, Patience, copy_chunked, copy_length, write_within};
+use super::message::{Coding, Framing, MAX_HEADERS, Message, is_framing, put_header};
+use crate::headers;
 use crate::http::ClientContext;
 use crate::state::Snapshot;
 use crate::upstream::Raw;
@@ -35,10 +34,20 @@ pub(super) struct RequestHead {
 /// Why a request head was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Refusal {
+    /// 400: malformed, or framed in a way two parsers could read differently.
     BadRequest,
+    /// 431: a head too large.
     TooLarge,
+    /// 501: a transfer coding other than chunked.
+    NotImplemented,
 }
 
+/// Parses a request head and writes the head the backend gets. Strict by construction: the
+/// backend is sent only what was understood — a request line in origin form, `Host` from the
+/// one host rule ([`headers::backend_host`]), the client's other end-to-end headers, and the
+/// framing Ballast itself reads the body by (`Content-Length: N` or `Transfer-Encoding:
+/// chunked`, re-encoded). No framing header is ever copied, so none can be named away by
+/// `Connection` or read differently on the next hop.
 pub(super) fn parse_request(
     context: &ClientContext,
     bytes: &[u8],
@@ -51,28 +60,27 @@ pub(super) fn parse_request(
         Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
         Err(_) => return Err(Refusal::BadRequest),
     };
-    let (Some(method), Some(path), Some(version)) = (request.method, request.path, request.version)
+    let (Some(method), Some(target), Some(version)) =
+        (request.method, request.path, request.version)
     else {
         return Err(Refusal::BadRequest);
     };
     let http10 = version == 0;
-    let message = Message::scan(request.headers).ok_or(Refusal::BadRequest)?;
-    if message.chunked && (message.length.is_some() || http10) {
-        // Both framings at once is how requests are smuggled past proxies.
-        return Err(Refusal::BadRequest);
-    }
-    if !http10 && !message.host {
-        return Err(Refusal::BadRequest);
-    }
-    let upgrade = message.connection_upgrade && message.upgrade;
-    let body = if message.chunked {
-        Framing::Chunked
-    } else {
-        match message.length {
-            Some(0) | None => Framing::Empty,
-            Some(n) => Framing::Length(n),
-        }
+    let message = Message::scan(request.headers).map_err(|_| Refusal::BadRequest)?;
+    let body = match (message.coding, message.length) {
+        // Both framings at once is how requests are smuggled past proxies (RFC 9112 §6.1).
+        (Some(_), Some(_)) => return Err(Refusal::BadRequest),
+        (Some(_), None) if http10 => return Err(Refusal::BadRequest),
+        (Some(Coding::Chunked), None) => Framing::Chunked,
+        (Some(Coding::EndsChunked), None) => return Err(Refusal::NotImplemented),
+        (Some(Coding::NotChunked), None) => return Err(Refusal::BadRequest),
+        (None, Some(0) | None) => Framing::Empty,
+        (None, Some(n)) => Framing::Length(n),
     };
+    let (path, authority) = split_target(method, target)?;
+    let host = headers::backend_host(!http10, message.host, message.hosts, authority)
+        .map_err(|_| Refusal::BadRequest)?;
+    let upgrade = message.connection_upgrade && message.upgrade;
     let shared = &context.shared;
     let snapshot = shared.snapshot.load_full();
     let key = match snapshot.for_listener(context.listener) {
@@ -89,10 +97,14 @@ pub(super) fn parse_request(
     upstream.put_u8(b' ');
     upstream.put_slice(path.as_bytes());
     upstream.put_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = host {
+        put_header(&mut upstream, b"host", host);
+    }
     for header in request.headers.iter() {
         let name = header.name;
         let keep_upgrade = upgrade && name.eq_ignore_ascii_case("upgrade");
-        if (!keep_upgrade && message.is_hop_by_hop(name))
+        if is_framing(name)
+            || (!keep_upgrade && message.is_hop_by_hop(name))
             || name.eq_ignore_ascii_case("x-forwarded-for")
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || (message.expect_continue && name.eq_ignore_ascii_case("expect"))
@@ -110,8 +122,12 @@ pub(super) fn parse_request(
     upstream.put_slice(b"\r\nx-forwarded-proto: ");
     upstream.put_slice(context.scheme.as_bytes());
     upstream.put_slice(b"\r\n");
-    if body == Framing::Chunked {
-        upstream.put_slice(b"transfer-encoding: chunked\r\n");
+    match body {
+        Framing::Chunked => upstream.put_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Length(n) => put_length(&mut upstream, n),
+        // A request that said `Content-Length: 0` says so again (some backends need it).
+        Framing::Empty if message.length.is_some() => put_length(&mut upstream, 0),
+        Framing::Empty | Framing::UntilClose => {}
     }
     if upgrade {
         upstream.put_slice(b"connection: upgrade\r\n");
@@ -144,45 +160,68 @@ pub(super) fn parse_request(
     )))
 }
 
+/// The request target as the backend gets it (origin form, or `*` for `OPTIONS`) and, for an
+/// absolute-form target, its authority (RFC 9112 §3.2). Authority-form (`CONNECT`) and other
+/// schemes are refused: this is not a forward proxy.
+fn split_target<'a>(method: &str, target: &'a str) -> Result<(&'a str, Option<&'a [u8]>), Refusal> {
+    if target.starts_with('/') {
+        return Ok((target, None));
+    }
+    if target == "*" && method == "OPTIONS" {
+        return Ok((target, None));
+    }
+    let (scheme, rest) = target.split_once("://").ok_or(Refusal::BadRequest)?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(Refusal::BadRequest);
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if path.starts_with('/') {
+        Ok((path, Some(authority.as_bytes())))
+    } else if path.is_empty() {
+        Ok(("/", Some(authority.as_bytes())))
+    } else {
+        // `http://host?query` has an empty path, which is `/` (RFC 9110 §4.2.3), but the
+        // query cannot be kept without rewriting the target: refuse it rather than guess.
+        Err(Refusal::BadRequest)
+    }
+}
+
+pub(super) fn put_length(out: &mut BytesMut, length: u64) {
+    use std::fmt::Write as _;
+    // Writing into a `BytesMut` cannot fail.
+    let _ = write!(out, "content-length: {length}\r\n");
+}
+
 /// Writes the request head and body to the backend.
 pub(super) async fn send_request(
     upstream: &mut Raw,
     head: &RequestHead,
     client: &mut TcpStream,
     buffer: &mut BytesMut,
-    patience: Duration,
+    patience: Patience,
 ) -> Result<(), CopyError> {
+    let sink = &mut upstream.stream;
     match head.body {
-        Framing::Empty | Framing::UntilClose => upstream
-            .stream
-            .write_all(&head.upstream)
-            .await
-            .map_err(CopyError::Sink),
+        Framing::Empty | Framing::UntilClose => {
+            write_within(sink, &head.upstream[..], patience.write)
+                .await
+                .map_err(CopyError::Sink)
+        }
         Framing::Length(length) => {
             let ready = (length.min(buffer.len() as u64)) as usize;
-            let mut first = Buf::chain(&head.upstream[..], &buffer[..ready]);
-            upstream
-                .stream
-                .write_all_buf(&mut first)
+            let first = Buf::chain(&head.upstream[..], &buffer[..ready]);
+            write_within(sink, first, patience.write)
                 .await
                 .map_err(CopyError::Sink)?;
             buffer.advance(ready);
-            copy_length(
-                client,
-                buffer,
-                &mut upstream.stream,
-                length - ready as u64,
-                patience,
-            )
-            .await
+            copy_length(client, buffer, sink, length - ready as u64, patience).await
         }
         Framing::Chunked => {
-            upstream
-                .stream
-                .write_all(&head.upstream)
+            write_within(sink, &head.upstream[..], patience.write)
                 .await
                 .map_err(CopyError::Sink)?;
-            copy_chunked(client, buffer, &mut upstream.stream, patience).await
+            copy_chunked(client, buffer, sink, patience).await
         }
     }
 }

@@ -2,15 +2,16 @@
 //! interim responses relayed, then the body forwarded.
 
 use std::io;
-use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use super::body::{copy_chunked, copy_length, read_more};
-use super::message::{Framing, MAX_HEAD, MAX_HEADERS, Message, READ_CHUNK, put_header};
-use super::request::RequestHead;
+use super::body::{Patience, copy_chunked, copy_length, read_more, write_within};
+use super::message::{
+    Coding, Framing, MAX_HEAD, MAX_HEADERS, Message, READ_CHUNK, is_framing, put_header,
+};
+use super::request::{RequestHead, put_length};
 use crate::upstream::Raw;
 
 /// A response head from a backend, rewritten for the client.
@@ -29,12 +30,13 @@ pub(super) async fn read_response(
     upstream: &mut Raw,
     head: &RequestHead,
     client: &mut TcpStream,
+    patience: Patience,
 ) -> io::Result<ResponseHead> {
     loop {
         if !upstream.buffer.is_empty() {
             if let Some((response, length)) = parse_response(&upstream.buffer, head)? {
                 if (100..200).contains(&response.status) && response.status != 101 {
-                    client.write_all(&upstream.buffer[..length]).await?;
+                    write_within(client, &upstream.buffer[..length], patience.write).await?;
                     upstream.buffer.advance(length);
                     continue;
                 }
@@ -58,6 +60,9 @@ pub(super) async fn read_response(
     }
 }
 
+/// Parses a backend's response head and writes the head the client gets, as strictly as
+/// requests are parsed: the framing is read by [`Message::scan`]'s rules and written anew, never
+/// copied, so a backend cannot name it away with `Connection` or frame it two ways at once.
 pub(super) fn parse_response(
     bytes: &[u8],
     request: &RequestHead,
@@ -73,17 +78,26 @@ pub(super) fn parse_response(
     let (Some(status), Some(version)) = (response.code, response.version) else {
         return Err(invalid("malformed status line"));
     };
-    let message = Message::scan(response.headers).ok_or_else(|| invalid("malformed framing"))?;
-    let body = if request.is_head || (100..200).contains(&status) || status == 204 || status == 304
-    {
+    if status == 101 && !request.upgrade {
+        // A tunnel nobody asked for would hand this connection's later bytes to whoever is
+        // next on it.
+        return Err(invalid(
+            "101 Switching Protocols to a request that did not upgrade",
+        ));
+    }
+    let message = Message::scan(response.headers).map_err(|_| invalid("malformed framing"))?;
+    let bodiless =
+        request.is_head || (100..200).contains(&status) || status == 204 || status == 304;
+    let body = if bodiless {
         Framing::Empty
-    } else if message.chunked {
-        Framing::Chunked
     } else {
-        match message.length {
-            Some(0) => Framing::Empty,
-            Some(n) => Framing::Length(n),
-            None => Framing::UntilClose,
+        // With both framings, the transfer coding wins (RFC 9112 §6.3) and the length is
+        // dropped with every other framing header below.
+        match (message.coding, message.length) {
+            (Some(Coding::Chunked | Coding::EndsChunked), _) => Framing::Chunked,
+            (Some(Coding::NotChunked), _) | (None, None) => Framing::UntilClose,
+            (None, Some(0)) => Framing::Empty,
+            (None, Some(n)) => Framing::Length(n),
         }
     };
     let backend_keep_alive = body != Framing::UntilClose
@@ -96,7 +110,8 @@ pub(super) fn parse_response(
 
     let mut client = BytesMut::with_capacity(length + 32);
     if status == 101 {
-        // Switching protocols: the head goes through as it is; the connection is the tunnel.
+        // Switching protocols, as asked: the head goes through as it is; the connection is
+        // the tunnel.
         client.put_slice(&bytes[..length]);
     } else {
         client.put_slice(b"HTTP/1.1 ");
@@ -105,15 +120,30 @@ pub(super) fn parse_response(
         client.put_slice(response.reason.unwrap_or("").as_bytes());
         client.put_slice(b"\r\n");
         for header in response.headers.iter() {
-            // With both framings, chunked wins (RFC 9112 §6.3) and the length must not go on.
-            let stale_length =
-                body == Framing::Chunked && header.name.eq_ignore_ascii_case("content-length");
-            if !message.is_hop_by_hop(header.name) && !stale_length {
+            if !is_framing(header.name) && !message.is_hop_by_hop(header.name) {
                 put_header(&mut client, header.name.as_bytes(), header.value);
             }
         }
-        if body == Framing::Chunked {
-            client.put_slice(b"transfer-encoding: chunked\r\n");
+        match (body, message.coding) {
+            (Framing::Chunked, Some(Coding::Chunked)) => {
+                client.put_slice(b"transfer-encoding: chunked\r\n");
+            }
+            (Framing::Chunked | Framing::UntilClose, Some(_)) => {
+                // Other codings go on as the backend listed them, one line or none.
+                let codings = message
+                    .transfer_encoding
+                    .ok_or_else(|| invalid("Transfer-Encoding on several lines"))?;
+                put_header(&mut client, b"transfer-encoding", codings);
+            }
+            (Framing::Length(n), _) => put_length(&mut client, n),
+            // HEAD and 304 keep the length of the body they stand for; `Content-Length: 0`
+            // stays.
+            (Framing::Empty, _) if status != 204 && !(100..200).contains(&status) => {
+                if let Some(n) = message.length {
+                    put_length(&mut client, n);
+                }
+            }
+            _ => {}
         }
         match (client_keep_alive, request.http10) {
             (true, true) => client.put_slice(b"connection: keep-alive\r\n"),
@@ -144,14 +174,14 @@ pub(super) async fn send_response(
     client: &mut TcpStream,
     upstream: &mut Raw,
     response: &ResponseHead,
-    patience: Duration,
+    patience: Patience,
 ) -> io::Result<()> {
     match response.body {
-        Framing::Empty => client.write_all(&response.client).await,
+        Framing::Empty => write_within(client, &response.client[..], patience.write).await,
         Framing::Length(length) => {
             let ready = (length.min(upstream.buffer.len() as u64)) as usize;
-            let mut first = Buf::chain(&response.client[..], &upstream.buffer[..ready]);
-            client.write_all_buf(&mut first).await?;
+            let first = Buf::chain(&response.client[..], &upstream.buffer[..ready]);
+            write_within(client, first, patience.write).await?;
             upstream.buffer.advance(ready);
             copy_length(
                 &mut upstream.stream,
@@ -164,17 +194,17 @@ pub(super) async fn send_response(
             .map_err(io::Error::from)
         }
         Framing::Chunked => {
-            client.write_all(&response.client).await?;
+            write_within(client, &response.client[..], patience.write).await?;
             copy_chunked(&mut upstream.stream, &mut upstream.buffer, client, patience)
                 .await
                 .map_err(io::Error::from)
         }
         Framing::UntilClose => {
-            client.write_all(&response.client).await?;
+            write_within(client, &response.client[..], patience.write).await?;
             loop {
-                client.write_all(&upstream.buffer).await?;
+                write_within(client, &upstream.buffer[..], patience.write).await?;
                 upstream.buffer.clear();
-                match read_more(&mut upstream.stream, &mut upstream.buffer, patience).await {
+                match read_more(&mut upstream.stream, &mut upstream.buffer, patience.read).await {
                     Ok(()) => {}
                     Err(end) if end.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
                     Err(error) => return Err(error),
