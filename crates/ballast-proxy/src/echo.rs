@@ -41,8 +41,11 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let settings = Arc::new(settings);
+    let mut errors = crate::shutdown::AcceptErrors::new(None);
     loop {
-        let Some((stream, peer)) = crate::shutdown::accept(&listener, &mut shutdown).await else {
+        let Some((stream, peer)) =
+            crate::shutdown::accept(&listener, &mut shutdown, &mut errors).await
+        else {
             return;
         };
         let settings = Arc::clone(&settings);

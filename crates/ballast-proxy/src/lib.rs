@@ -53,6 +53,7 @@ mod state;
 mod tcp;
 mod tls;
 mod upstream;
+mod watchdog;
 
 pub use key::HashKey;
 pub use server::{Bound, ServerError, Source, run};

@@ -26,9 +26,11 @@ pub struct Metrics {
     errors: Family<Labels, Counter>,
     durations: Family<Labels, Histogram, fn() -> Histogram>,
     ejections: Family<Labels, Counter>,
+    stray: Family<Labels, Counter>,
     in_flight: Family<Labels, Gauge>,
     pooled: Family<Labels, Gauge>,
     client_connections: Gauge,
+    accept_errors: Counter,
     /// Live count behind `client_connections`, updated by every worker.
     open_client_connections: Arc<AtomicI64>,
     cpu_seconds: Counter<f64, AtomicU64>,
@@ -73,6 +75,7 @@ impl ErrorKind {
 pub struct BackendCounters {
     by_class: [Counter; 5],
     ejections: Counter,
+    stray: Counter,
     in_flight: Gauge,
     pooled: Gauge,
     /// Idle pooled connections to this backend over all workers.
@@ -90,6 +93,11 @@ impl BackendCounters {
     /// Counts one ejection.
     pub fn ejected(&self) {
         self.ejections.inc();
+    }
+
+    /// Counts one connection on which the backend sent bytes nobody asked for.
+    pub fn stray_bytes(&self) {
+        self.stray.inc();
     }
 }
 
@@ -135,9 +143,11 @@ impl Metrics {
             duration_histogram,
         );
         let ejections = Family::<Labels, Counter>::default();
+        let stray = Family::<Labels, Counter>::default();
         let in_flight = Family::<Labels, Gauge>::default();
         let pooled = Family::<Labels, Gauge>::default();
         let client_connections = Gauge::default();
+        let accept_errors = Counter::default();
         let cpu_seconds = Counter::<f64, AtomicU64>::default();
         let resident_bytes = Gauge::default();
         let open_fds = Gauge::default();
@@ -174,6 +184,11 @@ impl Metrics {
             ejections.clone(),
         );
         registry.register(
+            "ballast_backend_stray_bytes",
+            "Backend connections closed because the backend sent bytes nobody asked for (after a complete response, or while idle); such a backend's connections are then used once",
+            stray.clone(),
+        );
+        registry.register(
             "ballast_backend_in_flight",
             "Requests (HTTP) or connections (TCP) in flight to each backend",
             in_flight.clone(),
@@ -187,6 +202,11 @@ impl Metrics {
             "ballast_client_connections",
             "Open client connections",
             client_connections.clone(),
+        );
+        registry.register(
+            "ballast_accept_errors",
+            "Failed accepts (out of file descriptors, most often), by which clients were kept waiting",
+            accept_errors.clone(),
         );
         registry.register(
             "process_cpu_seconds",
@@ -209,9 +229,11 @@ impl Metrics {
             errors,
             durations,
             ejections,
+            stray,
             in_flight,
             pooled,
             client_connections,
+            accept_errors,
             open_client_connections: Arc::default(),
             cpu_seconds,
             resident_bytes,
@@ -243,6 +265,7 @@ impl Metrics {
             by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
                 .map(|class| self.requests.get_or_create(&labels(class)).clone()),
             ejections: self.ejections.get_or_create(&plain).clone(),
+            stray: self.stray.get_or_create(&plain).clone(),
             in_flight: self.in_flight.get_or_create(&plain).clone(),
             pooled: self.pooled.get_or_create(&plain).clone(),
             pooled_now: Arc::default(),
@@ -278,6 +301,11 @@ impl Metrics {
     /// The live count of open client connections, shared by every worker.
     pub fn client_connections(&self) -> &Arc<AtomicI64> {
         &self.open_client_connections
+    }
+
+    /// The count of failed accepts.
+    pub fn accept_errors(&self) -> &Counter {
+        &self.accept_errors
     }
 
     /// The text exposition, after reading the live gauges: `backends` gives each backend's

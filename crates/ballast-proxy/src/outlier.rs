@@ -6,6 +6,11 @@
 //!
 //! The counters are atomics shared by every worker; an ejection or a return rebuilds the pool's
 //! snapshot off the request path, so pickers never see per-request health checks.
+//!
+//! A backend that sends bytes nobody asked for (after a complete response, on an idle kept-alive
+//! connection) is not ejected — it may answer every request correctly — but its connections are
+//! no longer reused for [`DISTRUST`]: on a reused HTTP/1.1 connection its stray bytes could be
+//! read as the next client's response, and only a fresh connection per request rules that out.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,7 +24,12 @@ pub(crate) struct Outlier {
     times_ejected: AtomicU32,
     /// Until when it is ejected, in milliseconds of the server's clock; 0 when it is not.
     ejected_until_ms: AtomicU64,
+    /// Until when its connections are used once only, in the server's milliseconds.
+    distrusted_until_ms: AtomicU64,
 }
+
+/// How long a backend that sent stray bytes gets a fresh connection per request.
+pub(crate) const DISTRUST: Duration = Duration::from_secs(300);
 
 impl Outlier {
     /// A response or connection that worked.
@@ -65,6 +75,18 @@ impl Outlier {
     #[inline]
     pub(crate) fn is_ejected(&self, now_ms: u64) -> bool {
         now_ms < self.ejected_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Stops reusing this backend's connections from `now_ms` for [`DISTRUST`].
+    pub(crate) fn distrust(&self, now_ms: u64) {
+        let until = now_ms + u64::try_from(DISTRUST.as_millis()).unwrap_or(u64::MAX / 2);
+        self.distrusted_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// Whether a connection to this backend may be kept for another request at `now_ms`.
+    #[inline]
+    pub(crate) fn reuses_connections(&self, now_ms: u64) -> bool {
+        now_ms >= self.distrusted_until_ms.load(Ordering::Relaxed)
     }
 
     /// When the current ejection ends, if one is running at `now_ms`.

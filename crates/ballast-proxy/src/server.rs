@@ -29,7 +29,7 @@ use crate::metrics::ErrorKind;
 use crate::prefixed::Prefixed;
 use crate::settings::{Mode, Settings, SettingsError};
 use crate::state::Shared;
-use crate::{admin, h1, tcp, tls, upstream};
+use crate::{admin, h1, tcp, tls, upstream, watchdog};
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -317,8 +317,12 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
 ) {
+    let mut errors =
+        crate::shutdown::AcceptErrors::new(Some(shared.metrics.accept_errors().clone()));
     loop {
-        let Some((stream, peer)) = crate::shutdown::accept(&listener, &mut shutdown).await else {
+        let Some((stream, peer)) =
+            crate::shutdown::accept(&listener, &mut shutdown, &mut errors).await
+        else {
             return;
         };
         let open = ConnectionGauge::open(shared.metrics.client_connections());
@@ -375,9 +379,25 @@ async fn serve_http<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let context = Arc::new(client_context(Arc::clone(&shared), pool, client, scheme));
-    let service = service_fn(move |request| http::handle(Arc::clone(&context), request));
+    let timeouts = &shared.settings.timeouts;
+    let limits = watchdog::Limits {
+        first_request: timeouts.request_headers,
+        idle: timeouts.idle,
+    };
+    let activity = watchdog::Activity::new();
+    let stream = watchdog::Watched::new(stream, Arc::clone(&activity), timeouts.idle);
+    let in_service = Arc::clone(&activity);
+    let service = service_fn(move |request| {
+        let context = Arc::clone(&context);
+        let request_in_service = in_service.begin();
+        async move {
+            let response = http::handle(context, request).await;
+            drop(request_in_service);
+            response
+        }
+    });
     let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(error) = crate::shutdown::serve_gracefully(connection, &mut shutdown).await {
+    if let Err(error) = watchdog::serve(connection, &activity, limits, &mut shutdown).await {
         let kind = match error.downcast_ref::<hyper::Error>() {
             Some(e) if e.is_parse_too_large() => Some(ErrorKind::HeadersTooLarge),
             Some(e) if e.is_parse() => Some(ErrorKind::BadRequest),
@@ -483,7 +503,10 @@ async fn sweep_idle(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 *entry = Some(&*backend.counters.pooled_now);
             }
         }
-        upstream::sweep(idle, |slot| by_slot.get(slot).copied().flatten());
+        let stray = upstream::sweep(idle, |slot| by_slot.get(slot).copied().flatten());
+        for backend in backends.iter().filter(|b| stray.contains(&b.slot)) {
+            shared.distrust(backend);
+        }
     }
 }
 

@@ -145,11 +145,13 @@ pub struct Timeouts {
     /// Connecting to a backend.
     pub connect: Duration,
     /// A client sending a whole request head, from its first byte (cuts off slow-loris
-    /// clients); also the longest wait for each read of a request body.
+    /// clients); also the longest wait for each read of a request body, for a TLS handshake,
+    /// and for a new connection's first request.
     pub request_headers: Duration,
     /// A backend starting its response; also the longest wait for each read of its body.
     pub backend_response: Duration,
-    /// An idle keep-alive connection, to a client or to a backend, before it is closed.
+    /// An idle keep-alive connection, to a client or to a backend, before it is closed; also
+    /// an idle TCP-mode session, and a write to a client that stopped reading.
     pub idle: Duration,
 }
 

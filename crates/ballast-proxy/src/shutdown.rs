@@ -2,7 +2,9 @@
 //! `true` when the server starts draining.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
 
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpStream};
@@ -16,10 +18,12 @@ pub(crate) async fn stopping(shutdown: &mut watch::Receiver<bool>) {
 
 /// The next connection on `listener` (with Nagle's algorithm off), or `None` once `shutdown`
 /// turns true. Accept errors (out of descriptors, a connection reset before it was accepted) are
-/// logged and waited out briefly: they must not stop the server.
+/// counted in `errors`, warned about at most once a second, and waited out briefly: they must
+/// not stop the server, nor fill its log.
 pub(crate) async fn accept(
     listener: &TcpListener,
     shutdown: &mut watch::Receiver<bool>,
+    errors: &mut AcceptErrors,
 ) -> Option<(TcpStream, SocketAddr)> {
     loop {
         tokio::select! {
@@ -29,11 +33,45 @@ pub(crate) async fn accept(
                     return Some((stream, peer));
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "accept failed");
+                    errors.record(&error);
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
             () = stopping(shutdown) => return None,
+        }
+    }
+}
+
+/// Failed accepts of one accept loop: counted, and logged at most once a second with how many
+/// the log did not show.
+#[derive(Debug)]
+pub(crate) struct AcceptErrors {
+    counter: Option<Counter>,
+    last_warning: Option<Instant>,
+    unreported: u64,
+}
+
+impl AcceptErrors {
+    pub(crate) fn new(counter: Option<Counter>) -> Self {
+        Self {
+            counter,
+            last_warning: None,
+            unreported: 0,
+        }
+    }
+
+    fn record(&mut self, error: &std::io::Error) {
+        if let Some(counter) = &self.counter {
+            counter.inc();
+        }
+        self.unreported += 1;
+        if self
+            .last_warning
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(%error, failures = self.unreported, "accept failed");
+            self.last_warning = Some(Instant::now());
+            self.unreported = 0;
         }
     }
 }

@@ -313,6 +313,20 @@ impl Shared {
 
     /// Records a connect failure or 5xx from backend `index` of `pool`, ejecting it when its
     /// record says so and no more than half the pool would be ejected.
+    /// The backend sent bytes nobody asked for: count it, and use its connections once for a
+    /// while (see [`crate::outlier`]).
+    pub(crate) fn distrust(&self, backend: &BackendState) {
+        backend.counters.stray_bytes();
+        let now = self.clock.now_ms();
+        if backend.outlier.reuses_connections(now) {
+            tracing::warn!(
+                backend = %backend.address,
+                "backend sent bytes after a complete response; its connections are used once for a while"
+            );
+        }
+        backend.outlier.distrust(now);
+    }
+
     pub(crate) fn failure(&self, pool: &PoolState, index: usize) {
         let backend = &pool.backends[index];
         let policy = &self.settings.outlier;

@@ -1,7 +1,8 @@
 //! TCP mode: each client connection is paired with a backend connection and bytes are copied
 //! both ways until either side closes. Least connections then counts open connections, and the
 //! hash key is the client's address. A backend that refuses is retried on another: nothing has
-//! been sent yet, so a connect retry is always safe.
+//! been sent yet, so a connect retry is always safe. A session on which nothing moved either way
+//! for the idle timeout is closed, as HAProxy's `timeout client` does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio::net::TcpStream;
 use crate::key::HashKey;
 use crate::metrics::ErrorKind;
 use crate::state::Shared;
+use crate::watchdog::{Activity, Watched};
 
 /// Proxies one client connection to a backend of the pool `listener` serves.
 pub(crate) async fn proxy<S>(shared: Arc<Shared>, listener: usize, mut client: S, peer: SocketAddr)
@@ -58,8 +60,18 @@ where
         };
         backend.outlier.success();
         let _ = upstream.set_nodelay(true);
-        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(backend = %backend.address, %error, "tcp session ended");
+        let idle = shared.settings.timeouts.idle;
+        let activity = Activity::new();
+        let mut client = Watched::new(&mut client, Arc::clone(&activity), idle);
+        tokio::select! {
+            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                if let Err(error) = copied {
+                    tracing::debug!(backend = %backend.address, %error, "tcp session ended");
+                }
+            }
+            () = activity.quiet_for(idle) => {
+                tracing::debug!(backend = %backend.address, ?idle, "tcp session idle: closed");
+            }
         }
         pool.state.counters.observe(started.elapsed().as_secs_f64());
         return;

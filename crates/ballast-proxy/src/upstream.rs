@@ -47,32 +47,51 @@ pub(crate) struct Raw {
 }
 
 /// An idle fast-path connection to the backend at `slot`, most recently used first, that has
-/// nothing waiting on it.
+/// nothing waiting on it; and whether one of those it passed over held bytes nobody asked for.
 ///
 /// Every connection is checked as it leaves the cache, with a real `MSG_PEEK` (one system
 /// call, not the runtime's cached readiness): a backend that closed it, or that sent bytes
 /// after its last response (beyond its `Content-Length`, a body to a HEAD), must not have them
 /// read as the next client's response.
-pub(crate) fn take_raw(slot: usize, idle_timeout: Duration, pooled: &AtomicI64) -> Option<Raw> {
+pub(crate) fn take_raw(
+    slot: usize,
+    idle_timeout: Duration,
+    pooled: &AtomicI64,
+) -> (Option<Raw>, bool) {
     RAW_CACHE.with_borrow_mut(|cache| {
-        let idle = cache.get_mut(slot)?;
+        let mut stray = false;
+        let Some(idle) = cache.get_mut(slot) else {
+            return (None, false);
+        };
         while let Some((raw, since)) = idle.pop() {
             pooled.fetch_sub(1, Ordering::Relaxed);
-            if since.elapsed() < idle_timeout && is_quiet(&raw.stream) {
-                return Some(raw);
+            match peek(&raw.stream) {
+                Waiting::Nothing if since.elapsed() < idle_timeout => return (Some(raw), stray),
+                Waiting::Bytes => stray = true,
+                _ => {}
             }
         }
-        None
+        (None, stray)
     })
 }
 
-/// Whether nothing is waiting to be read on an idle connection: no byte and no close.
-fn is_quiet(stream: &TcpStream) -> bool {
+/// What is waiting to be read on an idle connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Nothing,
+    /// The backend closed it (or it failed).
+    Closed,
+    /// Bytes nobody asked for.
+    Bytes,
+}
+
+fn peek(stream: &TcpStream) -> Waiting {
     let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    matches!(
-        socket2::SockRef::from(stream).peek(&mut probe),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock
-    )
+    match socket2::SockRef::from(stream).peek(&mut probe) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Waiting::Nothing,
+        Ok(n) if n > 0 => Waiting::Bytes,
+        _ => Waiting::Closed,
+    }
 }
 
 /// Returns a fast-path connection whose last response was read in full.
@@ -157,11 +176,12 @@ pub(crate) fn give_back(slot: usize, sender: Sender, pooled: &AtomicI64) {
 }
 
 /// Closes this worker's connections that have been idle for `idle_timeout` or have closed;
-/// `pooled_of(slot)` is the gauge to keep in step.
+/// `pooled_of(slot)` is the gauge to keep in step. Answers the slots of backends that sent
+/// bytes on an idle fast-path connection.
 pub(crate) fn sweep<'a>(
     idle_timeout: Duration,
     pooled_of: impl Fn(usize) -> Option<&'a AtomicI64>,
-) {
+) -> Vec<usize> {
     CACHE.with_borrow_mut(|cache| {
         for (slot, idle) in cache.iter_mut().enumerate() {
             let before = idle.len();
@@ -171,15 +191,25 @@ pub(crate) fn sweep<'a>(
             }
         }
     });
+    let mut stray = Vec::new();
     RAW_CACHE.with_borrow_mut(|cache| {
         for (slot, idle) in cache.iter_mut().enumerate() {
             let before = idle.len();
-            idle.retain(|(raw, since)| since.elapsed() < idle_timeout && is_quiet(&raw.stream));
+            idle.retain(|(raw, since)| match peek(&raw.stream) {
+                Waiting::Nothing => since.elapsed() < idle_timeout,
+                Waiting::Bytes => {
+                    stray.push(slot);
+                    false
+                }
+                Waiting::Closed => false,
+            });
             if let Some(pooled) = pooled_of(slot) {
                 pooled.fetch_sub((before - idle.len()) as i64, Ordering::Relaxed);
             }
         }
     });
+    stray.dedup();
+    stray
 }
 
 /// Opens a new connection to `address` and starts its HTTP/1.1 driver task.

@@ -121,46 +121,71 @@ fn http2_prior_knowledge_is_proxied() {
     assert!(body.contains(&format!("host: {address}")), "{body}");
 }
 
-#[test]
-fn tls_terminates_and_negotiates_http2() {
-    let dir = TempDir::new("tls");
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
-    let cert_path = dir.0.join("cert.pem");
-    let key_path = dir.0.join("key.pem");
-    std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write key");
+/// An LB terminating TLS with a fresh self-signed certificate for `localhost`, and a client
+/// connector that trusts it and offers `alpn`.
+struct TlsLb {
+    _dir: TempDir,
+    _lb: Process,
+    address: SocketAddr,
+    admin: SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+}
 
-    let (_b1, b1) = echo("b1", &[]);
-    let (_lb, address) = lb(
-        &[b1],
-        &[
+impl TlsLb {
+    fn start(backends: &[SocketAddr], extra: &[&str], alpn: &[&[u8]]) -> Self {
+        let dir = TempDir::new("tls");
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        let cert_path = dir.0.join("cert.pem");
+        let key_path = dir.0.join("key.pem");
+        std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
+        std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write key");
+        let mut args = vec![
             "--tls-cert",
             cert_path.to_str().expect("utf-8 path"),
             "--tls-key",
             key_path.to_str().expect("utf-8 path"),
-        ],
-    );
+        ];
+        args.extend_from_slice(extra);
+        let (lb, address) = lb(backends, &args);
+        let admin = lb.admin_addr();
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(certified.cert.der().clone()).expect("root");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certified.cert.der().clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Self {
+            _dir: dir,
+            _lb: lb,
+            address,
+            admin,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        }
+    }
 
-    let (alpn, version, body) = runtime().block_on(async {
-        let stream = tokio::net::TcpStream::connect(address)
+    async fn connect(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let stream = tokio::net::TcpStream::connect(self.address)
             .await
             .expect("connect");
         let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-        let tls = connector
+        self.connector
             .connect(name, stream)
             .await
-            .expect("TLS handshake");
+            .expect("TLS handshake")
+    }
+}
+
+#[test]
+fn tls_terminates_and_negotiates_http2() {
+    let (_b1, b1) = echo("b1", &[]);
+    let tls_lb = TlsLb::start(&[b1], &[], &[b"h2"]);
+    let (alpn, version, body) = runtime().block_on(async {
+        let tls = tls_lb.connect().await;
         let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         let (version, body) = h2_get(tls, "https://localhost/headers").await;
         (alpn, version, body)
@@ -169,6 +194,153 @@ fn tls_terminates_and_negotiates_http2() {
     assert_eq!(version, http::Version::HTTP_2);
     assert!(body.starts_with("b1\n"), "{body}");
     assert!(body.contains("x-forwarded-proto: https"), "{body}");
+}
+
+/// One Host rule on every path: HTTP/1.1 over TLS (hyper) refuses what the fast path refuses.
+#[test]
+fn https_requests_follow_the_same_host_rule() {
+    let (_b1, b1) = echo("b1", &[]);
+    let tls_lb = TlsLb::start(&[b1], &[], &[b"http/1.1"]);
+    let replies = runtime().block_on(async {
+        let mut replies = Vec::new();
+        for request in [
+            &b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+            b"GET /headers HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        ] {
+            let mut tls = tls_lb.connect().await;
+            tokio::io::AsyncWriteExt::write_all(&mut tls, request)
+                .await
+                .expect("write");
+            let mut reply = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut reply).await;
+            replies.push(String::from_utf8_lossy(&reply).into_owned());
+        }
+        replies
+    });
+    assert!(
+        replies[0].starts_with("HTTP/1.1 400"),
+        "no Host: {}",
+        replies[0]
+    );
+    assert!(
+        replies[1].starts_with("HTTP/1.1 400"),
+        "two Hosts: {}",
+        replies[1]
+    );
+    assert!(replies[2].starts_with("HTTP/1.1 200"), "{}", replies[2]);
+}
+
+/// Reads until the server closes; a read timeout (the server holding on) fails the test.
+fn closes(mut stream: TcpStream, what: &str) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut sink = Vec::new();
+    match stream.read_to_end(&mut sink) {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(error) => panic!("{what}: the LB kept the connection open ({error})"),
+    }
+}
+
+/// Every state of a connection ends: the h2c preface alone or with SETTINGS, an idle HTTP/2
+/// connection after its request, a TLS handshake and silence, an idle TCP session.
+#[test]
+fn connections_that_do_nothing_are_closed() {
+    let (_b1, b1) = echo("b1", &[]);
+    let quick = ["--header-timeout", "300ms", "--idle-timeout", "1s"];
+    let (_lb, address) = lb(&[b1], &quick);
+    let mut pri = TcpStream::connect(address).expect("connect");
+    pri.write_all(b"PRI ").expect("write");
+    closes(pri, "`PRI ` alone");
+    let mut preface = TcpStream::connect(address).expect("connect");
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .expect("write");
+    closes(preface, "the preface and SETTINGS");
+
+    // HTTP/2 after a request: GOAWAY after the idle timeout ends the client's connection.
+    runtime().block_on(async {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2 handshake");
+        let driving = tokio::spawn(connection);
+        let request = http::Request::get(format!("http://{address}/"))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("response");
+        assert_eq!(response.status(), 200);
+        let _ = response.into_body().collect().await;
+        tokio::time::timeout(Duration::from_secs(20), driving)
+            .await
+            .expect("the LB closed the idle HTTP/2 connection")
+            .expect("driver")
+            .expect("a clean close");
+    });
+
+    let tls_lb = TlsLb::start(&[b1], &quick, &[b"h2"]);
+    runtime().block_on(async {
+        let mut tls = tls_lb.connect().await;
+        let mut sink = Vec::new();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut sink),
+        )
+        .await
+        .expect("the LB closed a TLS connection that sent nothing")
+        .ok();
+    });
+    support::eventually(Duration::from_secs(20), "no client connection left", || {
+        support::metric(tls_lb.admin, "ballast_client_connections") == Some(0.0)
+    });
+
+    let (_tcp_lb, tcp_address) = lb(&[b1], &[&quick[..], &["--mode", "tcp"]].concat());
+    closes(
+        TcpStream::connect(tcp_address).expect("connect"),
+        "an idle TCP session",
+    );
+}
+
+/// A client that never reads a large response releases its connection and the backend's once
+/// writes to it have made no progress for the idle timeout.
+#[test]
+fn a_client_that_never_reads_is_let_go() {
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend_address = backend.local_addr().expect("address");
+    let (gave_up_tx, gave_up) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in backend.incoming().map_while(Result::ok) {
+            let gave_up_tx = gave_up_tx.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n");
+                let chunk = vec![b'x'; 64 * 1024];
+                while stream.write_all(&chunk).is_ok() {}
+                let _ = gave_up_tx.send(());
+            });
+        }
+    });
+    let (lb_process, address) = lb(&[backend_address], &["--idle-timeout", "1s"]);
+    let mut client = TcpStream::connect(address).expect("connect");
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("write");
+    gave_up
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the LB closed the backend connection");
+    support::eventually(
+        Duration::from_secs(20),
+        "the client connection closed",
+        || support::metric(lb_process.admin_addr(), "ballast_client_connections") == Some(0.0),
+    );
+    drop(client);
 }
 
 #[test]

@@ -310,8 +310,12 @@ async fn backend_connection(
     backend: &BackendState,
 ) -> Result<(Raw, bool), upstream::ConnectError> {
     let timeouts = &shared.settings.timeouts;
-    if let Some(raw) = upstream::take_raw(backend.slot, timeouts.idle, &backend.counters.pooled_now)
-    {
+    let (taken, stray) =
+        upstream::take_raw(backend.slot, timeouts.idle, &backend.counters.pooled_now);
+    if stray {
+        shared.distrust(backend);
+    }
+    if let Some(raw) = taken {
         return Ok((raw, true));
     }
     let raw = upstream::connect_raw(backend.address, pool.connect_timeout).await?;
@@ -360,7 +364,14 @@ async fn respond(
     let result = send_response(client, &mut upstream, &response, patience).await;
     pool.state.counters.observe(started.elapsed().as_secs_f64());
     result?;
-    if response.backend_keep_alive {
+    if !upstream.buffer.is_empty() {
+        // Bytes beyond the response: the connection is out of step.
+        context.shared.distrust(backend);
+    } else if response.backend_keep_alive
+        && backend
+            .outlier
+            .reuses_connections(context.shared.clock.now_ms())
+    {
         upstream::give_back_raw(backend.slot, upstream, &backend.counters.pooled_now);
     }
     Ok(if response.client_keep_alive {

@@ -78,13 +78,15 @@ pub(crate) struct LbArgs {
     /// Connecting to a backend.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     connect_timeout: Option<Duration>,
-    /// A client sending its request headers.
+    /// A client sending its request headers (also: a new connection's first request, and a TLS
+    /// handshake) [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     header_timeout: Option<Duration>,
     /// A backend starting its response.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     response_timeout: Option<Duration>,
-    /// Idle keep-alive connections to backends.
+    /// Idle connections, client (HTTP and TCP) and backend, and writes to a client that stopped
+    /// reading [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     idle_timeout: Option<Duration>,
     /// Extra tries on another backend for idempotent requests (0: none) [default: 2].
