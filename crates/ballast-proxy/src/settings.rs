@@ -40,10 +40,67 @@ pub struct Settings {
     /// expire), before it closes its listeners and drains: clients that looked it up just before
     /// are served rather than refused. 0 closes the listeners at once.
     pub drain_delay: Duration,
+    /// Request bodies up to this size are read whole before a backend is chosen (nginx's
+    /// `proxy_request_buffering`), so a client that sends its body slowly holds no backend
+    /// connection, and a malformed body is refused before any backend sees its head. 0 streams
+    /// every body.
+    pub request_buffering: ByteSize,
     /// The pools come from the configuration database (managed mode): a listener's pool may
     /// not exist yet, and answers 503 until it does.
     pub managed: bool,
 }
+
+/// A size in bytes, written as people write it: `65536`, `64KiB`, `1MiB`, `0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+        let (number, unit) = text.split_at(digits);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("`{text}`: a size is a number of bytes, KiB, MiB or GiB"))?;
+        let scale: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "K" | "KB" | "k" => 1 << 10,
+            "MiB" | "M" | "MB" => 1 << 20,
+            "GiB" | "G" | "GB" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "`{text}`: unknown unit `{other}` (B, KiB, MiB, GiB)"
+                ));
+            }
+        };
+        number
+            .checked_mul(scale)
+            .map(Self)
+            .ok_or_else(|| format!("`{text}` is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Bytes(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Bytes(bytes) => Ok(Self(bytes)),
+            Written::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Request buffering's default: small bodies, which are most bodies, never hold a backend.
+pub const DEFAULT_REQUEST_BUFFERING: ByteSize = ByteSize(64 * 1024);
+/// The most a client's body may take in memory before a backend is chosen.
+const MAX_REQUEST_BUFFERING: ByteSize = ByteSize(16 * 1024 * 1024);
 
 /// One listening address.
 #[derive(Debug, Clone)]
@@ -219,6 +276,7 @@ impl Settings {
             outlier: OutlierPolicy::default(),
             drain_timeout: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
+            request_buffering: DEFAULT_REQUEST_BUFFERING,
             managed: false,
         }
     }
@@ -294,6 +352,12 @@ impl Settings {
                 return Err(SettingsError::new(field, "must be longer than zero"));
             }
         }
+        if self.request_buffering > MAX_REQUEST_BUFFERING {
+            return Err(SettingsError::new(
+                "request_buffering",
+                "at most 16MiB: every client connection may hold that much",
+            ));
+        }
         if self.retries > 10 {
             return Err(SettingsError::new("retries", "at most 10 extra tries"));
         }
@@ -360,6 +424,7 @@ struct File {
     drain_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     drain_delay: Option<Duration>,
+    request_buffering: Option<ByteSize>,
     retries: Option<u32>,
     #[serde(default)]
     timeouts: FileTimeouts,
@@ -493,6 +558,7 @@ impl File {
         settings.admin = self.admin;
         settings.drain_timeout = self.drain_timeout.unwrap_or(settings.drain_timeout);
         settings.drain_delay = self.drain_delay.unwrap_or(settings.drain_delay);
+        settings.request_buffering = self.request_buffering.unwrap_or(settings.request_buffering);
         settings.retries = self.retries.unwrap_or(settings.retries);
         let t = &mut settings.timeouts;
         t.connect = self.timeouts.connect.unwrap_or(t.connect);
@@ -582,7 +648,28 @@ backends = ["127.0.0.1:9101"]
         let text = include_str!("../../../ballast.example.toml");
         let settings = Settings::from_toml(text).expect("the example must stay valid");
         assert_eq!(settings.listeners.len(), 2);
+        assert_eq!(settings.request_buffering, ByteSize(64 * 1024));
         assert_eq!(settings.outlier.max_ejection, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        for (text, bytes) in [
+            ("0", 0),
+            ("65536", 65536),
+            ("64KiB", 65536),
+            ("1 MiB", 1 << 20),
+        ] {
+            assert_eq!(text.parse::<ByteSize>(), Ok(ByteSize(bytes)), "{text}");
+        }
+        for text in ["", "KiB", "-1", "1.5MiB", "99999999999GiB"] {
+            assert!(text.parse::<ByteSize>().is_err(), "{text}");
+        }
+        let from_number = Settings::from_toml(&format!("request_buffering = 1024\n{EXAMPLE}"));
+        assert_eq!(
+            from_number.expect("valid").request_buffering,
+            ByteSize(1024)
+        );
     }
 
     fn error(text: &str) -> String {
@@ -622,6 +709,18 @@ backends = ["127.0.0.1:9101"]
         );
         let duration = EXAMPLE.replace("\"250ms\"", "\"fast\"");
         assert!(error(&duration).contains("`fast`"), "{}", error(&duration));
+        let huge = format!("request_buffering = \"1GiB\"\n{EXAMPLE}");
+        assert!(
+            error(&huge).starts_with("request_buffering: at most 16MiB"),
+            "{}",
+            error(&huge)
+        );
+        let unit = format!("request_buffering = \"64 parsecs\"\n{EXAMPLE}");
+        assert!(
+            error(&unit).contains("unknown unit `parsecs`"),
+            "{}",
+            error(&unit)
+        );
         let key = EXAMPLE.replace("header:x-user", "body");
         assert!(
             error(&key).starts_with("pools[0].hash_key: "),

@@ -285,9 +285,26 @@ fn chunked_bodies_are_validated_and_re_encoded() {
         assert_eq!(reply.status, 400, "{}: {reply:?}", String::from_utf8_lossy(attack));
         assert_eq!(victim(address), (200, "/account".to_owned()));
     }
+    // Small bodies are read whole before a backend is chosen, so the backend saw none of the
+    // attacks: only the victims' requests.
+    assert_eq!(
+        request_lines(&backend),
+        vec!["GET /account HTTP/1.1"; 4],
+        "{:?}",
+        backend.received()
+    );
+
+    // Streamed (with buffering off), a malformed body still never gets past its bad line.
+    let (_streaming, streaming) = lb(&[backend.address], &["--request-buffering", "0"]);
+    backend.clear();
+    let reply = raw(
+        streaming,
+        b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0;\n\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert_eq!(victim(streaming), (200, "/account".to_owned()));
     for request in backend.received() {
         assert!(!request.contains("/smuggled"), "{request:?}");
-        assert!(!request.contains('\u{c}'), "{request:?}");
     }
 
     // A valid body with extensions and a trailer reaches the backend in Ballast's encoding.
@@ -565,4 +582,36 @@ fn concurrent_tagged_clients_only_ever_get_their_own_responses() {
         "a client got another's bytes"
     );
     assert!(answered.load(Ordering::SeqCst) > 900, "{answered:?}");
+}
+
+/// Slow bodies (the slowloris of uploads): with small bodies read whole before a backend is
+/// chosen, a thousand clients that never finish their body hold no backend connection, and no
+/// backend is blamed for them.
+#[test]
+fn slow_bodies_hold_no_backend_connection() {
+    let backend = Backend::start();
+    let (lb_process, address) = lb(&[backend.address], &["--header-timeout", "2s"]);
+    let mut slow: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut stream = connect(address);
+            stream
+                .write_all(
+                    b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nhalf of it",
+                )
+                .expect("write");
+            stream
+        })
+        .collect();
+    // A request behind them still gets through, on the one backend connection there is.
+    assert_eq!(victim(address), (200, "/account".to_owned()));
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+    // They time out on their own; the backend was never asked and is not blamed.
+    for stream in &mut slow {
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+    }
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(request_lines(&backend), ["GET /account HTTP/1.1"]);
+    let bad_gateway = "ballast_errors_total{pool=\"default\",kind=\"bad_gateway\"}";
+    assert_eq!(metric(lb_process.admin_addr(), bad_gateway), Some(0.0));
 }

@@ -94,21 +94,18 @@ pub(super) async fn copy_length(
 }
 
 /// Copies a chunked body from `source` (after what is already in `buffer`) to `sink`, validated
-/// and re-encoded (see [`ChunkedRelay`]), up to the end of its trailers. A malformed body is
-/// the source's fault.
+/// and re-encoded (see [`ChunkedRelay`]), up to the end of its trailers; `relay` says where in
+/// the body `buffer` starts. A malformed body is the source's fault.
 pub(super) async fn copy_chunked(
     source: &mut TcpStream,
     buffer: &mut BytesMut,
     sink: &mut TcpStream,
     patience: Patience,
+    mut relay: ChunkedRelay,
 ) -> Result<(), CopyError> {
-    let mut relay = ChunkedRelay::default();
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     loop {
-        let consumed = relay
-            .relay(buffer, &mut output)
-            .map_err(|e| CopyError::Source(io::Error::new(io::ErrorKind::InvalidData, e)))?;
-        buffer.advance(consumed);
+        relay_some(&mut relay, buffer, &mut output).map_err(CopyError::Source)?;
         if !output.is_empty() {
             write_within(sink, &output[..], patience.write)
                 .await
@@ -122,4 +119,58 @@ pub(super) async fn copy_chunked(
             .await
             .map_err(CopyError::Source)?;
     }
+}
+
+/// A request body read (and, if chunked, re-encoded) before any backend was chosen.
+#[derive(Debug)]
+pub(super) struct Buffered {
+    /// Where a chunked body's relay stopped; `None` for a body by length, which stays in the
+    /// client's read buffer.
+    pub(super) chunked: Option<(ChunkedRelay, BytesMut)>,
+}
+
+/// Reads a body by length of `length` bytes into `buffer`.
+pub(super) async fn buffer_length(
+    source: &mut TcpStream,
+    buffer: &mut BytesMut,
+    length: u64,
+    patience: Duration,
+) -> io::Result<Buffered> {
+    while (buffer.len() as u64) < length {
+        read_more(source, buffer, patience).await?;
+    }
+    Ok(Buffered { chunked: None })
+}
+
+/// Reads and re-encodes a chunked body until it ends or its encoding passes `limit` bytes; the
+/// rest, if any, is streamed after it.
+pub(super) async fn buffer_chunked(
+    source: &mut TcpStream,
+    buffer: &mut BytesMut,
+    limit: u64,
+    patience: Duration,
+) -> io::Result<Buffered> {
+    let mut relay = ChunkedRelay::default();
+    let mut encoded = BytesMut::new();
+    loop {
+        relay_some(&mut relay, buffer, &mut encoded)?;
+        if relay.is_done() || encoded.len() as u64 > limit {
+            return Ok(Buffered {
+                chunked: Some((relay, encoded)),
+            });
+        }
+        read_more(source, buffer, patience).await?;
+    }
+}
+
+fn relay_some(
+    relay: &mut ChunkedRelay,
+    buffer: &mut BytesMut,
+    output: &mut BytesMut,
+) -> io::Result<()> {
+    let consumed = relay
+        .relay(buffer, output)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    buffer.advance(consumed);
+    Ok(())
 }

@@ -176,6 +176,36 @@ async fn proxy(
         // on each other through us.
         write_within(client, &b"HTTP/1.1 100 Continue\r\n\r\n"[..], timeouts.idle).await?;
     }
+    let limit = shared.settings.request_buffering.0;
+    let buffering = match head.body {
+        Framing::Length(length) if length <= limit => {
+            Some(body::buffer_length(client, buffer, length, timeouts.request_headers).await)
+        }
+        Framing::Chunked if limit > 0 => {
+            Some(body::buffer_chunked(client, buffer, limit, timeouts.request_headers).await)
+        }
+        _ => None,
+    };
+    let mut buffered = match buffering {
+        None => None,
+        Some(Ok(buffered)) => Some(buffered),
+        Some(Err(error)) => {
+            // The client's body never arrived whole, or was malformed: no backend saw any of it.
+            tracing::debug!(client = %context.client, %error, "request body refused");
+            if error.kind() == io::ErrorKind::InvalidData {
+                pool.state.counters.error(ErrorKind::BadRequest);
+                let _ = write_error(
+                    client,
+                    "400 Bad Request",
+                    "bad request\n",
+                    false,
+                    timeouts.idle,
+                )
+                .await;
+            }
+            return Ok(Next::Close);
+        }
+    };
     let replayable =
         head.body == Framing::Empty && head.idempotent && !head.upgrade && pool.state.retries > 0;
     let tries = if replayable {
@@ -209,7 +239,16 @@ async fn proxy(
             read: pool.state.response_timeout,
             write: timeouts.idle,
         };
-        match send_request(&mut upstream, &head, client, buffer, sending).await {
+        match send_request(
+            &mut upstream,
+            &head,
+            client,
+            buffer,
+            buffered.take(),
+            sending,
+        )
+        .await
+        {
             Ok(()) => {}
             Err(CopyError::Source(error)) => {
                 // The client stopped sending its body, or sent a malformed one: nothing to

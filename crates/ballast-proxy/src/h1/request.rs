@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::net::TcpStream;
 
-use super::body::{CopyError, Patience, copy_chunked, copy_length, write_within};
+use super::body::{Buffered, CopyError, Patience, copy_chunked, copy_length, write_within};
 use super::message::{Coding, Framing, MAX_HEADERS, Message, is_framing, put_header};
 use crate::headers;
 use crate::http::ClientContext;
@@ -193,12 +193,14 @@ pub(super) fn put_length(out: &mut BytesMut, length: u64) {
     let _ = write!(out, "content-length: {length}\r\n");
 }
 
-/// Writes the request head and body to the backend.
+/// Writes the request head and body to the backend: the body from `buffered` first, if it was
+/// read before the backend was chosen, then whatever of it is still to come.
 pub(super) async fn send_request(
     upstream: &mut Raw,
     head: &RequestHead,
     client: &mut TcpStream,
     buffer: &mut BytesMut,
+    buffered: Option<Buffered>,
     patience: Patience,
 ) -> Result<(), CopyError> {
     let sink = &mut upstream.stream;
@@ -218,10 +220,15 @@ pub(super) async fn send_request(
             copy_length(client, buffer, sink, length - ready as u64, patience).await
         }
         Framing::Chunked => {
-            write_within(sink, &head.upstream[..], patience.write)
+            let (relay, encoded) = buffered.and_then(|b| b.chunked).unwrap_or_default();
+            let first = Buf::chain(&head.upstream[..], &encoded[..]);
+            write_within(sink, first, patience.write)
                 .await
                 .map_err(CopyError::Sink)?;
-            copy_chunked(client, buffer, sink, patience).await
+            if relay.is_done() {
+                return Ok(());
+            }
+            copy_chunked(client, buffer, sink, patience, relay).await
         }
     }
 }

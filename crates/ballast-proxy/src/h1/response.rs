@@ -8,6 +8,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::body::{Patience, copy_chunked, copy_length, read_more, write_within};
+use super::chunked::ChunkedRelay;
 use super::message::{
     Coding, Framing, MAX_HEAD, MAX_HEADERS, Message, READ_CHUNK, is_framing, put_header,
 };
@@ -195,9 +196,15 @@ pub(super) async fn send_response(
         }
         Framing::Chunked => {
             write_within(client, &response.client[..], patience.write).await?;
-            copy_chunked(&mut upstream.stream, &mut upstream.buffer, client, patience)
-                .await
-                .map_err(io::Error::from)
+            copy_chunked(
+                &mut upstream.stream,
+                &mut upstream.buffer,
+                client,
+                patience,
+                ChunkedRelay::default(),
+            )
+            .await
+            .map_err(io::Error::from)
         }
         Framing::UntilClose => {
             write_within(client, &response.client[..], patience.write).await?;

@@ -89,6 +89,10 @@ pub(crate) struct LbArgs {
     /// reading [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     idle_timeout: Option<Duration>,
+    /// Read request bodies up to this size whole before choosing a backend (0: stream every
+    /// body) [default: 64KiB].
+    #[arg(long, value_name = "SIZE")]
+    request_buffering: Option<ballast_proxy::settings::ByteSize>,
     /// Extra tries on another backend for idempotent requests (0: none) [default: 2].
     #[arg(long, value_name = "N")]
     retries: Option<u32>,
@@ -181,6 +185,7 @@ impl LbArgs {
             .unwrap_or(settings.outlier.consecutive_failures);
         settings.drain_timeout = self.drain_timeout.unwrap_or(settings.drain_timeout);
         settings.drain_delay = self.drain_delay.unwrap_or(settings.drain_delay);
+        settings.request_buffering = self.request_buffering.unwrap_or(settings.request_buffering);
         settings.validate()?;
         Ok(settings)
     }
