@@ -55,6 +55,10 @@ mod tls;
 mod upstream;
 mod watchdog;
 
+/// The HTTP/1.1 parsers without a server, for the fuzz target (the `fuzzing` feature).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use h1::fuzzing;
 pub use key::HashKey;
 pub use server::{Bound, ServerError, Source, run};
 pub use settings::Settings;

@@ -10,6 +10,10 @@
 
 mod body;
 mod chunked;
+// Public for the fuzz target; in the crate's own tests nothing outside reaches it.
+#[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
+pub mod fuzzing;
 mod message;
 mod request;
 mod response;

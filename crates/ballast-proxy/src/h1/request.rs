@@ -52,6 +52,41 @@ pub(super) fn parse_request(
     context: &ClientContext,
     bytes: &[u8],
 ) -> Result<Option<(RequestHead, usize)>, Refusal> {
+    let shared = &context.shared;
+    let snapshot = shared.snapshot.load_full();
+    let forwarding = Forwarding {
+        client: context.client_value.as_bytes(),
+        scheme: context.scheme,
+        draining: shared.draining.load(Ordering::Relaxed),
+    };
+    let keyed = snapshot
+        .for_listener(context.listener)
+        .filter(|pool| pool.uses_key)
+        .map(|pool| Arc::clone(&pool.state));
+    let client_ip = context.client.ip();
+    parse_with(bytes, &forwarding, snapshot, |path, headers| {
+        keyed.map_or(0, |pool| pool.hash_key.of_raw(path, headers, client_ip))
+    })
+}
+
+/// What the backend is told about the client, and whether responses close connections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Forwarding<'a> {
+    /// `X-Forwarded-For`'s last entry.
+    pub(crate) client: &'a [u8],
+    /// `X-Forwarded-Proto`.
+    pub(crate) scheme: &'a str,
+    /// While draining, every response says `Connection: close`.
+    pub(crate) draining: bool,
+}
+
+/// [`parse_request`] without a server: `key` hashes the request for the pool.
+pub(crate) fn parse_with(
+    bytes: &[u8],
+    forwarding: &Forwarding<'_>,
+    snapshot: Arc<Snapshot>,
+    key: impl FnOnce(&str, &[httparse::Header<'_>]) -> u64,
+) -> Result<Option<(RequestHead, usize)>, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let length = match request.parse(bytes) {
@@ -81,16 +116,7 @@ pub(super) fn parse_request(
     let host = headers::backend_host(!http10, message.host, message.hosts, authority)
         .map_err(|_| Refusal::BadRequest)?;
     let upgrade = message.connection_upgrade && message.upgrade;
-    let shared = &context.shared;
-    let snapshot = shared.snapshot.load_full();
-    let key = match snapshot.for_listener(context.listener) {
-        Some(pool) if pool.uses_key => {
-            pool.state
-                .hash_key
-                .of_raw(path, request.headers, context.client.ip())
-        }
-        _ => 0,
-    };
+    let key = key(path, request.headers);
 
     let mut upstream = BytesMut::with_capacity(length + 128);
     upstream.put_slice(method.as_bytes());
@@ -118,9 +144,9 @@ pub(super) fn parse_request(
         upstream.put_slice(earlier);
         upstream.put_slice(b", ");
     }
-    upstream.put_slice(context.client_value.as_bytes());
+    upstream.put_slice(forwarding.client);
     upstream.put_slice(b"\r\nx-forwarded-proto: ");
-    upstream.put_slice(context.scheme.as_bytes());
+    upstream.put_slice(forwarding.scheme.as_bytes());
     upstream.put_slice(b"\r\n");
     match body {
         Framing::Chunked => upstream.put_slice(b"transfer-encoding: chunked\r\n"),
@@ -143,8 +169,7 @@ pub(super) fn parse_request(
                 method,
                 "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
             ),
-            // While draining, every response says `Connection: close`.
-            keep_alive: !shared.draining.load(Ordering::Relaxed)
+            keep_alive: !forwarding.draining
                 && if http10 {
                     message.connection_keep_alive
                 } else {
