@@ -40,6 +40,9 @@ pub enum ProvisionError {
     /// Every loopback address the local provisioner uses is taken.
     #[error("no loopback address left for another LB")]
     Full,
+    /// The provisioner is stopping every LB it started: it starts no more.
+    #[error("stopping: no LB is started any more")]
+    Stopping,
 }
 
 /// A boxed future, for the trait's async methods (kept object-safe so that provisioners can be
@@ -58,7 +61,8 @@ pub trait Provision: Send + std::fmt::Debug {
     fn removable(&self) -> Vec<String>;
 
     /// Drains every LB server it started and waits (at most `grace`) until they have stopped,
-    /// for a clean shutdown (nothing by default).
+    /// for a clean shutdown (nothing by default). From then on it starts none: an autoscaler
+    /// still running while its process stops must not leave a fresh LB behind.
     fn stop_all(&mut self, grace: std::time::Duration) -> Pending<'_, ()> {
         let _ = grace;
         Box::pin(async { Ok(()) })
@@ -81,6 +85,7 @@ impl Provision for Local {
     }
 
     fn stop_all(&mut self, grace: std::time::Duration) -> Pending<'_, ()> {
+        self.stopping = true;
         let names: Vec<String> = self.children.keys().cloned().collect();
         for name in &names {
             self.stop(name);
@@ -125,6 +130,7 @@ pub struct Local {
     port: u16,
     drain_delay: std::time::Duration,
     children: BTreeMap<String, Child>,
+    stopping: bool,
 }
 
 impl Local {
@@ -145,6 +151,7 @@ impl Local {
             port,
             drain_delay,
             children: BTreeMap::new(),
+            stopping: false,
         }
     }
 
@@ -154,6 +161,9 @@ impl Local {
     }
 
     fn start(&mut self) -> Result<String, ProvisionError> {
+        if self.stopping {
+            return Err(ProvisionError::Stopping);
+        }
         // Reap the children that already exited (stopped), freeing their slots.
         self.children
             .retain(|_, child| matches!(child.try_wait(), Ok(None)));
@@ -172,7 +182,8 @@ impl Local {
             .args(["--admin", &SocketAddr::from((ip, 0)).to_string()])
             .args(["--drain-delay", &drain_delay])
             .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
         let child = command.spawn().map_err(|source| ProvisionError::Spawn {
             what: format!("ballast lb {name}"),
             source,
@@ -258,6 +269,28 @@ async fn run(command: &str, name: &str, address: &str) -> Result<(), ProvisionEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On shutdown the provisioner stops its LBs and starts no new one, whatever an autoscaler
+    /// still running asks (a fresh LB started then outlived `ballast control`).
+    #[tokio::test]
+    async fn the_local_provisioner_starts_nothing_once_it_stops_all() {
+        let mut local = Local::new(
+            PathBuf::from("sleep"),
+            "sqlite:///nonexistent".into(),
+            Vec::new(),
+            8080,
+            std::time::Duration::ZERO,
+        );
+        // `sleep lb …` fails at once: enough to stand for a child here.
+        assert_eq!(local.scale_up().await.expect("up"), "lb-01");
+        local
+            .stop_all(std::time::Duration::from_secs(5))
+            .await
+            .expect("stopped");
+        assert!(local.removable().is_empty());
+        let refused = local.scale_up().await.expect_err("stopping");
+        assert!(matches!(refused, ProvisionError::Stopping), "{refused}");
+    }
 
     #[tokio::test]
     async fn the_command_provisioner_runs_the_scripts_with_the_lbs_name_and_address() {

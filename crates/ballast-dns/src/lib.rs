@@ -17,12 +17,14 @@
 
 #![forbid(unsafe_code)]
 
+mod bind;
 mod follow;
 mod metrics;
 mod server;
 mod udp;
 mod zone;
 
+pub use bind::bind;
 pub use follow::follow_zone;
 /// The DNS wire format the server speaks, for clients such as `ballast bench dns`.
 pub use hickory_server::proto;

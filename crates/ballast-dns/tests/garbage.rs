@@ -46,9 +46,10 @@ async fn answers(server: SocketAddr, id: u16) -> bool {
 
 /// A server for `zone` on a free loopback port (UDP and TCP), running for the rest of the test.
 async fn start(zone: Zone) -> SocketAddr {
-    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("udp");
+    let (udp, tcp) = ballast_dns::bind("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("UDP and TCP on one port");
     let address = udp.local_addr().expect("address");
-    let tcp = tokio::net::TcpListener::bind(address).await.expect("tcp");
     let mut server = serve(
         Answerer::new(Arc::new(ArcSwap::from_pointee(zone)), None),
         udp,

@@ -53,13 +53,10 @@ fn fleet(count: u8, down: &[u8]) -> Vec<LbServer> {
 
 /// A server on a free loopback port (UDP and TCP), and a resolver that asks only it.
 async fn start(zone: Arc<ArcSwap<Zone>>) -> (TokioResolver, SocketAddr) {
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+    let (udp, tcp) = ballast_dns::bind("127.0.0.1:0".parse().expect("address"))
         .await
-        .expect("udp");
+        .expect("UDP and TCP on one port");
     let address = udp.local_addr().expect("address");
-    let tcp = tokio::net::TcpListener::bind(address)
-        .await
-        .expect("tcp on the same port");
     let mut server = serve(Answerer::new(zone, None), udp, tcp);
     tokio::spawn(async move { server.block_until_done().await });
     let servers = NameServerConfigGroup::from_ips_clear(&[address.ip()], address.port(), true);

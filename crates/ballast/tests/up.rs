@@ -106,6 +106,24 @@ struct Ports {
     backend: u16,
 }
 
+/// The first of `count` loopback ports in a row that are all free now (`ballast up` puts its
+/// backends on `--backend-port` and the ports after it): each is checked, none assumed.
+fn free_ports_in_a_row(count: u16) -> u16 {
+    for _ in 0..1000 {
+        let first = unused_addr().port();
+        let Some(last) = first.checked_add(count - 1) else {
+            continue;
+        };
+        let held: Vec<_> = (first..=last)
+            .map_while(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+            .collect();
+        if held.len() == usize::from(count) {
+            return first;
+        }
+    }
+    panic!("no {count} free ports in a row on 127.0.0.1");
+}
+
 fn signal(name: &str, pid: u32) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
@@ -154,7 +172,7 @@ fn ballast_up_runs_the_whole_system_and_stops_it_whole() {
         admin: unused_addr(),
         dns: unused_addr(),
         lb: unused_addr().port(),
-        backend: unused_addr().port(),
+        backend: free_ports_in_a_row(3),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

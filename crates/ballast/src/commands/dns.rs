@@ -123,13 +123,8 @@ impl ServeArgs {
             let zone = follow_zone(store, &db, &self.zone, self.ttl, self.fleet_interval)
                 .await
                 .with_context(|| format!("--db {db}"))?;
-            let udp = tokio::net::UdpSocket::bind(self.listen)
-                .await
-                .with_context(|| format!("cannot listen on {} (UDP)", self.listen))?;
+            let (udp, tcp) = ballast_dns::bind(self.listen).await?;
             let address = udp.local_addr()?;
-            let tcp = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot listen on {address} (TCP)"))?;
             let max_answers = self.max_answers.map(|k| k as usize);
             let metrics = Arc::new(Metrics::new());
             let admin = match self.admin {

@@ -1,10 +1,13 @@
 //! Test harness for the `ballast` binary: real processes on loopback, each reporting its
-//! addresses on stdout when ready (so tests never guess ports or sleep), killed when dropped.
+//! addresses on stdout when ready (so tests never guess ports or sleep). Each runs in a process
+//! group of its own, and when dropped — a test that passed or one that failed — gets SIGTERM,
+//! a bounded wait, then SIGKILL for the whole group, so nothing it started outlives the test.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -21,6 +24,7 @@ impl Process {
     pub fn start(args: &[&str], lines: usize) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ballast"))
             .args(args)
+            .process_group(0)
             .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -41,7 +45,7 @@ impl Process {
             match rx.recv_timeout(Duration::from_secs(20)) {
                 Ok(line) => ready.push(line),
                 Err(_) => {
-                    let _ = child.kill();
+                    stop_group(&mut child, Duration::from_secs(5));
                     panic!("ballast {args:?} did not become ready; printed {ready:?}");
                 }
             }
@@ -106,8 +110,29 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        self.kill();
+        stop_group(&mut self.child, Duration::from_secs(10));
     }
+}
+
+/// Stops `child` and everything in its process group: SIGTERM to the group, up to `patience` for
+/// the child to exit, then SIGKILL to the group (children it started but did not stop included).
+pub fn stop_group(child: &mut Child, patience: Duration) {
+    let group = rustix::process::Pid::from_raw(child.id() as i32);
+    let signal_group = |signal| {
+        if let Some(group) = group {
+            let _ = rustix::process::kill_process_group(group, signal);
+        }
+    };
+    if matches!(child.try_wait(), Ok(None)) {
+        signal_group(rustix::process::Signal::TERM);
+        let deadline = Instant::now() + patience;
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    signal_group(rustix::process::Signal::KILL);
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Runs `ballast ARGS`, which must fail before reporting ready; returns its stderr.
