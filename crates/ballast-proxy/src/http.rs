@@ -219,7 +219,8 @@ fn respond(
     if status == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let backend_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, backend_upgrade, in_flight));
+            let idle = context.shared.settings.timeouts.idle;
+            tokio::spawn(tunnel(client_upgrade, backend_upgrade, in_flight, idle));
         }
         pool.counters.observe(started.elapsed().as_secs_f64());
         let (parts, _) = response.into_parts();
@@ -241,16 +242,18 @@ fn respond(
     })
 }
 
-/// Copies bytes both ways between an upgraded client connection and its backend.
+/// Copies bytes both ways between an upgraded client connection and its backend, until either
+/// closes or nothing moves for `idle`.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     backend: hyper::upgrade::OnUpgrade,
     _in_flight: InFlight,
+    idle: std::time::Duration,
 ) {
     match tokio::try_join!(client, backend) {
         Ok((client, backend)) => {
             let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
-            if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            if let Err(error) = crate::watchdog::tunnel(&mut client, &mut backend, idle).await {
                 tracing::debug!(%error, "upgraded connection ended");
             }
         }

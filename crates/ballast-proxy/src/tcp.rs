@@ -14,7 +14,6 @@ use tokio::net::TcpStream;
 use crate::key::HashKey;
 use crate::metrics::ErrorKind;
 use crate::state::Shared;
-use crate::watchdog::{Activity, Watched};
 
 /// Proxies one client connection to a backend of the pool `listener` serves.
 pub(crate) async fn proxy<S>(shared: Arc<Shared>, listener: usize, mut client: S, peer: SocketAddr)
@@ -61,17 +60,8 @@ where
         backend.outlier.success();
         let _ = upstream.set_nodelay(true);
         let idle = shared.settings.timeouts.idle;
-        let activity = Activity::new();
-        let mut client = Watched::new(&mut client, Arc::clone(&activity), idle);
-        tokio::select! {
-            copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                if let Err(error) = copied {
-                    tracing::debug!(backend = %backend.address, %error, "tcp session ended");
-                }
-            }
-            () = activity.quiet_for(idle) => {
-                tracing::debug!(backend = %backend.address, ?idle, "tcp session idle: closed");
-            }
+        if let Err(error) = crate::watchdog::tunnel(&mut client, &mut upstream, idle).await {
+            tracing::debug!(backend = %backend.address, %error, "tcp session ended");
         }
         pool.state.counters.observe(started.elapsed().as_secs_f64());
         return;

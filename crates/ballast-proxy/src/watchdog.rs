@@ -8,7 +8,8 @@
 //! - With no request in service, a connection on which no byte moved either way for `idle` is
 //!   closed gracefully (HTTP/2: GOAWAY, then the close).
 //! - A write that makes no progress for `idle` fails the connection.
-//! - In TCP mode, a session on which no byte moved either way for `idle` is closed.
+//! - A tunnel (TCP mode, an upgraded connection) on which no byte moved either way for `idle`
+//!   is closed.
 //!
 //! The HTTP/1.1 fast path keeps its own deadlines (see [`crate::h1`]).
 
@@ -84,9 +85,8 @@ impl Activity {
 }
 
 impl Activity {
-    /// Resolves once no byte has moved either way for `idle` (TCP mode, where the connection
-    /// is the session).
-    pub(crate) async fn quiet_for(&self, idle: Duration) {
+    /// Resolves once no byte has moved either way for `idle`.
+    async fn quiet_for(&self, idle: Duration) {
         loop {
             let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let at = self.opened + last + idle;
@@ -95,6 +95,24 @@ impl Activity {
             }
             tokio::time::sleep_until(at).await;
         }
+    }
+}
+
+/// Copies bytes both ways between a client and a backend (TCP mode, upgraded connections)
+/// until either side closes, or nothing has moved either way for `idle`.
+pub(crate) async fn tunnel<C, B>(client: C, backend: &mut B, idle: Duration) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let activity = Activity::new();
+    let mut client = Watched::new(client, Arc::clone(&activity), idle);
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, backend) => copied.map(|_| ()),
+        () = activity.quiet_for(idle) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("nothing moved either way for {idle:?}"),
+        )),
     }
 }
 

@@ -399,7 +399,8 @@ async fn respond(
             upstream.stream.write_all(buffer).await?;
             buffer.clear();
         }
-        let result = tokio::io::copy_bidirectional(client, &mut upstream.stream).await;
+        let idle = context.shared.settings.timeouts.idle;
+        let result = crate::watchdog::tunnel(&mut *client, &mut upstream.stream, idle).await;
         pool.state.counters.observe(started.elapsed().as_secs_f64());
         return result.map(|_| Next::Close);
     }
