@@ -401,3 +401,46 @@ backends = ["{db}"]
         "{stderr}"
     );
 }
+
+/// At the descriptor limit, accepts fail: each is counted, the log is not flooded, and the LB
+/// serves again as soon as descriptors are free.
+#[test]
+fn at_the_descriptor_limit_failed_accepts_are_counted_and_service_recovers() {
+    let (_b1, b1) = echo("b1", &[]);
+    let backend = b1.to_string();
+    let lb = Process::start_under(
+        &["prlimit", "--nofile=64:64", "--"],
+        &[
+            "lb",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--backend",
+            &backend,
+        ],
+        2,
+    );
+    let (address, admin) = (lb.listen_addr(0), lb.admin_addr());
+    // Far more connections than descriptors; the kernel queues those the LB cannot accept.
+    let held: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(address).expect("the kernel accepts into the backlog"))
+        .collect();
+    // One that arrives while the LB is out of descriptors, answered once they are back.
+    let mut waiting = TcpStream::connect(address).expect("connect");
+    waiting
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    drop(held);
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut reply = String::new();
+    waiting.read_to_string(&mut reply).expect("answered");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let failed = support::metric(admin, "ballast_accept_errors_total").expect("metric");
+    assert!(failed >= 1.0, "no failed accept counted");
+    assert_eq!(backend_of(&get(address, "/", &[])), "b1");
+}

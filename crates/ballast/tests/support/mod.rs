@@ -22,7 +22,22 @@ pub struct Process {
 impl Process {
     /// Starts `ballast ARGS` and waits (bounded) until it has printed `lines` ready lines.
     pub fn start(args: &[&str], lines: usize) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        Self::start_under(&[], args, lines)
+    }
+
+    /// [`Process::start`] through a `wrapper` command that runs the rest of its arguments (e.g.
+    /// `prlimit --nofile=64 --`).
+    pub fn start_under(wrapper: &[&str], args: &[&str], lines: usize) -> Self {
+        let binary = env!("CARGO_BIN_EXE_ballast");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .args(args)
             .process_group(0)
             .env("RUST_LOG", "error")
