@@ -274,14 +274,16 @@ async fn proxy(
             Err(CopyError::Sink(error)) => {
                 // A backend may answer before it has read the whole body (413, 401) and stop
                 // reading: its answer is the response, and no failure of its own.
+                let closing_head = closing(&head);
                 if head.body != Framing::Empty
-                    && let Ok(Ok(response)) = tokio::time::timeout(
+                    && let Ok(Ok(mut response)) = tokio::time::timeout(
                         EARLY_RESPONSE_WAIT,
-                        read_response(&mut upstream, &closing(&head), client, receiving),
+                        read_response(&mut upstream, &closing_head, client, receiving),
                     )
                     .await
                 {
-                    let closing_head = closing(&head);
+                    // The rest of the body was never sent: this connection is out of step.
+                    response.backend_keep_alive = false;
                     let next = respond(
                         context,
                         pool,
