@@ -199,15 +199,44 @@ fn read_response(reader: &mut BufReader<TcpStream>) -> Option<(u16, String)> {
     Some((status?, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// A kept-alive client connection: requests written, responses read in turn.
+struct Client {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn open(address: SocketAddr) -> Self {
+        let stream = connect(address);
+        Self {
+            writer: stream.try_clone().expect("clone"),
+            reader: BufReader::new(stream),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> &mut Self {
+        self.writer.write_all(bytes).expect("write");
+        self
+    }
+
+    /// `GET path`, and its response.
+    fn get(&mut self, path: &str) -> Option<(u16, String)> {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .response()
+    }
+
+    fn response(&mut self) -> Option<(u16, String)> {
+        read_response(&mut self.reader)
+    }
+}
+
 /// A victim: a request with credentials on a connection of its own, which must get its own
 /// response, and whose credentials must reach the backend only in its own request.
 fn victim(address: SocketAddr) -> (u16, String) {
-    let stream = connect(address);
-    let mut writer = stream.try_clone().expect("clone");
-    writer
-        .write_all(b"GET /account HTTP/1.1\r\nHost: a\r\nCookie: session=victim\r\nAuthorization: Bearer victim-token\r\n\r\n")
-        .expect("write");
-    read_response(&mut BufReader::new(stream)).expect("the victim gets a response")
+    Client::open(address)
+        .send(b"GET /account HTTP/1.1\r\nHost: a\r\nCookie: session=victim\r\nAuthorization: Bearer victim-token\r\n\r\n")
+        .response()
+        .expect("the victim gets a response")
 }
 
 /// Each request the backend got, by its request line.
@@ -231,13 +260,10 @@ fn connection_cannot_name_the_framing_away() {
         b"POST /attacker HTTP/1.1\r\nHost: a\r\nConnection: Content-Length\r\nContent-Length: 56\r\n\r\n"
             .to_vec();
     attack.extend_from_slice(smuggled);
-    let stream = connect(address);
-    stream
-        .try_clone()
-        .expect("clone")
-        .write_all(&attack)
-        .expect("attack");
-    let (status, body) = read_response(&mut BufReader::new(stream)).expect("a response");
+    let (status, body) = Client::open(address)
+        .send(&attack)
+        .response()
+        .expect("a response");
     assert_eq!((status, body.as_str()), (200, "/attacker"));
     for _ in 0..6 {
         assert_eq!(victim(address), (200, "/account".to_owned()));
@@ -391,14 +417,9 @@ fn bytes_a_backend_sends_after_its_response_never_reach_the_next_client() {
     let backend = Backend::start();
     let (_lb, address) = lb(&[backend.address], &[]);
     for round in 1..=5 {
-        let stream = connect(address);
-        let mut writer = stream.try_clone().expect("clone");
-        let mut reader = BufReader::new(stream);
-        writer
-            .write_all(b"GET /late-junk HTTP/1.1\r\nHost: a\r\n\r\n")
-            .expect("write");
+        let mut client = Client::open(address);
         assert_eq!(
-            read_response(&mut reader),
+            client.get("/late-junk"),
             Some((200, "/late-junk".to_owned()))
         );
         // The stray response arrives on the pooled backend connection after this one ended.
@@ -410,21 +431,14 @@ fn bytes_a_backend_sends_after_its_response_never_reach_the_next_client() {
             (200, "/account".to_owned()),
             "round {round}"
         );
-        writer
-            .write_all(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n")
-            .expect("write");
-        assert_eq!(read_response(&mut reader), Some((200, "/again".to_owned())));
+        assert_eq!(client.get("/again"), Some((200, "/again".to_owned())));
     }
     // A body to a HEAD request is stray bytes too.
-    let stream = connect(address);
-    let mut writer = stream.try_clone().expect("clone");
-    let mut reader = BufReader::new(stream);
-    writer
-        .write_all(b"HEAD /head-body HTTP/1.1\r\nHost: a\r\n\r\n")
-        .expect("write");
+    let mut client = Client::open(address);
+    client.send(b"HEAD /head-body HTTP/1.1\r\nHost: a\r\n\r\n");
     let mut head = String::new();
     while !head.ends_with("\r\n\r\n") {
-        assert!(reader.read_line(&mut head).expect("head") > 0);
+        assert!(client.reader.read_line(&mut head).expect("head") > 0);
     }
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     for _ in 0..3 {
@@ -437,17 +451,9 @@ fn a_backends_framing_errors_close_its_connection() {
     let backend = Backend::start();
     let (_lb, address) = lb(&[backend.address], &[]);
     // `Connection: content-length` from a backend: the client still gets a framed response.
-    let stream = connect(address);
-    let mut writer = stream.try_clone().expect("clone");
-    let mut reader = BufReader::new(stream);
-    writer
-        .write_all(b"GET /conn-cl HTTP/1.1\r\nHost: a\r\n\r\n")
-        .expect("write");
-    assert_eq!(read_response(&mut reader), Some((200, "hello".to_owned())));
-    writer
-        .write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
-        .expect("write");
-    assert_eq!(read_response(&mut reader), Some((200, "/after".to_owned())));
+    let mut client = Client::open(address);
+    assert_eq!(client.get("/conn-cl"), Some((200, "hello".to_owned())));
+    assert_eq!(client.get("/after"), Some((200, "/after".to_owned())));
 
     // A `+5` length: 502, and the connection is not reused.
     let reply = raw(
@@ -548,17 +554,12 @@ fn concurrent_tagged_clients_only_ever_get_their_own_responses() {
         .map(|client| {
             let (mixed, answered) = (Arc::clone(&mixed), Arc::clone(&answered));
             std::thread::spawn(move || {
-                let stream = connect(address);
-                let mut writer = stream.try_clone().expect("clone");
-                let mut reader = BufReader::new(stream);
+                let mut connection = Client::open(address);
                 for request in 0..25 {
                     // Every fifth request asks the backend to send stray bytes after its answer.
                     let kind = if request % 5 == 0 { "late-junk" } else { "tag" };
                     let path = format!("/{kind}-{client}-{request}");
-                    writer
-                        .write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
-                        .expect("write");
-                    match read_response(&mut reader) {
+                    match connection.get(&path) {
                         Some((200, body)) if body == path => {
                             answered.fetch_add(1, Ordering::SeqCst);
                         }

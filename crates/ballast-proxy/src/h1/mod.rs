@@ -195,19 +195,7 @@ async fn proxy(
         Some(Ok(buffered)) => Some(buffered),
         Some(Err(error)) => {
             // The client's body never arrived whole, or was malformed: no backend saw any of it.
-            tracing::debug!(client = %context.client, %error, "request body refused");
-            if error.kind() == io::ErrorKind::InvalidData {
-                pool.state.counters.error(ErrorKind::BadRequest);
-                let _ = write_error(
-                    client,
-                    "400 Bad Request",
-                    "bad request\n",
-                    false,
-                    timeouts.idle,
-                )
-                .await;
-            }
-            return Ok(Next::Close);
+            return refuse_body(context, pool, client, &error).await;
         }
     };
     let replayable =
@@ -255,21 +243,9 @@ async fn proxy(
         {
             Ok(()) => {}
             Err(CopyError::Source(error)) => {
-                // The client stopped sending its body, or sent a malformed one: nothing to
+                // The client stopped sending its body, or sent a malformed one: nothing more to
                 // forward, no backend to blame.
-                tracing::debug!(client = %context.client, %error, "request body cut short");
-                if error.kind() == io::ErrorKind::InvalidData {
-                    pool.state.counters.error(ErrorKind::BadRequest);
-                    let _ = write_error(
-                        client,
-                        "400 Bad Request",
-                        "bad request\n",
-                        false,
-                        timeouts.idle,
-                    )
-                    .await;
-                }
-                return Ok(Next::Close);
+                return refuse_body(context, pool, client, &error).await;
             }
             Err(CopyError::Sink(error)) => {
                 // A backend may answer before it has read the whole body (413, 401) and stop
@@ -346,6 +322,23 @@ async fn proxy(
         Failure::Exchange => ErrorKind::BadGateway,
     };
     reply_error(pool, client, kind, &head, started, timeouts.idle).await
+}
+
+/// A client's request body stopped or was malformed: a 400 for the malformed one, and the
+/// connection closes either way (what follows on it cannot be read as a request).
+async fn refuse_body(
+    context: &ClientContext,
+    pool: &PoolSnapshot,
+    client: &mut TcpStream,
+    error: &io::Error,
+) -> io::Result<Next> {
+    tracing::debug!(client = %context.client, %error, "request body refused");
+    if error.kind() == io::ErrorKind::InvalidData {
+        pool.state.counters.error(ErrorKind::BadRequest);
+        let patience = context.shared.settings.timeouts.idle;
+        let _ = write_error(client, "400 Bad Request", "bad request\n", false, patience).await;
+    }
+    Ok(Next::Close)
 }
 
 /// A cached connection (`true`) or a new one (`false`).
