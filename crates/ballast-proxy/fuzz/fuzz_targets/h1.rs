@@ -86,10 +86,16 @@ fn response(data: &[u8], to_head: bool) {
 
 /// The framing headers of a message Ballast wrote say exactly how Ballast framed it.
 fn check_framing(headers: &[httparse::Header<'_>], body: Body, upgrade: bool) {
-    let named = |name: &str| headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name));
-    assert!(named("host").count() <= 1, "two Hosts");
-    let lengths: Vec<&[u8]> = named("content-length").map(|h| h.value).collect();
-    let codings: Vec<&[u8]> = named("transfer-encoding").map(|h| h.value).collect();
+    let values = |name: &str| -> Vec<&[u8]> {
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+            .collect()
+    };
+    assert!(values("host").len() <= 1, "two Hosts");
+    let lengths = values("content-length");
+    let codings = values("transfer-encoding");
     match body {
         Body::Length(n) => {
             assert_eq!(lengths, [n.to_string().as_bytes()]);
@@ -105,9 +111,9 @@ fn check_framing(headers: &[httparse::Header<'_>], body: Body, upgrade: bool) {
         Body::UntilClose => assert!(lengths.is_empty()),
     }
     for hop in ["keep-alive", "proxy-connection", "te", "trailer"] {
-        assert_eq!(named(hop).count(), 0, "{hop} forwarded");
+        assert!(values(hop).is_empty(), "{hop} forwarded");
     }
-    let connection: Vec<&[u8]> = named("connection").map(|h| h.value).collect();
+    let connection = values("connection");
     assert!(
         connection.is_empty()
             || connection == [b"upgrade"] && upgrade
