@@ -172,6 +172,19 @@ fn trim_ows(value: &[u8]) -> &[u8] {
     &value[start..end]
 }
 
+/// A list of tokens as Ballast writes it: its elements joined by `, `, empty ones dropped (a
+/// trailing comma could make the next hop read an empty last coding, not `chunked`).
+pub(super) fn normalized_list(value: &[u8]) -> Result<Vec<u8>, MalformedFraming> {
+    let mut out = Vec::with_capacity(value.len());
+    for element in list(value)? {
+        if !out.is_empty() {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(element);
+    }
+    Ok(out)
+}
+
 /// A comma-separated list of tokens (RFC 9110 §5.6.1), empty elements skipped; an element that
 /// is not a token makes the whole list malformed.
 fn list(value: &[u8]) -> Result<impl Iterator<Item = &[u8]>, MalformedFraming> {
@@ -258,6 +271,16 @@ mod tests {
         // The same length twice is one length.
         let twice = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
         assert_eq!(scan(twice).map(|m| m.0), Ok(Some(3)));
+    }
+
+    #[test]
+    fn lists_are_written_without_empty_elements() {
+        // Found by the fuzz target: `gzip, chunked,` went on as it came.
+        assert_eq!(
+            normalized_list(b" gzip ,, chunked, "),
+            Ok(b"gzip, chunked".to_vec())
+        );
+        assert_eq!(normalized_list(b"gzip, \"x\""), Err(MalformedFraming));
     }
 
     #[test]

@@ -10,7 +10,8 @@ use tokio::net::TcpStream;
 use super::body::{Patience, copy_chunked, copy_length, read_more, write_within};
 use super::chunked::ChunkedRelay;
 use super::message::{
-    Coding, Framing, MAX_HEAD, MAX_HEADERS, Message, READ_CHUNK, is_framing, put_header,
+    Coding, Framing, MAX_HEAD, MAX_HEADERS, Message, READ_CHUNK, is_framing, normalized_list,
+    put_header,
 };
 use super::request::{RequestHead, put_length};
 use crate::upstream::Raw;
@@ -130,11 +131,14 @@ pub(super) fn parse_response(
                 client.put_slice(b"transfer-encoding: chunked\r\n");
             }
             (Framing::Chunked | Framing::UntilClose, Some(_)) => {
-                // Other codings go on as the backend listed them, one line or none.
+                // Other codings go on as the backend listed them (one line, or none), written
+                // as Ballast writes a list.
                 let codings = message
                     .transfer_encoding
                     .ok_or_else(|| invalid("Transfer-Encoding on several lines"))?;
-                put_header(&mut client, b"transfer-encoding", codings);
+                let codings =
+                    normalized_list(codings).map_err(|_| invalid("malformed Transfer-Encoding"))?;
+                put_header(&mut client, b"transfer-encoding", &codings);
             }
             (Framing::Length(n), _) => put_length(&mut client, n),
             // HEAD and 304 keep the length of the body they stand for; `Content-Length: 0`
@@ -261,6 +265,20 @@ mod tests {
         assert!(!text.contains("content-length"), "{text}");
         assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
         assert!(text.contains("x-a: 1\r\n"), "{text}");
+    }
+
+    #[test]
+    fn other_codings_go_on_as_a_clean_list() {
+        // Found by the fuzz target: a trailing comma went on, and a next hop could read the
+        // last coding as empty rather than `chunked`.
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked,\r\n\r\n";
+        let (head, _) = parse(raw, false);
+        assert_eq!(head.body, Framing::Chunked);
+        let text = String::from_utf8_lossy(&head.client).into_owned();
+        assert!(
+            text.contains("\r\ntransfer-encoding: gzip, chunked\r\n"),
+            "{text}"
+        );
     }
 
     #[test]
