@@ -49,10 +49,9 @@ pub(crate) struct Raw {
 /// An idle fast-path connection to the backend at `slot`, most recently used first, that has
 /// nothing waiting on it; and whether one of those it passed over held bytes nobody asked for.
 ///
-/// Every connection is checked as it leaves the cache, with a real `MSG_PEEK` (one system
-/// call, not the runtime's cached readiness): a backend that closed it, or that sent bytes
-/// after its last response (beyond its `Content-Length`, a body to a HEAD), must not have them
-/// read as the next client's response.
+/// Every connection is checked as it leaves the cache (see [`peek`]): a backend that closed
+/// it, or that sent bytes after its last response (beyond its `Content-Length`, a body to a
+/// HEAD), must not have them read as the next client's response.
 pub(crate) fn take_raw(
     slot: usize,
     idle_timeout: Duration,
@@ -85,9 +84,15 @@ enum Waiting {
     Bytes,
 }
 
+/// Looks without taking: a `MSG_PEEK` when the runtime has seen the socket become readable
+/// since it last read it dry, no system call otherwise (the common case: reading a response
+/// that did not fill the buffer leaves the socket known to be empty).
 fn peek(stream: &TcpStream) -> Waiting {
-    let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    match socket2::SockRef::from(stream).peek(&mut probe) {
+    let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        socket2::SockRef::from(stream).peek(&mut probe)
+    });
+    match peeked {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Waiting::Nothing,
         Ok(n) if n > 0 => Waiting::Bytes,
         _ => Waiting::Closed,
