@@ -2,7 +2,10 @@
 //! [`Zone`], swapped in whole when the configuration or the fleet changes. Authoritative answers
 //! for names in the zone (with SOA in the authority section for NXDOMAIN and NODATA), REFUSED for
 //! names outside it; over UDP, an answer that does not fit what the client can take is sent
-//! without records and with the TC bit set, and the client repeats the query over TCP.
+//! without records and with the TC bit set, and the client repeats the query over TCP. Names
+//! above pool names exist (NODATA, RFC 8020); `ns.ZONE` answers with this server's address; ANY
+//! gets the addresses (RFC 8482); zone transfers are refused; an EDNS version other than 0 gets
+//! BADVERS and the DO bit is echoed (RFC 6891, RFC 3225).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +29,7 @@ pub struct Answerer {
     max_answers: Option<usize>,
     rotation: AtomicU64,
     metrics: Arc<Metrics>,
+    name_server: Option<std::net::IpAddr>,
 }
 
 impl Answerer {
@@ -46,7 +50,15 @@ impl Answerer {
             max_answers,
             rotation: AtomicU64::new(0),
             metrics,
+            name_server: None,
         }
+    }
+
+    /// Answers `ns.ZONE`, the apex NS record's target, with `address` (this server's), so that
+    /// a resolver can follow the NS record as it can in `dns export`'s zone file.
+    pub fn with_name_server(mut self, address: std::net::IpAddr) -> Self {
+        self.name_server = Some(address);
+        self
     }
 }
 
@@ -59,6 +71,7 @@ fn rcode_name(code: ResponseCode) -> &'static str {
         ResponseCode::NXDomain => "NXDOMAIN",
         ResponseCode::NotImp => "NOTIMP",
         ResponseCode::Refused => "REFUSED",
+        ResponseCode::BADVERS => "BADVERS",
         _ => "OTHER",
     }
 }
@@ -121,18 +134,32 @@ impl RequestHandler for Answerer {
         let origin =
             Name::from_ascii(format!("{}.", zone.origin())).unwrap_or_else(|_| Name::root());
         let qtype = match info.query.query_type() {
-            RecordType::A => QueryType::A,
+            // ANY gets one RRset, the addresses, as RFC 8482 allows.
+            RecordType::A | RecordType::ANY => QueryType::A,
             RecordType::AAAA => QueryType::Aaaa,
             _ => QueryType::Other,
         };
-        let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
-        let lookup = zone.lookup(
-            &name.to_ascii(),
-            qtype,
-            info.src.ip(),
-            self.max_answers,
-            rotation,
-        );
+        let ns_name = Name::from_ascii(format!("ns.{}.", zone.origin())).ok();
+        let lookup = if matches!(info.query.query_type(), RecordType::AXFR | RecordType::IXFR) {
+            // No zone transfers: secondaries take `dns export`'s zone file instead.
+            Lookup::Refused
+        } else if ns_name.as_ref() == Some(&name) {
+            let matching = self.name_server.filter(|address| match qtype {
+                QueryType::A => address.is_ipv4(),
+                QueryType::Aaaa => address.is_ipv6(),
+                QueryType::Other => false,
+            });
+            matching.map_or(Lookup::NoData, |address| Lookup::Answers(vec![address]))
+        } else {
+            let rotation = self.rotation.fetch_add(1, Ordering::Relaxed);
+            zone.lookup(
+                &name.to_ascii(),
+                qtype,
+                info.src.ip(),
+                self.max_answers,
+                rotation,
+            )
+        };
         let mut answers = Vec::new();
         let mut authority = Vec::new();
         match lookup {
@@ -179,8 +206,20 @@ impl RequestHandler for Answerer {
             Some(edns) => {
                 let payload = edns.max_payload().clamp(512, MAX_UDP_PAYLOAD);
                 let mut ours = Edns::new();
-                ours.set_max_payload(payload).set_version(0);
+                ours.set_max_payload(payload)
+                    .set_version(0)
+                    // The DO bit says the client understands DNSSEC records; it is echoed
+                    // (RFC 3225 §3), though this unsigned zone has none to add.
+                    .set_dnssec_ok(edns.flags().dnssec_ok);
                 builder.edns(ours);
+                if edns.version() > 0 {
+                    // Only EDNS version 0 exists: BADVERS, with our OPT saying which we speak
+                    // (RFC 6891 §6.1.3).
+                    header.set_response_code(ResponseCode::BADVERS);
+                    header.set_authoritative(false);
+                    answers.clear();
+                    authority.clear();
+                }
                 usize::from(payload)
             }
             None => 512,

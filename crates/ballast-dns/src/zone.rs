@@ -164,6 +164,13 @@ impl Zone {
             return Lookup::NoData;
         }
         let Some(addresses) = self.names.get(&name) else {
+            // A name with names below it exists even without records of its own (an empty
+            // non-terminal, `demo.ballast.local` above `lb.demo.ballast.local`): NODATA, not
+            // NXDOMAIN, or a resolver minimising its queries stops there (RFC 8020).
+            let below = format!(".{name}");
+            if self.names.keys().any(|known| known.ends_with(&below)) {
+                return Lookup::NoData;
+            }
             return Lookup::NxDomain;
         };
         let mut matching: Vec<IpAddr> = addresses
@@ -353,6 +360,23 @@ mod tests {
             zone.lookup("ballast.local", QueryType::A, client(), None, 0),
             Lookup::NoData
         );
+    }
+
+    #[test]
+    fn names_above_pool_names_exist() {
+        let zone = zone();
+        assert_eq!(
+            zone.lookup("web.ballast.local", QueryType::A, client(), None, 0),
+            Lookup::NoData,
+            "above lb.web.ballast.local: an empty non-terminal"
+        );
+        for absent in ["eb.ballast.local", "xweb.ballast.local"] {
+            assert_eq!(
+                zone.lookup(absent, QueryType::A, client(), None, 0),
+                Lookup::NxDomain,
+                "{absent} merely ends the same way"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The DNS server over real UDP and TCP sockets on loopback, asked by a real resolver client
 //! (`hickory-resolver`): answers follow the zone as it is swapped, unknown names are NXDOMAIN,
 //! names outside the zone REFUSED, the first record rotates, and an answer too large for UDP is
-//! truncated and fetched again over TCP in full.
+//! truncated and fetched again over TCP in full; and the protocol details strict resolvers
+//! rely on.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -57,7 +58,8 @@ async fn start(zone: Arc<ArcSwap<Zone>>) -> (TokioResolver, SocketAddr) {
         .await
         .expect("UDP and TCP on one port");
     let address = udp.local_addr().expect("address");
-    let mut server = serve(Answerer::new(zone, None), udp, tcp);
+    let answerer = Answerer::new(zone, None).with_name_server(address.ip());
+    let mut server = serve(answerer, udp, tcp);
     tokio::spawn(async move { server.block_until_done().await });
     let servers = NameServerConfigGroup::from_ips_clear(&[address.ip()], address.port(), true);
     let mut builder = Resolver::builder_with_config(
@@ -186,4 +188,115 @@ async fn a_large_fleet_is_truncated_over_udp_and_whole_over_tcp() {
     assert!(answer.truncated());
     assert!(answer.authoritative());
     assert!(answer.answers().is_empty());
+}
+
+/// One query over UDP, with EDNS of `edns` = (version, DO bit) or none; the answer.
+async fn ask(
+    server: SocketAddr,
+    name: &str,
+    kind: hickory_resolver::proto::rr::RecordType,
+    edns: Option<(u8, bool)>,
+) -> hickory_resolver::proto::op::Message {
+    use hickory_resolver::proto::op::{Edns, Message, Query};
+    use hickory_resolver::proto::rr::Name;
+    let mut query = Message::new();
+    query
+        .set_id(7)
+        .set_recursion_desired(false)
+        .add_query(Query::query(Name::from_ascii(name).expect("name"), kind));
+    if let Some((version, dnssec_ok)) = edns {
+        let mut opt = Edns::new();
+        opt.set_version(version)
+            .set_max_payload(1232)
+            .set_dnssec_ok(dnssec_ok);
+        query.set_edns(opt);
+    }
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("udp");
+    socket
+        .send_to(&query.to_vec().expect("encode"), server)
+        .await
+        .expect("send");
+    let mut buffer = [0u8; 4096];
+    let (n, _) = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        socket.recv_from(&mut buffer),
+    )
+    .await
+    .expect("an answer in time")
+    .expect("receive");
+    Message::from_vec(&buffer[..n]).expect("a DNS message")
+}
+
+/// What a strict resolver and the RFCs expect of the details: names above pool names exist
+/// (RFC 8020), the NS target resolves, ANY is answered (RFC 8482), zone transfers are refused,
+/// EDNS versions other than 0 get BADVERS (RFC 6891) and the DO bit is echoed (RFC 3225).
+#[tokio::test]
+async fn the_details_strict_resolvers_rely_on() {
+    use hickory_resolver::proto::rr::{RData, RecordType};
+    let zone = Arc::new(ArcSwap::from_pointee(Zone::build(
+        "ballast.local",
+        5,
+        &config(),
+        &fleet(3, &[]),
+    )));
+    let (_, server) = start(zone).await;
+
+    let above = ask(server, "web.ballast.local.", RecordType::A, None).await;
+    assert_eq!(above.response_code(), ResponseCode::NoError, "{above:?}");
+    assert!(above.answers().is_empty());
+    let absent = ask(server, "nothing.ballast.local.", RecordType::A, None).await;
+    assert_eq!(absent.response_code(), ResponseCode::NXDomain);
+
+    let ns = ask(server, "ns.ballast.local.", RecordType::A, None).await;
+    let addresses: Vec<&RData> = ns.answers().iter().map(|r| r.data()).collect();
+    assert_eq!(addresses.len(), 1, "{ns:?}");
+    assert!(
+        matches!(addresses[0], RData::A(a) if IpAddr::V4(a.0) == server.ip()),
+        "{ns:?}"
+    );
+
+    let any = ask(server, "lb.web.ballast.local.", RecordType::ANY, None).await;
+    assert_eq!(any.response_code(), ResponseCode::NoError);
+    assert_eq!(any.answers().len(), 3, "{any:?}");
+
+    let transfer = ask(server, "ballast.local.", RecordType::AXFR, None).await;
+    assert_eq!(transfer.response_code(), ResponseCode::Refused);
+
+    let future = ask(
+        server,
+        "lb.web.ballast.local.",
+        RecordType::A,
+        Some((1, false)),
+    )
+    .await;
+    // BADVERS is 16 (hickory decodes 16 as BADSIG, which shares the number).
+    assert_eq!(u16::from(future.response_code()), 16, "{future:?}");
+    assert_eq!(future.extensions().as_ref().map(|e| e.version()), Some(0));
+    assert!(future.answers().is_empty());
+
+    let signed = ask(
+        server,
+        "lb.web.ballast.local.",
+        RecordType::A,
+        Some((0, true)),
+    )
+    .await;
+    assert_eq!(signed.response_code(), ResponseCode::NoError);
+    assert_eq!(
+        signed.extensions().as_ref().map(|e| e.flags().dnssec_ok),
+        Some(true)
+    );
+    let unsigned = ask(
+        server,
+        "lb.web.ballast.local.",
+        RecordType::A,
+        Some((0, false)),
+    )
+    .await;
+    assert_eq!(
+        unsigned.extensions().as_ref().map(|e| e.flags().dnssec_ok),
+        Some(false)
+    );
 }

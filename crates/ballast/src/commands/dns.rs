@@ -65,6 +65,10 @@ struct ServeArgs {
     /// How often the fleet (LB states and liveness) is read.
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = humantime::parse_duration)]
     fleet_interval: Duration,
+    /// The address `ns.ZONE` (the apex NS record's target) answers with [default: the --listen
+    /// address, unless it is 0.0.0.0 or ::].
+    #[arg(long, value_name = "IP")]
+    ns_address: Option<std::net::IpAddr>,
     /// Serve /metrics here (queries by type and code, answer sizes, revision).
     #[arg(long, value_name = "ADDR")]
     admin: Option<SocketAddr>,
@@ -146,7 +150,11 @@ impl ServeArgs {
                 }
                 None => None,
             };
-            let answerer = Answerer::with_metrics(zone, max_answers, metrics);
+            let mut answerer = Answerer::with_metrics(zone, max_answers, metrics);
+            let listen_ip = (!address.ip().is_unspecified()).then_some(address.ip());
+            if let Some(ns) = self.ns_address.or(listen_ip) {
+                answerer = answerer.with_name_server(ns);
+            }
             let mut server = serve(answerer, udp, tcp);
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
