@@ -100,6 +100,9 @@ pub fn router(store: SqlStore, token: String, orchestrator: Option<Status>) -> R
         .layer(middleware::from_fn_with_state(api.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        // Browsers ask for it on every dashboard load; there is none, and no token is needed
+        // to hear so.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/", get(crate::dashboard::page))
         .route("/dashboard/{file}", get(crate::dashboard::asset))
         .merge(v1)

@@ -98,6 +98,9 @@ async fn every_route_but_healthz_needs_the_token() {
     let control = Control::start().await;
     let (status, _) = control.call(Method::GET, "/healthz", None, None).await;
     assert_eq!(status, StatusCode::OK);
+    // A browser's favicon request on every dashboard load is no authentication failure.
+    let (status, _) = control.call(Method::GET, "/favicon.ico", None, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
     for token in [None, Some("wrong"), Some("")] {
         let (status, body) = control.call(Method::GET, "/v1/revision", token, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");

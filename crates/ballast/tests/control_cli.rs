@@ -87,6 +87,22 @@ fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::
     cli.revision(&["pool", "create", "slow"]);
     cli.revision(&["backend", "add", "slow", &b3]);
 
+    // `--control` and `--token` may follow the subcommand, as every subcommand's help shows.
+    let listed = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["pool", "list", "--control"])
+        .arg(format!("http://{}", cli.control))
+        .args(["--token", TOKEN])
+        .env_remove("BALLAST_CONTROL")
+        .env_remove("BALLAST_TOKEN")
+        .output()
+        .expect("ballast runs");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success() && text.contains("web") && text.contains("slow"),
+        "{text}{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+
     // lb-2 serves a second pool on a second listener.
     let mut lbs = vec![
         support::managed_lb(url, "web", &["--name", "lb-1"]),

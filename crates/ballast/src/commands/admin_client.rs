@@ -18,6 +18,7 @@ pub(crate) struct ControlFlags {
     /// The admin API's base URL.
     #[arg(
         long,
+        global = true,
         value_name = "URL",
         env = "BALLAST_CONTROL",
         default_value = "http://127.0.0.1:9000"
