@@ -181,6 +181,7 @@ fn ballast_up_runs_the_whole_system_and_stops_it_whole() {
     let mut up = Up::start(&dir, &ports);
     let token = std::fs::read_to_string(dir.join("token")).expect("token file");
     let token = token.trim();
+    let first_token = token.to_owned();
     assert!(
         up.printed.iter().any(|l| l.contains(token)),
         "the token is printed"
@@ -274,8 +275,10 @@ fn ballast_up_runs_the_whole_system_and_stops_it_whole() {
         "{:#?}",
         up.printed
     );
-    let token = std::fs::read_to_string(dir.join("token")).expect("token file");
-    let output = cli(ports.admin, token.trim(), &["pool", "show", "demo"]);
+    // The token is kept: what the user exported still works.
+    let kept = std::fs::read_to_string(dir.join("token")).expect("token file");
+    assert_eq!(kept.trim(), first_token, "the token changed across starts");
+    let output = cli(ports.admin, &first_token, &["pool", "show", "demo"]);
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("maglev"),
         "{output:?}"

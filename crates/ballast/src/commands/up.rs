@@ -34,6 +34,10 @@ pub(crate) struct UpArgs {
     /// Where the database, the token, the logs and the Redis nodes' data live.
     #[arg(long, value_name = "DIR", default_value = ".ballast")]
     dir: PathBuf,
+    /// Make a new admin token instead of keeping the one in --dir (exported `BALLAST_TOKEN`s
+    /// and open dashboard tabs then need the new one).
+    #[arg(long)]
+    rotate_token: bool,
     /// LB servers the orchestrator keeps running, on 127.0.0.11, .12, …
     #[arg(long, value_name = "N", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=50))]
@@ -109,7 +113,7 @@ impl UpArgs {
             format!("{db} (pool `{POOL}` created)")
         });
 
-        let token = fresh_token(&dir)?;
+        let token = admin_token(&dir, self.rotate_token)?;
         let mut system = System {
             redis: Vec::new(),
             backends: Vec::new(),
@@ -431,11 +435,19 @@ impl System {
     }
 }
 
-/// A fresh admin token, written to `DIR/token` (readable by this user alone).
-fn fresh_token(dir: &Path) -> Result<String> {
+/// The admin token in `DIR/token`, kept across starts so that an exported `BALLAST_TOKEN` and an
+/// open dashboard keep working; a fresh one (readable by this user alone) the first time, or
+/// when `rotate`.
+fn admin_token(dir: &Path, rotate: bool) -> Result<String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let token = format!("{:032x}", fastrand::u128(..));
     let path = dir.join("token");
+    if !rotate
+        && let Ok(kept) = std::fs::read_to_string(&path)
+        && !kept.trim().is_empty()
+    {
+        return Ok(kept.trim().to_owned());
+    }
+    let token = format!("{:032x}", fastrand::u128(..));
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
