@@ -394,6 +394,22 @@ fn an_absolute_target_sets_the_host_the_backend_sees() {
         "one Host: {:?}",
         received[0]
     );
+
+    // HTTP/1.0 needs no Host, but the HTTP/1.1 request the backend gets does: its address.
+    backend.clear();
+    let reply = raw(address, b"GET /old HTTP/1.0\r\n\r\n");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let received = backend.received();
+    assert!(
+        received[0].starts_with("GET /old HTTP/1.1\r\n"),
+        "{:?}",
+        received[0]
+    );
+    assert!(
+        received[0].contains(&format!("\r\nhost: {}\r\n", backend.address)),
+        "{:?}",
+        received[0]
+    );
 }
 
 #[test]

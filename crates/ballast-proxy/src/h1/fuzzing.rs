@@ -104,6 +104,7 @@ pub fn response(
         http10: false,
         upgrade: to_upgrade,
         expect_continue: false,
+        hostless: false,
         key: 0,
         snapshot: empty_snapshot(),
     };

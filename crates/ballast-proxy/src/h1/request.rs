@@ -26,6 +26,9 @@ pub(super) struct RequestHead {
     pub(super) http10: bool,
     pub(super) upgrade: bool,
     pub(super) expect_continue: bool,
+    /// An HTTP/1.0 request without a `Host`: the backend's address is added as its `Host`
+    /// when it is sent (HTTP/1.1 backends may require one, RFC 9112 §3.2).
+    pub(super) hostless: bool,
     pub(super) key: u64,
     /// The configuration the key was computed with, and the one the request is proxied with.
     pub(super) snapshot: Arc<Snapshot>,
@@ -178,6 +181,7 @@ pub(crate) fn parse_with(
             http10,
             upgrade,
             expect_continue: message.expect_continue,
+            hostless: host.is_none(),
             key,
             snapshot,
         },
@@ -228,16 +232,21 @@ pub(super) async fn send_request(
     buffered: Option<Buffered>,
     patience: Patience,
 ) -> Result<(), CopyError> {
+    let with_host;
+    let head_bytes: &[u8] = if head.hostless {
+        with_host = add_host(&head.upstream, upstream.stream.peer_addr().ok());
+        &with_host
+    } else {
+        &head.upstream
+    };
     let sink = &mut upstream.stream;
     match head.body {
-        Framing::Empty | Framing::UntilClose => {
-            write_within(sink, &head.upstream[..], patience.write)
-                .await
-                .map_err(CopyError::Sink)
-        }
+        Framing::Empty | Framing::UntilClose => write_within(sink, head_bytes, patience.write)
+            .await
+            .map_err(CopyError::Sink),
         Framing::Length(length) => {
             let ready = (length.min(buffer.len() as u64)) as usize;
-            let first = Buf::chain(&head.upstream[..], &buffer[..ready]);
+            let first = Buf::chain(head_bytes, &buffer[..ready]);
             write_within(sink, first, patience.write)
                 .await
                 .map_err(CopyError::Sink)?;
@@ -246,7 +255,7 @@ pub(super) async fn send_request(
         }
         Framing::Chunked => {
             let (relay, encoded) = buffered.and_then(|b| b.chunked).unwrap_or_default();
-            let first = Buf::chain(&head.upstream[..], &encoded[..]);
+            let first = Buf::chain(head_bytes, &encoded[..]);
             write_within(sink, first, patience.write)
                 .await
                 .map_err(CopyError::Sink)?;
@@ -256,4 +265,16 @@ pub(super) async fn send_request(
             copy_chunked(client, buffer, sink, patience, relay).await
         }
     }
+}
+
+/// `head` (ending in its empty line) with `host: ADDRESS` added before that line.
+fn add_host(head: &[u8], backend: Option<std::net::SocketAddr>) -> BytesMut {
+    let lines = head.strip_suffix(b"\r\n").unwrap_or(head);
+    let mut out = BytesMut::with_capacity(head.len() + 32);
+    out.put_slice(lines);
+    if let Some(backend) = backend {
+        put_header(&mut out, b"host", backend.to_string().as_bytes());
+    }
+    out.put_slice(b"\r\n");
+    out
 }

@@ -239,6 +239,7 @@ mod tests {
             http10: false,
             upgrade: false,
             expect_continue: false,
+            hostless: false,
             key: 0,
             snapshot: std::sync::Arc::new(crate::state::Snapshot {
                 pools: Vec::new(),
