@@ -157,51 +157,36 @@ async fn a_large_fleet_is_truncated_over_udp_and_whole_over_tcp() {
     );
 
     // Asked over UDP alone, without EDNS, the answer is the TC bit and no records.
-    use hickory_resolver::proto::op::{Message, Query};
-    use hickory_resolver::proto::rr::{Name, RecordType};
-    let mut query = Message::new();
-    query
-        .set_id(4242)
-        .set_recursion_desired(false)
-        .add_query(Query::query(
-            Name::from_ascii("lb.web.ballast.local.").expect("name"),
-            RecordType::A,
-        ));
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("udp");
-    socket
-        .send_to(&query.to_vec().expect("encode"), server)
-        .await
-        .expect("send");
-    let mut buffer = [0u8; 4096];
-    let (n, _) = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        socket.recv_from(&mut buffer),
+    let (answer, size) = ask(
+        server,
+        "lb.web.ballast.local.",
+        hickory_resolver::proto::rr::RecordType::A,
+        None,
     )
-    .await
-    .expect("an answer in time")
-    .expect("receive");
-    assert!(n <= 512, "{n} bytes over UDP without EDNS");
-    let answer = Message::from_vec(&buffer[..n]).expect("a DNS message");
-    assert_eq!(answer.id(), 4242);
+    .await;
+    assert!(size <= 512, "{size} bytes over UDP without EDNS");
+    assert_eq!(answer.id(), QUERY_ID);
     assert!(answer.truncated());
     assert!(answer.authoritative());
     assert!(answer.answers().is_empty());
 }
 
-/// One query over UDP, with EDNS of `edns` = (version, DO bit) or none; the answer.
+/// The ID [`ask`] gives its queries.
+const QUERY_ID: u16 = 4242;
+
+/// One query over UDP, with EDNS of `edns` = (version, DO bit) or none; the answer and its
+/// size on the wire.
 async fn ask(
     server: SocketAddr,
     name: &str,
     kind: hickory_resolver::proto::rr::RecordType,
     edns: Option<(u8, bool)>,
-) -> hickory_resolver::proto::op::Message {
+) -> (hickory_resolver::proto::op::Message, usize) {
     use hickory_resolver::proto::op::{Edns, Message, Query};
     use hickory_resolver::proto::rr::Name;
     let mut query = Message::new();
     query
-        .set_id(7)
+        .set_id(QUERY_ID)
         .set_recursion_desired(false)
         .add_query(Query::query(Name::from_ascii(name).expect("name"), kind));
     if let Some((version, dnssec_ok)) = edns {
@@ -226,7 +211,7 @@ async fn ask(
     .await
     .expect("an answer in time")
     .expect("receive");
-    Message::from_vec(&buffer[..n]).expect("a DNS message")
+    (Message::from_vec(&buffer[..n]).expect("a DNS message"), n)
 }
 
 /// What a strict resolver and the RFCs expect of the details: names above pool names exist
@@ -243,13 +228,13 @@ async fn the_details_strict_resolvers_rely_on() {
     )));
     let (_, server) = start(zone).await;
 
-    let above = ask(server, "web.ballast.local.", RecordType::A, None).await;
+    let (above, _) = ask(server, "web.ballast.local.", RecordType::A, None).await;
     assert_eq!(above.response_code(), ResponseCode::NoError, "{above:?}");
     assert!(above.answers().is_empty());
-    let absent = ask(server, "nothing.ballast.local.", RecordType::A, None).await;
+    let (absent, _) = ask(server, "nothing.ballast.local.", RecordType::A, None).await;
     assert_eq!(absent.response_code(), ResponseCode::NXDomain);
 
-    let ns = ask(server, "ns.ballast.local.", RecordType::A, None).await;
+    let (ns, _) = ask(server, "ns.ballast.local.", RecordType::A, None).await;
     let addresses: Vec<&RData> = ns.answers().iter().map(|r| r.data()).collect();
     assert_eq!(addresses.len(), 1, "{ns:?}");
     assert!(
@@ -257,14 +242,14 @@ async fn the_details_strict_resolvers_rely_on() {
         "{ns:?}"
     );
 
-    let any = ask(server, "lb.web.ballast.local.", RecordType::ANY, None).await;
+    let (any, _) = ask(server, "lb.web.ballast.local.", RecordType::ANY, None).await;
     assert_eq!(any.response_code(), ResponseCode::NoError);
     assert_eq!(any.answers().len(), 3, "{any:?}");
 
-    let transfer = ask(server, "ballast.local.", RecordType::AXFR, None).await;
+    let (transfer, _) = ask(server, "ballast.local.", RecordType::AXFR, None).await;
     assert_eq!(transfer.response_code(), ResponseCode::Refused);
 
-    let future = ask(
+    let (future, _) = ask(
         server,
         "lb.web.ballast.local.",
         RecordType::A,
@@ -276,7 +261,7 @@ async fn the_details_strict_resolvers_rely_on() {
     assert_eq!(future.extensions().as_ref().map(|e| e.version()), Some(0));
     assert!(future.answers().is_empty());
 
-    let signed = ask(
+    let (signed, _) = ask(
         server,
         "lb.web.ballast.local.",
         RecordType::A,
@@ -288,7 +273,7 @@ async fn the_details_strict_resolvers_rely_on() {
         signed.extensions().as_ref().map(|e| e.flags().dnssec_ok),
         Some(true)
     );
-    let unsigned = ask(
+    let (unsigned, _) = ask(
         server,
         "lb.web.ballast.local.",
         RecordType::A,
