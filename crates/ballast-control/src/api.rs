@@ -17,7 +17,7 @@
 //! | `GET /v1/lbs` | the LB servers' last heartbeats: addresses, pools, applied revision, state |
 //! | `GET /v1/health` | the health checker's view of every backend: verdict, phi now, reason (the leader's; empty on followers) |
 //! | `GET /v1/leader` | whether this instance leads the orchestrators, its fencing token, why it last stepped down |
-//! | `GET /metrics` | the orchestrator's metrics (Prometheus text), phi per backend included |
+//! | `GET /metrics` | the orchestrator's metrics (OpenMetrics or Prometheus text, by `Accept`), phi per backend included |
 //! | `GET /v1/openapi.json` | this API as an OpenAPI document (generated from the routes) |
 //! | `GET /v1/dashboard` | everything the dashboard shows, in one document (see [`crate::dashboard`]) |
 //! | `GET /` | the dashboard page (public: it holds no data, and asks for the token) |
@@ -32,12 +32,14 @@ use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::{get, put};
 use axum::{Json, Router, middleware};
 use ballast_config::{
     AdminState, AlgorithmSpec, Backend, ConfigStore, Pool, PoolPolicy, PoolSpec, SqlStore, Write,
 };
+use ballast_telemetry::Format;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -353,12 +355,12 @@ fn orchestrator(api: &Api) -> Result<&Status, ApiError> {
     })
 }
 
-/// The orchestrator's metrics, in the Prometheus text format.
-async fn metrics(State(api): State<Api>) -> Result<String, ApiError> {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &api.registry)
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(text)
+/// The orchestrator's metrics, in the format the reader asks for (OpenMetrics or the
+/// Prometheus text format).
+async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let page = Format::negotiate(accept).encode(&api.registry);
+    ([(header::CONTENT_TYPE, page.content_type)], page.body)
 }
 
 async fn openapi() -> Json<Value> {

@@ -164,6 +164,8 @@ pub async fn run(
             scaling.abort();
         }
         drop(term);
+        // The reason may quote a node's or the database's URL.
+        let reason = ballast_telemetry::redact(&reason).into_owned();
         tracing::warn!(%identity, token, %reason, "stepped down");
         status.leading.set(0);
         status.update(|s| {

@@ -2,6 +2,7 @@
 //! response code, the sizes of the answers sent, and the configuration revision the zone was
 //! built from.
 
+use ballast_telemetry::{Format, Page};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -71,13 +72,9 @@ impl Metrics {
         self.answer_bytes.observe(bytes as f64);
     }
 
-    /// The page, with the revision of `serial`.
-    pub fn encode(&self, serial: u64) -> String {
+    /// The page in `format`, with the revision of `serial`.
+    pub fn encode(&self, format: Format, serial: u64) -> Page {
         self.revision.set(i64::try_from(serial).unwrap_or(i64::MAX));
-        let mut text = String::new();
-        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
-            text.clear();
-        }
-        text
+        format.encode(&self.registry)
     }
 }

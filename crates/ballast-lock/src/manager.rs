@@ -74,7 +74,7 @@ impl LockManager {
             .map(|url| {
                 Node::new(url.as_ref()).map_err(|reason| LockError::Invalid {
                     field: "redis",
-                    reason: format!("`{}`: {reason}", url.as_ref()),
+                    reason: format!("`{}`: {reason}", ballast_telemetry::redact(url.as_ref())),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

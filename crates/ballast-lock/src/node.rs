@@ -27,6 +27,7 @@ pub struct Holding {
 
 /// One Redis server.
 pub(crate) struct Node {
+    /// The URL as shown in errors and status: its password redacted.
     url: String,
     client: Client,
     connection: Mutex<Option<MultiplexedConnection>>,
@@ -42,17 +43,20 @@ impl Node {
     /// A node at `url` (`redis://HOST:PORT[/DB]`); nothing is connected yet.
     pub(crate) fn new(url: &str) -> Result<Self, String> {
         use redis::IntoConnectionInfo;
-        let info = url.into_connection_info().map_err(|e| e.to_string())?;
+        let info = url
+            .into_connection_info()
+            .map_err(|e| ballast_telemetry::redact(&e.to_string()).into_owned())?;
         // One small request in flight per lock step: never wait on Nagle's algorithm.
         let tcp = info.tcp_settings().clone().set_nodelay(true);
         let client = Client::open(info.set_tcp_settings(tcp)).map_err(|e| e.to_string())?;
         Ok(Self {
-            url: url.to_owned(),
+            url: ballast_telemetry::redact(url).into_owned(),
             client,
             connection: Mutex::new(None),
         })
     }
 
+    /// The node's URL, its password redacted.
     pub(crate) fn url(&self) -> &str {
         &self.url
     }

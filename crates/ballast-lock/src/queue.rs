@@ -144,7 +144,7 @@ impl Queue {
 
     async fn connect(&self) -> Result<MultiplexedConnection, QueueError> {
         let fail = |source| QueueError::Redis {
-            node: self.url.clone(),
+            node: ballast_telemetry::redact(&self.url).into_owned(),
             source,
         };
         let client = redis::Client::open(self.url.as_str()).map_err(fail)?;
@@ -156,7 +156,7 @@ impl Queue {
 
     fn failed(&self) -> impl Fn(redis::RedisError) -> QueueError + '_ {
         |source| QueueError::Redis {
-            node: self.url.clone(),
+            node: ballast_telemetry::redact(&self.url).into_owned(),
             source,
         }
     }

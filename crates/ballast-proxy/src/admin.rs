@@ -1,4 +1,4 @@
-//! The admin endpoint: `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz`
+//! The admin endpoint: `/metrics` (OpenMetrics or the Prometheus text format, as asked), `/healthz` (the process is up), `/readyz`
 //! (it takes traffic: 503 once draining) and `/config/revision` (the configuration revision in
 //! force, in plain text, cheap to poll).
 
@@ -7,9 +7,10 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use ballast_telemetry::Format;
 
 use crate::state::Shared;
 
@@ -23,7 +24,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl IntoResponse {
     let unreachable_since = *shared
         .config_unreachable_since
         .lock()
@@ -33,18 +34,14 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         unreachable_since.map(|since| since.elapsed()),
     );
     let backends = shared.backends();
-    let text = shared.metrics.render(
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let page = shared.metrics.render(
+        Format::negotiate(accept),
         backends
             .iter()
             .map(|b| (&b.counters, b.balance.load().in_flight())),
     );
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
+    ([(header::CONTENT_TYPE, page.content_type)], page.body)
 }
 
 /// The configuration revision in force, as plain text: cheap to poll.

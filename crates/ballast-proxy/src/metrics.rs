@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use prometheus_client::encoding::text::encode;
+use ballast_telemetry::{Format, Page};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -308,9 +308,13 @@ impl Metrics {
         &self.accept_errors
     }
 
-    /// The text exposition, after reading the live gauges: `backends` gives each backend's
+    /// The page in `format`, after reading the live gauges: `backends` gives each backend's
     /// counters and its in-flight count.
-    pub fn render<'a>(&self, backends: impl Iterator<Item = (&'a BackendCounters, u64)>) -> String {
+    pub fn render<'a>(
+        &self,
+        format: Format,
+        backends: impl Iterator<Item = (&'a BackendCounters, u64)>,
+    ) -> Page {
         for (counters, in_flight) in backends {
             counters
                 .in_flight
@@ -330,9 +334,6 @@ impl Metrics {
             .set(i64::try_from(process.resident_bytes).unwrap_or(i64::MAX));
         self.open_fds
             .set(i64::try_from(process.open_fds).unwrap_or(i64::MAX));
-        let mut text = String::new();
-        // Writing to a String cannot fail.
-        let _ = encode(&mut text, &self.registry);
-        text
+        format.encode(&self.registry)
     }
 }

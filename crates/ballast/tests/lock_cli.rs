@@ -175,6 +175,60 @@ fn bad_node_lists_are_refused() {
 }
 
 #[test]
+fn passwords_in_node_urls_never_reach_the_output() {
+    const SECRET: &str = "s3cret-Pw-0451";
+    let server = Server::start();
+    let address = server.address();
+    let set = Command::new("redis-cli")
+        .args([
+            "-p",
+            &address.port().to_string(),
+            "config",
+            "set",
+            "requirepass",
+            SECRET,
+        ])
+        .output()
+        .expect("redis-cli runs");
+    assert!(text(&set.stdout).contains("OK"), "{set:?}");
+    let good = format!("redis://:{SECRET}@{address}");
+    let wrong = format!("redis://user:wrong-{SECRET}@{address}");
+    let down = format!("redis://:{SECRET}@127.0.0.1:1");
+
+    let held = ballast(&["lock", "acquire", "job", "--redis", &good, "--ttl", "30s"]);
+    assert!(held.status.success(), "{}", text(&held.stderr));
+    let status = ballast(&["lock", "status", "job", "--redis", &good]);
+    let shown = text(&status.stdout);
+    assert!(
+        shown.contains(&format!("redis://:***@{address}")),
+        "{shown}"
+    );
+    for args in [
+        vec!["lock", "status", "job", "--redis", &wrong],
+        vec!["lock", "acquire", "job", "--redis", &wrong, "--ttl", "1s"],
+        vec!["lock", "status", "job", "--redis", &down],
+        vec!["lock", "status", "job", "--redis", "redis://:a-Pw@h:port"],
+        vec![
+            "lock",
+            "status",
+            "job",
+            "--redis",
+            "redis://:a-Pw@h:1,redis://:b-Pw@h:2",
+        ],
+    ] {
+        let output = ballast(&args);
+        let said = format!("{}{}", text(&output.stdout), text(&output.stderr));
+        assert!(!said.trim().is_empty(), "{args:?} said nothing");
+        for secret in [SECRET, "a-Pw", "b-Pw"] {
+            assert!(
+                !said.contains(secret),
+                "{args:?} shows the password: {said}"
+            );
+        }
+    }
+}
+
+#[test]
 fn the_lock_benchmark_compares_one_node_with_redlock() {
     let servers = Server::cluster(3);
     let output = ballast(&["bench", "lock", "--redis", &urls(&servers), "--ops", "20"]);

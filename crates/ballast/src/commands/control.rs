@@ -184,7 +184,7 @@ impl ControlArgs {
         runtime.block_on(async {
             let store = SqlStore::connect(&self.db)
                 .await
-                .with_context(|| format!("--db {}", self.db))?;
+                .with_context(|| format!("--db {}", ballast_telemetry::redact(&self.db)))?;
             let listener = tokio::net::TcpListener::bind(self.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", self.listen))?;
@@ -210,7 +210,7 @@ impl ControlArgs {
                     ballast_config::FollowOptions::default(),
                 )
                 .await
-                .with_context(|| format!("--db {}", self.db))?;
+                .with_context(|| format!("--db {}", ballast_telemetry::redact(&self.db)))?;
                 let election = if self.redis.is_empty() {
                     Election::Database {
                         store: store.clone(),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use ballast_config::SqlStore;
 use ballast_dns::{Answerer, Metrics, follow_zone, serve};
+use ballast_telemetry::Format;
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -93,7 +94,7 @@ impl ExportArgs {
         let zone = runtime.block_on(async {
             let store = SqlStore::connect(&self.db)
                 .await
-                .with_context(|| format!("--db {}", self.db))?;
+                .with_context(|| format!("--db {}", ballast_telemetry::redact(&self.db)))?;
             let config = store.config().await?;
             let fleet = store.lb_servers().await?;
             anyhow::Ok(ballast_dns::Zone::build(
@@ -123,10 +124,10 @@ impl ServeArgs {
         runtime.block_on(async {
             let store = SqlStore::connect(&db)
                 .await
-                .with_context(|| format!("--db {db}"))?;
+                .with_context(|| format!("--db {}", ballast_telemetry::redact(&db)))?;
             let zone = follow_zone(store, &db, &self.zone, self.ttl, self.fleet_interval)
                 .await
-                .with_context(|| format!("--db {db}"))?;
+                .with_context(|| format!("--db {}", ballast_telemetry::redact(&db)))?;
             let (udp, tcp) = ballast_dns::bind(self.listen).await?;
             let address = udp.local_addr()?;
             let max_answers = self.max_answers.map(|k| k as usize);
@@ -140,9 +141,18 @@ impl ServeArgs {
                     let (metrics, zone) = (Arc::clone(&metrics), Arc::clone(&zone));
                     let app = axum::Router::new().route(
                         "/metrics",
-                        axum::routing::get(move || {
-                            let page = metrics.encode(zone.load().serial());
-                            async move { page }
+                        axum::routing::get(move |headers: axum::http::HeaderMap| {
+                            let accept = headers
+                                .get(axum::http::header::ACCEPT)
+                                .and_then(|v| v.to_str().ok());
+                            let page =
+                                metrics.encode(Format::negotiate(accept), zone.load().serial());
+                            async move {
+                                (
+                                    [(axum::http::header::CONTENT_TYPE, page.content_type)],
+                                    page.body,
+                                )
+                            }
                         }),
                     );
                     tokio::spawn(async move { axum::serve(listener, app).await });

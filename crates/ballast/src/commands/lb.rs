@@ -218,7 +218,7 @@ impl LbArgs {
         });
         let followed = feed
             .block_on(follow_or_fall_back(url, options, fallback))
-            .with_context(|| format!("--db {url}"))?;
+            .with_context(|| format!("--db {}", ballast_telemetry::redact(url)))?;
         let source = Source::Database {
             followed: followed.clone(),
             cache: self.cache.clone(),

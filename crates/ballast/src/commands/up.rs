@@ -105,12 +105,13 @@ impl UpArgs {
         let step = display.step("configuration database");
         let store = SqlStore::connect(&db)
             .await
-            .with_context(|| format!("--db {db}"))?;
+            .with_context(|| format!("--db {}", ballast_telemetry::redact(&db)))?;
         let resumed = self.seed(&store).await?;
+        let shown = ballast_telemetry::redact(&db);
         step.done(&if resumed {
-            format!("{db} (resumed at revision {})", store.revision().await?)
+            format!("{shown} (resumed at revision {})", store.revision().await?)
         } else {
-            format!("{db} (pool `{POOL}` created)")
+            format!("{shown} (pool `{POOL}` created)")
         });
 
         let token = admin_token(&dir, self.rotate_token)?;
@@ -220,7 +221,10 @@ impl UpArgs {
             }
             urls => {
                 let urls: Vec<String> = urls.split(',').map(str::to_owned).collect();
-                let election = format!("Redlock over {}", urls.join(", "));
+                let election = format!(
+                    "Redlock over {}",
+                    ballast_telemetry::redact(&urls.join(", "))
+                );
                 (urls, election)
             }
         };
