@@ -45,4 +45,4 @@ pub use model::{
 };
 pub use sql::{Dialect, NOTIFY_CHANNEL, SqlStore};
 pub use store::{ConfigStore, Fence, StoreError};
-pub use validate::{Invalid, check};
+pub use validate::{Invalid, backend_address, check};

@@ -39,8 +39,13 @@ pub fn check(write: &Write) -> Result<(), Invalid> {
             check_name(pool, "pool")?;
             check_policy(policy)
         }
-        Write::AddBackend { pool, address, .. }
-        | Write::RemoveBackend { pool, address }
+        Write::AddBackend { pool, address, .. } => {
+            check_name(pool, "pool")?;
+            backend_address(address)
+                .map(|_| ())
+                .map_err(|reason| Invalid::new("address", reason))
+        }
+        Write::RemoveBackend { pool, address }
         | Write::SetWeight { pool, address, .. }
         | Write::SetAdminState { pool, address, .. } => {
             check_name(pool, "pool")?;
@@ -222,11 +227,53 @@ pub(crate) fn canonical_address(address: &str) -> String {
         .map_or_else(|_| address.to_owned(), |a| a.to_string())
 }
 
+/// An address already stored (to remove, reweigh or drain): it need only parse, so that one
+/// stored before [`backend_address`] refused it can still be taken out.
 fn check_address(address: &str) -> Result<(), Invalid> {
     address
         .parse::<SocketAddr>()
         .map(|_| ())
-        .map_err(|_| Invalid::new("address", format!("`{address}` is not an IP:port address")))
+        .map_err(|_| Invalid::new("address", NOT_IP_PORT))
+}
+
+const NOT_IP_PORT: &str = "not an IP:port address (e.g. 127.0.0.1:9101, [::1]:9101)";
+
+/// A new backend's address, `IP:port`: one an LB can connect to. Port 0 and the unspecified,
+/// multicast and broadcast addresses are refused, being no backend's. Host names are not resolved
+/// (each LB resolving on its own could split a pool, and a name that stops resolving would empty
+/// it), so they are refused with that reason. The reason does not repeat the text: the caller
+/// shows it beside the field or the flag.
+pub fn backend_address(text: &str) -> Result<SocketAddr, String> {
+    let address: SocketAddr = text.parse().map_err(|_| {
+        let host = text.rsplit_once(':').map_or(text, |(host, _)| host);
+        if !host.is_empty() && host.chars().any(|c| c.is_ascii_alphabetic()) && !host.contains('[')
+        {
+            format!(
+                "`{host}` is a host name; give the backend's IP:port (e.g. 127.0.0.1:9101): \
+                 host names are not resolved"
+            )
+        } else {
+            NOT_IP_PORT.to_owned()
+        }
+    })?;
+    let ip = address.ip();
+    if address.port() == 0 {
+        return Err("port 0 is no backend's port".to_owned());
+    }
+    if ip.is_unspecified() {
+        return Err(format!(
+            "{ip} means every local address when listening, and no backend's address: give \
+             the one it is reached at (e.g. 127.0.0.1:{})",
+            address.port()
+        ));
+    }
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_multicast() || broadcast {
+        return Err(format!(
+            "{ip} is a multicast or broadcast address, no backend's"
+        ));
+    }
+    Ok(address)
 }
 
 #[cfg(test)]
@@ -374,7 +421,36 @@ mod tests {
                 address: "localhost:80".into(),
                 weight: 1
             }),
-            "address: `localhost:80` is not an IP:port address"
+            "address: `localhost` is a host name; give the backend's IP:port (e.g. \
+             127.0.0.1:9101): host names are not resolved"
+        );
+        for (address, reason) in [
+            ("127.0.0.1:0", "port 0 is no backend's port"),
+            ("0.0.0.0:9101", "0.0.0.0 means every local address"),
+            ("[::]:9101", ":: means every local address"),
+            ("224.0.0.1:9101", "multicast"),
+            ("255.255.255.255:9101", "broadcast"),
+            ("127.0.0.1", "not an IP:port address"),
+            ("[::1:9101", "not an IP:port address"),
+        ] {
+            let add = Write::AddBackend {
+                pool: "web".into(),
+                address: address.into(),
+                weight: 1,
+            };
+            let said = error(&add);
+            assert!(
+                said.starts_with("address: ") && said.contains(reason),
+                "{address}: {said}"
+            );
+        }
+        // One stored before these rules can still be removed.
+        assert!(
+            check(&Write::RemoveBackend {
+                pool: "web".into(),
+                address: "127.0.0.1:0".into()
+            })
+            .is_ok()
         );
     }
 }

@@ -137,7 +137,7 @@ async fn refused_writes_name_the_field_and_leave_the_revision_alone(store: SqlSt
         ),
         (
             backend("web", "not-an-address", 1),
-            "address: `not-an-address` is not an IP:port address",
+            "address: `not-an-address` is a host name",
         ),
         (
             backend("shop", "127.0.0.1:9002", 1),

@@ -181,13 +181,11 @@ impl std::str::FromStr for BackendAddress {
                 address,
                 weight
                     .parse()
-                    .map_err(|_| format!("`{text}`: weight `{weight}` must be a whole number"))?,
+                    .map_err(|_| format!("weight `{weight}` must be a whole number"))?,
             ),
             None => (text, 1),
         };
-        let address = address
-            .parse()
-            .map_err(|_| format!("`{text}`: `{address}` is not an IP:port address"))?;
+        let address = ballast_config::backend_address(address)?;
         Ok(Self {
             address,
             weight,
@@ -681,7 +679,7 @@ backends = ["127.0.0.1:9101"]
         let bad_weight = EXAMPLE.replace("127.0.0.1:9002\"", "127.0.0.1:9002=heavy\"");
         assert_eq!(
             error(&bad_weight),
-            "pools[0].backends[1]: `127.0.0.1:9002=heavy`: weight `heavy` must be a whole number"
+            "pools[0].backends[1]: weight `heavy` must be a whole number"
         );
         let bad_prime = EXAMPLE.replace("65537", "65536");
         assert!(error(&bad_prime).starts_with("pools[0]: maglev.table_size: 65536 is not a prime"));

@@ -82,7 +82,16 @@ fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::
         1.0
     );
     cli.revision(&["backend", "add", "web", &b1]);
-    cli.revision(&["backend", "add", "web", &b2, "--weight", "2"]);
+    cli.revision(&["backend", "add", "web", &b2, "--weight", "3"]);
+    // The weight has one shape, `--weight N`, whether added or changed.
+    cli.revision(&["backend", "set-weight", "web", &b2, "--weight", "2"]);
+    let listed = cli.ok(&["backend", "list", "web", "--json"]);
+    let backends: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
+    let weight = backends
+        .as_array()
+        .and_then(|all| all.iter().find(|b| b["address"] == b2.as_str()))
+        .map(|b| b["weight"].clone());
+    assert_eq!(weight, Some(serde_json::json!(2)), "{listed}");
 
     cli.revision(&["pool", "create", "slow"]);
     cli.revision(&["backend", "add", "slow", &b3]);
@@ -193,13 +202,19 @@ fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::
         "{fleet}"
     );
 
-    let refused = cli.run(&["backend", "add", "web", "nowhere"]);
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        stderr.contains("400 Bad Request: address: `nowhere` is not an IP:port address"),
-        "{stderr}"
-    );
+    for (address, reason) in [
+        ("nowhere", "address: `nowhere` is a host name"),
+        ("127.0.0.1:0", "address: port 0 is no backend's port"),
+        ("0.0.0.0:9101", "address: 0.0.0.0 means every local address"),
+    ] {
+        let refused = cli.run(&["backend", "add", "web", address]);
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains(&format!("400 Bad Request: {reason}")),
+            "{address}: {stderr}"
+        );
+    }
     let unauthorized = Command::new(env!("CARGO_BIN_EXE_ballast"))
         .args(["pool", "list", "--token", "wrong"])
         .env("BALLAST_CONTROL", format!("http://{}", cli.control))

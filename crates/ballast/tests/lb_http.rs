@@ -396,10 +396,16 @@ fn invalid_settings_are_rejected_before_listening() {
         "--listen",
         "127.0.0.1:0",
         "--backend",
-        "not-an-address",
+        "localhost:9101",
     ]);
     assert!(
-        stderr.contains("`not-an-address` is not an IP:port address"),
+        stderr.contains("`localhost` is a host name; give the backend's IP:port"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("localhost:9101").count(), 1, "{stderr}");
+    let stderr = support::rejected(&["lb", "--listen", "127.0.0.1:0", "--backend", "0.0.0.0:9101"]);
+    assert!(
+        stderr.contains("0.0.0.0 means every local address when listening, and no backend's"),
         "{stderr}"
     );
 }

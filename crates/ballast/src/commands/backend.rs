@@ -66,7 +66,8 @@ enum BackendAction {
         pool: String,
         /// IP:port.
         address: String,
-        /// The new weight.
+        /// Its new relative share of new traffic (0 takes it out of rotation).
+        #[arg(long)]
         weight: u32,
     },
     /// List a pool's backends.
