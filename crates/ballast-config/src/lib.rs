@@ -37,6 +37,7 @@ mod sql;
 mod store;
 mod validate;
 
+pub use ballast_balance::ALGORITHM_NAMES;
 pub use feed::{FollowOptions, Followed, catch_up, follow, follow_or_fall_back};
 pub use lease::Lease;
 pub use model::{

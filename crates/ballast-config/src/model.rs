@@ -35,39 +35,51 @@ pub struct PoolSpec {
 #[serde(deny_unknown_fields)]
 pub struct PoolPolicy {
     /// Extra tries on another backend for replayable requests (0 to 10).
+    #[schema(minimum = 0, maximum = 10)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
     /// Connecting to a backend, in milliseconds.
+    #[schema(minimum = 1, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<u64>,
     /// A backend starting its response, in milliseconds.
+    #[schema(minimum = 1, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_timeout_ms: Option<u64>,
     /// The path the health check requests (HTTP); unset: a TCP connect.
+    #[schema(pattern = r"^/\S*$")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_path: Option<String>,
     /// How often each backend is checked, in milliseconds.
+    #[schema(minimum = 1, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_interval_ms: Option<u64>,
     /// How long one check may take, in milliseconds.
+    #[schema(minimum = 1, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_timeout_ms: Option<u64>,
     /// Successful checks in a row that make a backend healthy (default 2).
+    #[schema(minimum = 1, maximum = 100)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_rise: Option<u32>,
     /// Refused connections or error statuses in a row that make it unhealthy (default 3).
+    #[schema(minimum = 1, maximum = 100)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_fall: Option<u32>,
     /// The phi accrual detector's threshold (default 8).
+    #[schema(exclusive_minimum = 0, maximum = 100)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phi_threshold: Option<f64>,
     /// Intervals the detector remembers (default 1000).
+    #[schema(minimum = 2, maximum = 100_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phi_window: Option<u32>,
     /// The floor under the intervals' standard deviation, in milliseconds (default 100).
+    #[schema(minimum = 1, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phi_min_std_dev_ms: Option<u64>,
     /// A pause the detector forgives, in milliseconds (default 0).
+    #[schema(minimum = 0, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phi_acceptable_pause_ms: Option<u64>,
 }

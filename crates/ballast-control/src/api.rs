@@ -13,7 +13,7 @@
 //! | `DELETE /v1/pools/{pool}/backends/{address}` | remove a backend |
 //! | `PUT /v1/pools/{pool}/backends/{address}/weight` | `{"weight": 3}` |
 //! | `PUT /v1/pools/{pool}/backends/{address}/state` | `{"state": "draining"}` (or `active`, `disabled`) |
-//! | `GET /v1/changes?since=R&wait_ms=W` | the change log after R, waiting up to W ms for one |
+//! | `GET /v1/changes?since=R&wait_ms=W` | the change log after R, waiting up to W ms (at most 30000) for one |
 //! | `GET /v1/lbs` | the LB servers' last heartbeats: addresses, pools, applied revision, state |
 //! | `GET /v1/health` | the health checker's view of every backend: verdict, phi now, reason (the leader's; empty on followers) |
 //! | `GET /v1/leader` | whether this instance leads the orchestrators, its fencing token, why it last stepped down |
@@ -30,8 +30,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, put};
@@ -40,6 +40,7 @@ use ballast_config::{
     AdminState, AlgorithmSpec, Backend, ConfigStore, Pool, PoolPolicy, PoolSpec, SqlStore, Write,
 };
 use ballast_telemetry::Format;
+use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -113,30 +114,114 @@ pub fn router(store: SqlStore, token: String, orchestrator: Option<Status>) -> R
 
 pub(crate) type Answer = Result<(StatusCode, Json<Value>), ApiError>;
 
-/// A JSON body, or 400 naming the field serde stopped at.
-fn body<T: DeserializeOwned>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    parsed.map(|Json(value)| value).map_err(|rejection| {
-        let text = rejection.body_text();
-        let detail = text
-            .split_once("target type: ")
-            .map_or(text.as_str(), |(_, detail)| detail);
-        // serde_path_to_error puts the field's path first: `weight: invalid value …`.
-        match detail.split_once(": ") {
-            Some((field, reason)) if !field.contains(' ') => ApiError::Invalid {
-                field: field.to_owned(),
-                reason: reason.to_owned(),
-            },
-            _ => ApiError::Invalid {
+/// A request body that is one JSON object, read as `T`; otherwise 400 naming the field serde
+/// stopped at. An object only: serde reads an array as a struct's fields in order, so `[5]`
+/// would set a weight, which no client means and the API document does not allow.
+pub(crate) struct Body<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|media| {
+                let media = media.trim().to_ascii_lowercase();
+                media == "application/json"
+                    || media.starts_with("application/") && media.ends_with("+json")
+            });
+        if !json {
+            return Err(ApiError::Invalid {
                 field: "body".to_owned(),
-                reason: detail.to_owned(),
-            },
+                reason: "expected `Content-Type: application/json`".to_owned(),
+            });
         }
-    })
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| ApiError::Invalid {
+                field: "body".to_owned(),
+                reason: rejection.body_text(),
+            })?;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::Invalid {
+                field: "body".to_owned(),
+                reason: "expected a JSON object".to_owned(),
+            });
+        }
+        // JSON (RFC 8259) and JSON Schema make no difference between `5` and `5.0`; serde does.
+        let bytes = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(mut value) => {
+                whole_numbers_as_integers(&mut value);
+                serde_json::to_vec(&value).map_or(bytes, Bytes::from)
+            }
+            // Json reports the syntax error, with its line and column.
+            Err(_) => bytes,
+        };
+        Json::<T>::from_bytes(&bytes)
+            .map(|Json(value)| Self(value))
+            .map_err(|rejection| invalid("body", &rejection.body_text()))
+    }
 }
 
+/// Every number in `value` that is whole and fits an integer becomes one (`5.0` → `5`).
+fn whole_numbers_as_integers(value: &mut Value) {
+    match value {
+        Value::Number(number) => {
+            if let Some(float) = number.as_f64().filter(|_| number.is_f64())
+                && float.fract() == 0.0
+            {
+                // 2^64 and -2^63: the first floats outside u64 and i64.
+                if (0.0..18_446_744_073_709_551_616.0).contains(&float) {
+                    *number = serde_json::Number::from(float as u64);
+                } else if (-9_223_372_036_854_775_808.0..0.0).contains(&float) {
+                    *number = serde_json::Number::from(float as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
+    }
+}
+
+/// 400 from a deserializer's complaint, naming the field it stopped at (serde_path_to_error
+/// puts it first: `weight: invalid value …`), or `whole` when it names none.
+fn invalid(whole: &str, text: &str) -> ApiError {
+    let detail = text
+        .split_once("target type: ")
+        .or_else(|| text.split_once("query string: "))
+        .map_or(text, |(_, detail)| detail);
+    match detail.split_once(": ") {
+        Some((field, reason)) if !field.contains(' ') => ApiError::Invalid {
+            field: field.to_owned(),
+            reason: reason.to_owned(),
+        },
+        _ => ApiError::Invalid {
+            field: whole.to_owned(),
+            reason: detail.to_owned(),
+        },
+    }
+}
+
+/// A write whose pool (and, but for an added backend, address) came from the path: a name that
+/// cannot exist names no resource, which is 404, as for one that does not exist.
 async fn write(api: &Api, write: Write, status: StatusCode) -> Answer {
-    let revision = api.store.apply(write).await?;
-    Ok((status, Json(json!({ "revision": revision }))))
+    let address_in_path = !matches!(write, Write::AddBackend { .. } | Write::CreatePool(_));
+    match api.store.apply(write).await {
+        Ok(revision) => Ok((status, Json(json!({ "revision": revision })))),
+        Err(ballast_config::StoreError::Invalid(invalid))
+            if invalid.field == "pool" || address_in_path && invalid.field == "address" =>
+        {
+            Err(ApiError::NotFound(format!(
+                "no such {}: {}",
+                invalid.field, invalid.reason
+            )))
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/revision", responses((status = 200, description = "`{\"revision\": N}`")), security(("bearer" = [])))]
@@ -177,11 +262,8 @@ async fn list_backends(State(api): State<Api>, Path(pool): Path<String>) -> Answ
 }
 
 #[utoipa::path(post, path = "/v1/pools", request_body = PoolSpec, responses((status = 201, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 409, description = "The pool exists")), security(("bearer" = [])))]
-async fn create_pool(
-    State(api): State<Api>,
-    spec: Result<Json<PoolSpec>, JsonRejection>,
-) -> Answer {
-    write(&api, Write::CreatePool(body(spec)?), StatusCode::CREATED).await
+async fn create_pool(State(api): State<Api>, Body(spec): Body<PoolSpec>) -> Answer {
+    write(&api, Write::CreatePool(spec), StatusCode::CREATED).await
 }
 
 #[utoipa::path(delete, path = "/v1/pools/{pool}", params(("pool" = String, Path, description = "The pool")), responses((status = 200, description = "`{\"revision\": N}`"), (status = 404, description = "No such pool")), security(("bearer" = [])))]
@@ -193,9 +275,8 @@ async fn delete_pool(State(api): State<Api>, Path(pool): Path<String>) -> Answer
 async fn set_algorithm(
     State(api): State<Api>,
     Path(pool): Path<String>,
-    algorithm: Result<Json<AlgorithmSpec>, JsonRejection>,
+    Body(algorithm): Body<AlgorithmSpec>,
 ) -> Answer {
-    let algorithm = body(algorithm)?;
     write(
         &api,
         Write::SetAlgorithm { pool, algorithm },
@@ -208,9 +289,8 @@ async fn set_algorithm(
 async fn set_policy(
     State(api): State<Api>,
     Path(pool): Path<String>,
-    policy: Result<Json<PoolPolicy>, JsonRejection>,
+    Body(policy): Body<PoolPolicy>,
 ) -> Answer {
-    let policy = body(policy)?;
     write(&api, Write::SetPolicy { pool, policy }, StatusCode::OK).await
 }
 
@@ -231,9 +311,8 @@ fn one() -> u32 {
 async fn add_backend(
     State(api): State<Api>,
     Path(pool): Path<String>,
-    backend: Result<Json<NewBackend>, JsonRejection>,
+    Body(NewBackend { address, weight }): Body<NewBackend>,
 ) -> Answer {
-    let NewBackend { address, weight } = body(backend)?;
     let add = Write::AddBackend {
         pool,
         address,
@@ -261,9 +340,8 @@ pub(crate) struct Weight {
 async fn set_weight(
     State(api): State<Api>,
     Path((pool, address)): Path<(String, String)>,
-    weight: Result<Json<Weight>, JsonRejection>,
+    Body(Weight { weight }): Body<Weight>,
 ) -> Answer {
-    let Weight { weight } = body(weight)?;
     let set = Write::SetWeight {
         pool,
         address,
@@ -283,9 +361,8 @@ pub(crate) struct NewState {
 async fn set_state(
     State(api): State<Api>,
     Path((pool, address)): Path<(String, String)>,
-    state: Result<Json<NewState>, JsonRejection>,
+    Body(NewState { state }): Body<NewState>,
 ) -> Answer {
-    let NewState { state } = body(state)?;
     let set = Write::SetAdminState {
         pool,
         address,
@@ -308,16 +385,30 @@ struct Since {
     wait_ms: u64,
 }
 
-/// The longest a change-feed request waits for a change.
-const MAX_WAIT: Duration = Duration::from_secs(60);
+/// The longest a change-feed request waits for a change, in milliseconds: under the 60 s idle
+/// timeouts common in proxies between a client and the API.
+pub(crate) const MAX_WAIT_MS: u64 = 30_000;
 
-#[utoipa::path(get, path = "/v1/changes", params(("since" = u64, Query, description = "Changes after this revision"), ("wait_ms" = u64, Query, description = "Wait up to this long for one")), responses((status = 200, description = "`{\"changes\": [Change]}`"), (status = 410, description = "The log was pruned past `since`: read the whole configuration instead")), security(("bearer" = [])))]
-async fn changes(State(api): State<Api>, Query(query): Query<Since>) -> Answer {
-    let deadline = Instant::now() + Duration::from_millis(query.wait_ms).min(MAX_WAIT);
+#[utoipa::path(get, path = "/v1/changes", params(("since" = Option<u64>, Query, description = "Changes after this revision (default 0)", maximum = 9_223_372_036_854_775_807_u64), ("wait_ms" = Option<u64>, Query, description = "Wait up to this long for one, in milliseconds (default 0: answer at once)", maximum = 30_000)), responses((status = 200, description = "`{\"changes\": [Change]}`"), (status = 400, description = "`since` or `wait_ms` is not a whole number in range"), (status = 410, description = "The log was pruned past `since`: read the whole configuration instead")), security(("bearer" = [])))]
+async fn changes(State(api): State<Api>, query: Result<Query<Since>, QueryRejection>) -> Answer {
+    let Query(query) = query.map_err(|rejection| invalid("query", &rejection.body_text()))?;
+    if query.wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::Invalid {
+            field: "wait_ms".to_owned(),
+            reason: format!("at most {MAX_WAIT_MS}"),
+        });
+    }
+    if i64::try_from(query.since).is_err() {
+        return Err(ApiError::Invalid {
+            field: "since".to_owned(),
+            reason: format!("at most {}", i64::MAX),
+        });
+    }
+    let deadline = Instant::now() + Duration::from_millis(query.wait_ms);
     loop {
         let changes = api.store.changes_since(query.since, 1000).await?;
         if let Some(first) = changes.first()
-            && first.revision > query.since + 1
+            && first.revision > query.since.saturating_add(1)
         {
             return Err(ApiError::Gone(format!(
                 "the change log starts at revision {}; read /v1/pools for the whole \
@@ -364,5 +455,5 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl IntoRespons
 }
 
 async fn openapi() -> Json<Value> {
-    Json(serde_json::to_value(crate::openapi::document()).unwrap_or(Value::Null))
+    Json(crate::openapi::document())
 }

@@ -333,3 +333,133 @@ async fn the_openapi_document_describes_every_route() {
         "bearer"
     );
 }
+
+#[tokio::test]
+async fn bodies_are_objects_queries_are_checked_and_paths_naming_nothing_are_404() {
+    let control = Control::start().await;
+    control
+        .ok(
+            Method::POST,
+            "/v1/pools",
+            Some(json!({"name": "web", "algorithm": "round_robin"})),
+        )
+        .await;
+    control
+        .ok(
+            Method::POST,
+            "/v1/pools/web/backends",
+            Some(json!({"address": "127.0.0.1:9001"})),
+        )
+        .await;
+    let weight = "/v1/pools/web/backends/127.0.0.1:9001/weight";
+    // serde reads an array as a struct's fields in order: `[5]` set the weight.
+    let (status, body) = control.ok(Method::PUT, weight, Some(json!([5]))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "body", "{body}");
+    // JSON makes no difference between 5 and 5.0.
+    let (status, body) = control
+        .ok(Method::PUT, weight, Some(json!({"weight": 5.0})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, backends) = control
+        .ok(Method::GET, "/v1/pools/web/backends", None)
+        .await;
+    assert_eq!(backends[0]["weight"], 5, "{backends}");
+    let (status, body) = control
+        .ok(Method::PUT, weight, Some(json!({"weight": 5.5})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    for (query, field) in [
+        ("since=abc", "since"),
+        ("wait_ms=-1", "wait_ms"),
+        ("wait_ms=30001", "wait_ms"),
+        ("since=18446744073709551615", "since"),
+    ] {
+        let (status, body) = control
+            .ok(Method::GET, &format!("/v1/changes?{query}"), None)
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["error"]["field"], field, "{query}: {body}");
+    }
+    let (status, body) = control.ok(Method::GET, "/v1/changes", None).await;
+    assert_eq!(status, StatusCode::OK, "no query at all: {body}");
+
+    for (method, path) in [
+        (Method::DELETE, "/v1/pools/NOT%20A%20NAME"),
+        (Method::DELETE, "/v1/pools/web/backends/nowhere"),
+        (Method::PUT, "/v1/pools/web/backends/nowhere/state"),
+    ] {
+        let body = (method == Method::PUT).then(|| json!({"state": "draining"}));
+        let (status, answer) = control.ok(method, path, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {answer}");
+    }
+}
+
+/// The virtualenv `scripts/test` makes with schemathesis and openapi-spec-validator in it.
+fn python_tool(name: &str) -> std::path::PathBuf {
+    let dir = std::env::var_os("BALLAST_PYTOOLS").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pytools"),
+        std::path::PathBuf::from,
+    );
+    let tool = dir.join("bin").join(name);
+    assert!(
+        tool.exists(),
+        "{} is missing: scripts/test installs it (python3 -m venv target/pytools)",
+        tool.display()
+    );
+    tool
+}
+
+/// What third-party tools say of the document: openapi-spec-validator validates it, and
+/// schemathesis, generating requests from it with every check on, finds the live API answering
+/// as documented (statuses, content types, body shapes, schema-valid bodies accepted, invalid
+/// ones refused, the token required).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_holds_against_the_live_api() {
+    let control = Control::start().await;
+    // Something to read, so that `since=0` answers at once.
+    control
+        .ok(
+            Method::POST,
+            "/v1/pools",
+            Some(json!({"name": "web", "algorithm": "round_robin"})),
+        )
+        .await;
+    let (_, document) = control.ok(Method::GET, "/v1/openapi.json", None).await;
+    let file = control._dir.0.join("openapi.json");
+    std::fs::write(&file, document.to_string()).expect("write the document");
+    let validated = tokio::process::Command::new(python_tool("openapi-spec-validator"))
+        .arg(&file)
+        .output()
+        .await
+        .expect("openapi-spec-validator runs");
+    assert!(
+        validated.status.success(),
+        "openapi-spec-validator: {}{}",
+        String::from_utf8_lossy(&validated.stdout),
+        String::from_utf8_lossy(&validated.stderr)
+    );
+
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis.toml");
+    let run = tokio::process::Command::new(python_tool("schemathesis"))
+        .arg("--config-file")
+        .arg(&config)
+        .arg("run")
+        .arg(format!("http://{}/v1/openapi.json", control.address))
+        .args(["-H", &format!("Authorization: Bearer {TOKEN}")])
+        .args(["--checks", "all", "--max-examples", "20", "--workers", "1"])
+        .args(["--seed", "1", "--no-color"])
+        .current_dir(&control._dir.0)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("schemathesis runs");
+    let said = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "schemathesis found failures:\n{said}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(said.contains(" passed"), "{said}");
+}
