@@ -129,6 +129,7 @@ pub struct Local {
     pools: Vec<String>,
     port: u16,
     drain_delay: std::time::Duration,
+    log_dir: Option<PathBuf>,
     children: BTreeMap<String, Child>,
     stopping: bool,
 }
@@ -150,9 +151,17 @@ impl Local {
             pools,
             port,
             drain_delay,
+            log_dir: None,
             children: BTreeMap::new(),
             stopping: false,
         }
+    }
+
+    /// Each LB's output in a file of its own in `dir`, `lb-01.log` and so on (appended across
+    /// restarts); otherwise it shares this process's standard error.
+    pub fn with_log_dir(mut self, dir: PathBuf) -> Self {
+        self.log_dir = Some(dir);
+        self
     }
 
     /// The LB numbered `n`: its name and loopback address.
@@ -184,6 +193,18 @@ impl Local {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);
+        if let Some(dir) = &self.log_dir {
+            let path = dir.join(format!("{name}.log"));
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|source| ProvisionError::Spawn {
+                    what: format!("the log {}", path.display()),
+                    source,
+                })?;
+            command.stderr(log);
+        }
         let child = command.spawn().map_err(|source| ProvisionError::Spawn {
             what: format!("ballast lb {name}"),
             source,

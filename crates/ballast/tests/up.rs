@@ -186,6 +186,13 @@ fn ballast_up_runs_the_whole_system_and_stops_it_whole() {
         up.printed.iter().any(|l| l.contains(token)),
         "the token is printed"
     );
+    // Each LB logs to a file of its own, not into control's.
+    for lb in ["lb-01", "lb-02"] {
+        assert!(
+            dir.join(format!("logs/{lb}.log")).exists(),
+            "no logs/{lb}.log"
+        );
+    }
 
     // DNS names both LBs; through each, requests reach all three backends.
     let lb_ips: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(127, 0, 0, 11), Ipv4Addr::new(127, 0, 0, 12)]
@@ -259,8 +266,14 @@ fn ballast_up_runs_the_whole_system_and_stops_it_whole() {
         backends_behind(lbs[0], 12).len() == 1
     });
 
-    // Ctrl-C: everything stops, nothing is left.
+    // Ctrl-C: everything stops, nothing is left; meanwhile the status shows the LBs draining.
     assert!(up.interrupt().success());
+    let said: Vec<String> = up.lines.try_iter().collect();
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("status:") && l.contains(" draining)")),
+        "no draining status while stopping: {said:#?}"
+    );
     assert_eq!(pids_with(&dir_text), Vec::<u32>::new(), "left behind");
     assert_eq!(
         pids_with(&format!("127.0.0.1:{}", ports.backend)),
@@ -285,5 +298,37 @@ fn ballast_up_runs_the_whole_system_and_stops_it_whole() {
     );
     assert!(up.interrupt().success());
     assert_eq!(pids_with(&dir_text), Vec::<u32>::new(), "left behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_taken_port_is_named_before_anything_starts() {
+    let dir = std::env::temp_dir().join(format!("ballast-up-taken-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // As a second `ballast up` with the first one's ports would find them.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = holder.local_addr().expect("address");
+    let output = Command::new(env!("CARGO_BIN_EXE_ballast"))
+        .args(["up", "--dir", dir.to_str().expect("utf-8 path")])
+        .args(["--admin", &taken.to_string()])
+        .args(["--dns", &unused_addr().to_string()])
+        .args(["--lb-port", &unused_addr().port().to_string()])
+        .args(["--backend-port", &free_ports_in_a_row(3).to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("ballast up runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{taken} is in use"))
+            && stderr.contains("nothing was started")
+            && stderr.contains("--admin ADDR"),
+        "{stderr}"
+    );
+    let logs: Vec<_> = std::fs::read_dir(dir.join("logs"))
+        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(logs.is_empty(), "children were started: {logs:?}");
+    assert!(!dir.join("ballast.db").exists(), "the database was created");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -100,6 +100,10 @@ struct ScalingArgs {
     /// dns`'s TTL, 5 s by default, and a second for its fleet poll and the heartbeat).
     #[arg(long, value_name = "DURATION", default_value = "6s", value_parser = humantime::parse_duration)]
     lb_drain_delay: Duration,
+    /// Local provisioner: each LB's log in a file of its own in DIR (`lb-01.log`, …) rather
+    /// than in this process's standard error.
+    #[arg(long, value_name = "DIR")]
+    lb_log_dir: Option<std::path::PathBuf>,
     /// Command provisioner: run to add an LB (BALLAST_LB_NAME, BALLAST_LB_ADDRESS set).
     #[arg(long, value_name = "COMMAND")]
     scale_up_cmd: Option<String>,
@@ -137,13 +141,17 @@ impl ScalingArgs {
                 if self.lb_pool.is_empty() {
                     bail!("--lb-pool: the local provisioner needs the pools its LBs serve");
                 }
-                Box::new(Local::new(
+                let local = Local::new(
                     std::env::current_exe().context("finding the ballast binary")?,
                     db.to_owned(),
                     self.lb_pool.clone(),
                     self.lb_port,
                     self.lb_drain_delay,
-                ))
+                );
+                Box::new(match &self.lb_log_dir {
+                    Some(dir) => local.with_log_dir(dir.clone()),
+                    None => local,
+                })
             }
             ProvisionerKind::Command => match (&self.scale_up_cmd, &self.scale_down_cmd) {
                 (Some(up), Some(down)) => Box::new(Commands::new(up.clone(), down.clone())),

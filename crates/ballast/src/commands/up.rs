@@ -94,6 +94,7 @@ impl UpArgs {
             .canonicalize()
             .with_context(|| format!("--dir {}", self.dir.display()))?;
         let _running = PidFile::claim(&dir)?;
+        self.check_ports()?;
         let display = Display::new(std::io::stdout().is_terminal());
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -130,7 +131,7 @@ impl UpArgs {
         let election = match started {
             Ok(election) => election,
             Err(error) => {
-                system.stop(&display).await;
+                system.stop(&display, &store).await;
                 return Err(error);
             }
         };
@@ -139,12 +140,12 @@ impl UpArgs {
             Ok(true) => step.done(&format!("serving on 127.0.0.11+ port {}", self.lb_port)),
             Ok(false) => {
                 step.done("stopped while starting");
-                system.stop(&display).await;
+                system.stop(&display, &store).await;
                 return Ok(());
             }
             Err(error) => {
                 step.failed(&format!("{error:#}"));
-                system.stop(&display).await;
+                system.stop(&display, &store).await;
                 return Err(error);
             }
         }
@@ -153,7 +154,7 @@ impl UpArgs {
         let outcome = self
             .supervise(&mut system, &store, &display, &mut term, &mut int)
             .await;
-        system.stop(&display).await;
+        system.stop(&display, &store).await;
         outcome
     }
 
@@ -183,6 +184,36 @@ impl UpArgs {
                 .await?;
         }
         Ok(false)
+    }
+
+    /// Every address this run listens on must be free before anything starts: otherwise a child
+    /// fails halfway ("backend-1 did not become ready") and what started must be taken down.
+    fn check_ports(&self) -> Result<()> {
+        let taken = |address: SocketAddr, udp: bool| {
+            std::net::TcpListener::bind(address).is_err()
+                || udp && std::net::UdpSocket::bind(address).is_err()
+        };
+        let mut wanted = vec![
+            (self.admin, false, "--admin ADDR"),
+            (self.dns, true, "--dns ADDR"),
+        ];
+        for address in self.backend_addresses() {
+            wanted.push((address, false, "--backend-port PORT"));
+        }
+        // The autoscaler may keep up to twice --lbs.
+        for n in 0..self.lbs.saturating_mul(2).min(200) {
+            let ip = std::net::Ipv4Addr::new(127, 0, 0, 11u8.saturating_add(n as u8));
+            wanted.push(((ip, self.lb_port).into(), false, "--lb-port PORT"));
+        }
+        for (address, udp, flag) in wanted {
+            if taken(address, udp) {
+                bail!(
+                    "{address} is in use (another `ballast up`, or another program, listens \
+                     there); nothing was started: stop it, or move this one with {flag}"
+                );
+            }
+        }
+        Ok(())
     }
 
     fn backend_addresses(&self) -> Vec<SocketAddr> {
@@ -274,6 +305,8 @@ impl UpArgs {
             POOL,
             "--lb-port",
             &self.lb_port.to_string(),
+            "--lb-log-dir",
+            &dir.join("logs").display().to_string(),
         ]
         .map(str::to_owned)
         .to_vec();
@@ -338,6 +371,17 @@ impl UpArgs {
         let mut env = format!("export BALLAST_TOKEN=$(cat {}/token)", dir.display());
         if admin != SocketAddr::from(([127, 0, 0, 1], 9000)) {
             env.push_str(&format!(" BALLAST_CONTROL=http://{admin}"));
+        }
+        // The hints say `ballast …`; when that is not this binary (cargo run, a fresh clone),
+        // say how to make it so.
+        let this = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.canonicalize().ok());
+        let found = super::find_program("ballast", &[]).and_then(|p| p.canonicalize().ok());
+        if let Some(this) = this.filter(|this| found.as_ref() != Some(this))
+            && let Some(bin) = this.parent()
+        {
+            env = format!("export PATH={}:$PATH\n  {env}", bin.display());
         }
         format!(
             "\nBallast is up.\n\
@@ -424,9 +468,24 @@ impl UpArgs {
 impl System {
     /// Control first (it drains the LBs it started while the backends still answer), then DNS,
     /// the backends and Redis; anything left in the group is killed last.
-    async fn stop(&mut self, display: &Display) {
-        display.event("stopping: the LB servers drain first");
-        self.control.stop(Duration::from_secs(50)).await;
+    async fn stop(&mut self, display: &Display, store: &SqlStore) {
+        display.event(
+            "stopping: the LB servers drain first (each accepts a few seconds more while DNS \
+             drops it, then finishes what is in flight)",
+        );
+        // The drain takes seconds: the status shows the LBs going from serving to draining.
+        let control = self.control.stop(Duration::from_secs(50));
+        tokio::pin!(control);
+        loop {
+            tokio::select! {
+                () = &mut control => break,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if let Ok(status) = Status::read(store).await {
+                        display.status(&status);
+                    }
+                }
+            }
+        }
         self.dns.stop(Duration::from_secs(5)).await;
         for backend in &mut self.backends {
             backend.stop(Duration::from_secs(5)).await;
