@@ -50,12 +50,15 @@ pub struct Followed {
 }
 
 /// Loads the configuration and follows it in a task of its own; the task ends when every
-/// receiver has been dropped. `url` is the store's database URL (for `LISTEN`).
+/// receiver has been dropped. `listen_url` is where PostgreSQL's `LISTEN` goes: a session
+/// connection, which is the store's own URL unless that goes through a transaction-pooling
+/// PgBouncer (which hands a listening session's server connection to other clients).
 pub async fn follow(
     store: SqlStore,
-    url: &str,
+    listen_url: &str,
     options: FollowOptions,
 ) -> Result<watch::Receiver<Followed>, StoreError> {
+    let url = listen_url;
     let config = store.config().await?;
     let (publish, receiver) = watch::channel(Followed {
         config: Arc::new(config),
@@ -65,16 +68,17 @@ pub async fn follow(
     Ok(receiver)
 }
 
-/// Like [`follow`], but when the database cannot be reached now, starts from `fallback` (the
-/// last configuration this server applied, from its cache file) and connects when it can. With
-/// no fallback, an unreachable database is an error.
+/// Like [`follow`] on the store at `url`, but when the database cannot be reached now, starts
+/// from `fallback` (the last configuration this server applied, from its cache file) and
+/// connects when it can. With no fallback, an unreachable database is an error.
 pub async fn follow_or_fall_back(
     url: &str,
+    listen_url: &str,
     options: FollowOptions,
     fallback: Option<Config>,
 ) -> Result<watch::Receiver<Followed>, StoreError> {
     let error = match SqlStore::connect(url).await {
-        Ok(store) => match follow(store, url, options).await {
+        Ok(store) => match follow(store, listen_url, options).await {
             Ok(receiver) => return Ok(receiver),
             Err(error) => error,
         },
@@ -89,7 +93,7 @@ pub async fn follow_or_fall_back(
         config: Arc::new(fallback),
         unreachable_since: Some(Instant::now()),
     });
-    let url = url.to_owned();
+    let (url, listen_url) = (url.to_owned(), listen_url.to_owned());
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let store = loop {
@@ -104,7 +108,7 @@ pub async fn follow_or_fall_back(
                 }
             }
         };
-        run(store, url, options, publish).await;
+        run(store, listen_url, options, publish).await;
     });
     Ok(receiver)
 }
@@ -116,6 +120,13 @@ async fn run(
     publish: watch::Sender<Followed>,
 ) {
     let mut listener: Option<PgListener> = None;
+    // When push was last found not to work: LISTEN is tried again a pull interval later.
+    let mut silent_since: Option<Instant> = None;
+    // Listeners that broke soon after they began, in a row, with the database reachable: a
+    // transaction pool hands a listening session's server connection to other clients, and a
+    // listener there may hear its probe and then break, again and again.
+    let mut listening_since = Instant::now();
+    let mut short_lived = 0u32;
     let mut pull = tokio::time::interval(options.pull_interval);
     pull.tick().await;
     let mut backoff = Duration::from_millis(100);
@@ -125,9 +136,39 @@ async fn run(
         }
         let postgres_push = options.push && store.dialect() == Dialect::Postgres;
         let mut just_listening = false;
-        if postgres_push && listener.is_none() {
-            listener = listen(&url).await;
-            just_listening = listener.is_some();
+        let retry_listen =
+            silent_since.is_none_or(|since| since.elapsed() >= options.pull_interval);
+        if postgres_push && listener.is_none() && retry_listen {
+            let outcome = match listen(&store, &url).await {
+                Listening::Heard(_) if short_lived >= SHORT_LIVED_LIMIT => Listening::Silent,
+                outcome => outcome,
+            };
+            match outcome {
+                Listening::Heard(heard) => {
+                    if silent_since.take().is_some() {
+                        tracing::info!("pushed changes arrive again");
+                    }
+                    listener = Some(heard);
+                    listening_since = Instant::now();
+                    just_listening = true;
+                }
+                Listening::Silent => {
+                    short_lived = 0;
+                    if silent_since.is_none() {
+                        tracing::warn!(
+                            listen_url = %ballast_telemetry::redact(&url),
+                            pull_interval = ?options.pull_interval,
+                            "pushed changes do not arrive: LISTEN did not hear its own NOTIFY, \
+                             or broke again and again. LISTEN needs a session connection, which a \
+                             transaction-pooling PgBouncer does not keep; give --listen-db a \
+                             direct connection to PostgreSQL (or a session-mode pool). Until \
+                             then changes arrive by pull alone"
+                        );
+                    }
+                    silent_since = Some(Instant::now());
+                }
+                Listening::Failed => {}
+            }
         }
         let unreachable = publish.borrow().unreachable_since.is_some();
         // Wait for a reason to look: a notification, SQLite's poll, the pull tick, or a retry.
@@ -143,6 +184,11 @@ async fn run(
             } => {
                 if notified.is_err() {
                     listener = None;
+                    if listening_since.elapsed() < SHORT_LIVED {
+                        short_lived += 1;
+                    } else {
+                        short_lived = 0;
+                    }
                 }
             }
             () = tokio::time::sleep(options.poll_interval), if options.push && store.dialect() == Dialect::Sqlite => {}
@@ -187,10 +233,44 @@ async fn run(
     }
 }
 
-async fn listen(url: &str) -> Option<PgListener> {
-    let mut listener = PgListener::connect(url).await.ok()?;
-    listener.listen(NOTIFY_CHANNEL).await.ok()?;
-    Some(listener)
+/// What `LISTEN` came to.
+enum Listening {
+    /// Listening, and a notification sent through the store reached it.
+    Heard(PgListener),
+    /// Listening, but its own notification never came back: push cannot work on this
+    /// connection.
+    Silent,
+    /// Not connected (the database is down, or the URL is wrong): tried again on the next turn.
+    Failed,
+}
+
+/// How long a probe notification may take to come back before push is called silent.
+const PROBE_WAIT: Duration = Duration::from_secs(3);
+
+/// A listener that breaks sooner than this after it began counts towards [`SHORT_LIVED_LIMIT`].
+const SHORT_LIVED: Duration = Duration::from_secs(15);
+
+/// Short-lived listeners in a row after which push is called silent.
+const SHORT_LIVED_LIMIT: u32 = 3;
+
+/// `LISTEN` at `url`, checked end to end: a notification sent through `store` (the path every
+/// write's NOTIFY takes) must come back on it. Other followers wake for it and find nothing new.
+async fn listen(store: &SqlStore, url: &str) -> Listening {
+    let Ok(mut listener) = PgListener::connect(url).await else {
+        return Listening::Failed;
+    };
+    if listener.listen(NOTIFY_CHANNEL).await.is_err() {
+        return Listening::Failed;
+    }
+    if store.notify("probe").await.is_err() {
+        return Listening::Failed;
+    }
+    // Anything but the probe (silence, or a connection that breaks once listening, as it does
+    // through a transaction pool handing its server connection to others) is no push.
+    match tokio::time::timeout(PROBE_WAIT, listener.recv()).await {
+        Ok(Ok(_)) => Listening::Heard(listener),
+        Ok(Err(_)) | Err(_) => Listening::Silent,
+    }
 }
 
 /// The configuration at the database's revision, if it moved past `current`: `current` with the

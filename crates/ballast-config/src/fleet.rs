@@ -6,7 +6,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::model::{LbFigures, Liveness};
-use crate::sql::{SqlStore, check_fence};
+use crate::sql::{SqlStore, check_fence, statement};
 use crate::store::{Fence, StoreError};
 
 /// The figures of an `lb_servers` row, if it has been scraped.
@@ -37,7 +37,7 @@ impl SqlStore {
         figures: &LbFigures,
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        let query = sqlx::query(
+        let query = statement(
             "UPDATE lb_servers SET cpu_cores = $1, resident_bytes = $2, connections = $3, \
              requests_per_second = $4, scraped_ms = $5 WHERE name = $6",
         )
@@ -59,12 +59,11 @@ impl SqlStore {
         reason: &str,
         fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
-        let query = sqlx::query(
-            "UPDATE lb_servers SET liveness = $1, liveness_reason = $2 WHERE name = $3",
-        )
-        .bind(liveness.as_str())
-        .bind(reason)
-        .bind(name);
+        let query =
+            statement("UPDATE lb_servers SET liveness = $1, liveness_reason = $2 WHERE name = $3")
+                .bind(liveness.as_str())
+                .bind(reason)
+                .bind(name);
         self.fenced(query, fence, "recording an LB's liveness")
             .await
     }

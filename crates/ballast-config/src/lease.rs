@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sqlx::Row;
 
-use crate::sql::{Dialect, SqlStore};
+use crate::sql::{Dialect, SqlStore, statement};
 use crate::store::StoreError;
 
 /// A lease held: its fencing token and how long it was granted for.
@@ -46,7 +46,7 @@ impl SqlStore {
         let fail = || StoreError::database("taking a lease");
         let mut tx = self.begin_write().await.map_err(fail())?;
         // The row exists from now on, so that PostgreSQL can lock it below.
-        sqlx::query(
+        statement(
             "INSERT INTO leases (name, holder, token, expires_ms) VALUES ($1, '', 0, 0) \
              ON CONFLICT (name) DO NOTHING",
         )
@@ -58,7 +58,7 @@ impl SqlStore {
             Dialect::Sqlite => "",
             Dialect::Postgres => " FOR UPDATE OF leases",
         };
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = statement(sqlx::AssertSqlSafe(format!(
             "SELECT leases.holder, leases.token, leases.expires_ms, {now} AS now_ms, \
              COALESCE(fences.token, 0) AS fenced FROM leases \
              LEFT JOIN fences ON fences.name = leases.name WHERE leases.name = $1{lock}",
@@ -78,7 +78,7 @@ impl SqlStore {
             return Ok(None);
         }
         let token = if live { token } else { token.max(fenced) + 1 };
-        sqlx::query("UPDATE leases SET holder = $1, token = $2, expires_ms = $3 WHERE name = $4")
+        statement("UPDATE leases SET holder = $1, token = $2, expires_ms = $3 WHERE name = $4")
             .bind(holder)
             .bind(token)
             .bind(now.saturating_add(millis(ttl)))
@@ -103,15 +103,16 @@ impl SqlStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let now = self.dialect.now_ms();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE leases SET expires_ms = {now} + $1 \
+        self.execute_alone(
+            statement(sqlx::AssertSqlSafe(format!(
+                "UPDATE leases SET expires_ms = {now} + $1 \
              WHERE name = $2 AND holder = $3 AND token = $4 AND expires_ms > {now}"
-        )))
-        .bind(millis(ttl))
-        .bind(name)
-        .bind(holder)
-        .bind(i64::try_from(token).unwrap_or(i64::MAX))
-        .execute(&self.writer)
+            )))
+            .bind(millis(ttl))
+            .bind(name)
+            .bind(holder)
+            .bind(i64::try_from(token).unwrap_or(i64::MAX)),
+        )
         .await
         .map(|done| done.rows_affected() == 1)
         .map_err(StoreError::database("renewing a lease"))
@@ -124,13 +125,14 @@ impl SqlStore {
         holder: &str,
         token: u64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE leases SET expires_ms = 0 WHERE name = $1 AND holder = $2 AND token = $3",
+        self.execute_alone(
+            statement(
+                "UPDATE leases SET expires_ms = 0 WHERE name = $1 AND holder = $2 AND token = $3",
+            )
+            .bind(name)
+            .bind(holder)
+            .bind(i64::try_from(token).unwrap_or(i64::MAX)),
         )
-        .bind(name)
-        .bind(holder)
-        .bind(i64::try_from(token).unwrap_or(i64::MAX))
-        .execute(&self.writer)
         .await
         .map(drop)
         .map_err(StoreError::database("releasing a lease"))

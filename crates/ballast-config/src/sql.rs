@@ -24,6 +24,18 @@ use crate::model::{
 use crate::store::{ConfigStore, Fence, StoreError};
 use crate::validate::{Invalid, canonical_address, check};
 
+/// A statement that lives no longer than its query: an unnamed one on PostgreSQL. A named
+/// (cached) statement outlives the transaction on the server connection that parsed it, and
+/// behind a transaction-pooling PgBouncer that connection is another client's next: it fails
+/// with `prepared statement "sqlx_s_1" already exists`. The parse this repeats costs little
+/// against a configuration database's load. With [`SqlStore`] running every statement in a
+/// transaction, parse and execution stay on one server connection even through such a pool.
+pub(crate) fn statement<'q>(
+    sql: impl sqlx::SqlSafeStr,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    sqlx::query(sql).persistent(false)
+}
+
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -70,7 +82,7 @@ impl SqlStore {
             .connect(&format!("{url}?mode=rwc"))
             .await
             .map_err(StoreError::database("opening the database"))?;
-        sqlx::query("PRAGMA journal_mode = WAL")
+        statement("PRAGMA journal_mode = WAL")
             .execute(&writer)
             .await
             .map_err(StoreError::database("switching to WAL"))?;
@@ -108,6 +120,51 @@ impl SqlStore {
         })
     }
 
+    /// Runs one write statement in a transaction of its own, so that its parse and execution
+    /// share a server connection (see [`statement`]).
+    pub(crate) async fn execute_alone(
+        &self,
+        query: sqlx::query::Query<'_, Any, sqlx::any::AnyArguments>,
+    ) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
+        let mut tx = self.begin_write().await?;
+        let done = query.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    /// Runs one read statement in a transaction of its own (see [`statement`]).
+    pub(crate) async fn fetch_alone(
+        &self,
+        query: sqlx::query::Query<'_, Any, sqlx::any::AnyArguments>,
+    ) -> Result<Vec<AnyRow>, sqlx::Error> {
+        let mut tx = self.reader.begin().await?;
+        let rows = query.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// Like [`fetch_alone`](Self::fetch_alone), for exactly one row.
+    pub(crate) async fn fetch_one_alone(
+        &self,
+        query: sqlx::query::Query<'_, Any, sqlx::any::AnyArguments>,
+    ) -> Result<AnyRow, sqlx::Error> {
+        let mut tx = self.reader.begin().await?;
+        let row = query.fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// Sends `payload` on [`NOTIFY_CHANNEL`], as every write does on PostgreSQL.
+    pub(crate) async fn notify(&self, payload: &str) -> Result<(), sqlx::Error> {
+        self.execute_alone(
+            statement("SELECT pg_notify($1, $2)")
+                .bind(NOTIFY_CHANNEL)
+                .bind(payload),
+        )
+        .await
+        .map(drop)
+    }
+
     /// Which database this store speaks to.
     pub fn dialect(&self) -> Dialect {
         self.dialect
@@ -129,7 +186,7 @@ impl SqlStore {
         // Bumping first takes the write lock, so the checks below cannot race another writer;
         // a refused write rolls back and the revision stays where it was.
         let revision: i64 =
-            sqlx::query("UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value")
+            statement("UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value")
                 .fetch_one(&mut *tx)
                 .await
                 .and_then(|row| row.try_get("value"))
@@ -140,7 +197,7 @@ impl SqlStore {
         require_existing(&mut tx, write).await?;
         mutate(&mut tx, write, revision).await?;
         let value = serde_json::to_string(write).unwrap_or_else(|_| "{}".to_owned());
-        sqlx::query(
+        statement(
             "INSERT INTO changes (revision, entity, operation, value, at_ms) \
              VALUES ($1, $2, $3, $4, $5)",
         )
@@ -153,7 +210,7 @@ impl SqlStore {
         .await
         .map_err(StoreError::database("appending to the change log"))?;
         if self.dialect == Dialect::Postgres {
-            sqlx::query("SELECT pg_notify($1, $2)")
+            statement("SELECT pg_notify($1, $2)")
                 .bind(NOTIFY_CHANNEL)
                 .bind(revision.to_string())
                 .execute(&mut *tx)
@@ -174,7 +231,7 @@ pub(crate) async fn check_fence(
     fence: &Fence,
 ) -> Result<(), StoreError> {
     let token = i64::try_from(fence.token).unwrap_or(i64::MAX);
-    let newest: Option<i64> = sqlx::query("SELECT token FROM fences WHERE name = $1")
+    let newest: Option<i64> = statement("SELECT token FROM fences WHERE name = $1")
         .bind(&fence.name)
         .fetch_optional(&mut **tx)
         .await
@@ -189,7 +246,7 @@ pub(crate) async fn check_fence(
             newest: newest as u64,
         });
     }
-    sqlx::query(
+    statement(
         "INSERT INTO fences (name, token) VALUES ($1, $2) \
          ON CONFLICT (name) DO UPDATE SET token = excluded.token",
     )
@@ -254,7 +311,7 @@ async fn require_existing(
 }
 
 async fn pool_exists(tx: &mut Transaction<'static, Any>, pool: &str) -> Result<bool, StoreError> {
-    sqlx::query("SELECT 1 FROM pools WHERE name = $1")
+    statement("SELECT 1 FROM pools WHERE name = $1")
         .bind(pool)
         .fetch_optional(&mut **tx)
         .await
@@ -267,7 +324,7 @@ async fn backend_exists(
     pool: &str,
     address: &str,
 ) -> Result<bool, StoreError> {
-    sqlx::query("SELECT 1 FROM backends WHERE pool = $1 AND address = $2")
+    statement("SELECT 1 FROM backends WHERE pool = $1 AND address = $2")
         .bind(pool)
         .bind(canonical_address(address))
         .fetch_optional(&mut **tx)
@@ -282,7 +339,7 @@ async fn mutate(
     revision: i64,
 ) -> Result<(), StoreError> {
     let query = match write {
-        Write::CreatePool(spec) => sqlx::query(AssertSqlSafe(format!(
+        Write::CreatePool(spec) => statement(AssertSqlSafe(format!(
             "INSERT INTO pools (name, algorithm, table_size, points_per_weight, load_factor, \
              peak_ewma_ms, hash_key, dns_name, revision, {POLICY_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {})",
@@ -298,8 +355,8 @@ async fn mutate(
         .bind(&spec.dns_name)
         .bind(revision)
         .bind_policy(&spec.policy),
-        Write::DeletePool { pool } => sqlx::query("DELETE FROM pools WHERE name = $1").bind(pool),
-        Write::SetAlgorithm { pool, algorithm } => sqlx::query(
+        Write::DeletePool { pool } => statement("DELETE FROM pools WHERE name = $1").bind(pool),
+        Write::SetAlgorithm { pool, algorithm } => statement(
             "UPDATE pools SET algorithm = $1, table_size = $2, points_per_weight = $3, \
              load_factor = $4, peak_ewma_ms = $5, revision = $6 WHERE name = $7",
         )
@@ -310,7 +367,7 @@ async fn mutate(
         .bind(algorithm.peak_ewma_ms.map(|ms| ms as i64))
         .bind(revision)
         .bind(pool),
-        Write::SetPolicy { pool, policy } => sqlx::query(AssertSqlSafe(format!(
+        Write::SetPolicy { pool, policy } => statement(AssertSqlSafe(format!(
             "UPDATE pools SET revision = $1, ({POLICY_COLUMNS}) = ({}) WHERE name = $2",
             placeholders(3, POLICY_COLUMNS)
         )))
@@ -321,7 +378,7 @@ async fn mutate(
             pool,
             address,
             weight,
-        } => sqlx::query(
+        } => statement(
             "INSERT INTO backends (pool, address, weight, admin_state, health, revision) \
              VALUES ($1, $2, $3, 'active', 'unknown', $4)",
         )
@@ -330,7 +387,7 @@ async fn mutate(
         .bind(i64::from(*weight))
         .bind(revision),
         Write::RemoveBackend { pool, address } => {
-            sqlx::query("DELETE FROM backends WHERE pool = $1 AND address = $2")
+            statement("DELETE FROM backends WHERE pool = $1 AND address = $2")
                 .bind(pool)
                 .bind(canonical_address(address))
         }
@@ -338,7 +395,7 @@ async fn mutate(
             pool,
             address,
             weight,
-        } => sqlx::query(
+        } => statement(
             "UPDATE backends SET weight = $1, revision = $2 WHERE pool = $3 AND address = $4",
         )
         .bind(i64::from(*weight))
@@ -349,7 +406,7 @@ async fn mutate(
             pool,
             address,
             state,
-        } => sqlx::query(
+        } => statement(
             "UPDATE backends SET admin_state = $1, revision = $2 WHERE pool = $3 AND address = $4",
         )
         .bind(state.as_str())
@@ -362,7 +419,7 @@ async fn mutate(
             health,
             phi,
             reason,
-        } => sqlx::query(
+        } => statement(
             "UPDATE backends SET health = $1, phi = $2, health_reason = $3, revision = $4 \
              WHERE pool = $5 AND address = $6",
         )
@@ -422,10 +479,40 @@ fn pool_options() -> AnyPoolOptions {
     AnyPoolOptions::new().acquire_timeout(std::time::Duration::from_secs(3))
 }
 
+/// Brings the schema up to date, running the migrator only when the schema is behind it. Its
+/// own statements are named and cached, which a transaction-pooling PgBouncer cannot carry
+/// (`prepared statement "sqlx_s_1" already exists` from the second process on): checked first
+/// with an unnamed statement, an up-to-date schema never meets them.
 async fn migrate(migrator: &Migrator, pool: &AnyPool) -> Result<(), StoreError> {
-    migrator.run(pool).await.map_err(|e| StoreError::Database {
-        context: "migrating the schema",
-        source: e.into(),
+    let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied = async {
+        let mut tx = pool.begin().await?;
+        let version =
+            statement("SELECT MAX(version) AS version FROM _sqlx_migrations WHERE success")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get::<Option<i64>, _>("version")?;
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(version.unwrap_or(0))
+    }
+    .await
+    // No migrations table yet: a new database.
+    .unwrap_or(0);
+    if applied >= latest {
+        return Ok(());
+    }
+    migrator.run(pool).await.map_err(|e| {
+        let error = sqlx::Error::from(e);
+        let context = if error.to_string().contains("prepared statement") {
+            "migrating the schema (through a transaction-pooling PgBouncer? migrate once over a \
+             direct connection to PostgreSQL: `ballast control --db` with that URL)"
+        } else {
+            "migrating the schema"
+        };
+        StoreError::Database {
+            context,
+            source: error,
+        }
     })
 }
 
@@ -533,16 +620,24 @@ impl ConfigStore for SqlStore {
     async fn config(&self) -> Result<Config, StoreError> {
         let fail = || StoreError::database("reading the configuration");
         let mut tx = self.reader.begin().await.map_err(fail())?;
-        let revision: i64 = sqlx::query("SELECT value FROM revision WHERE id = 1")
+        if self.dialect == Dialect::Postgres {
+            // One snapshot for the revision, the pools and the backends (READ COMMITTED gives
+            // each statement its own, and a write between them would mix two revisions).
+            statement("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await
+                .map_err(fail())?;
+        }
+        let revision: i64 = statement("SELECT value FROM revision WHERE id = 1")
             .fetch_one(&mut *tx)
             .await
             .and_then(|row| row.try_get("value"))
             .map_err(fail())?;
-        let pools = sqlx::query("SELECT * FROM pools ORDER BY name")
+        let pools = statement("SELECT * FROM pools ORDER BY name")
             .fetch_all(&mut *tx)
             .await
             .map_err(fail())?;
-        let backends = sqlx::query("SELECT * FROM backends ORDER BY pool, address")
+        let backends = statement("SELECT * FROM backends ORDER BY pool, address")
             .fetch_all(&mut *tx)
             .await
             .map_err(fail())?;
@@ -576,8 +671,7 @@ impl ConfigStore for SqlStore {
     }
 
     async fn revision(&self) -> Result<u64, StoreError> {
-        sqlx::query("SELECT value FROM revision WHERE id = 1")
-            .fetch_one(&self.reader)
+        self.fetch_one_alone(statement("SELECT value FROM revision WHERE id = 1"))
             .await
             .and_then(|row| row.try_get::<i64, _>("value"))
             .map(|value| value as u64)
@@ -587,22 +681,23 @@ impl ConfigStore for SqlStore {
     async fn heartbeat(&self, server: &LbServer) -> Result<(), StoreError> {
         crate::validate::check_lb_name(&server.name)?;
         let list = |items: &[String]| serde_json::to_string(items).unwrap_or_else(|_| "[]".into());
-        sqlx::query(
-            "INSERT INTO lb_servers (name, addresses, pools, admin, applied_revision, state, \
+        self.execute_alone(
+            statement(
+                "INSERT INTO lb_servers (name, addresses, pools, admin, applied_revision, state, \
              last_heartbeat_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (name) DO UPDATE SET addresses = excluded.addresses, \
              pools = excluded.pools, admin = excluded.admin, \
              applied_revision = excluded.applied_revision, state = excluded.state, \
              last_heartbeat_ms = excluded.last_heartbeat_ms",
+            )
+            .bind(&server.name)
+            .bind(list(&server.addresses))
+            .bind(list(&server.pools))
+            .bind(&server.admin)
+            .bind(i64::try_from(server.applied_revision).unwrap_or(i64::MAX))
+            .bind(server.state.as_str())
+            .bind(now_ms()),
         )
-        .bind(&server.name)
-        .bind(list(&server.addresses))
-        .bind(list(&server.pools))
-        .bind(&server.admin)
-        .bind(i64::try_from(server.applied_revision).unwrap_or(i64::MAX))
-        .bind(server.state.as_str())
-        .bind(now_ms())
-        .execute(&self.writer)
         .await
         .map(|_| ())
         .map_err(StoreError::database("recording a heartbeat"))
@@ -610,8 +705,8 @@ impl ConfigStore for SqlStore {
 
     async fn lb_servers(&self) -> Result<Vec<LbServer>, StoreError> {
         let fail = || StoreError::database("reading the LB servers");
-        let rows = sqlx::query("SELECT * FROM lb_servers ORDER BY name")
-            .fetch_all(&self.reader)
+        let rows = self
+            .fetch_alone(statement("SELECT * FROM lb_servers ORDER BY name"))
             .await
             .map_err(fail())?;
         let list = |text: String| serde_json::from_str::<Vec<String>>(&text).unwrap_or_default();
@@ -650,15 +745,17 @@ impl ConfigStore for SqlStore {
 
     async fn changes_since(&self, revision: u64, limit: u32) -> Result<Vec<Change>, StoreError> {
         let fail = || StoreError::database("reading the change log");
-        let rows = sqlx::query(
-            "SELECT revision, entity, operation, value, at_ms FROM changes \
+        let rows = self
+            .fetch_alone(
+                statement(
+                    "SELECT revision, entity, operation, value, at_ms FROM changes \
              WHERE revision > $1 ORDER BY revision LIMIT $2",
-        )
-        .bind(i64::try_from(revision).unwrap_or(i64::MAX))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(fail())?;
+                )
+                .bind(i64::try_from(revision).unwrap_or(i64::MAX))
+                .bind(i64::from(limit)),
+            )
+            .await
+            .map_err(fail())?;
         rows.iter()
             .map(|row| {
                 let value: String = row.try_get("value")?;
@@ -675,12 +772,13 @@ impl ConfigStore for SqlStore {
     }
 
     async fn prune_changes(&self, keep: u64) -> Result<u64, StoreError> {
-        sqlx::query(
+        self.execute_alone(
+statement(
             "DELETE FROM changes WHERE revision <= (SELECT value FROM revision WHERE id = 1) - $1",
         )
-        .bind(i64::try_from(keep).unwrap_or(i64::MAX))
-        .execute(&self.writer)
-        .await
+        .bind(i64::try_from(keep).unwrap_or(i64::MAX)),
+)
+.await
         .map(|done| done.rows_affected())
         .map_err(StoreError::database("pruning the change log"))
     }

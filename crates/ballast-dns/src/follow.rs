@@ -12,16 +12,16 @@ use ballast_config::{ConfigStore, FollowOptions, SqlStore, StoreError, follow};
 
 use crate::zone::Zone;
 
-/// Follows the database at `url` and returns the zone for `origin`, kept current in the
-/// background for as long as the runtime runs.
+/// Follows `store` (PostgreSQL's LISTEN at `listen_url`) and returns the zone for `origin`,
+/// kept current in the background for as long as the runtime runs.
 pub async fn follow_zone(
     store: SqlStore,
-    url: &str,
+    listen_url: &str,
     origin: &str,
     ttl: u32,
     fleet_interval: Duration,
 ) -> Result<Arc<ArcSwap<Zone>>, StoreError> {
-    let mut followed = follow(store.clone(), url, FollowOptions::default()).await?;
+    let mut followed = follow(store.clone(), listen_url, FollowOptions::default()).await?;
     let mut fleet = store.lb_servers().await?;
     let config = followed.borrow_and_update().config.clone();
     let zone = Arc::new(ArcSwap::from_pointee(Zone::build(

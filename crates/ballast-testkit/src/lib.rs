@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod pgbouncer;
 pub mod postgres;
 pub mod prometheus;
 pub mod redis;

@@ -29,6 +29,10 @@ pub(crate) struct ControlArgs {
     /// The configuration database: sqlite://PATH (created if missing) or postgres://….
     #[arg(long, value_name = "URL")]
     db: String,
+    /// A session connection to the same database for PostgreSQL's LISTEN, when --db goes
+    /// through a transaction-pooling PgBouncer (which cannot keep one) [default: --db].
+    #[arg(long, value_name = "URL")]
+    listen_db: Option<String>,
     /// Where the admin API listens (port 0: any free port, printed when ready).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9000")]
     listen: SocketAddr,
@@ -214,7 +218,7 @@ impl ControlArgs {
             } else {
                 let followed = ballast_config::follow(
                     store.clone(),
-                    &self.db,
+                    self.listen_db.as_deref().unwrap_or(&self.db),
                     ballast_config::FollowOptions::default(),
                 )
                 .await

@@ -51,6 +51,10 @@ struct ServeArgs {
     /// The configuration database: sqlite://PATH or postgres://….
     #[arg(long, value_name = "URL")]
     db: Option<String>,
+    /// A session connection to the same database for PostgreSQL's LISTEN, when --db goes
+    /// through a transaction-pooling PgBouncer (which cannot keep one) [default: --db].
+    #[arg(long, value_name = "URL")]
+    listen_db: Option<String>,
     /// Where to answer, over UDP and TCP (port 0: any free port, printed when ready).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:5353")]
     listen: SocketAddr,
@@ -125,7 +129,8 @@ impl ServeArgs {
             let store = SqlStore::connect(&db)
                 .await
                 .with_context(|| format!("--db {}", ballast_telemetry::redact(&db)))?;
-            let zone = follow_zone(store, &db, &self.zone, self.ttl, self.fleet_interval)
+            let listen_db = self.listen_db.clone().unwrap_or_else(|| db.clone());
+            let zone = follow_zone(store, &listen_db, &self.zone, self.ttl, self.fleet_interval)
                 .await
                 .with_context(|| format!("--db {}", ballast_telemetry::redact(&db)))?;
             let (udp, tcp) = ballast_dns::bind(self.listen).await?;

@@ -33,6 +33,10 @@ pub(crate) struct LbArgs {
     /// Managed mode: follow this configuration database (sqlite://PATH or postgres://…).
     #[arg(long, value_name = "URL", conflicts_with = "backend", required_unless_present_any = ["backend", "config"])]
     db: Option<String>,
+    /// Managed mode: a session connection to the same database for PostgreSQL's LISTEN, when --db goes
+    /// through a transaction-pooling PgBouncer (which cannot keep one) [default: --db].
+    #[arg(long, value_name = "URL", requires = "db")]
+    listen_db: Option<String>,
     /// Managed mode: this LB's name in the fleet; it heartbeats its addresses, pools and applied
     /// revision into the database every few seconds.
     #[arg(long, value_name = "NAME", requires = "db")]
@@ -217,7 +221,12 @@ impl LbArgs {
             }
         });
         let followed = feed
-            .block_on(follow_or_fall_back(url, options, fallback))
+            .block_on(follow_or_fall_back(
+                url,
+                self.listen_db.as_deref().unwrap_or(url),
+                options,
+                fallback,
+            ))
             .with_context(|| format!("--db {}", ballast_telemetry::redact(url)))?;
         let source = Source::Database {
             followed: followed.clone(),
