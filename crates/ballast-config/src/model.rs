@@ -297,10 +297,17 @@ impl Config {
                     .ok_or_else(|| out_of_step(format!("no pool `{pool}`")))?;
                 self.pools.remove(index);
             }
-            Write::SetAlgorithm { pool, algorithm } => {
+            Write::SetAlgorithm {
+                pool,
+                algorithm,
+                hash_key,
+            } => {
                 let index = pool_index(&self.pools, pool)
                     .ok_or_else(|| out_of_step(format!("no pool `{pool}`")))?;
                 self.pools[index].spec.algorithm = algorithm.clone();
+                if let Some(hash_key) = hash_key {
+                    self.pools[index].spec.hash_key.clone_from(hash_key);
+                }
             }
             Write::SetPolicy { pool, policy } => {
                 let index = pool_index(&self.pools, pool)
@@ -387,6 +394,10 @@ pub enum Write {
         /// The new algorithm.
         #[serde(flatten)]
         algorithm: AlgorithmSpec,
+        /// A new hash key (`client_ip`, `header:NAME`, `cookie:NAME` or `path`), part of the
+        /// pool's tuning like the algorithm; unset: the pool keeps its own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hash_key: Option<String>,
     },
     /// Replaces a pool's policy (retries, timeouts, health check) whole: fields left out fall
     /// back to the defaults.

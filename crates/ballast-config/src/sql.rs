@@ -356,9 +356,14 @@ async fn mutate(
         .bind(revision)
         .bind_policy(&spec.policy),
         Write::DeletePool { pool } => statement("DELETE FROM pools WHERE name = $1").bind(pool),
-        Write::SetAlgorithm { pool, algorithm } => statement(
+        Write::SetAlgorithm {
+            pool,
+            algorithm,
+            hash_key,
+        } => statement(
             "UPDATE pools SET algorithm = $1, table_size = $2, points_per_weight = $3, \
-             load_factor = $4, peak_ewma_ms = $5, revision = $6 WHERE name = $7",
+             load_factor = $4, peak_ewma_ms = $5, revision = $6, \
+             hash_key = COALESCE($7, hash_key) WHERE name = $8",
         )
         .bind(&algorithm.algorithm)
         .bind(algorithm.table_size.map(i64::from))
@@ -366,6 +371,7 @@ async fn mutate(
         .bind(algorithm.load_factor)
         .bind(algorithm.peak_ewma_ms.map(|ms| ms as i64))
         .bind(revision)
+        .bind(hash_key.as_deref())
         .bind(pool),
         Write::SetPolicy { pool, policy } => statement(AssertSqlSafe(format!(
             "UPDATE pools SET revision = $1, ({POLICY_COLUMNS}) = ({}) WHERE name = $2",

@@ -30,8 +30,15 @@ impl Invalid {
 pub fn check(write: &Write) -> Result<(), Invalid> {
     match write {
         Write::CreatePool(spec) => check_pool(spec),
-        Write::SetAlgorithm { pool, algorithm } => {
+        Write::SetAlgorithm {
+            pool,
+            algorithm,
+            hash_key,
+        } => {
             check_name(pool, "pool")?;
+            if let Some(hash_key) = hash_key {
+                check_hash_key(hash_key)?;
+            }
             check_algorithm(algorithm)
         }
         Write::DeletePool { pool } => check_name(pool, "pool"),

@@ -40,6 +40,7 @@ fn writes() -> Vec<Write> {
     writes.push(Write::SetAlgorithm {
         pool: "web".into(),
         algorithm: AlgorithmSpec::named("maglev"),
+        hash_key: Some("header:x-user".into()),
     });
     writes.push(Write::SetPolicy {
         pool: "web".into(),

@@ -42,6 +42,7 @@ async fn every_write_round_trips_and_is_logged(store: SqlStore) {
                 table_size: Some(65_537),
                 ..AlgorithmSpec::named("maglev")
             },
+            hash_key: None,
         },
         Write::SetWeight {
             pool: "web".into(),

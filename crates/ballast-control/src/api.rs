@@ -7,7 +7,7 @@
 //! | `GET /v1/revision` | `{"revision": N}` |
 //! | `GET /v1/pools`, `POST /v1/pools` | list pools with their backends; create one (`PoolSpec`) |
 //! | `GET`, `DELETE /v1/pools/{pool}` | one pool; delete it and its backends |
-//! | `PUT /v1/pools/{pool}/algorithm` | `{"algorithm": "maglev", "table_size": 65537}` |
+//! | `PUT /v1/pools/{pool}/algorithm` | `{"algorithm": "maglev", "table_size": 65537, "hash_key": "header:x-user"}` (`hash_key` optional) |
 //! | `PUT /v1/pools/{pool}/policy` | `{"retries": 1, "response_timeout_ms": 2000, "health_path": "/health"}` (replaces the whole policy) |
 //! | `GET`, `POST /v1/pools/{pool}/backends` | list; add `{"address": "IP:port", "weight": 1}` |
 //! | `DELETE /v1/pools/{pool}/backends/{address}` | remove a backend |
@@ -271,18 +271,32 @@ async fn delete_pool(State(api): State<Api>, Path(pool): Path<String>) -> Answer
     write(&api, Write::DeletePool { pool }, StatusCode::OK).await
 }
 
-#[utoipa::path(put, path = "/v1/pools/{pool}/algorithm", params(("pool" = String, Path, description = "The pool")), request_body = AlgorithmSpec, responses((status = 200, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 404, description = "No such pool")), security(("bearer" = [])))]
+/// A pool's new algorithm, its parameters and, if given, its new hash key.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewAlgorithm {
+    #[serde(flatten)]
+    algorithm: AlgorithmSpec,
+    /// `client_ip`, `header:NAME`, `cookie:NAME` or `path`; unset: the pool keeps its own.
+    #[serde(default)]
+    hash_key: Option<String>,
+}
+
+#[utoipa::path(put, path = "/v1/pools/{pool}/algorithm", params(("pool" = String, Path, description = "The pool")), request_body = NewAlgorithm, responses((status = 200, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 404, description = "No such pool")), security(("bearer" = [])))]
 async fn set_algorithm(
     State(api): State<Api>,
     Path(pool): Path<String>,
-    Body(algorithm): Body<AlgorithmSpec>,
+    Body(NewAlgorithm {
+        algorithm,
+        hash_key,
+    }): Body<NewAlgorithm>,
 ) -> Answer {
-    write(
-        &api,
-        Write::SetAlgorithm { pool, algorithm },
-        StatusCode::OK,
-    )
-    .await
+    let set = Write::SetAlgorithm {
+        pool,
+        algorithm,
+        hash_key,
+    };
+    write(&api, set, StatusCode::OK).await
 }
 
 #[utoipa::path(put, path = "/v1/pools/{pool}/policy", params(("pool" = String, Path, description = "The pool")), request_body = PoolPolicy, responses((status = 200, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 404, description = "No such pool")), security(("bearer" = [])))]

@@ -46,6 +46,7 @@ use crate::api;
         ballast_config::Change,
         ballast_config::LbServer,
         ballast_config::LbState,
+        api::NewAlgorithm,
         api::NewBackend,
         api::Weight,
         api::NewState,
@@ -137,7 +138,7 @@ fn constrain_schemas(schemas: &mut Map<String, Value>) {
 
 /// The grammar of a pool's own fields, wherever they appear once merged.
 fn constrain_pool_fields(schemas: &mut Map<String, Value>) {
-    for schema in ["PoolSpec", "Pool"] {
+    for schema in ["PoolSpec", "Pool", "NewAlgorithm"] {
         for (field, pattern) in [("name", NAME_PATTERN), ("hash_key", HASH_KEY_PATTERN)] {
             if let Some(property) = schemas
                 .get_mut(schema)

@@ -153,7 +153,16 @@ fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::
         }
     }
 
-    let changed = cli.revision(&["pool", "set-algorithm", "web", "--algorithm", "maglev"]);
+    // The hash key is tuned live with the algorithm.
+    let changed = cli.revision(&[
+        "pool",
+        "set-algorithm",
+        "web",
+        "--algorithm",
+        "maglev",
+        "--hash-key",
+        "header:x-user",
+    ]);
     applied_everywhere(changed);
     let policy = cli.revision(&[
         "pool",
@@ -171,8 +180,21 @@ fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::
     assert!(
         listing
             .lines()
-            .any(|l| l.starts_with("web") && l.contains("maglev")),
+            .any(|l| l.starts_with("web") && l.contains("maglev") && l.contains("header:x-user")),
         "{listing}"
+    );
+    let refused = cli.run(&[
+        "pool",
+        "set-algorithm",
+        "web",
+        "--algorithm",
+        "maglev",
+        "--hash-key",
+        "body",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("hash_key: `body`"),
+        "{refused:?}"
     );
     let backends = cli.ok(&["backend", "list", "web"]);
     assert!(backends.contains("draining"), "{backends}");

@@ -58,6 +58,7 @@ fn a_managed_lb_applies_each_change_while_serving() {
     let revision = apply(Write::SetAlgorithm {
         pool: "web".into(),
         algorithm: AlgorithmSpec::named("least_request"),
+        hash_key: None,
     });
     eventually(
         Duration::from_secs(10),

@@ -55,12 +55,16 @@ enum PoolAction {
         #[command(flatten)]
         policy: PolicyArgs,
     },
-    /// Change a pool's algorithm (and its parameters).
+    /// Change a pool's algorithm (and its parameters), and its hash key with --hash-key.
     SetAlgorithm {
         /// The pool.
         name: String,
         #[command(flatten)]
         algorithm: AlgorithmArgs,
+        /// What hash-based algorithms hash: client_ip, header:NAME, cookie:NAME or path
+        /// [default: the pool's own].
+        #[arg(long, value_name = "SOURCE")]
+        hash_key: Option<String>,
     },
 }
 
@@ -192,11 +196,21 @@ impl PoolCommand {
                     Some(spec),
                 )?
             }
-            PoolAction::SetAlgorithm { name, algorithm } => control.call(
-                Method::PUT,
-                &format!("/v1/pools/{}/algorithm", segment(name)),
-                Some(algorithm_json(algorithm)),
-            )?,
+            PoolAction::SetAlgorithm {
+                name,
+                algorithm,
+                hash_key,
+            } => {
+                let mut spec = algorithm_json(algorithm);
+                if let Some(hash_key) = hash_key {
+                    spec["hash_key"] = json!(hash_key);
+                }
+                control.call(
+                    Method::PUT,
+                    &format!("/v1/pools/{}/algorithm", segment(name)),
+                    Some(spec),
+                )?
+            }
         };
         let mut out = std::io::stdout().lock();
         if control.json {
