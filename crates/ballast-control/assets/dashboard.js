@@ -168,12 +168,25 @@ function renderLeadership(leader) {
   ]));
 }
 
+// A write as `field=value …`, its numbers as people read them (phi 0.00, not 3.9e-8).
+function describeWrite(value) {
+  const shown = (v) => {
+    if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toFixed(2);
+    if (v !== null && typeof v === "object") return JSON.stringify(v);
+    return String(v);
+  };
+  return Object.entries(value || {})
+    .filter(([key, v]) => key !== "op" && v !== null && v !== undefined)
+    .map(([key, v]) => `${key}=${shown(v)}`)
+    .join(" ");
+}
+
 function renderChanges(changes) {
   const rows = changes.map((c) => el("tr", {},
     el("td", { class: "num" }, c.revision),
     el("td", {}, new Date(c.at_ms).toLocaleTimeString()),
     el("td", {}, c.operation),
-    el("td", {}, el("code", {}, JSON.stringify(c.value)))));
+    el("td", {}, el("code", {}, describeWrite(c.value)))));
   document.getElementById("changes").replaceChildren(table(["revision", "at", "operation", "write"], rows));
 }
 

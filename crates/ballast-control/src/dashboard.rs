@@ -65,6 +65,21 @@ pub(crate) struct Traffic {
     previous: Mutex<Option<(Instant, HashMap<BackendKey, f64>)>>,
 }
 
+/// The longest a previous read stays the start of a rate (the dashboard polls every second or
+/// two while it is open).
+const RATE_WINDOW_MAX: Duration = Duration::from_secs(5);
+
+/// The window a rate is taken over when there is no recent read to start from.
+const RATE_WINDOW_MIN: Duration = Duration::from_secs(1);
+
+/// Requests so far per backend.
+fn totals(traffic: &HashMap<BackendKey, BackendTraffic>) -> HashMap<BackendKey, f64> {
+    traffic
+        .iter()
+        .map(|(k, t)| (k.clone(), t.requests))
+        .collect()
+}
+
 /// A backend as the LBs label it: pool and address.
 type BackendKey = (String, String);
 
@@ -83,8 +98,45 @@ impl Traffic {
         }
     }
 
-    /// In-flight requests and requests/s per backend, summed over `lbs`.
+    /// In-flight requests and requests/s per backend, summed over `lbs`. The rate is taken over
+    /// the time since the previous read when that is recent; otherwise (the first read, or a
+    /// dashboard opened again after a while) over a fresh second, as the fleet scraper takes its
+    /// own over its interval: a rate over the minutes nobody looked would be diluted.
     async fn read(&self, lbs: &[LbServer]) -> HashMap<BackendKey, (f64, f64)> {
+        let previous = self
+            .previous
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .filter(|(then, _)| then.elapsed() <= RATE_WINDOW_MAX);
+        let previous = match previous {
+            Some(previous) => previous,
+            None => {
+                let (at, traffic) = self.sample(lbs).await;
+                tokio::time::sleep(RATE_WINDOW_MIN).await;
+                (at, totals(&traffic))
+            }
+        };
+        let (at, now) = self.sample(lbs).await;
+        *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = Some((at, totals(&now)));
+        let (then, before) = previous;
+        let seconds = at.duration_since(then).as_secs_f64();
+        now.into_iter()
+            .map(|(key, traffic)| {
+                let rate = before
+                    .get(&key)
+                    .filter(|_| seconds > 0.05)
+                    // An LB that restarted counts from zero again: no negative rate.
+                    .map_or(0.0, |before| {
+                        ((traffic.requests - before) / seconds).max(0.0)
+                    });
+                (key, (traffic.in_flight, rate))
+            })
+            .collect()
+    }
+
+    /// Every live LB's figures per backend, summed, and when they were read.
+    async fn sample(&self, lbs: &[LbServer]) -> (Instant, HashMap<BackendKey, BackendTraffic>) {
         let pages = join_all(
             lbs.iter()
                 .filter(|lb| lb.is_live())
@@ -100,28 +152,7 @@ impl Traffic {
                 sum.requests += traffic.requests;
             }
         }
-        let at = Instant::now();
-        let totals: HashMap<BackendKey, f64> =
-            now.iter().map(|(k, t)| (k.clone(), t.requests)).collect();
-        let previous = self
-            .previous
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace((at, totals));
-        now.into_iter()
-            .map(|(key, traffic)| {
-                let rate = previous
-                    .as_ref()
-                    .and_then(|(then, totals)| {
-                        let seconds = at.duration_since(*then).as_secs_f64();
-                        let before = totals.get(&key)?;
-                        // An LB that restarted counts from zero again: no negative rate.
-                        (seconds > 0.05).then(|| ((traffic.requests - before) / seconds).max(0.0))
-                    })
-                    .unwrap_or(0.0);
-                (key, (traffic.in_flight, rate))
-            })
-            .collect()
+        (Instant::now(), now)
     }
 
     async fn scrape(&self, admin: SocketAddr) -> Option<String> {

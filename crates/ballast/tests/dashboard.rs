@@ -264,6 +264,28 @@ fn the_dashboard_shows_a_backend_drained_through_the_api_without_a_reload() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // Numbers in the change log as people read them, not as JSON writes them.
+    assert_eq!(
+        page.evaluate(
+            "describeWrite({op: 'set_health', pool: 'shop', phi: 3.9e-8, reason: 'ok', weight: 2})"
+        ),
+        "pool=shop phi=0.00 reason=ok weight=2"
+    );
+    // A long step-down reason wraps in its box; the page stays as wide as the window.
+    page.evaluate(
+        "renderLeadership({identity: 'control-1', leading: false, election: 'redis', \
+         token: null, last_step_down: 'lost the lease: '.repeat(150)})",
+    );
+    let width = page.evaluate(
+        "String(document.documentElement.scrollWidth <= window.innerWidth) + ' ' + \
+         document.documentElement.scrollWidth",
+    );
+    assert!(
+        width.as_str().is_some_and(|w| w.starts_with("true")),
+        "the page overflows its window: {width}"
+    );
+    page.evaluate("poll()");
+
     let shot = page.call("Page.captureScreenshot", json!({"format": "png"}));
     let png = base64::engine::general_purpose::STANDARD
         .decode(shot["data"].as_str().expect("screenshot data"))
