@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use ballast_config::{AlgorithmSpec, ConfigStore, PoolSpec, SqlStore, Write};
 use support::{Process, echo, resolver};
 
-fn lb(url: &str, name: &str, ip: &str) -> Process {
+/// A managed LB named `name` serving `pool` on `ip`.
+fn lb(url: &str, pool: &str, name: &str, ip: &str) -> Process {
     Process::start(
         &[
             "lb",
@@ -20,7 +21,7 @@ fn lb(url: &str, name: &str, ip: &str) -> Process {
             "--name",
             name,
             "--pool",
-            "web",
+            pool,
             "--listen",
             &format!("{ip}:0"),
             "--admin",
@@ -30,6 +31,27 @@ fn lb(url: &str, name: &str, ip: &str) -> Process {
         ],
         2,
     )
+}
+
+/// A round-robin pool `pool` served under `dns_name`, with `backend`.
+async fn named_pool(store: &SqlStore, pool: &str, dns_name: &str, backend: std::net::SocketAddr) {
+    let writes = [
+        Write::CreatePool(PoolSpec {
+            name: pool.into(),
+            algorithm: AlgorithmSpec::named("round_robin"),
+            hash_key: "client_ip".into(),
+            dns_name: Some(dns_name.into()),
+            policy: Default::default(),
+        }),
+        Write::AddBackend {
+            pool: pool.into(),
+            address: backend.to_string(),
+            weight: 1,
+        },
+    ];
+    for write in writes {
+        store.apply(write).await.expect("write");
+    }
 }
 
 #[test]
@@ -44,37 +66,10 @@ fn the_pool_name_resolves_to_its_live_lbs_and_follows_the_fleet() {
         .expect("runtime");
     let store = runtime.block_on(SqlStore::connect(&url)).expect("store");
     let (_b1, b1) = echo("b1", &[]);
-    for write in [
-        Write::CreatePool(PoolSpec {
-            name: "web".into(),
-            algorithm: AlgorithmSpec::named("round_robin"),
-            hash_key: "client_ip".into(),
-            dns_name: Some("lb.web.ballast.local".into()),
-            policy: Default::default(),
-        }),
-        Write::AddBackend {
-            pool: "web".into(),
-            address: b1.to_string(),
-            weight: 1,
-        },
-    ] {
-        runtime.block_on(store.apply(write)).expect("write");
-    }
-    let dns = Process::start(
-        &[
-            "dns",
-            "--db",
-            &url,
-            "--listen",
-            "127.0.0.1:0",
-            "--zone",
-            "ballast.local",
-            "--fleet-interval",
-            "100ms",
-            "--admin",
-            "127.0.0.1:0",
-        ],
-        2,
+    runtime.block_on(named_pool(&store, "web", "lb.web.ballast.local", b1));
+    let dns = support::dns(
+        &url,
+        &["--fleet-interval", "100ms", "--admin", "127.0.0.1:0"],
     );
     let resolver = resolver(dns.listen_addr(0));
     let answer = || -> BTreeSet<IpAddr> {
@@ -92,15 +87,15 @@ fn the_pool_name_resolves_to_its_live_lbs_and_follows_the_fleet() {
         eprintln!("{what}: {:?}", started.elapsed());
     };
 
-    let mut a = lb(&url, "lb-a", "127.0.0.21");
-    let _b = lb(&url, "lb-b", "127.0.0.22");
+    let mut a = lb(&url, "web", "lb-a", "127.0.0.21");
+    let _b = lb(&url, "web", "lb-b", "127.0.0.22");
     until(ips(&["127.0.0.21", "127.0.0.22"]), "both LBs in the answer");
 
     a.terminate();
     assert!(a.wait(Duration::from_secs(10)).success());
     until(ips(&["127.0.0.22"]), "the drained LB gone from the answer");
 
-    let _c = lb(&url, "lb-c", "127.0.0.23");
+    let _c = lb(&url, "web", "lb-c", "127.0.0.23");
     until(
         ips(&["127.0.0.22", "127.0.0.23"]),
         "the new LB in the answer",
@@ -264,44 +259,9 @@ fn a_strict_resolver_resolves_every_pool_name_and_follows_the_fleet() {
         .expect("runtime");
     let store = runtime.block_on(SqlStore::connect(&url)).expect("store");
     let (_b1, b1) = echo("b1", &[]);
-    for (pool, name) in [
-        ("web", "lb.web.ballast.local"),
-        ("api", "api.ballast.local"),
-    ] {
-        let writes = [
-            Write::CreatePool(PoolSpec {
-                name: pool.into(),
-                algorithm: AlgorithmSpec::named("round_robin"),
-                hash_key: "client_ip".into(),
-                dns_name: Some(name.into()),
-                policy: Default::default(),
-            }),
-            Write::AddBackend {
-                pool: pool.into(),
-                address: b1.to_string(),
-                weight: 1,
-            },
-        ];
-        for write in writes {
-            runtime.block_on(store.apply(write)).expect("write");
-        }
-    }
-    let dns = Process::start(
-        &[
-            "dns",
-            "--db",
-            &url,
-            "--listen",
-            "127.0.0.1:0",
-            "--zone",
-            "ballast.local",
-            "--ttl",
-            "1",
-            "--fleet-interval",
-            "100ms",
-        ],
-        1,
-    );
+    runtime.block_on(named_pool(&store, "web", "lb.web.ballast.local", b1));
+    runtime.block_on(named_pool(&store, "api", "api.ballast.local", b1));
+    let dns = support::dns(&url, &["--ttl", "1", "--fleet-interval", "100ms"]);
     let unbound = Unbound::start("ballast.local", dns.listen_addr(0));
     let resolver = resolver(unbound.address);
     let answer = |name: &str| -> BTreeSet<IpAddr> {
@@ -314,29 +274,9 @@ fn a_strict_resolver_resolves_every_pool_name_and_follows_the_fleet() {
         list.iter().map(|ip| ip.parse().expect("ip")).collect()
     };
 
-    let lb_in = |pool: &str, name: &str, ip: &str| {
-        Process::start(
-            &[
-                "lb",
-                "--db",
-                &url,
-                "--name",
-                name,
-                "--pool",
-                pool,
-                "--listen",
-                &format!("{ip}:0"),
-                "--admin",
-                "127.0.0.1:0",
-                "--workers",
-                "1",
-            ],
-            2,
-        )
-    };
-    let mut a = lb_in("web", "lb-a", "127.0.0.31");
-    let _b = lb_in("web", "lb-b", "127.0.0.32");
-    let _c = lb_in("api", "lb-c", "127.0.0.33");
+    let mut a = lb(&url, "web", "lb-a", "127.0.0.31");
+    let _b = lb(&url, "web", "lb-b", "127.0.0.32");
+    let _c = lb(&url, "api", "lb-c", "127.0.0.33");
     // Strict QNAME minimisation asks `ballast.local`, `web.ballast.local` (an empty
     // non-terminal: NODATA, not NXDOMAIN) and only then the pool name.
     support::eventually(Duration::from_secs(20), "web through unbound", || {

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-use support::{Process, echo, get};
+use support::{echo, get};
 
 const TOKEN: &str = "metrics-format-test-token-0123456789";
 
@@ -109,20 +109,7 @@ fn every_metrics_page_passes_promtool_and_follows_accept() {
         assert_eq!(get(lb.listen_addr(0), "/", &[]).status, 200);
     }
     let control = support::control(&url, &dir, TOKEN, &[]);
-    let dns = Process::start(
-        &[
-            "dns",
-            "--db",
-            &url,
-            "--listen",
-            "127.0.0.1:0",
-            "--zone",
-            "ballast.local",
-            "--admin",
-            "127.0.0.1:0",
-        ],
-        2,
-    );
+    let dns = support::dns(&url, &["--admin", "127.0.0.1:0"]);
 
     check("lb", lb.admin_addr());
     check("control", control.listen_addr(0));

@@ -28,14 +28,20 @@ fn revision_of(admin: SocketAddr) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn lbs_control_and_dns_work_through_a_transaction_pooling_pgbouncer() {
+/// A runtime, a bouncer, and a new database's URL straight to PostgreSQL and through it.
+fn bounced() -> (tokio::runtime::Runtime, Bouncer, String, String) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let direct = runtime.block_on(ballast_testkit::postgres::database());
-    let (_bouncer, pooled) = Bouncer::in_front_of(&direct);
+    let (bouncer, pooled) = Bouncer::in_front_of(&direct);
+    (runtime, bouncer, direct, pooled)
+}
+
+#[test]
+fn lbs_control_and_dns_work_through_a_transaction_pooling_pgbouncer() {
+    let (runtime, _bouncer, direct, pooled) = bounced();
     // The schema and the pool, written through the bouncer.
     let store = runtime
         .block_on(SqlStore::connect(&pooled))
@@ -64,18 +70,7 @@ fn lbs_control_and_dns_work_through_a_transaction_pooling_pgbouncer() {
             )
         })
         .collect();
-    let _dns = Process::start(
-        &[
-            "dns",
-            "--db",
-            &pooled,
-            "--listen-db",
-            &direct,
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        1,
-    );
+    let _dns = support::dns(&pooled, &["--listen-db", &direct]);
 
     // Several changes, each pushed to every LB, with clients sharing two server connections.
     let control_addr = control.listen_addr(0);
@@ -122,12 +117,7 @@ fn lbs_control_and_dns_work_through_a_transaction_pooling_pgbouncer() {
 
 #[test]
 fn an_lb_whose_listen_goes_through_the_pooler_says_push_is_silent_and_pulls() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let direct = runtime.block_on(ballast_testkit::postgres::database());
-    let (_bouncer, pooled) = Bouncer::in_front_of(&direct);
+    let (runtime, _bouncer, _, pooled) = bounced();
     let store = runtime
         .block_on(SqlStore::connect(&pooled))
         .expect("a store through pgbouncer");

@@ -240,6 +240,23 @@ pub fn managed_lb(url: &str, pool: &str, extra: &[&str]) -> Process {
     Process::start(&args, listeners + 1)
 }
 
+/// `ballast dns` for zone `ballast.local` on database `url`, on a free port; `extra` flags
+/// follow (`--admin ADDR` adds its ready line).
+pub fn dns(url: &str, extra: &[&str]) -> Process {
+    let mut args = vec![
+        "dns",
+        "--db",
+        url,
+        "--listen",
+        "127.0.0.1:0",
+        "--zone",
+        "ballast.local",
+    ];
+    args.extend_from_slice(extra);
+    let lines = 1 + usize::from(extra.contains(&"--admin"));
+    Process::start(&args, lines)
+}
+
 /// A free loopback port nobody listens on (bound, then released).
 pub fn unused_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
