@@ -1,17 +1,13 @@
 //! Ballast behind PgBouncer in transaction pooling mode, as many PostgreSQL deployments run:
 //! a real `pgbouncer` (Debian's) with a small server pool in front of a private PostgreSQL.
 //!
-//! Before: `ballast lb|control|dns --db postgres://<pgbouncer>` exited with `prepared statement
+//! Before: `ballast lb|control|dns --db postgres://<pgbouncer>` failed with `prepared statement
 //! "sqlx_s_1" already exists` (named statements outlive a transaction on a server connection
-//! the next client gets), and with the cache LBs never heard a push (LISTEN needs a session
-//! connection) without saying so.
+//! the next client gets), and LISTEN through the pool heard no push.
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use ballast_config::SqlStore;
@@ -115,85 +111,33 @@ fn lbs_control_and_dns_work_through_a_transaction_pooling_pgbouncer() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Without `--listen-db`, LISTEN goes through the pool, where it is not kept (the LB logs that
+/// push does not arrive when its checks catch it: whether they do depends on which server
+/// connection the pool hands out when, so it is not asserted here): every change still arrives,
+/// by pull.
 #[test]
-fn an_lb_whose_listen_goes_through_the_pooler_says_push_is_silent_and_pulls() {
+fn an_lb_without_a_session_connection_for_listen_stays_current_by_pull() {
     let (runtime, _bouncer, _, pooled) = bounced();
     let store = runtime
         .block_on(SqlStore::connect(&pooled))
         .expect("a store through pgbouncer");
     let (_b1, b1) = echo("b1", &[]);
     support::create_pool(&runtime, &store, "web", &[b1]);
-
-    let mut lb = Command::new(env!("CARGO_BIN_EXE_ballast"))
-        .args(["lb", "--db", &pooled, "--name", "lb-1", "--pool", "web"])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-        ])
-        .args(["--pull-interval", "1s"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ballast lb starts");
-    let (tx, said) = mpsc::channel();
-    for stream in [
-        Box::new(lb.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-        Box::new(lb.stderr.take().expect("stderr")),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
+    let lb = support::managed_lb(&pooled, "web", &["--name", "lb-1", "--pull-interval", "1s"]);
+    for weight in [3, 1, 2] {
+        let revision = runtime
+            .block_on(ballast_config::ConfigStore::apply(
+                &store,
+                ballast_config::Write::SetWeight {
+                    pool: "web".into(),
+                    address: b1.to_string(),
+                    weight,
+                },
+            ))
+            .expect("a write through pgbouncer");
+        eventually(Duration::from_secs(20), "the LB applies it", || {
+            revision_of(lb.admin_addr()) >= revision
         });
     }
-    let mut lines = Vec::new();
-    let mut wait_for = |text: &str| -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match said.recv_timeout(left) {
-                Ok(line) => {
-                    lines.push(line.clone());
-                    if line.contains(text) {
-                        return line;
-                    }
-                }
-                Err(_) => {
-                    support::stop_group(&mut lb, Duration::from_secs(5));
-                    panic!("no line with `{text}`; said {lines:#?}");
-                }
-            }
-        }
-    };
-    let admin: SocketAddr = wait_for("admin ")
-        .trim_start_matches("admin ")
-        .parse()
-        .expect("admin address");
-    let warning = wait_for("pushed changes do not arrive");
-    assert!(warning.contains("--listen-db"), "{warning}");
-
-    // Pull keeps it current all the same.
-    let revision = runtime
-        .block_on(ballast_config::ConfigStore::apply(
-            &store,
-            ballast_config::Write::SetWeight {
-                pool: "web".into(),
-                address: b1.to_string(),
-                weight: 3,
-            },
-        ))
-        .expect("a write through pgbouncer");
-    eventually(Duration::from_secs(20), "the LB applies it by pull", || {
-        revision_of(admin) >= revision
-    });
-    support::stop_group(&mut lb, Duration::from_secs(10));
+    assert_eq!(backend_of(&get(lb.listen_addr(0), "/", &[])), "b1");
 }
