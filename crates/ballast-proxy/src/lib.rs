@@ -36,10 +36,11 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod attempt;
 pub mod echo;
 mod h1;
 mod headers;
-mod http;
+mod hyper_path;
 mod key;
 mod managed;
 pub mod metrics;
@@ -60,5 +61,6 @@ mod watchdog;
 #[doc(hidden)]
 pub use h1::fuzzing;
 pub use key::HashKey;
+pub use managed::Managed;
 pub use server::{Bound, ServerError, Source, run};
 pub use settings::Settings;

@@ -1,19 +1,188 @@
 //! Managed mode: the LB server's pools come from the configuration database. A follower (see
 //! `ballast_config::follow`) publishes each revision; this module turns it into the proxy's pools
 //! and swaps a new snapshot in, off the request path. While the database is unreachable the last
-//! configuration stays in force, and the metrics say for how long.
+//! configuration stays in force (from memory, or from the cache file after a restart), and the
+//! metrics say for how long. A named LB also heartbeats into the fleet table, so the
+//! orchestrator and DNS know it serves, drains, or has stopped.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ballast_balance::Algorithm;
-use ballast_config::{Config, Followed};
+use ballast_config::{
+    Config, ConfigStore, FollowOptions, Followed, LbServer, LbState, SqlStore,
+    follow_or_fall_back,
+};
 use tokio::sync::watch;
 
 use crate::key::HashKey;
-use crate::settings::{BackendAddress, Pool, PoolOverrides};
+use crate::server::{Bound, ServerError};
+use crate::settings::{BackendAddress, Pool, PoolOverrides, Settings};
 use crate::state::Shared;
+
+/// How a managed LB follows the configuration database.
+#[derive(Debug, Clone)]
+pub struct Managed {
+    /// The database (`sqlite://PATH` or `postgres://…`).
+    pub db: String,
+    /// A session connection for PostgreSQL's `LISTEN` when `db` goes through a
+    /// transaction-pooling PgBouncer; `db` itself otherwise.
+    pub listen_db: Option<String>,
+    /// Its name in the fleet table; without one it does not heartbeat.
+    pub name: Option<String>,
+    /// Where each applied configuration is saved, and read at start when the database cannot be
+    /// reached.
+    pub cache: Option<PathBuf>,
+    /// Push, pull, and how often.
+    pub follow: FollowOptions,
+}
+
+/// Runs a managed LB: follows the database (or starts from the cache), serves until SIGTERM or
+/// SIGINT has drained it, heartbeating throughout when named.
+pub(crate) fn run(
+    settings: Settings,
+    managed: Managed,
+    on_bound: impl FnOnce(&Bound),
+) -> Result<(), ServerError> {
+    // The follower gets a small runtime of its own, beside the proxy's workers.
+    let feed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("ballast-config-feed")
+        .enable_all()
+        .build()
+        .map_err(ServerError::Runtime)?;
+    let fallback = managed.cache.as_deref().and_then(|path| match Config::load(path) {
+        Ok(config) => Some(config),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "configuration cache unreadable");
+            None
+        }
+    });
+    let listen_url = managed.listen_db.as_deref().unwrap_or(&managed.db);
+    let followed = feed
+        .block_on(follow_or_fall_back(&managed.db, listen_url, managed.follow, fallback))
+        .map_err(|source| ServerError::Database {
+            url: ballast_telemetry::redact(&managed.db).into_owned(),
+            source,
+        })?;
+    let following = Following {
+        followed: followed.clone(),
+        cache: managed.cache,
+    };
+    let Some(name) = managed.name else {
+        return crate::server::serve(settings, Some(following), on_bound);
+    };
+    let (bound_tx, bound_rx) = watch::channel(None);
+    let heartbeat = Heartbeat {
+        url: managed.db,
+        name,
+        pools: settings.listeners.iter().map(|l| l.pool.clone()).collect(),
+    };
+    let beating = feed.spawn(heartbeat.clone().run(bound_rx.clone(), followed.clone()));
+    let served = crate::server::serve(settings, Some(following), |bound| {
+        on_bound(bound);
+        let _ = bound_tx.send(Some(bound.clone()));
+    });
+    beating.abort();
+    let stopped = bound_rx.borrow().clone();
+    if let Some(bound) = stopped {
+        let revision = followed.borrow().config.revision;
+        feed.block_on(heartbeat.send(&mut None, &bound, revision, LbState::Stopped));
+    }
+    served
+}
+
+/// What the server follows in managed mode.
+#[derive(Debug)]
+pub(crate) struct Following {
+    pub followed: watch::Receiver<Followed>,
+    pub cache: Option<PathBuf>,
+}
+
+/// A managed LB's heartbeat into the fleet table.
+#[derive(Debug, Clone)]
+struct Heartbeat {
+    url: String,
+    name: String,
+    pools: Vec<String>,
+}
+
+impl Heartbeat {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    /// Beats every few seconds and on every applied revision once the listeners are bound, and
+    /// at once when the drain starts (then as `draining`, until the caller reports `stopped`).
+    async fn run(
+        self,
+        mut bound: watch::Receiver<Option<Bound>>,
+        mut followed: watch::Receiver<Followed>,
+    ) {
+        let Ok(bound) = bound.wait_for(Option::is_some).await.map(|b| b.clone()) else {
+            return;
+        };
+        let Some(bound) = bound else { return };
+        let mut stopping = bound.stopping.clone();
+        let mut store = None;
+        loop {
+            let revision = followed.borrow_and_update().config.revision;
+            let state = if *stopping.borrow_and_update() {
+                LbState::Draining
+            } else {
+                LbState::Serving
+            };
+            self.send(&mut store, &bound, revision, state).await;
+            tokio::select! {
+                () = tokio::time::sleep(Self::EVERY) => {}
+                changed = followed.changed() => if changed.is_err() { return },
+                // Once the drain has begun this keeps answering at once: stop watching it.
+                changed = stopping.changed(), if state == LbState::Serving => {
+                    if changed.is_err() { return }
+                }
+            }
+        }
+    }
+
+    /// Records one heartbeat, connecting `store` first if it is not connected yet.
+    async fn send(
+        &self,
+        store: &mut Option<SqlStore>,
+        bound: &Bound,
+        revision: u64,
+        state: LbState,
+    ) {
+        let server = LbServer {
+            name: self.name.clone(),
+            addresses: bound
+                .listeners
+                .iter()
+                .map(|(a, _, _)| a.to_string())
+                .collect(),
+            pools: self.pools.clone(),
+            admin: bound.admin.map(|a| a.to_string()),
+            applied_revision: revision,
+            state,
+            last_heartbeat_ms: 0,
+            figures: None,
+            liveness: Default::default(),
+            liveness_reason: None,
+        };
+        let sent = async {
+            if store.is_none() {
+                *store = Some(SqlStore::connect(&self.url).await?);
+            }
+            match store {
+                Some(store) => store.heartbeat(&server).await,
+                None => Ok(()),
+            }
+        }
+        .await;
+        if let Err(error) = sent {
+            tracing::debug!(%error, "heartbeat not recorded");
+        }
+    }
+}
 
 /// The proxy's pools for a configuration. A pool or backend that the proxy cannot use (which the
 /// store's validation should have prevented) is left out with a warning rather than stopping the
@@ -63,11 +232,11 @@ pub(crate) fn pools(config: &Config) -> Vec<Pool> {
 }
 
 /// Applies every revision the follower publishes until it stops, saving each to `cache`.
-pub(crate) async fn apply_revisions(
-    shared: Arc<Shared>,
-    mut followed: watch::Receiver<Followed>,
-    cache: Option<PathBuf>,
-) {
+pub(crate) async fn apply_revisions(shared: Arc<Shared>, following: Following) {
+    let Following {
+        mut followed,
+        cache,
+    } = following;
     let mut saved = None;
     loop {
         let current = followed.borrow_and_update().clone();

@@ -24,7 +24,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::http::{self, ClientContext};
+use crate::attempt::ClientContext;
+use crate::hyper_path;
+use crate::managed::Following;
 use crate::metrics::ErrorKind;
 use crate::prefixed::Prefixed;
 use crate::settings::{Mode, Settings, SettingsError};
@@ -60,6 +62,15 @@ pub enum ServerError {
     /// A picker could not be built.
     #[error(transparent)]
     Picker(#[from] ballast_balance::BuildError),
+    /// Managed mode: the database could not be followed and no cached configuration was
+    /// there to start from.
+    #[error("--db {url}: {source}")]
+    Database {
+        /// The database's URL, its password removed.
+        url: String,
+        /// Why.
+        source: ballast_config::StoreError,
+    },
 }
 
 /// Where the server listens, once every socket is bound.
@@ -88,14 +99,8 @@ struct WorkerListener {
 pub enum Source {
     /// The settings' own pools, for the life of the server.
     Static,
-    /// The configuration database, through a follower: each revision replaces the pools.
-    Database {
-        /// What the follower publishes.
-        followed: watch::Receiver<ballast_config::Followed>,
-        /// Where each applied configuration is saved, so that a restart while the database is
-        /// down still serves.
-        cache: Option<std::path::PathBuf>,
-    },
+    /// The configuration database: each revision replaces the pools.
+    Managed(crate::managed::Managed),
 }
 
 /// Runs the server until SIGTERM or SIGINT has drained it. `on_bound` is called once every
@@ -105,10 +110,22 @@ pub fn run(
     source: Source,
     on_bound: impl FnOnce(&Bound),
 ) -> Result<(), ServerError> {
+    match source {
+        Source::Static => serve(settings, None, on_bound),
+        Source::Managed(managed) => crate::managed::run(settings, managed, on_bound),
+    }
+}
+
+/// [`run`], with the follower already started in managed mode.
+pub(crate) fn serve(
+    settings: Settings,
+    following: Option<Following>,
+    on_bound: impl FnOnce(&Bound),
+) -> Result<(), ServerError> {
     settings.validate()?;
     let shared = Arc::new(Shared::new(settings)?);
-    if let Source::Database { followed, .. } = &source {
-        crate::managed::install(&shared, &followed.borrow().config);
+    if let Some(following) = &following {
+        crate::managed::install(&shared, &following.followed.borrow().config);
     }
     let settings = &shared.settings;
 
@@ -189,9 +206,9 @@ pub fn run(
     runtime.block_on(async {
         let (mut term, mut int) = signals;
         tokio::spawn(maintain_snapshot(Arc::clone(&shared), shutdown_rx.clone()));
-        if let Source::Database { followed, cache } = source {
+        if let Some(following) = following {
             let shared = Arc::clone(&shared);
-            tokio::spawn(crate::managed::apply_revisions(shared, followed, cache));
+            tokio::spawn(crate::managed::apply_revisions(shared, following));
         }
         if let Some(socket) = admin {
             match TcpListener::from_std(socket) {
@@ -391,7 +408,7 @@ async fn serve_http<S>(
         let context = Arc::clone(&context);
         let request_in_service = in_service.begin();
         async move {
-            let response = http::handle(context, request).await;
+            let response = hyper_path::handle(context, request).await;
             drop(request_in_service);
             response
         }

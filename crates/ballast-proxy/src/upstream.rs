@@ -1,71 +1,94 @@
-//! Connections to backends: each worker thread keeps its own cache of idle HTTP/1.1 keep-alive
+//! Connections to backends: each worker thread keeps its own cache of idle keep-alive
 //! connections per backend, so taking and returning one is a plain `Vec` push and pop with no
 //! lock and no sharing between workers (nginx's shape: one upstream keep-alive cache per worker).
 //!
 //! The cache is thread-local because each worker is a single-threaded runtime: a task never
 //! leaves the thread it started on, so the connection it returns goes back to its own worker.
+//! One [`IdleCache`] serves every kind of connection ([`Upstream`]): the fast path's raw
+//! sockets and hyper's HTTP/1.1 client connections.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// What a request to a backend carries: the client's body as it streams in, or nothing (for
-/// requests that may be replayed on another backend).
-pub(crate) type UpstreamBody = Either<Incoming, Empty<Bytes>>;
-
-/// A ready-to-use HTTP/1.1 connection to a backend.
-pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
-
 /// At most this many idle connections per backend per worker.
 const MAX_IDLE_PER_BACKEND: usize = 256;
 
-struct Idle {
-    sender: Sender,
-    since: Instant,
+/// What is waiting on an idle connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    Nothing,
+    /// The backend closed it (or it failed).
+    Closed,
+    /// Bytes nobody asked for.
+    Bytes,
+}
+
+/// A kind of backend connection that can wait in the worker's cache between requests.
+pub(crate) trait Upstream: Sized + 'static {
+    /// This worker's cache of idle connections of this kind.
+    fn cache() -> &'static LocalKey<RefCell<IdleCache<Self>>>;
+    /// Opens a new connection to `address`.
+    fn connect(
+        address: SocketAddr,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Self, ConnectError>>;
+    /// Checked on the way out of the cache and by the sweep.
+    fn waiting(&self) -> Waiting;
+    /// Whether its last exchange left it fit for another.
+    fn reusable(&self) -> bool;
+}
+
+/// Idle connections of one kind, by backend slot, most recently returned last.
+#[derive(Debug)]
+pub(crate) struct IdleCache<C> {
+    slots: Vec<Vec<(C, Instant)>>,
+}
+
+impl<C> IdleCache<C> {
+    const fn new() -> Self {
+        Self { slots: Vec::new() }
+    }
 }
 
 thread_local! {
-    static CACHE: RefCell<Vec<Vec<Idle>>> = const { RefCell::new(Vec::new()) };
-    static RAW_CACHE: RefCell<Vec<Vec<(Raw, Instant)>>> = const { RefCell::new(Vec::new()) };
+    static RAW: RefCell<IdleCache<Raw>> = const { RefCell::new(IdleCache::new()) };
+    static SENDERS: RefCell<IdleCache<Sender>> = const { RefCell::new(IdleCache::new()) };
 }
 
-/// A plain TCP connection to a backend for the HTTP/1.1 fast path, with the bytes read from it
-/// but not yet used.
-#[derive(Debug)]
-pub(crate) struct Raw {
-    pub(crate) stream: TcpStream,
-    pub(crate) buffer: bytes::BytesMut,
-}
-
-/// An idle fast-path connection to the backend at `slot`, most recently used first, that has
-/// nothing waiting on it; and whether one of those it passed over held bytes nobody asked for.
+/// The most recently used idle connection to the backend at `slot` that has nothing waiting on
+/// it; and whether one of those it passed over held bytes nobody asked for.
 ///
-/// Every connection is checked as it leaves the cache (see [`peek`]): a backend that closed
-/// it, or that sent bytes after its last response (beyond its `Content-Length`, a body to a
-/// HEAD), must not have them read as the next client's response.
-pub(crate) fn take_raw(
+/// Every connection is checked as it leaves the cache: a backend that closed it, or that sent
+/// bytes after its last response (beyond its `Content-Length`, a body to a HEAD), must not
+/// have them read as the next client's response.
+pub(crate) fn take<C: Upstream>(
     slot: usize,
     idle_timeout: Duration,
     pooled: &AtomicI64,
-) -> (Option<Raw>, bool) {
-    RAW_CACHE.with_borrow_mut(|cache| {
+) -> (Option<C>, bool) {
+    C::cache().with_borrow_mut(|cache| {
         let mut stray = false;
-        let Some(idle) = cache.get_mut(slot) else {
+        let Some(idle) = cache.slots.get_mut(slot) else {
             return (None, false);
         };
-        while let Some((raw, since)) = idle.pop() {
+        while let Some((connection, since)) = idle.pop() {
             pooled.fetch_sub(1, Ordering::Relaxed);
-            match peek(&raw.stream) {
-                Waiting::Nothing if since.elapsed() < idle_timeout => return (Some(raw), stray),
+            match connection.waiting() {
+                Waiting::Nothing if since.elapsed() < idle_timeout => {
+                    return (Some(connection), stray);
+                }
                 Waiting::Bytes => stray = true,
                 _ => {}
             }
@@ -74,62 +97,68 @@ pub(crate) fn take_raw(
     })
 }
 
-/// What is waiting to be read on an idle connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Waiting {
-    Nothing,
-    /// The backend closed it (or it failed).
-    Closed,
-    /// Bytes nobody asked for.
-    Bytes,
-}
-
-/// Looks without taking: a `MSG_PEEK` when the runtime has seen the socket become readable
-/// since it last read it dry, no system call otherwise (the common case: reading a response
-/// that did not fill the buffer leaves the socket known to be empty).
-fn peek(stream: &TcpStream) -> Waiting {
-    let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
-        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        socket2::SockRef::from(stream).peek(&mut probe)
-    });
-    match peeked {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Waiting::Nothing,
-        Ok(n) if n > 0 => Waiting::Bytes,
-        _ => Waiting::Closed,
-    }
-}
-
-/// Returns a fast-path connection whose last response was read in full.
-pub(crate) fn give_back_raw(slot: usize, raw: Raw, pooled: &AtomicI64) {
-    if !raw.buffer.is_empty() {
-        // Bytes beyond the response: the connection is out of step; close it.
+/// Returns a connection whose last response was read in full; one that is not fit for another
+/// exchange is closed instead.
+pub(crate) fn give_back<C: Upstream>(slot: usize, connection: C, pooled: &AtomicI64) {
+    if !connection.reusable() {
         return;
     }
-    RAW_CACHE.with_borrow_mut(|cache| {
-        if cache.len() <= slot {
-            cache.resize_with(slot + 1, Vec::new);
+    C::cache().with_borrow_mut(|cache| {
+        if cache.slots.len() <= slot {
+            cache.slots.resize_with(slot + 1, Vec::new);
         }
-        let idle = &mut cache[slot];
+        let idle = &mut cache.slots[slot];
         if idle.len() < MAX_IDLE_PER_BACKEND {
-            idle.push((raw, Instant::now()));
+            idle.push((connection, Instant::now()));
             pooled.fetch_add(1, Ordering::Relaxed);
         }
     });
 }
 
-/// Opens a fast-path connection to `address`.
-pub(crate) async fn connect_raw(
-    address: SocketAddr,
-    timeout: Duration,
-) -> Result<Raw, ConnectError> {
+/// Closes this worker's connections that have been idle for `idle_timeout` or have closed;
+/// `pooled_of(slot)` is the gauge to keep in step. Answers the slots of backends that sent
+/// bytes on an idle connection.
+pub(crate) fn sweep<'a>(
+    idle_timeout: Duration,
+    pooled_of: impl Fn(usize) -> Option<&'a AtomicI64>,
+) -> Vec<usize> {
+    let mut stray = Vec::new();
+    sweep_kind::<Raw>(idle_timeout, &pooled_of, &mut stray);
+    sweep_kind::<Sender>(idle_timeout, &pooled_of, &mut stray);
+    stray.sort_unstable();
+    stray.dedup();
+    stray
+}
+
+fn sweep_kind<'a, C: Upstream>(
+    idle_timeout: Duration,
+    pooled_of: &impl Fn(usize) -> Option<&'a AtomicI64>,
+    stray: &mut Vec<usize>,
+) {
+    C::cache().with_borrow_mut(|cache| {
+        for (slot, idle) in cache.slots.iter_mut().enumerate() {
+            let before = idle.len();
+            idle.retain(|(connection, since)| match connection.waiting() {
+                Waiting::Nothing => since.elapsed() < idle_timeout,
+                Waiting::Bytes => {
+                    stray.push(slot);
+                    false
+                }
+                Waiting::Closed => false,
+            });
+            if let Some(pooled) = pooled_of(slot) {
+                pooled.fetch_sub((before - idle.len()) as i64, Ordering::Relaxed);
+            }
+        }
+    });
+}
+
+async fn connect_tcp(address: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
         .await
         .map_err(|_| ConnectError::Timeout(timeout))??;
     stream.set_nodelay(true)?;
-    Ok(Raw {
-        stream,
-        buffer: bytes::BytesMut::with_capacity(8 * 1024),
-    })
+    Ok(stream)
 }
 
 /// A backend connection that could not be made.
@@ -146,93 +175,81 @@ pub(crate) enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
-/// The most recently returned idle connection to the backend at `slot` that is still usable.
-pub(crate) fn take(slot: usize, idle_timeout: Duration, pooled: &AtomicI64) -> Option<Sender> {
-    CACHE.with_borrow_mut(|cache| {
-        let idle = cache.get_mut(slot)?;
-        while let Some(entry) = idle.pop() {
-            pooled.fetch_sub(1, Ordering::Relaxed);
-            if entry.since.elapsed() < idle_timeout && entry.sender.is_ready() {
-                return Some(entry.sender);
-            }
-        }
-        None
-    })
+/// A plain TCP connection to a backend for the HTTP/1.1 fast path, with the bytes read from it
+/// but not yet used.
+#[derive(Debug)]
+pub(crate) struct Raw {
+    pub(crate) stream: TcpStream,
+    pub(crate) buffer: BytesMut,
 }
 
-/// Returns a connection whose last response has been read in full.
-pub(crate) fn give_back(slot: usize, sender: Sender, pooled: &AtomicI64) {
-    if !sender.is_ready() {
-        return;
+impl Upstream for Raw {
+    fn cache() -> &'static LocalKey<RefCell<IdleCache<Self>>> {
+        &RAW
     }
-    CACHE.with_borrow_mut(|cache| {
-        if cache.len() <= slot {
-            cache.resize_with(slot + 1, Vec::new);
+
+    async fn connect(address: SocketAddr, timeout: Duration) -> Result<Self, ConnectError> {
+        Ok(Self {
+            stream: connect_tcp(address, timeout).await?,
+            buffer: BytesMut::with_capacity(8 * 1024),
+        })
+    }
+
+    /// Looks without taking: a `MSG_PEEK` when the runtime has seen the socket become readable
+    /// since it last read it dry, no system call otherwise (the common case: reading a response
+    /// that did not fill the buffer leaves the socket known to be empty).
+    fn waiting(&self) -> Waiting {
+        let peeked = self.stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            socket2::SockRef::from(&self.stream).peek(&mut probe)
+        });
+        match peeked {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Waiting::Nothing,
+            Ok(n) if n > 0 => Waiting::Bytes,
+            _ => Waiting::Closed,
         }
-        let idle = &mut cache[slot];
-        if idle.len() < MAX_IDLE_PER_BACKEND {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
-            pooled.fetch_add(1, Ordering::Relaxed);
-        }
-    });
+    }
+
+    /// Bytes beyond the response mean the connection is out of step.
+    fn reusable(&self) -> bool {
+        self.buffer.is_empty()
+    }
 }
 
-/// Closes this worker's connections that have been idle for `idle_timeout` or have closed;
-/// `pooled_of(slot)` is the gauge to keep in step. Answers the slots of backends that sent
-/// bytes on an idle fast-path connection.
-pub(crate) fn sweep<'a>(
-    idle_timeout: Duration,
-    pooled_of: impl Fn(usize) -> Option<&'a AtomicI64>,
-) -> Vec<usize> {
-    CACHE.with_borrow_mut(|cache| {
-        for (slot, idle) in cache.iter_mut().enumerate() {
-            let before = idle.len();
-            idle.retain(|e| e.since.elapsed() < idle_timeout && !e.sender.is_closed());
-            if let Some(pooled) = pooled_of(slot) {
-                pooled.fetch_sub((before - idle.len()) as i64, Ordering::Relaxed);
-            }
-        }
-    });
-    let mut stray = Vec::new();
-    RAW_CACHE.with_borrow_mut(|cache| {
-        for (slot, idle) in cache.iter_mut().enumerate() {
-            let before = idle.len();
-            idle.retain(|(raw, since)| match peek(&raw.stream) {
-                Waiting::Nothing => since.elapsed() < idle_timeout,
-                Waiting::Bytes => {
-                    stray.push(slot);
-                    false
-                }
-                Waiting::Closed => false,
-            });
-            if let Some(pooled) = pooled_of(slot) {
-                pooled.fetch_sub((before - idle.len()) as i64, Ordering::Relaxed);
-            }
-        }
-    });
-    stray.dedup();
-    stray
-}
+/// What a request to a backend carries on the hyper path: the client's body as it streams in,
+/// or nothing (for requests that may be replayed on another backend).
+pub(crate) type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
-/// Opens a new connection to `address` and starts its HTTP/1.1 driver task.
-pub(crate) async fn connect(
-    address: SocketAddr,
-    timeout: Duration,
-) -> Result<Sender, ConnectError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
-        .await
-        .map_err(|_| ConnectError::Timeout(timeout))??;
-    stream.set_nodelay(true)?;
-    let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%address, %error, "backend connection ended");
+/// A ready-to-use HTTP/1.1 connection to a backend, driven by its own task.
+pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
+
+impl Upstream for Sender {
+    fn cache() -> &'static LocalKey<RefCell<IdleCache<Self>>> {
+        &SENDERS
+    }
+
+    async fn connect(address: SocketAddr, timeout: Duration) -> Result<Self, ConnectError> {
+        let stream = connect_tcp(address, timeout).await?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%address, %error, "backend connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn waiting(&self) -> Waiting {
+        if self.is_ready() {
+            Waiting::Nothing
+        } else {
+            Waiting::Closed
         }
-    });
-    Ok(sender)
+    }
+
+    fn reusable(&self) -> bool {
+        self.is_ready()
+    }
 }

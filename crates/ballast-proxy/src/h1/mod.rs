@@ -5,8 +5,7 @@
 //! spends half the instructions per request that a parse-into-maps proxy does.
 //!
 //! TLS listeners and HTTP/2 clients (recognised by the connection preface) take the hyper path
-//! in [`crate::http`]; both paths share the pickers, retries, outlier accounting, metrics and
-//! the error statuses documented there.
+//! in [`crate::hyper_path`]; both follow the one request policy in [`crate::attempt`].
 
 mod body;
 mod chunked;
@@ -24,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -32,13 +32,10 @@ use self::body::{CopyError, Patience, write_within};
 use self::message::{Framing, MAX_HEAD, READ_CHUNK};
 use self::request::{Refusal, RequestHead, parse_request, send_request};
 use self::response::{ResponseHead, read_response, send_response};
-use crate::http::ClientContext;
+use crate::attempt::{self, Attempt, ClientContext, Try};
 use crate::metrics::ErrorKind;
-use crate::state::{BackendState, PoolSnapshot, PoolState, Shared};
+use crate::state::PoolSnapshot;
 use crate::upstream::{self, Raw};
-
-/// The most tries one request makes.
-const MAX_TRIES: usize = 11;
 /// How long to look for an early response after a backend stopped taking a request body.
 const EARLY_RESPONSE_WAIT: Duration = Duration::from_secs(1);
 /// At most this long and this much of a client's unread body is drained before closing.
@@ -64,19 +61,15 @@ pub(crate) async fn serve(
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(refusal) => {
-                let (status, text, kind) = match refusal {
-                    Refusal::BadRequest => {
-                        ("400 Bad Request", "bad request\n", ErrorKind::BadRequest)
-                    }
+                let (kind, (status, text)) = match refusal {
+                    Refusal::BadRequest => (ErrorKind::BadRequest, attempt::answer(ErrorKind::BadRequest)),
                     Refusal::TooLarge => (
-                        "431 Request Header Fields Too Large",
-                        "request headers too large\n",
                         ErrorKind::HeadersTooLarge,
+                        attempt::answer(ErrorKind::HeadersTooLarge),
                     ),
                     Refusal::NotImplemented => (
-                        "501 Not Implemented",
-                        "transfer coding not implemented\n",
                         ErrorKind::BadRequest,
+                        (StatusCode::NOT_IMPLEMENTED, "transfer coding not implemented\n"),
                     ),
                 };
                 context.shared.count_error(context.listener, kind);
@@ -139,14 +132,6 @@ async fn read_request(
     }
 }
 
-/// How the tries of one request ended, when none produced a response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    NoBackend,
-    Connect,
-    Exchange,
-}
-
 /// Sends one request to a backend (retrying where safe) and its response to the client.
 async fn proxy(
     context: &ClientContext,
@@ -160,15 +145,9 @@ async fn proxy(
     let snapshot = &head.snapshot;
     let Some(pool) = snapshot.for_listener(context.listener) else {
         // The configuration has no such pool (now): nobody to send the request to.
+        let (status, text) = attempt::answer(ErrorKind::NoBackend);
         let keep_alive = head.keep_alive && head.body == Framing::Empty;
-        write_error(
-            client,
-            "503 Service Unavailable",
-            "no backend available\n",
-            keep_alive,
-            timeouts.idle,
-        )
-        .await?;
+        write_error(client, status, text, keep_alive, timeouts.idle).await?;
         return Ok(if keep_alive {
             Next::KeepAlive
         } else {
@@ -198,40 +177,18 @@ async fn proxy(
             return refuse_body(context, pool, client, &error).await;
         }
     };
-    let replayable =
-        head.body == Framing::Empty && head.idempotent && !head.upgrade && pool.state.retries > 0;
-    let tries = if replayable {
-        (1 + pool.state.retries as usize).min(MAX_TRIES)
-    } else {
-        1
+    let replayable = head.body == Framing::Empty && head.idempotent && !head.upgrade;
+    let mut attempt = Attempt::new(context, pool, head.key, replayable, started);
+    let sending = Patience {
+        read: timeouts.request_headers,
+        write: timeouts.idle,
     };
-    let mut tried = [usize::MAX; MAX_TRIES];
-    let mut failure = Failure::NoBackend;
-    for attempt in 0..tries {
-        let Some(index) = pool.choose(head.key, &tried[..attempt]) else {
-            break;
-        };
-        tried[attempt] = index;
-        let backend = &pool.state.backends[index];
-        let _in_flight = backend.balance.load().start();
-        let (mut upstream, reused) = match backend_connection(shared, &pool.state, backend).await {
-            Ok(found) => found,
-            Err(error) => {
-                tracing::debug!(backend = %backend.address, %error, "backend connect failed");
-                shared.failure(&pool.state, index);
-                failure = Failure::Connect;
-                continue;
-            }
-        };
-        let sending = Patience {
-            read: timeouts.request_headers,
-            write: timeouts.idle,
-        };
-        let receiving = Patience {
-            read: pool.state.response_timeout,
-            write: timeouts.idle,
-        };
-        match send_request(
+    let receiving = Patience {
+        read: pool.state.response_timeout,
+        write: timeouts.idle,
+    };
+    while let Some((tried, mut upstream)) = attempt.next::<Raw>().await {
+        let sent = send_request(
             &mut upstream,
             &head,
             client,
@@ -239,8 +196,8 @@ async fn proxy(
             buffered.take(),
             sending,
         )
-        .await
-        {
+        .await;
+        match sent {
             Ok(()) => {}
             Err(CopyError::Source(error)) => {
                 // The client stopped sending its body, or sent a malformed one: nothing more to
@@ -260,26 +217,16 @@ async fn proxy(
                 {
                     // The rest of the body was never sent: this connection is out of step.
                     response.backend_keep_alive = false;
-                    let next = respond(
-                        context,
-                        pool,
-                        index,
-                        client,
-                        buffer,
+                    let exchange = Exchange {
                         upstream,
-                        &closing_head,
+                        head: &closing_head,
                         response,
-                        started,
-                    )
-                    .await;
+                    };
+                    let next = respond(&attempt, tried, client, buffer, exchange).await;
                     linger(client).await;
                     return next.map(|_| Next::Close);
                 }
-                tracing::debug!(backend = %backend.address, %error, "sending to the backend failed");
-                if !reused {
-                    shared.failure(&pool.state, index);
-                }
-                failure = Failure::Exchange;
+                attempt.exchange_failed(&tried, &error, !tried.reused);
                 continue;
             }
         }
@@ -290,38 +237,26 @@ async fn proxy(
         .await;
         match response {
             Err(_) => {
-                shared.failure(&pool.state, index);
-                return reply_error(
-                    pool,
-                    client,
-                    ErrorKind::Timeout,
-                    &head,
-                    started,
-                    timeouts.idle,
-                )
-                .await;
+                let kind = attempt.timed_out(&tried);
+                return reply_error(client, kind, &head, timeouts.idle).await;
             }
             Ok(Err(error)) => {
-                tracing::debug!(backend = %backend.address, %error, "backend response failed");
                 // A cached connection the backend had closed is not the backend failing.
-                if !(reused && error.kind() == io::ErrorKind::UnexpectedEof) {
-                    shared.failure(&pool.state, index);
-                }
-                failure = Failure::Exchange;
+                let blame = !(tried.reused && error.kind() == io::ErrorKind::UnexpectedEof);
+                attempt.exchange_failed(&tried, &error, blame);
             }
             Ok(Ok(response)) => {
-                return respond(
-                    context, pool, index, client, buffer, upstream, &head, response, started,
-                )
-                .await;
+                let exchange = Exchange {
+                    upstream,
+                    head: &head,
+                    response,
+                };
+                return respond(&attempt, tried, client, buffer, exchange).await;
             }
         }
     }
-    let kind = match failure {
-        Failure::NoBackend | Failure::Connect => ErrorKind::NoBackend,
-        Failure::Exchange => ErrorKind::BadGateway,
-    };
-    reply_error(pool, client, kind, &head, started, timeouts.idle).await
+    let kind = attempt.give_up();
+    reply_error(client, kind, &head, timeouts.idle).await
 }
 
 /// A client's request body stopped or was malformed: a 400 for the malformed one, and the
@@ -336,54 +271,40 @@ async fn refuse_body(
     if error.kind() == io::ErrorKind::InvalidData {
         pool.state.counters.error(ErrorKind::BadRequest);
         let patience = context.shared.settings.timeouts.idle;
-        let _ = write_error(client, "400 Bad Request", "bad request\n", false, patience).await;
+        let (status, text) = attempt::answer(ErrorKind::BadRequest);
+        let _ = write_error(client, status, text, false, patience).await;
     }
     Ok(Next::Close)
 }
 
-/// A cached connection (`true`) or a new one (`false`).
-async fn backend_connection(
-    shared: &Shared,
-    pool: &PoolState,
-    backend: &BackendState,
-) -> Result<(Raw, bool), upstream::ConnectError> {
-    let timeouts = &shared.settings.timeouts;
-    let (taken, stray) =
-        upstream::take_raw(backend.slot, timeouts.idle, &backend.counters.pooled_now);
-    if stray {
-        shared.distrust(backend);
-    }
-    if let Some(raw) = taken {
-        return Ok((raw, true));
-    }
-    let raw = upstream::connect_raw(backend.address, pool.connect_timeout).await?;
-    Ok((raw, false))
+/// A backend's response, read up to its body, on the connection it came on.
+struct Exchange<'a> {
+    upstream: Raw,
+    /// The request it answers.
+    head: &'a RequestHead,
+    response: ResponseHead,
 }
 
 /// Sends the response head and body to the client and settles the accounts.
-#[allow(clippy::too_many_arguments)]
 async fn respond(
-    context: &ClientContext,
-    pool: &PoolSnapshot,
-    index: usize,
+    attempt: &Attempt<'_>,
+    tried: Try<'_>,
     client: &mut TcpStream,
     buffer: &mut BytesMut,
-    mut upstream: Raw,
-    head: &RequestHead,
-    response: ResponseHead,
-    started: Instant,
+    exchange: Exchange<'_>,
 ) -> io::Result<Next> {
-    let backend = &pool.state.backends[index];
-    if response.status >= 500 {
-        context.shared.failure(&pool.state, index);
-    } else {
-        backend.outlier.success();
-    }
-    backend.counters.response(response.status);
+    let Exchange {
+        mut upstream,
+        head,
+        response,
+    } = exchange;
+    let shared = &attempt.context().shared;
+    let backend = tried.backend;
+    attempt.responded(&tried, response.status);
 
     let patience = Patience {
-        read: pool.state.response_timeout,
-        write: context.shared.settings.timeouts.idle,
+        read: attempt.pool().response_timeout,
+        write: shared.settings.timeouts.idle,
     };
     if response.status == 101 && head.upgrade {
         write_within(client, &response.client[..], patience.write).await?;
@@ -394,24 +315,22 @@ async fn respond(
             upstream.stream.write_all(buffer).await?;
             buffer.clear();
         }
-        let idle = context.shared.settings.timeouts.idle;
+        let idle = shared.settings.timeouts.idle;
         let result = crate::watchdog::tunnel(&mut *client, &mut upstream.stream, idle).await;
-        pool.state.counters.observe(started.elapsed().as_secs_f64());
+        attempt.finished();
         return result.map(|_| Next::Close);
     }
 
     let result = send_response(client, &mut upstream, &response, patience).await;
-    pool.state.counters.observe(started.elapsed().as_secs_f64());
+    attempt.finished();
     result?;
     if !upstream.buffer.is_empty() {
         // Bytes beyond the response: the connection is out of step.
-        context.shared.distrust(backend);
+        shared.distrust(backend);
     } else if response.backend_keep_alive
-        && backend
-            .outlier
-            .reuses_connections(context.shared.clock.now_ms())
+        && backend.outlier.reuses_connections(shared.clock.now_ms())
     {
-        upstream::give_back_raw(backend.slot, upstream, &backend.counters.pooled_now);
+        upstream::give_back(backend.slot, upstream, &backend.counters.pooled_now);
     }
     Ok(if response.client_keep_alive {
         Next::KeepAlive
@@ -420,22 +339,15 @@ async fn respond(
     })
 }
 
-/// Answers for the backend, counting the error; keeps the client connection when it can.
+/// Answers for the backend (the error is counted already); keeps the client connection when
+/// it can.
 async fn reply_error(
-    pool: &PoolSnapshot,
     client: &mut TcpStream,
     kind: ErrorKind,
     head: &RequestHead,
-    started: Instant,
     patience: Duration,
 ) -> io::Result<Next> {
-    let (status, text) = match kind {
-        ErrorKind::NoBackend => ("503 Service Unavailable", "no backend available\n"),
-        ErrorKind::Timeout => ("504 Gateway Timeout", "backend timed out\n"),
-        _ => ("502 Bad Gateway", "backend failed\n"),
-    };
-    pool.state.counters.error(kind);
-    pool.state.counters.observe(started.elapsed().as_secs_f64());
+    let (status, text) = attempt::answer(kind);
     // A request body we did not forward would be read as the next request: close instead.
     let keep_alive = head.keep_alive && head.body == Framing::Empty;
     write_error(client, status, text, keep_alive, patience).await?;
@@ -448,7 +360,7 @@ async fn reply_error(
 
 async fn write_error(
     client: &mut TcpStream,
-    status: &str,
+    status: StatusCode,
     text: &str,
     keep_alive: bool,
     patience: Duration,
@@ -459,7 +371,9 @@ async fn write_error(
         "connection: close\r\n"
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{connection}\r\n{text}",
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{connection}\r\n{text}",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
         text.len()
     );
     write_within(client, response.as_bytes(), patience).await?;

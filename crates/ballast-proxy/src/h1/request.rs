@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use super::body::{Buffered, CopyError, Patience, copy_chunked, copy_length, write_within};
 use super::message::{Coding, Framing, MAX_HEADERS, Message, is_framing, put_header};
 use crate::headers;
-use crate::http::ClientContext;
+use crate::attempt::ClientContext;
 use crate::state::Snapshot;
 use crate::upstream::Raw;
 
@@ -168,10 +168,7 @@ pub(crate) fn parse_with(
             upstream,
             body,
             is_head: method == "HEAD",
-            idempotent: matches!(
-                method,
-                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-            ),
+            idempotent: crate::attempt::is_idempotent(method.as_bytes()),
             keep_alive: !forwarding.draining
                 && if http10 {
                     message.connection_keep_alive

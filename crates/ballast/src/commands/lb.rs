@@ -10,13 +10,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ballast_config::{
-    Config, ConfigStore, FollowOptions, LbServer, LbState, SqlStore, follow_or_fall_back,
-};
+use ballast_config::FollowOptions;
 use ballast_proxy::settings::{
     BackendAddress, Listener, Mode, Pool, PoolOverrides, Settings, TlsFiles,
 };
-use ballast_proxy::{Bound, HashKey, Source};
+use ballast_proxy::{Bound, HashKey, Managed, Source};
 use clap::{Args, ValueEnum};
 
 use super::algorithm_args::AlgorithmArgs;
@@ -196,147 +194,22 @@ impl LbArgs {
 
     pub(crate) fn run(self) -> Result<()> {
         let settings = self.settings()?;
-        let Some(url) = &self.db else {
-            ballast_proxy::run(settings, Source::Static, announce)?;
-            return Ok(());
+        let source = match self.db {
+            None => Source::Static,
+            Some(db) => Source::Managed(Managed {
+                db,
+                listen_db: self.listen_db,
+                name: self.name,
+                cache: self.cache,
+                follow: FollowOptions {
+                    push: !self.pull_only,
+                    pull_interval: self.pull_interval,
+                    ..FollowOptions::default()
+                },
+            }),
         };
-        // The follower gets a small runtime of its own, beside the proxy's workers.
-        let feed = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("ballast-config-feed")
-            .enable_all()
-            .build()
-            .context("tokio runtime")?;
-        let options = FollowOptions {
-            push: !self.pull_only,
-            pull_interval: self.pull_interval,
-            ..FollowOptions::default()
-        };
-        let fallback = self.cache.as_deref().and_then(|path| match Config::load(path) {
-            Ok(config) => Some(config),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => {
-                tracing::warn!(path = %path.display(), %error, "configuration cache unreadable");
-                None
-            }
-        });
-        let followed = feed
-            .block_on(follow_or_fall_back(
-                url,
-                self.listen_db.as_deref().unwrap_or(url),
-                options,
-                fallback,
-            ))
-            .with_context(|| format!("--db {}", ballast_telemetry::redact(url)))?;
-        let source = Source::Database {
-            followed: followed.clone(),
-            cache: self.cache.clone(),
-        };
-        let Some(name) = &self.name else {
-            ballast_proxy::run(settings, source, announce)?;
-            return Ok(());
-        };
-        let (bound_tx, bound_rx) = tokio::sync::watch::channel(None);
-        let heartbeat = Heartbeat {
-            url: url.clone(),
-            name: name.clone(),
-            pools: settings.listeners.iter().map(|l| l.pool.clone()).collect(),
-        };
-        let beating = feed.spawn(heartbeat.clone().run(bound_rx.clone(), followed.clone()));
-        ballast_proxy::run(settings, source, |bound| {
-            announce(bound);
-            let _ = bound_tx.send(Some(bound.clone()));
-        })?;
-        beating.abort();
-        let stopped = bound_rx.borrow().clone();
-        if let Some(bound) = stopped {
-            let revision = followed.borrow().config.revision;
-            feed.block_on(heartbeat.send(&mut None, &bound, revision, LbState::Stopped));
-        }
+        ballast_proxy::run(settings, source, announce)?;
         Ok(())
-    }
-}
-
-/// A managed LB's heartbeat into the fleet table.
-#[derive(Debug, Clone)]
-struct Heartbeat {
-    url: String,
-    name: String,
-    pools: Vec<String>,
-}
-
-impl Heartbeat {
-    const EVERY: Duration = Duration::from_secs(5);
-
-    /// Beats every few seconds and on every applied revision once the listeners are bound, and
-    /// at once when the drain starts (then as `draining`, until the caller reports `stopped`).
-    async fn run(
-        self,
-        mut bound: tokio::sync::watch::Receiver<Option<Bound>>,
-        mut followed: tokio::sync::watch::Receiver<ballast_config::Followed>,
-    ) {
-        let Ok(bound) = bound.wait_for(Option::is_some).await.map(|b| b.clone()) else {
-            return;
-        };
-        let Some(bound) = bound else { return };
-        let mut stopping = bound.stopping.clone();
-        let mut store = None;
-        loop {
-            let revision = followed.borrow_and_update().config.revision;
-            let state = if *stopping.borrow_and_update() {
-                LbState::Draining
-            } else {
-                LbState::Serving
-            };
-            self.send(&mut store, &bound, revision, state).await;
-            tokio::select! {
-                () = tokio::time::sleep(Self::EVERY) => {}
-                changed = followed.changed() => if changed.is_err() { return },
-                // Once the drain has begun this keeps answering at once: stop watching it.
-                changed = stopping.changed(), if state == LbState::Serving => {
-                    if changed.is_err() { return }
-                }
-            }
-        }
-    }
-
-    /// Records one heartbeat, connecting `store` first if it is not connected yet.
-    async fn send(
-        &self,
-        store: &mut Option<SqlStore>,
-        bound: &Bound,
-        revision: u64,
-        state: LbState,
-    ) {
-        let server = LbServer {
-            name: self.name.clone(),
-            addresses: bound
-                .listeners
-                .iter()
-                .map(|(a, _, _)| a.to_string())
-                .collect(),
-            pools: self.pools.clone(),
-            admin: bound.admin.map(|a| a.to_string()),
-            applied_revision: revision,
-            state,
-            last_heartbeat_ms: 0,
-            figures: None,
-            liveness: Default::default(),
-            liveness_reason: None,
-        };
-        let sent = async {
-            if store.is_none() {
-                *store = Some(SqlStore::connect(&self.url).await?);
-            }
-            match store {
-                Some(store) => store.heartbeat(&server).await,
-                None => Ok(()),
-            }
-        }
-        .await;
-        if let Err(error) = sent {
-            tracing::debug!(%error, "heartbeat not recorded");
-        }
     }
 }
 

@@ -1,0 +1,270 @@
+//! One request's policy, whichever path carries it. The HTTP/1.1 fast path ([`crate::h1`]) and
+//! the hyper path for HTTP/2 and TLS ([`crate::hyper_path`]) move bytes differently, but both
+//! proxy through an [`Attempt`], so the rules below exist once.
+//!
+//! What the client gets when the LB answers itself ([`answer`]):
+//! - 503 when no backend took the request: none takes traffic, or none accepted a connection
+//!   within the tries;
+//! - 502 when a backend accepted the request and then broke the exchange (reset, closed, or sent
+//!   an invalid response), after retries;
+//! - 504 when a backend did not start its response within the pool's response timeout.
+//!
+//! A request is retried on another backend only when replaying it is safe: an idempotent method
+//! (RFC 9110 §9.2.2), no request body, no upgrade, and no response byte received.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ballast_balance::InFlight;
+use http::{HeaderValue, StatusCode};
+
+use crate::metrics::ErrorKind;
+use crate::state::{BackendState, PoolSnapshot, PoolState, Shared};
+use crate::upstream::{self, Upstream};
+
+/// Per client connection: what every request on it shares.
+#[derive(Debug)]
+pub(crate) struct ClientContext {
+    pub shared: Arc<Shared>,
+    /// The listener the client came in on (which names the pool it is served by).
+    pub listener: usize,
+    pub client: SocketAddr,
+    /// The client's address as `X-Forwarded-For` writes it, made once per connection.
+    pub client_value: HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub scheme: &'static str,
+}
+
+/// The most tries one request makes (the first plus up to 10 retries, the settings' maximum).
+const MAX_TRIES: usize = 11;
+
+/// Whether a request with this method may be sent again after a backend failed it.
+pub(crate) fn is_idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
+/// The status and body of a response the LB writes itself.
+pub(crate) fn answer(kind: ErrorKind) -> (StatusCode, &'static str) {
+    match kind {
+        ErrorKind::NoBackend => (StatusCode::SERVICE_UNAVAILABLE, "no backend available\n"),
+        ErrorKind::Timeout => (StatusCode::GATEWAY_TIMEOUT, "backend timed out\n"),
+        ErrorKind::BadGateway => (StatusCode::BAD_GATEWAY, "backend failed\n"),
+        ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "bad request\n"),
+        ErrorKind::HeadersTooLarge => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large\n",
+        ),
+        ErrorKind::HeaderTimeout => (StatusCode::REQUEST_TIMEOUT, "request timed out\n"),
+    }
+}
+
+/// How the last try failed, which decides the status when every try failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    NoBackend,
+    Connect,
+    Exchange,
+}
+
+/// The tries of one request to one pool.
+#[derive(Debug)]
+pub(crate) struct Attempt<'a> {
+    context: &'a ClientContext,
+    pool: &'a PoolSnapshot,
+    key: u64,
+    tries: usize,
+    tried: [usize; MAX_TRIES],
+    made: usize,
+    failure: Failure,
+    started: Instant,
+}
+
+/// One try: the backend chosen, counted in its load for as long as this lives.
+#[derive(Debug)]
+pub(crate) struct Try<'a> {
+    pub index: usize,
+    pub backend: &'a Arc<BackendState>,
+    /// Whether the connection came from the worker's cache (a cached connection the backend
+    /// had closed meanwhile is not the backend failing).
+    pub reused: bool,
+    pub in_flight: InFlight,
+}
+
+impl<'a> Attempt<'a> {
+    /// `replayable`: the request may go to another backend if one fails it (see the module
+    /// docs); the pool's retries decide how many.
+    pub(crate) fn new(
+        context: &'a ClientContext,
+        pool: &'a PoolSnapshot,
+        key: u64,
+        replayable: bool,
+        started: Instant,
+    ) -> Self {
+        let retries = if replayable {
+            pool.state.retries as usize
+        } else {
+            0
+        };
+        Self {
+            context,
+            pool,
+            key,
+            tries: (1 + retries).min(MAX_TRIES),
+            tried: [usize::MAX; MAX_TRIES],
+            made: 0,
+            failure: Failure::NoBackend,
+            started,
+        }
+    }
+
+    pub(crate) fn context(&self) -> &'a ClientContext {
+        self.context
+    }
+
+    pub(crate) fn pool(&self) -> &'a Arc<PoolState> {
+        &self.pool.state
+    }
+
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Whether the try just made is the last one (its request need not be kept for another).
+    pub(crate) fn is_last(&self) -> bool {
+        self.made >= self.tries
+    }
+
+    /// The next backend and a connection to it (cached, or new); `None` once the tries are
+    /// spent or no backend is left to try. A backend that refuses the connection is charged
+    /// with it, and the next one is tried.
+    pub(crate) async fn next<C: Upstream>(&mut self) -> Option<(Try<'a>, C)> {
+        let shared = &*self.context.shared;
+        let pool = &self.pool.state;
+        while self.made < self.tries {
+            let index = self.pool.choose(self.key, &self.tried[..self.made])?;
+            self.tried[self.made] = index;
+            self.made += 1;
+            let backend = &pool.backends[index];
+            let in_flight = backend.balance.load().start();
+            let timeouts = &shared.settings.timeouts;
+            let (taken, stray) = upstream::take::<C>(
+                backend.slot,
+                timeouts.idle,
+                &backend.counters.pooled_now,
+            );
+            if stray {
+                shared.distrust(backend);
+            }
+            let (connection, reused) = match taken {
+                Some(connection) => (connection, true),
+                None => match C::connect(backend.address, pool.connect_timeout).await {
+                    Ok(connection) => (connection, false),
+                    Err(error) => {
+                        tracing::debug!(backend = %backend.address, %error, "backend connect failed");
+                        shared.failure(pool, index);
+                        self.failure = Failure::Connect;
+                        continue;
+                    }
+                },
+            };
+            let chosen = Try {
+                index,
+                backend,
+                reused,
+                in_flight,
+            };
+            return Some((chosen, connection));
+        }
+        None
+    }
+
+    /// The exchange with the backend of `tried` broke before a response; `blame` charges the
+    /// backend with it.
+    pub(crate) fn exchange_failed(&mut self, tried: &Try<'_>, error: &dyn Display, blame: bool) {
+        tracing::debug!(backend = %tried.backend.address, %error, "backend exchange failed");
+        if blame {
+            self.context.shared.failure(&self.pool.state, tried.index);
+        }
+        self.failure = Failure::Exchange;
+    }
+
+    /// A backend answered with `status`: a 5xx counts against it, anything else for it.
+    pub(crate) fn responded(&self, tried: &Try<'_>, status: u16) {
+        if status >= 500 {
+            self.context.shared.failure(&self.pool.state, tried.index);
+        } else {
+            tried.backend.outlier.success();
+        }
+        tried.backend.counters.response(status);
+    }
+
+    /// The request's time, from its head to its last byte, in the pool's latency histogram.
+    pub(crate) fn finished(&self) {
+        observe(&self.pool.state, self.started);
+    }
+
+    /// The backend of `tried` did not start its response in time: no other is tried, since
+    /// it may still act on the request.
+    pub(crate) fn timed_out(&self, tried: &Try<'_>) -> ErrorKind {
+        self.context.shared.failure(&self.pool.state, tried.index);
+        self.answered(ErrorKind::Timeout)
+    }
+
+    /// Every try failed: what the LB answers, counted.
+    pub(crate) fn give_up(&self) -> ErrorKind {
+        self.answered(match self.failure {
+            Failure::NoBackend | Failure::Connect => ErrorKind::NoBackend,
+            Failure::Exchange => ErrorKind::BadGateway,
+        })
+    }
+
+    fn answered(&self, kind: ErrorKind) -> ErrorKind {
+        self.pool.state.counters.error(kind);
+        self.finished();
+        kind
+    }
+}
+
+/// Records a request's time in `pool`'s latency histogram.
+pub(crate) fn observe(pool: &PoolState, started: Instant) {
+    pool.counters.observe(started.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_methods_rfc_9110_calls_idempotent_are_replayed() {
+        for method in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            assert!(is_idempotent(method.as_bytes()), "{method}");
+        }
+        for method in ["POST", "PATCH", "CONNECT", "get", "PRI"] {
+            assert!(!is_idempotent(method.as_bytes()), "{method}");
+        }
+    }
+
+    #[test]
+    fn every_answer_is_an_error_status_with_a_line_of_text() {
+        for kind in [
+            ErrorKind::NoBackend,
+            ErrorKind::Timeout,
+            ErrorKind::BadGateway,
+            ErrorKind::BadRequest,
+            ErrorKind::HeadersTooLarge,
+            ErrorKind::HeaderTimeout,
+        ] {
+            let (status, text) = answer(kind);
+            assert!(status.is_client_error() || status.is_server_error(), "{kind:?}");
+            assert!(text.ends_with('\n') && text.len() > 1, "{kind:?}");
+        }
+        assert_eq!(answer(ErrorKind::NoBackend).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer(ErrorKind::Timeout).0, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(answer(ErrorKind::BadGateway).0, StatusCode::BAD_GATEWAY);
+    }
+}
