@@ -17,18 +17,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
+use ballast_control::client::Client;
 use clap::Args;
 use http_body_util::{BodyExt, Empty};
 use hyper::Method;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
-use super::harness::{Api, Started, address_after, start};
-use super::table::Table;
+use crate::harness::{api, applied, Started, address_after, start};
+use crate::table::Table;
 
 #[derive(Debug, Args)]
-pub(crate) struct DetectArgs {
+pub struct DetectArgs {
     /// The health checks' interval (their timeout is half of it).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     interval: Duration,
@@ -43,7 +44,7 @@ pub(crate) struct DetectArgs {
 const TOKEN: &str = "ballast-bench-detect-token";
 
 impl DetectArgs {
-    pub(crate) fn run(&self) -> Result<()> {
+    pub fn run(&self) -> Result<()> {
         let dir = std::env::temp_dir().join(format!("ballast-detect-{}", std::process::id()));
         std::fs::create_dir_all(&dir).context("temp dir")?;
         let result = self.measure(&dir);
@@ -68,7 +69,7 @@ impl DetectArgs {
             ],
             1,
         )?;
-        let api = Api::new(address_after(&control.ready, "listening http ")?, TOKEN);
+        let api = api(address_after(&control.ready, "listening http ")?, TOKEN);
         let echo = |name: &str, extra: &[&str]| -> Result<(Started, SocketAddr)> {
             let mut args = vec!["echo", "--listen", "127.0.0.1:0", "--name", name];
             args.extend_from_slice(extra);
@@ -94,10 +95,10 @@ impl DetectArgs {
                     "health_interval_ms": interval_ms,
                     "health_timeout_ms": (interval_ms / 2).max(1),
                 });
-                api.write(Method::POST, "/v1/pools", spec).await?;
+                api.write(Method::POST, "/v1/pools", &spec).await?;
                 for backend in backends {
                     let path = format!("/v1/pools/{pool}/backends");
-                    api.write(Method::POST, &path, json!({"address": backend.to_string()}))
+                    api.write(Method::POST, &path, &json!({"address": backend.to_string()}))
                         .await?;
                 }
             }
@@ -183,7 +184,7 @@ impl DetectArgs {
     /// the requests and errors meanwhile; ms until the verdict was written.
     async fn kill_under_load(
         &self,
-        api: &Api,
+        api: &Client,
         mut victim: Started,
         victim_address: SocketAddr,
         listens: &[SocketAddr],
@@ -199,7 +200,7 @@ impl DetectArgs {
             let (requests, errors) = (requests.clone(), errors.clone());
             let uri: hyper::Uri = format!("http://{listen}/").parse()?;
             load.push(tokio::spawn(async move {
-                let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+                let client = HttpClient::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
                 while !stop.load(Ordering::Relaxed) {
                     let ok = match client.get(uri.clone()).await {
                         Ok(response) => {
@@ -232,7 +233,7 @@ impl DetectArgs {
                 bail!("not every LB applied the verdict in time");
             }
             if verdict.is_none() && health_of(api, victim_address).await? == "unhealthy" {
-                let revision = api.get("/v1/revision").await?["revision"]
+                let revision = api.call(Method::GET, "/v1/revision", None).await?["revision"]
                     .as_u64()
                     .unwrap_or(0);
                 verdict = Some((revision, ms(Instant::now())));
@@ -243,7 +244,7 @@ impl DetectArgs {
                 }
                 if let Some((revision, _)) = verdict
                     && row.1.is_none()
-                    && api.applied(*admin).await? >= revision
+                    && applied(api, *admin).await? >= revision
                 {
                     row.1 = Some(ms(Instant::now()));
                 }
@@ -265,12 +266,12 @@ impl DetectArgs {
     }
 
     /// Observations of the jittery backend, unhealthy verdicts among them, the highest phi.
-    async fn watch_jitter(&self, api: &Api, address: SocketAddr) -> Result<(u64, u64, f64)> {
+    async fn watch_jitter(&self, api: &Client, address: SocketAddr) -> Result<(u64, u64, f64)> {
         let until = Instant::now() + self.jitter_run;
         let (mut checks, mut verdicts, mut max_phi) = (0, 0, 0.0f64);
         let mut was_unhealthy = false;
         while Instant::now() < until {
-            let view = api.get("/v1/health").await?;
+            let view = api.call(Method::GET, "/v1/health", None).await?;
             for backend in view["backends"].as_array().map_or(&[][..], |b| b) {
                 if backend["address"] == address.to_string() {
                     checks += 1;
@@ -288,8 +289,8 @@ impl DetectArgs {
     }
 }
 
-async fn all_healthy(api: &Api) -> Result<bool> {
-    let pools = api.get("/v1/pools").await?;
+async fn all_healthy(api: &Client) -> Result<bool> {
+    let pools = api.call(Method::GET, "/v1/pools", None).await?;
     Ok(pools["pools"].as_array().is_some_and(|pools| {
         pools.iter().all(|pool| {
             pool["backends"]
@@ -299,8 +300,8 @@ async fn all_healthy(api: &Api) -> Result<bool> {
     }))
 }
 
-async fn health_of(api: &Api, address: SocketAddr) -> Result<String> {
-    let backends = api.get("/v1/pools/web/backends").await?;
+async fn health_of(api: &Client, address: SocketAddr) -> Result<String> {
+    let backends = api.call(Method::GET, "/v1/pools/web/backends", None).await?;
     Ok(backends
         .as_array()
         .and_then(|list| list.iter().find(|b| b["address"] == address.to_string()))
@@ -310,9 +311,9 @@ async fn health_of(api: &Api, address: SocketAddr) -> Result<String> {
 }
 
 /// The LB's passive ejections of `backend` so far.
-async fn ejections(api: &Api, admin: SocketAddr, backend: SocketAddr) -> Result<f64> {
+async fn ejections(api: &Client, admin: SocketAddr, backend: SocketAddr) -> Result<f64> {
     let (_, body) = api
-        .send(Method::GET, format!("http://{admin}/metrics"), None)
+        .send(Method::GET, &format!("http://{admin}/metrics"), None)
         .await?;
     let text = String::from_utf8_lossy(&body);
     let needle = format!("backend=\"{backend}\"");

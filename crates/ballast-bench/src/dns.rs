@@ -21,15 +21,15 @@ use ballast_dns::proto::op::{Message, Query};
 use ballast_dns::proto::rr::{Name, RecordType};
 use clap::Args;
 
-use super::dns_peers::Peer;
-use super::harness::{Started, address_after, start_on};
-use super::table::{Table, quantile};
+use crate::dns_peers::Peer;
+use crate::harness::{Started, address_after, start_on};
+use crate::table::{Table, quantile};
 
 const ZONE: &str = "ballast.local";
 const NAME: &str = "lb.bench.ballast.local.";
 
 #[derive(Debug, Args)]
-pub(crate) struct DnsBenchArgs {
+pub struct DnsBenchArgs {
     /// How long to send queries to each server.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -57,7 +57,7 @@ struct Measured {
 }
 
 impl DnsBenchArgs {
-    pub(crate) fn run(&self) -> Result<()> {
+    pub fn run(&self) -> Result<()> {
         if self.lbs == 0 || self.lbs > 250 {
             bail!("--lbs: between 1 and 250");
         }

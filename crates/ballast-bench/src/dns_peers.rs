@@ -70,7 +70,7 @@ impl Peer {
         cpus: Option<&str>,
         probe: &[u8],
     ) -> Result<Option<Running>> {
-        let Some(program) = super::find_program(self.program(), SBIN) else {
+        let Some(program) = crate::find_program(self.program(), SBIN) else {
             return Ok(None);
         };
         let home = dir.join(self.name());
@@ -80,7 +80,7 @@ impl Peer {
         let config = home.join("server.conf");
         std::fs::write(&config, self.config(&home, origin, address))?;
         let version = version_of(&program, self);
-        let mut command = super::harness::command_on(cpus, &program);
+        let mut command = crate::harness::command_on(cpus, &program);
         match self {
             Self::Knot => command.arg("-c").arg(&config),
             Self::Nsd => command.arg("-d").arg("-c").arg(&config),

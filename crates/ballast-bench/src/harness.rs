@@ -1,5 +1,5 @@
 //! What the benchmarks that drive a whole system share: child `ballast` processes started from
-//! this same binary and killed when dropped, and a small client of the admin API.
+//! the running binary and killed when dropped, and what they ask the admin API.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -7,13 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use serde_json::Value;
+use ballast_control::client::Client;
+use hyper::Method;
 
 /// A child `ballast` process, killed when dropped.
 pub(crate) struct Started {
@@ -86,63 +81,25 @@ pub(crate) fn address_after(lines: &[String], prefix: &str) -> Result<SocketAddr
         .with_context(|| format!("no `{prefix}` line in {lines:?}"))
 }
 
-pub(crate) struct Api {
-    client: Client<HttpConnector, Full<Bytes>>,
-    control: SocketAddr,
-    token: String,
+/// The configuration revision the LB with admin endpoint `admin` has applied.
+pub(crate) async fn applied(api: &Client, admin: SocketAddr) -> Result<u64> {
+    let (_, bytes) = api
+        .send(Method::GET, &format!("http://{admin}/config/revision"), None)
+        .await?;
+    Ok(String::from_utf8_lossy(&bytes).trim().parse()?)
 }
 
-impl Api {
-    /// A client of the admin API at `control`, with `token`.
-    pub(crate) fn new(control: SocketAddr, token: &str) -> Self {
-        Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            control,
-            token: token.to_owned(),
-        }
-    }
+/// A client of the admin API of the `ballast control` listening at `control`.
+pub(crate) fn api(control: SocketAddr, token: &str) -> Client {
+    Client::new(&format!("http://{control}"), Some(token))
+}
 
-    /// A GET of the API's JSON.
-    pub(crate) async fn get(&self, path: &str) -> Result<Value> {
-        let url = format!("http://{}{path}", self.control);
-        let (_, bytes) = self.send(Method::GET, url, None).await?;
-        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-    }
-
-    pub(crate) async fn send(
-        &self,
-        method: Method,
-        url: String,
-        body: Option<Value>,
-    ) -> Result<(u16, Bytes)> {
-        let request = Request::builder()
-            .method(method)
-            .uri(url)
-            .header("authorization", format!("Bearer {}", self.token))
-            .header("content-type", "application/json")
-            .body(Full::new(
-                body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string())),
-            ))?;
-        let response = self.client.request(request).await?;
-        let status = response.status().as_u16();
-        Ok((status, response.into_body().collect().await?.to_bytes()))
-    }
-
-    pub(crate) async fn write(&self, method: Method, path: &str, body: Value) -> Result<u64> {
-        let url = format!("http://{}{path}", self.control);
-        let (status, bytes) = self.send(method, url, Some(body)).await?;
-        let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        match answer["revision"].as_u64() {
-            Some(revision) if status < 300 => Ok(revision),
-            _ => bail!("admin API answered {status}: {answer}"),
-        }
-    }
-
-    /// The revision an LB has applied.
-    pub(crate) async fn applied(&self, admin: SocketAddr) -> Result<u64> {
-        let (_, bytes) = self
-            .send(Method::GET, format!("http://{admin}/config/revision"), None)
-            .await?;
-        Ok(String::from_utf8_lossy(&bytes).trim().parse()?)
-    }
+/// `name` on the PATH, or else in the directories `also` (Debian puts servers such as Knot and
+/// NSD in sbin directories a user's PATH may leave out).
+pub fn find_program(name: &str, also: &[&str]) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(also.iter().map(std::path::PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
 }

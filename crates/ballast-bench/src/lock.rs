@@ -8,10 +8,10 @@ use anyhow::{Context, Result, bail};
 use ballast_lock::{LockManager, Options};
 use clap::Args;
 
-use super::table::{Table, quantile};
+use crate::table::{Table, quantile};
 
 #[derive(Debug, Args)]
-pub(crate) struct LockBenchArgs {
+pub struct LockBenchArgs {
     /// Redis nodes, comma-separated: the single-node row uses the first; Redlock all (an odd
     /// number, at least 3).
     #[arg(
@@ -31,7 +31,7 @@ pub(crate) struct LockBenchArgs {
 }
 
 impl LockBenchArgs {
-    pub(crate) fn run(&self) -> Result<()> {
+    pub fn run(&self) -> Result<()> {
         if self.redis.len() < 3 {
             bail!("--redis: give at least 3 nodes (an odd number) to compare Redlock with one");
         }

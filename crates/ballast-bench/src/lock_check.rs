@@ -24,7 +24,7 @@ use rustix::process::{Pid, Signal, kill_process};
 use rustix::time::{ClockId, clock_gettime};
 use tokio::io::AsyncBufReadExt;
 
-use super::table::Table;
+use crate::table::Table;
 
 /// The lock every client contends for, and the resource it guards.
 const LOCK: &str = "ballast-check";
@@ -51,8 +51,9 @@ enum Fault {
     SkewCounter,
 }
 
+/// `ballast lock check`.
 #[derive(Debug, Args)]
-pub(crate) struct CheckArgs {
+pub struct CheckArgs {
     /// Use these Redis nodes instead of starting them (then only the `pause` fault applies).
     #[arg(
         long,
@@ -83,8 +84,9 @@ pub(crate) struct CheckArgs {
     faults: Vec<Fault>,
 }
 
+/// One client process of the checker (started by [`check`], not by people).
 #[derive(Debug, Args)]
-pub(crate) struct ClientArgs {
+pub struct ClientArgs {
     /// The lock's nodes.
     #[arg(long, value_delimiter = ',', required = true)]
     redis: Vec<String>,
@@ -101,7 +103,7 @@ pub(crate) struct ClientArgs {
 
 /// One client: take the lock, write, renew, write, release, over and over, reporting each step
 /// on stdout, until SIGTERM.
-pub(crate) async fn client(args: ClientArgs) -> Result<()> {
+pub async fn client(args: ClientArgs) -> Result<()> {
     let locks = LockManager::from_urls(&args.redis, Options::default())?;
     locks.connect(Duration::from_secs(1)).await;
     let register = Register::open(&args.resource, LOCK).await?;
@@ -188,7 +190,8 @@ struct Record {
     grants: usize,
 }
 
-pub(crate) async fn check(args: CheckArgs) -> Result<ExitCode> {
+/// Runs the check; exits 1 (through the answer) on any violation.
+pub async fn check(args: CheckArgs) -> Result<ExitCode> {
     let node_faults = args.faults.iter().any(|f| *f != Fault::Pause);
     if !args.redis.is_empty() && node_faults {
         bail!(

@@ -10,15 +10,16 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use ballast_control::client::Client;
 use clap::Args;
 use hyper::Method;
 use serde_json::json;
 
-use super::harness::{Api, address_after, start};
-use super::table::{Table, quantile};
+use crate::harness::{api, applied, address_after, start};
+use crate::table::{Table, quantile};
 
 #[derive(Debug, Args)]
-pub(crate) struct PropagationArgs {
+pub struct PropagationArgs {
     /// The configuration database: sqlite://PATH or postgres://….
     #[arg(long, value_name = "URL")]
     db: String,
@@ -34,7 +35,7 @@ pub(crate) struct PropagationArgs {
 }
 
 impl PropagationArgs {
-    pub(crate) fn run(&self) -> Result<()> {
+    pub fn run(&self) -> Result<()> {
         let dir = std::env::temp_dir().join(format!("ballast-propagation-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let token = format!("bench-{:032x}", fastrand::u128(..));
@@ -61,19 +62,16 @@ impl PropagationArgs {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let api = Api::new(address_after(&control.ready, "listening http ")?, token);
+        let api = api(address_after(&control.ready, "listening http ")?, token);
         let pool = format!("propagation-{}", std::process::id());
         runtime.block_on(async {
-            api.write(
-                Method::POST,
-                "/v1/pools",
-                json!({"name": pool, "algorithm": "round_robin"}),
+            api.write(Method::POST, "/v1/pools", &json!({"name": pool, "algorithm": "round_robin"}),
             )
             .await?;
             api.write(
                 Method::POST,
                 &format!("/v1/pools/{pool}/backends"),
-                json!({"address": "127.0.0.1:9", "weight": 1}),
+                &json!({"address": "127.0.0.1:9", "weight": 1}),
             )
             .await
         })?;
@@ -133,7 +131,7 @@ impl PropagationArgs {
     /// Makes `changes` changes; for each, the milliseconds until every LB applied it.
     async fn round(
         &self,
-        api: &Api,
+        api: &Client,
         pool: &str,
         admins: &[SocketAddr],
         changes: usize,
@@ -145,12 +143,12 @@ impl PropagationArgs {
                 .write(
                     Method::PUT,
                     &format!("/v1/pools/{pool}/backends/127.0.0.1:9/weight"),
-                    json!({"weight": 1 + i % 10}),
+                    &json!({"weight": 1 + i % 10}),
                 )
                 .await?;
             for admin in admins {
                 let deadline = started + self.pull_interval * 3 + Duration::from_secs(5);
-                while api.applied(*admin).await? < revision {
+                while applied(api, *admin).await? < revision {
                     if Instant::now() > deadline {
                         bail!("LB at {admin} did not apply revision {revision}");
                     }

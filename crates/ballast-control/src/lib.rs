@@ -6,14 +6,20 @@
 //! checks every backend and writes its verdicts, [`fleet`] scrapes the LB servers (or asks
 //! [`prometheus`]) and judges their liveness, [`scaler`] sizes the fleet by the HPA rule of
 //! [`autoscale`] through a [`provision`]er. [`retention`] keeps the change log to a bounded
-//! length.
+//! length. [`run`] wires one instance from its [`Settings`]; [`client`] is the one client of
+//! the admin API.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = ballast_config::SqlStore::connect("sqlite://ballast.db").await?;
-//! let app = ballast_control::api::router(store, "a-long-random-token".to_owned(), None);
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9000").await?;
-//! axum::serve(listener, app).await?;
+//! let settings = ballast_control::Settings {
+//!     db: "sqlite://ballast.db".into(),
+//!     listen_db: None,
+//!     listen: "127.0.0.1:9000".parse()?,
+//!     token: "a-long-random-token".into(),
+//!     keep_changes: 100_000,
+//!     orchestrator: None,
+//! };
+//! ballast_control::run(settings, |address| println!("admin API on {address}")).await?;
 //! # Ok(()) }
 //! ```
 
@@ -22,6 +28,7 @@
 pub mod api;
 mod auth;
 pub mod autoscale;
+pub mod client;
 mod dashboard;
 mod error;
 pub mod fleet;
@@ -33,3 +40,6 @@ pub mod prometheus;
 pub mod provision;
 pub mod retention;
 pub mod scaler;
+mod service;
+
+pub use service::{Orchestration, Provisioner, Scaling, ServiceError, Settings, run};

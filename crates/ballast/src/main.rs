@@ -56,7 +56,7 @@ enum Command {
     Balance(commands::balance::BalanceCommand),
     /// Run Ballast's benchmarks and print their tables.
     #[command(subcommand)]
-    Bench(commands::bench::BenchCommand),
+    Bench(ballast_bench::BenchCommand),
 }
 
 fn main() -> ExitCode {

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::admin_client::{ControlFlags, segment};
 use super::pool::text;
-use super::table::Table;
+use ballast_bench::table::Table;
 
 #[derive(Debug, Args)]
 pub(crate) struct BackendCommand {

@@ -13,7 +13,7 @@ use ballast_balance::{ALGORITHM_NAMES, Algorithm, Backend, Picker, hash_key};
 use clap::{Args, Subcommand, ValueEnum};
 
 use super::algorithm_args::AlgorithmArgs;
-use super::table::{Table, percent};
+use ballast_bench::table::{Table, percent};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BalanceCommand {

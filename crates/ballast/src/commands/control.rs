@@ -1,7 +1,6 @@
-//! `ballast control`: the admin API over the configuration database and the orchestrator's
-//! health checking (see `ballast_control::health`). Prints
-//! `listening http ADDR control` when ready; SIGTERM or SIGINT stops it after the requests in
-//! flight.
+//! `ballast control`: the admin API over the configuration database and the orchestrator (see
+//! `ballast_control::run`). Prints `listening http ADDR control` when ready; SIGTERM or SIGINT
+//! stops it after the requests in flight.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -9,20 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ballast_config::SqlStore;
-use std::sync::Arc;
-
-use ballast_control::autoscale::Policy;
-use ballast_control::leader::Election;
-use ballast_control::orchestrator::Status;
-use ballast_control::provision::{Commands, Local, Provision};
-use ballast_control::scaler::Autoscaling;
+use ballast_control::{Orchestration, Provisioner, Scaling, Settings};
 use clap::Args;
-use tokio::signal::unix::{SignalKind, signal};
-
-/// How long the LBs this instance started may take to stop when it stops: their drain delay
-/// (6 s by default) and drain timeout (30 s), and some.
-const LB_STOP_GRACE: Duration = Duration::from_secs(45);
 
 #[derive(Debug, Args)]
 pub(crate) struct ControlArgs {
@@ -125,54 +112,35 @@ enum ProvisionerKind {
 }
 
 impl ScalingArgs {
-    /// The autoscaler the flags describe, if any.
-    fn autoscaling(&self, db: &str) -> Result<Option<Autoscaling>> {
+    /// The autoscaling the flags describe, if any.
+    fn scaling(&self) -> Result<Option<Scaling>> {
         let Some(target) = self.autoscale else {
             return Ok(None);
         };
-        if self.min_lbs > self.max_lbs || self.max_lbs == 0 {
-            bail!(
-                "--min-lbs {} and --max-lbs {}: need 0 <= min <= max, max >= 1",
-                self.min_lbs,
-                self.max_lbs
-            );
-        }
-        if !(0.0..1.0).contains(&self.scale_tolerance) {
-            bail!("--scale-tolerance: a fraction from 0 to 1");
-        }
-        let provisioner: Box<dyn Provision> = match self.provisioner {
-            ProvisionerKind::Local => {
-                if self.lb_pool.is_empty() {
-                    bail!("--lb-pool: the local provisioner needs the pools its LBs serve");
-                }
-                let local = Local::new(
-                    std::env::current_exe().context("finding the ballast binary")?,
-                    db.to_owned(),
-                    self.lb_pool.clone(),
-                    self.lb_port,
-                    self.lb_drain_delay,
-                );
-                Box::new(match &self.lb_log_dir {
-                    Some(dir) => local.with_log_dir(dir.clone()),
-                    None => local,
-                })
-            }
+        let provisioner = match self.provisioner {
+            ProvisionerKind::Local => Provisioner::Local {
+                program: std::env::current_exe().context("finding the ballast binary")?,
+                pools: self.lb_pool.clone(),
+                port: self.lb_port,
+                drain_delay: self.lb_drain_delay,
+                log_dir: self.lb_log_dir.clone(),
+            },
             ProvisionerKind::Command => match (&self.scale_up_cmd, &self.scale_down_cmd) {
-                (Some(up), Some(down)) => Box::new(Commands::new(up.clone(), down.clone())),
+                (Some(up), Some(down)) => Provisioner::Commands {
+                    up: up.clone(),
+                    down: down.clone(),
+                },
                 _ => bail!("--provisioner command needs --scale-up-cmd and --scale-down-cmd"),
             },
         };
-        Ok(Some(Autoscaling {
+        Ok(Some(Scaling {
             target,
-            policy: Policy {
-                target: target.value,
-                tolerance: self.scale_tolerance,
-                min: self.min_lbs,
-                max: self.max_lbs,
-                stabilisation: self.scale_down_window,
-            },
+            min_lbs: self.min_lbs,
+            max_lbs: self.max_lbs,
+            tolerance: self.scale_tolerance,
+            down_window: self.scale_down_window,
             interval: self.scale_interval,
-            provisioner: Arc::new(tokio::sync::Mutex::new(provisioner)),
+            provisioner,
         }))
     }
 }
@@ -183,95 +151,34 @@ impl ControlArgs {
             .with_context(|| format!("--token-file {}", self.token_file.display()))?
             .trim()
             .to_owned();
-        if token.len() < 16 {
-            bail!(
-                "--token-file {}: the token must be at least 16 characters",
-                self.token_file.display()
-            );
-        }
+        let orchestrator = match self.no_health_checks {
+            true => None,
+            false => Some(Orchestration {
+                identity: self.name.clone().unwrap_or_else(super::host_and_pid),
+                redis: self.redis.clone(),
+                lease_ttl: self.lease_ttl,
+                scrape_interval: self.scrape_interval,
+                prometheus: self.prometheus.clone(),
+                scaling: self.scaling.scaling()?,
+            }),
+        };
+        let settings = Settings {
+            db: self.db,
+            listen_db: self.listen_db,
+            listen: self.listen,
+            token,
+            keep_changes: self.keep_changes,
+            orchestrator,
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("tokio runtime")?;
-        runtime.block_on(async {
-            let store = SqlStore::connect(&self.db)
-                .await
-                .with_context(|| format!("--db {}", ballast_telemetry::redact(&self.db)))?;
-            let listener = tokio::net::TcpListener::bind(self.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", self.listen))?;
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            {
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "listening http {} control", listener.local_addr()?)?;
-                out.flush()?;
-            }
-            let pruning = tokio::spawn(ballast_control::retention::prune_every(
-                store.clone(),
-                self.keep_changes,
-                Duration::from_secs(60),
-            ));
-            let autoscaling = self.scaling.autoscaling(&self.db)?;
-            let orchestrator = if self.no_health_checks {
-                None
-            } else {
-                let followed = ballast_config::follow(
-                    store.clone(),
-                    self.listen_db.as_deref().unwrap_or(&self.db),
-                    ballast_config::FollowOptions::default(),
-                )
-                .await
-                .with_context(|| format!("--db {}", ballast_telemetry::redact(&self.db)))?;
-                let election = if self.redis.is_empty() {
-                    Election::Database {
-                        store: store.clone(),
-                    }
-                } else {
-                    let locks = ballast_lock::LockManager::from_urls(
-                        &self.redis,
-                        ballast_lock::Options::default(),
-                    )
-                    .context("--redis")?;
-                    Election::Redis(locks)
-                };
-                let identity = self.name.clone().unwrap_or_else(super::host_and_pid);
-                let status = Status::default();
-                let settings = ballast_control::orchestrator::Settings {
-                    identity,
-                    election,
-                    lease_ttl: self.lease_ttl,
-                    scrape_interval: self.scrape_interval,
-                    prometheus: self.prometheus.clone(),
-                    autoscaling: autoscaling.clone(),
-                };
-                tokio::spawn(ballast_control::orchestrator::run(
-                    settings,
-                    store.clone(),
-                    followed,
-                    status.clone(),
-                ));
-                Some(status)
-            };
-            let app = ballast_control::api::router(store, token, orchestrator);
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                })
-                .await
-                .context("admin API")?;
-            pruning.abort();
-            if let Some(autoscaling) = autoscaling {
-                // The LBs this instance started drain and stop with it, before it exits.
-                let mut provisioner = autoscaling.provisioner.lock().await;
-                if let Err(error) = provisioner.stop_all(LB_STOP_GRACE).await {
-                    tracing::warn!(%error, "stopping the LBs");
-                }
-            }
-            Ok(())
-        })
+        runtime.block_on(ballast_control::run(settings, |address| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening http {address} control");
+            let _ = out.flush();
+        }))?;
+        Ok(())
     }
 }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::admin_client::ControlFlags;
 use super::pool::text;
-use super::table::Table;
+use ballast_bench::table::Table;
 
 #[derive(Debug, Args)]
 pub(crate) struct FleetCommand {

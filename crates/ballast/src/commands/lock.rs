@@ -17,7 +17,7 @@ use clap::{Args, Subcommand};
 use rustix::process::{Pid, Signal, kill_process};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::table::Table;
+use ballast_bench::table::Table;
 
 /// The exit status when the lock could not be had in time (`EX_TEMPFAIL` in sysexits.h).
 pub(crate) const NOT_ACQUIRED: u8 = 75;
@@ -34,10 +34,10 @@ pub(crate) enum LockCommand {
     Status(NodesArgs),
     /// Run clients against the lock while injecting faults, and check the history for
     /// violations (overlapping holders, tokens out of order, stale writes accepted).
-    Check(super::lock_check::CheckArgs),
+    Check(ballast_bench::lock_check::CheckArgs),
     /// One of `check`'s clients (started by `check`).
     #[command(hide = true)]
-    CheckClient(super::lock_check::ClientArgs),
+    CheckClient(ballast_bench::lock_check::ClientArgs),
 }
 
 /// The lock and its nodes.
@@ -126,8 +126,8 @@ impl LockCommand {
                 Self::Acquire(args) => acquire(args).await,
                 Self::Release(args) => release(args).await,
                 Self::Status(args) => status(args).await,
-                Self::Check(args) => super::lock_check::check(args).await,
-                Self::CheckClient(args) => super::lock_check::client(args)
+                Self::Check(args) => ballast_bench::lock_check::check(args).await,
+                Self::CheckClient(args) => ballast_bench::lock_check::client(args)
                     .await
                     .map(|()| ExitCode::SUCCESS),
             }

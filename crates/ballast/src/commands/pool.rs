@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::admin_client::{ControlFlags, segment};
 use super::algorithm_args::AlgorithmArgs;
-use super::table::Table;
+use ballast_bench::table::Table;
 
 #[derive(Debug, Args)]
 pub(crate) struct PoolCommand {

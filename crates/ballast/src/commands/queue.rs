@@ -11,7 +11,7 @@ use ballast_lock::{LockManager, Options};
 use clap::{Args, Subcommand, ValueEnum};
 use tokio::io::AsyncBufReadExt;
 
-use super::table::Table;
+use ballast_bench::table::Table;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum QueueCommand {

@@ -233,7 +233,7 @@ impl UpArgs {
     ) -> Result<String> {
         let (redis_urls, election) = match self.redis.as_str() {
             "off" => (Vec::new(), "the database lease (--redis off)".to_owned()),
-            "auto" if super::find_program("redis-server", &[]).is_none() => (
+            "auto" if ballast_bench::find_program("redis-server", &[]).is_none() => (
                 Vec::new(),
                 "the database lease (redis-server is not installed)".to_owned(),
             ),
@@ -377,7 +377,7 @@ impl UpArgs {
         let this = std::env::current_exe()
             .ok()
             .and_then(|p| p.canonicalize().ok());
-        let found = super::find_program("ballast", &[]).and_then(|p| p.canonicalize().ok());
+        let found = ballast_bench::find_program("ballast", &[]).and_then(|p| p.canonicalize().ok());
         if let Some(this) = this.filter(|this| found.as_ref() != Some(this))
             && let Some(bin) = this.parent()
         {
