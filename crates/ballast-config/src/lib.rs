@@ -31,6 +31,7 @@
 
 mod feed;
 mod fleet;
+mod hash_key;
 mod lease;
 mod model;
 mod sql;
@@ -39,6 +40,7 @@ mod validate;
 
 pub use ballast_balance::ALGORITHM_NAMES;
 pub use feed::{FollowOptions, Followed, catch_up, follow, follow_or_fall_back};
+pub use hash_key::HashKeySpec;
 pub use lease::Lease;
 pub use model::{
     AdminState, AlgorithmSpec, Backend, Change, Config, Health, LbFigures, LbServer, LbState,

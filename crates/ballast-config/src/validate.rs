@@ -205,25 +205,9 @@ fn invalid_algorithm(error: BuildError) -> Invalid {
 
 /// The grammar the LB servers accept for a hash key source.
 fn check_hash_key(text: &str) -> Result<(), Invalid> {
-    let valid = match text.split_once(':') {
-        None => matches!(text, "client_ip" | "path"),
-        Some(("header", name)) => {
-            !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
-        }
-        Some(("cookie", name)) => !name.is_empty() && !name.contains([';', '=', ' ', ',']),
-        _ => false,
-    };
-    if valid {
-        Ok(())
-    } else {
-        Err(Invalid::new(
-            "hash_key",
-            format!("`{text}`: expected client_ip, header:NAME, cookie:NAME or path"),
-        ))
-    }
+    text.parse::<crate::HashKeySpec>()
+        .map(drop)
+        .map_err(|reason| Invalid::new("hash_key", reason))
 }
 
 /// An address as stored: parsed and printed back, so `[::1]:80` and `[0:0::1]:80` are one
