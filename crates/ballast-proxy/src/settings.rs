@@ -135,7 +135,7 @@ pub struct TlsFiles {
 }
 
 /// A named set of backends and how to choose among them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pool {
     /// The name listeners refer to and metrics carry.
     pub name: String,

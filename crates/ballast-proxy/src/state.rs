@@ -2,10 +2,11 @@
 //! metric handles), and the immutable [`Snapshot`] the request path reads through one `ArcSwap`.
 //!
 //! A snapshot holds, per pool, the picker built for the backends that take traffic now. When
-//! that changes (an ejection starts or ends; later, a configuration revision), a new snapshot is
-//! built off the request path and swapped in whole; requests already running keep the one they
-//! loaded. Backend state lives in `Arc`s that successive snapshots share, so in-flight counts,
-//! failure records and counters carry over.
+//! that changes (an ejection starts or ends, a configuration revision), a new snapshot is built
+//! off the request path and swapped in whole; requests already running keep the one they loaded.
+//! Only the pools that changed are rebuilt: the others' [`PoolSnapshot`]s (a 65537-entry Maglev
+//! table among them) are shared by the new snapshot as they are. Backend state lives in `Arc`s
+//! that successive snapshots share, so in-flight counts, failure records and counters carry over.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub(crate) struct BackendState {
 pub(crate) struct PoolState {
     /// The pool's name.
     pub name: String,
+    /// The definition it was built from, to tell whether a revision changed it.
+    pub source: Pool,
     /// The algorithm its pickers run.
     pub algorithm: Algorithm,
     /// What hash-based algorithms hash.
@@ -60,7 +63,7 @@ pub(crate) struct PoolState {
 #[derive(Debug)]
 pub(crate) struct Snapshot {
     /// Every pool, in configuration order.
-    pub pools: Vec<PoolSnapshot>,
+    pub pools: Vec<Arc<PoolSnapshot>>,
     /// By listener index: the pool it serves, if the configuration has that pool now.
     pub by_listener: Vec<Option<usize>>,
     /// The configuration revision it was built from (0 for a static configuration).
@@ -75,7 +78,7 @@ impl Snapshot {
             .get(listener)
             .copied()
             .flatten()
-            .map(|pool| &self.pools[pool])
+            .map(|pool| &*self.pools[pool])
     }
 }
 
@@ -179,9 +182,10 @@ impl Shared {
             .collect()
     }
 
-    /// Installs a new set of pools (a configuration revision): backends that stay keep their
-    /// load, failure record, counters and connections; new ones start fresh. Built off the
-    /// request path and swapped in whole.
+    /// Installs a new set of pools (a configuration revision): a pool whose definition did not
+    /// change keeps its snapshot; in the others, backends that stay keep their load, failure
+    /// record, counters and connections, and new ones start fresh. Built off the request path
+    /// and swapped in whole.
     pub(crate) fn replace_pools(
         &self,
         pools: &[Pool],
@@ -189,40 +193,78 @@ impl Shared {
     ) -> Result<(), ballast_balance::BuildError> {
         let _one_at_a_time = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.snapshot.load();
-        let states: Vec<Arc<PoolState>> = pools
+        let now_ms = self.clock.now_ms();
+        let built = pools
             .iter()
             .map(|pool| {
                 let before = current.pools.iter().find(|p| p.state.name == pool.name);
-                Arc::new(self.pool_state(pool, before.map(|p| &*p.state)))
+                match before {
+                    Some(before) if before.state.source == *pool => Ok(Arc::clone(before)),
+                    _ => {
+                        let state = self.pool_state(pool, before.map(|p| &*p.state));
+                        Ok(Arc::new(pool_snapshot(Arc::new(state), now_ms)?))
+                    }
+                }
             })
-            .collect();
-        let snapshot = self.build_snapshot(&states, revision)?;
-        self.snapshot.store(Arc::new(snapshot));
+            .collect::<Result<Vec<_>, _>>()?;
+        self.snapshot.store(Arc::new(self.snapshot_of(built, revision)));
         Ok(())
     }
 
-    /// Rebuilds the snapshot for the ejections in force now; returns when the next one ends.
+    /// Rebuilds the pickers of the pools whose ejections changed; returns when the next
+    /// ejection ends.
     pub(crate) fn rebuild(&self) -> Option<u64> {
         let _one_at_a_time = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.snapshot.load();
-        let states: Vec<Arc<PoolState>> =
-            current.pools.iter().map(|p| Arc::clone(&p.state)).collect();
-        match self.build_snapshot(&states, current.revision) {
-            Ok(snapshot) => self.snapshot.store(Arc::new(snapshot)),
-            // The same backends and algorithms built before; only `accepting` changed.
-            Err(error) => tracing::error!(%error, "snapshot rebuild failed; keeping the last one"),
-        }
-        let now = self.clock.now_ms();
-        states
+        let now_ms = self.clock.now_ms();
+        let mut failed = None;
+        let built: Vec<Arc<PoolSnapshot>> = current
+            .pools
             .iter()
-            .flat_map(|p| &p.backends)
-            .filter_map(|b| b.outlier.ejected_until(now))
-            .min()
+            .map(|pool| {
+                if taking(&pool.state, now_ms) == pool.taking {
+                    return Arc::clone(pool);
+                }
+                match pool_snapshot(Arc::clone(&pool.state), now_ms) {
+                    Ok(rebuilt) => Arc::new(rebuilt),
+                    Err(error) => {
+                        failed = Some(error);
+                        Arc::clone(pool)
+                    }
+                }
+            })
+            .collect();
+        if let Some(error) = failed {
+            // The same backends and algorithms built before; only `accepting` changed.
+            tracing::error!(%error, "picker rebuild failed; keeping the last one");
+        }
+        let next = built
+            .iter()
+            .flat_map(|p| &p.state.backends)
+            .filter_map(|b| b.outlier.ejected_until(now_ms))
+            .min();
+        self.snapshot
+            .store(Arc::new(self.snapshot_of(built, current.revision)));
+        next
+    }
+
+    fn snapshot_of(&self, pools: Vec<Arc<PoolSnapshot>>, revision: u64) -> Snapshot {
+        let by_listener = self
+            .listener_pools
+            .iter()
+            .map(|name| pools.iter().position(|p| p.state.name == *name))
+            .collect();
+        Snapshot {
+            pools,
+            by_listener,
+            revision,
+        }
     }
 
     fn pool_state(&self, pool: &Pool, before: Option<&PoolState>) -> PoolState {
         PoolState {
             name: pool.name.clone(),
+            source: pool.clone(),
             algorithm: pool.algorithm.clone(),
             hash_key: pool.hash_key.clone(),
             backends: pool
@@ -271,46 +313,6 @@ impl Shared {
         }
     }
 
-    fn build_snapshot(
-        &self,
-        pools: &[Arc<PoolState>],
-        revision: u64,
-    ) -> Result<Snapshot, ballast_balance::BuildError> {
-        let now_ms = self.clock.now_ms();
-        let built = pools
-            .iter()
-            .map(|pool| {
-                let taking: Vec<bool> = pool
-                    .backends
-                    .iter()
-                    .map(|b| b.balance.takes_traffic() && !b.outlier.is_ejected(now_ms))
-                    .collect();
-                let backends: Vec<Backend> = pool
-                    .backends
-                    .iter()
-                    .zip(&taking)
-                    .map(|(b, &taking)| b.balance.clone().accepting(taking))
-                    .collect();
-                Ok(PoolSnapshot {
-                    picker: Picker::build(&pool.algorithm, &backends)?,
-                    uses_key: pool.algorithm.uses_key(),
-                    state: Arc::clone(pool),
-                    taking,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let by_listener = self
-            .listener_pools
-            .iter()
-            .map(|name| built.iter().position(|p| p.state.name == *name))
-            .collect();
-        Ok(Snapshot {
-            pools: built,
-            by_listener,
-            revision,
-        })
-    }
-
     /// Records a connect failure or 5xx from backend `index` of `pool`, ejecting it when its
     /// record says so and no more than half the pool would be ejected.
     /// The backend sent bytes nobody asked for: count it, and use its connections once for a
@@ -354,5 +356,126 @@ impl Shared {
             "backend ejected after consecutive failures"
         );
         self.changed.notify_one();
+    }
+}
+
+/// Per backend of `pool`: whether it takes traffic at `now_ms` (accepting and not ejected).
+fn taking(pool: &PoolState, now_ms: u64) -> Vec<bool> {
+    pool.backends
+        .iter()
+        .map(|b| b.balance.takes_traffic() && !b.outlier.is_ejected(now_ms))
+        .collect()
+}
+
+/// The picker over the backends of `pool` that take traffic at `now_ms`.
+fn pool_snapshot(
+    pool: Arc<PoolState>,
+    now_ms: u64,
+) -> Result<PoolSnapshot, ballast_balance::BuildError> {
+    let taking = taking(&pool, now_ms);
+    let backends: Vec<Backend> = pool
+        .backends
+        .iter()
+        .zip(&taking)
+        .map(|(b, &taking)| b.balance.clone().accepting(taking))
+        .collect();
+    Ok(PoolSnapshot {
+        picker: Picker::build(&pool.algorithm, &backends)?,
+        uses_key: pool.algorithm.uses_key(),
+        state: pool,
+        taking,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{BackendAddress, Listener, Mode, PoolOverrides};
+
+    fn pool(name: &str, algorithm: &str, ports: &[u16]) -> Pool {
+        Pool {
+            name: name.to_owned(),
+            algorithm: algorithm.parse().expect("algorithm"),
+            hash_key: HashKey::ClientIp,
+            backends: ports
+                .iter()
+                .map(|port| BackendAddress {
+                    address: SocketAddr::from(([127, 0, 0, 1], *port)),
+                    weight: 1,
+                    accepting: true,
+                })
+                .collect(),
+            overrides: PoolOverrides::default(),
+        }
+    }
+
+    fn shared(pools: &[Pool]) -> Shared {
+        let listeners = pools
+            .iter()
+            .map(|pool| Listener {
+                address: SocketAddr::from(([127, 0, 0, 1], 0)),
+                mode: Mode::Http,
+                pool: pool.name.clone(),
+                tls: None,
+            })
+            .collect();
+        Shared::new(Settings::new(listeners, pools.to_vec())).expect("valid pools")
+    }
+
+    #[test]
+    fn a_revision_rebuilds_only_the_pools_it_changed() {
+        let web = pool("web", "maglev", &[9001, 9002, 9003]);
+        let api = pool("api", "round_robin", &[9101, 9102]);
+        let shared = shared(&[web.clone(), api.clone()]);
+        let before = shared.snapshot.load_full();
+
+        let mut reweighed = api.clone();
+        reweighed.backends[0].weight = 5;
+        shared
+            .replace_pools(&[web.clone(), reweighed], 1)
+            .expect("builds");
+        let after = shared.snapshot.load_full();
+        assert_eq!(after.revision, 1);
+        assert!(
+            Arc::ptr_eq(&before.pools[0], &after.pools[0]),
+            "the untouched pool keeps its Maglev table"
+        );
+        assert!(!Arc::ptr_eq(&before.pools[1], &after.pools[1]));
+        assert_eq!(after.pools[1].state.source.backends[0].weight, 5);
+        // The changed pool's backends keep their state across the rebuild.
+        assert!(Arc::ptr_eq(
+            &before.pools[1].state.backends[1].outlier,
+            &after.pools[1].state.backends[1].outlier
+        ));
+
+        // The same definitions again: nothing is rebuilt at all.
+        let unchanged = after;
+        let mut reweighed = api;
+        reweighed.backends[0].weight = 5;
+        shared.replace_pools(&[web, reweighed], 2).expect("builds");
+        let again = shared.snapshot.load_full();
+        for (a, b) in unchanged.pools.iter().zip(&again.pools) {
+            assert!(Arc::ptr_eq(a, b));
+        }
+    }
+
+    #[test]
+    fn an_ejection_rebuilds_only_its_pool() {
+        let web = pool("web", "maglev", &[9001, 9002, 9003]);
+        let api = pool("api", "round_robin", &[9101, 9102, 9103]);
+        let shared = shared(&[web, api]);
+        let before = shared.snapshot.load_full();
+        let api_state = Arc::clone(&before.pools[1].state);
+        for _ in 0..shared.settings.outlier.consecutive_failures {
+            shared.failure(&api_state, 0);
+        }
+        assert!(
+            shared.rebuild().is_some(),
+            "the ejection ends at a known time"
+        );
+        let after = shared.snapshot.load_full();
+        assert!(Arc::ptr_eq(&before.pools[0], &after.pools[0]));
+        assert_eq!(after.pools[1].taking, vec![false, true, true]);
+        assert_eq!(before.pools[1].taking, vec![true, true, true]);
     }
 }
