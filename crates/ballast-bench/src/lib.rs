@@ -1,6 +1,6 @@
-//! Ballast's benchmarks and checkers as plain tables, without criterion, so that a user can
-//! measure their own machine with the release binary alone (`ballast bench …`, `ballast lock
-//! check`). The ones that drive a whole system start child `ballast` processes from the running
+//! Ballast's benchmarks, checkers and demonstrations as plain tables, without criterion, so that
+//! a user can measure their own machine with the release binary alone (`ballast bench …`,
+//! `ballast lock check`, `ballast queue demo`). The ones that drive a whole system start child `ballast` processes from the running
 //! binary ([`harness`]) and talk to them through the one admin API client.
 
 #![forbid(unsafe_code)]
@@ -16,6 +16,7 @@ pub mod harness;
 mod lock;
 pub mod lock_check;
 mod propagation;
+pub mod queue;
 pub mod table;
 
 pub use harness::find_program;

@@ -51,7 +51,7 @@ enum Fault {
     SkewCounter,
 }
 
-/// `ballast lock check`.
+#[allow(missing_docs)] // clap reads doc comments as help text
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Use these Redis nodes instead of starting them (then only the `pause` fault applies).
@@ -84,7 +84,7 @@ pub struct CheckArgs {
     faults: Vec<Fault>,
 }
 
-/// One client process of the checker (started by [`check`], not by people).
+#[allow(missing_docs)] // clap reads doc comments as help text
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// The lock's nodes.

@@ -50,7 +50,7 @@ enum Command {
     Lock(commands::lock::LockCommand),
     /// Consumers over an unprotected remote queue, with and without locks.
     #[command(subcommand)]
-    Queue(commands::queue::QueueCommand),
+    Queue(ballast_bench::queue::QueueCommand),
     /// Explore the balancing algorithms: where keys go, how load spreads.
     #[command(subcommand)]
     Balance(commands::balance::BalanceCommand),

@@ -11,7 +11,6 @@ pub(crate) mod fleet;
 pub(crate) mod lb;
 pub(crate) mod lock;
 pub(crate) mod pool;
-pub(crate) mod queue;
 mod supervise;
 pub(crate) mod up;
 mod up_display;

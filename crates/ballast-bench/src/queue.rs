@@ -11,10 +11,11 @@ use ballast_lock::{LockManager, Options};
 use clap::{Args, Subcommand, ValueEnum};
 use tokio::io::AsyncBufReadExt;
 
-use ballast_bench::table::Table;
+use crate::table::Table;
 
+#[allow(missing_docs)] // clap reads doc comments as help text
 #[derive(Debug, Subcommand)]
-pub(crate) enum QueueCommand {
+pub enum QueueCommand {
     /// Fill a queue and let consumers empty it in each --lock mode; print what was delivered.
     Demo(DemoArgs),
     /// Run one consumer until the queue is empty (what `demo --processes` starts).
@@ -33,7 +34,7 @@ enum LockMode {
 
 /// Where the queue and the locks are, and how consumers behave.
 #[derive(Debug, Clone, Args)]
-pub(crate) struct Setup {
+pub struct Setup {
     /// Redis nodes, comma-separated: the queue lives on the first; Redlock uses all (an odd
     /// number, at least 3).
     #[arg(
@@ -56,8 +57,9 @@ pub(crate) struct Setup {
     prefix: String,
 }
 
+#[allow(missing_docs)] // clap reads doc comments as help text
 #[derive(Debug, Args)]
-pub(crate) struct DemoArgs {
+pub struct DemoArgs {
     #[command(flatten)]
     setup: Setup,
     /// Consumers sharing the queue.
@@ -79,8 +81,9 @@ pub(crate) struct DemoArgs {
     processes: bool,
 }
 
+#[allow(missing_docs)] // clap reads doc comments as help text
 #[derive(Debug, Args)]
-pub(crate) struct ConsumeArgs {
+pub struct ConsumeArgs {
     #[command(flatten)]
     setup: Setup,
     /// The lock around each read.
@@ -112,7 +115,8 @@ impl Setup {
 }
 
 impl QueueCommand {
-    pub(crate) fn run(self) -> Result<()> {
+    /// Runs the demonstration or the one consumer.
+    pub fn run(self) -> Result<()> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
