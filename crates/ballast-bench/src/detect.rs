@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
 use ballast_control::client::Client;
+use bytes::Bytes;
 use clap::Args;
 use http_body_util::{BodyExt, Empty};
 use hyper::Method;
@@ -25,7 +25,7 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
-use crate::harness::{api, applied, Started, address_after, start};
+use crate::harness::{Started, address_after, api, applied, start};
 use crate::table::Table;
 
 #[derive(Debug, Args)]
@@ -98,8 +98,12 @@ impl DetectArgs {
                 api.write(Method::POST, "/v1/pools", &spec).await?;
                 for backend in backends {
                     let path = format!("/v1/pools/{pool}/backends");
-                    api.write(Method::POST, &path, &json!({"address": backend.to_string()}))
-                        .await?;
+                    api.write(
+                        Method::POST,
+                        &path,
+                        &json!({"address": backend.to_string()}),
+                    )
+                    .await?;
                 }
             }
             let deadline = Instant::now() + self.interval * 10 + Duration::from_secs(10);
@@ -301,7 +305,9 @@ async fn all_healthy(api: &Client) -> Result<bool> {
 }
 
 async fn health_of(api: &Client, address: SocketAddr) -> Result<String> {
-    let backends = api.call(Method::GET, "/v1/pools/web/backends", None).await?;
+    let backends = api
+        .call(Method::GET, "/v1/pools/web/backends", None)
+        .await?;
     Ok(backends
         .as_array()
         .and_then(|list| list.iter().find(|b| b["address"] == address.to_string()))

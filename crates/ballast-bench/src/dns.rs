@@ -14,9 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ballast_config::{
-    AlgorithmSpec, ConfigStore, LbServer, LbState, Liveness, PoolSpec, SqlStore, Write,
-};
+use ballast_config::{AlgorithmSpec, LbServer, LbState, Liveness, PoolSpec, SqlStore, Write};
 use ballast_dns::proto::op::{Message, Query};
 use ballast_dns::proto::rr::{Name, RecordType};
 use clap::Args;

@@ -84,7 +84,11 @@ pub(crate) fn address_after(lines: &[String], prefix: &str) -> Result<SocketAddr
 /// The configuration revision the LB with admin endpoint `admin` has applied.
 pub(crate) async fn applied(api: &Client, admin: SocketAddr) -> Result<u64> {
     let (_, bytes) = api
-        .send(Method::GET, &format!("http://{admin}/config/revision"), None)
+        .send(
+            Method::GET,
+            &format!("http://{admin}/config/revision"),
+            None,
+        )
         .await?;
     Ok(String::from_utf8_lossy(&bytes).trim().parse()?)
 }

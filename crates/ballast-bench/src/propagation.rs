@@ -15,7 +15,7 @@ use clap::Args;
 use hyper::Method;
 use serde_json::json;
 
-use crate::harness::{api, applied, address_after, start};
+use crate::harness::{address_after, api, applied, start};
 use crate::table::{Table, quantile};
 
 #[derive(Debug, Args)]
@@ -65,7 +65,10 @@ impl PropagationArgs {
         let api = api(address_after(&control.ready, "listening http ")?, token);
         let pool = format!("propagation-{}", std::process::id());
         runtime.block_on(async {
-            api.write(Method::POST, "/v1/pools", &json!({"name": pool, "algorithm": "round_robin"}),
+            api.write(
+                Method::POST,
+                "/v1/pools",
+                &json!({"name": pool, "algorithm": "round_robin"}),
             )
             .await?;
             api.write(

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::model::{Config, Write};
 use crate::sql::{Dialect, NOTIFY_CHANNEL, SqlStore};
-use crate::store::{ConfigStore, StoreError};
+use crate::store::StoreError;
 
 /// How a follower keeps up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,9 +34,7 @@ impl FromStr for HashKeySpec {
         match text.split_once(':') {
             None if text == "client_ip" => Ok(Self::ClientIp),
             None if text == "path" => Ok(Self::Path),
-            Some(("header", name)) if is_token(name) => {
-                Ok(Self::Header(name.to_ascii_lowercase()))
-            }
+            Some(("header", name)) if is_token(name) => Ok(Self::Header(name.to_ascii_lowercase())),
             Some(("cookie", name)) if is_token(name) => Ok(Self::Cookie(name.to_owned())),
             _ => Err(format!(
                 "`{text}`: expected client_ip, header:NAME, cookie:NAME or path \

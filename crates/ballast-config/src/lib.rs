@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ballast_config::StoreError> {
-//! use ballast_config::{AlgorithmSpec, ConfigStore, PoolSpec, SqlStore, Write};
+//! use ballast_config::{AlgorithmSpec, PoolSpec, SqlStore, Write};
 //!
 //! let store = SqlStore::connect("sqlite://ballast.db").await?;
 //! store.apply(Write::CreatePool(PoolSpec {
@@ -30,9 +30,7 @@
 #![forbid(unsafe_code)]
 
 mod feed;
-mod fleet;
 mod hash_key;
-mod lease;
 mod model;
 mod sql;
 mod store;
@@ -41,11 +39,11 @@ mod validate;
 pub use ballast_balance::ALGORITHM_NAMES;
 pub use feed::{FollowOptions, Followed, catch_up, follow, follow_or_fall_back};
 pub use hash_key::HashKeySpec;
-pub use lease::Lease;
 pub use model::{
     AdminState, AlgorithmSpec, Backend, Change, Config, Health, LbFigures, LbServer, LbState,
     Liveness, OutOfStep, Pool, PoolPolicy, PoolSpec, Write,
 };
+pub use sql::lease::Lease;
 pub use sql::{Dialect, NOTIFY_CHANNEL, SqlStore};
-pub use store::{ConfigStore, Fence, StoreError};
+pub use store::{Fence, StoreError};
 pub use validate::{Invalid, backend_address, check};

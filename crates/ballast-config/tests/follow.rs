@@ -6,8 +6,7 @@ mod support;
 use std::time::Duration;
 
 use ballast_config::{
-    AdminState, AlgorithmSpec, ConfigStore, FollowOptions, Followed, PoolSpec, SqlStore, Write,
-    catch_up, follow,
+    AdminState, AlgorithmSpec, FollowOptions, Followed, PoolSpec, SqlStore, Write, catch_up, follow,
 };
 use tokio::sync::watch;
 

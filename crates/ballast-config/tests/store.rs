@@ -8,9 +8,7 @@ use support::TempDb;
 
 use std::sync::Arc;
 
-use ballast_config::{
-    AdminState, AlgorithmSpec, ConfigStore, Health, PoolSpec, SqlStore, StoreError, Write,
-};
+use ballast_config::{AdminState, AlgorithmSpec, Health, PoolSpec, SqlStore, StoreError, Write};
 
 fn pool(name: &str, algorithm: &str) -> Write {
     Write::CreatePool(PoolSpec {

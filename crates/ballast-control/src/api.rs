@@ -37,7 +37,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, put};
 use axum::{Json, Router, middleware};
 use ballast_config::{
-    AdminState, AlgorithmSpec, Backend, ConfigStore, Pool, PoolPolicy, PoolSpec, SqlStore, Write,
+    AdminState, AlgorithmSpec, Backend, Pool, PoolPolicy, PoolSpec, SqlStore, Write,
 };
 use ballast_telemetry::Format;
 use bytes::Bytes;

@@ -126,7 +126,12 @@ impl Client {
     }
 
     /// A write: the configuration revision it made.
-    pub async fn write(&self, method: Method, path: &str, body: &Value) -> Result<u64, ClientError> {
+    pub async fn write(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<u64, ClientError> {
         let answer = self.call(method, path, Some(body)).await?;
         answer["revision"].as_u64().ok_or_else(|| ClientError::Api {
             status: StatusCode::OK,

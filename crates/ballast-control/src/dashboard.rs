@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use ballast_config::{ConfigStore, LbServer};
+use ballast_config::LbServer;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http_body_util::Empty;

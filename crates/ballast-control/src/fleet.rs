@@ -11,9 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ballast_config::{
-    ConfigStore, Fence, LbFigures, LbServer, LbState, Liveness, SqlStore, StoreError,
-};
+use ballast_config::{Fence, LbFigures, LbServer, LbState, Liveness, SqlStore, StoreError};
 use ballast_health::{Health, Outcome, PhiSettings, Thresholds, Tracker};
 use bytes::Bytes;
 use futures_util::future::join_all;

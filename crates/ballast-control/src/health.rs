@@ -18,8 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ballast_config::{
-    Config, ConfigStore, Fence, Followed, Health as StoredHealth, PoolPolicy, SqlStore, StoreError,
-    Write,
+    Config, Fence, Followed, Health as StoredHealth, PoolPolicy, SqlStore, StoreError, Write,
 };
 use ballast_health::{Check, Health, Outcome, PhiSettings, Thresholds, Tracker, probe};
 use prometheus_client::encoding::EncodeLabelSet;

@@ -12,11 +12,9 @@
 
 use std::time::Duration;
 
-use ballast_config::ConfigStore;
-
 /// Prunes the log down to the latest `keep` revisions now and then every `interval`, for ever. A
 /// failed prune (the database down) is logged and tried again at the next tick.
-pub async fn prune_every<S: ConfigStore>(store: S, keep: u64, interval: Duration) {
+pub async fn prune_every(store: ballast_config::SqlStore, keep: u64, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

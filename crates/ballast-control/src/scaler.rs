@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ballast_config::{ConfigStore, LbServer, SqlStore};
+use ballast_config::{LbServer, SqlStore};
 
 use crate::autoscale::{Policy, Recommender};
 use crate::provision::Provision;

@@ -141,7 +141,10 @@ impl Settings {
         if let Provisioner::Local { pools, .. } = &scaling.provisioner
             && pools.is_empty()
         {
-            return invalid("--lb-pool", "the local provisioner needs the pools its LBs serve");
+            return invalid(
+                "--lb-pool",
+                "the local provisioner needs the pools its LBs serve",
+            );
         }
         Ok(())
     }
@@ -169,9 +172,7 @@ impl Scaling {
                     None => local,
                 })
             }
-            Provisioner::Commands { up, down } => {
-                Box::new(Commands::new(up.clone(), down.clone()))
-            }
+            Provisioner::Commands { up, down } => Box::new(Commands::new(up.clone(), down.clone())),
         };
         Autoscaling {
             target: self.target,

@@ -262,7 +262,6 @@ async fn the_change_feed_long_polls() {
 
 #[tokio::test]
 async fn a_change_feed_reader_behind_the_pruned_log_is_told_to_reload() {
-    use ballast_config::ConfigStore;
     let control = Control::start().await;
     control
         .ok(

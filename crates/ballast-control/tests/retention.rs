@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ballast_config::{AlgorithmSpec, ConfigStore, PoolSpec, SqlStore, Write};
+use ballast_config::{AlgorithmSpec, PoolSpec, SqlStore, Write};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_is_pruned_to_the_latest_revisions() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use ballast_config::{ConfigStore, FollowOptions, SqlStore, StoreError, follow};
+use ballast_config::{FollowOptions, SqlStore, StoreError, follow};
 
 use crate::zone::Zone;
 

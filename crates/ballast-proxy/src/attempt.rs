@@ -152,11 +152,8 @@ impl<'a> Attempt<'a> {
             let backend = &pool.backends[index];
             let in_flight = backend.balance.load().start();
             let timeouts = &shared.settings.timeouts;
-            let (taken, stray) = upstream::take::<C>(
-                backend.slot,
-                timeouts.idle,
-                &backend.counters.pooled_now,
-            );
+            let (taken, stray) =
+                upstream::take::<C>(backend.slot, timeouts.idle, &backend.counters.pooled_now);
             if stray {
                 shared.distrust(backend);
             }
@@ -260,10 +257,16 @@ mod tests {
             ErrorKind::HeaderTimeout,
         ] {
             let (status, text) = answer(kind);
-            assert!(status.is_client_error() || status.is_server_error(), "{kind:?}");
+            assert!(
+                status.is_client_error() || status.is_server_error(),
+                "{kind:?}"
+            );
             assert!(text.ends_with('\n') && text.len() > 1, "{kind:?}");
         }
-        assert_eq!(answer(ErrorKind::NoBackend).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            answer(ErrorKind::NoBackend).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         assert_eq!(answer(ErrorKind::Timeout).0, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(answer(ErrorKind::BadGateway).0, StatusCode::BAD_GATEWAY);
     }

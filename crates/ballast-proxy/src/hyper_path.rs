@@ -110,7 +110,12 @@ fn respond(
         if let Some(client_upgrade) = client_upgrade {
             let backend_upgrade = hyper::upgrade::on(&mut response);
             let idle = attempt.context().shared.settings.timeouts.idle;
-            tokio::spawn(tunnel(client_upgrade, backend_upgrade, tried.in_flight, idle));
+            tokio::spawn(tunnel(
+                client_upgrade,
+                backend_upgrade,
+                tried.in_flight,
+                idle,
+            ));
         }
         attempt.finished();
         let (parts, _) = response.into_parts();

@@ -30,8 +30,9 @@ impl From<&HashKeySpec> for HashKey {
             HashKeySpec::ClientIp => Self::ClientIp,
             // A token is always a valid header name; were it not, the client's address is
             // still a stable key.
-            HashKeySpec::Header(name) => HeaderName::from_bytes(name.as_bytes())
-                .map_or(Self::ClientIp, Self::Header),
+            HashKeySpec::Header(name) => {
+                HeaderName::from_bytes(name.as_bytes()).map_or(Self::ClientIp, Self::Header)
+            }
             HashKeySpec::Cookie(name) => Self::Cookie(name.clone()),
             HashKeySpec::Path => Self::Path,
         }

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use ballast_balance::Algorithm;
 use ballast_config::{
-    Config, ConfigStore, FollowOptions, Followed, LbServer, LbState, SqlStore,
-    follow_or_fall_back,
+    Config, FollowOptions, Followed, LbServer, LbState, SqlStore, follow_or_fall_back,
 };
 use tokio::sync::watch;
 
@@ -52,17 +51,25 @@ pub(crate) fn run(
         .enable_all()
         .build()
         .map_err(ServerError::Runtime)?;
-    let fallback = managed.cache.as_deref().and_then(|path| match Config::load(path) {
-        Ok(config) => Some(config),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-        Err(error) => {
-            tracing::warn!(path = %path.display(), %error, "configuration cache unreadable");
-            None
-        }
-    });
+    let fallback = managed
+        .cache
+        .as_deref()
+        .and_then(|path| match Config::load(path) {
+            Ok(config) => Some(config),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "configuration cache unreadable");
+                None
+            }
+        });
     let listen_url = managed.listen_db.as_deref().unwrap_or(&managed.db);
     let followed = feed
-        .block_on(follow_or_fall_back(&managed.db, listen_url, managed.follow, fallback))
+        .block_on(follow_or_fall_back(
+            &managed.db,
+            listen_url,
+            managed.follow,
+            fallback,
+        ))
         .map_err(|source| ServerError::Database {
             url: ballast_telemetry::redact(&managed.db).into_owned(),
             source,

@@ -207,7 +207,8 @@ impl Shared {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        self.snapshot.store(Arc::new(self.snapshot_of(built, revision)));
+        self.snapshot
+            .store(Arc::new(self.snapshot_of(built, revision)));
         Ok(())
     }
 

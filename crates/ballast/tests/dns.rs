@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use ballast_config::{AlgorithmSpec, ConfigStore, PoolSpec, SqlStore, Write};
+use ballast_config::{AlgorithmSpec, PoolSpec, SqlStore, Write};
 use support::{Process, echo, resolver};
 
 /// A managed LB named `name` serving `pool` on `ip`.

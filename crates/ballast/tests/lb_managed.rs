@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use ballast_config::{AdminState, AlgorithmSpec, ConfigStore, PoolSpec, SqlStore, Write};
+use ballast_config::{AdminState, AlgorithmSpec, PoolSpec, SqlStore, Write};
 use support::{Process, backend_of, echo, eventually, get, metric};
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ballast_config::{ConfigStore, SqlStore, Write};
+use ballast_config::{SqlStore, Write};
 use support::{Process, backend_of, echo, eventually, get, metric};
 
 #[test]

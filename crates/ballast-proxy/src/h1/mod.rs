@@ -62,14 +62,20 @@ pub(crate) async fn serve(
             Ok(None) => return,
             Err(refusal) => {
                 let (kind, (status, text)) = match refusal {
-                    Refusal::BadRequest => (ErrorKind::BadRequest, attempt::answer(ErrorKind::BadRequest)),
+                    Refusal::BadRequest => (
+                        ErrorKind::BadRequest,
+                        attempt::answer(ErrorKind::BadRequest),
+                    ),
                     Refusal::TooLarge => (
                         ErrorKind::HeadersTooLarge,
                         attempt::answer(ErrorKind::HeadersTooLarge),
                     ),
                     Refusal::NotImplemented => (
                         ErrorKind::BadRequest,
-                        (StatusCode::NOT_IMPLEMENTED, "transfer coding not implemented\n"),
+                        (
+                            StatusCode::NOT_IMPLEMENTED,
+                            "transfer coding not implemented\n",
+                        ),
                     ),
                 };
                 context.shared.count_error(context.listener, kind);

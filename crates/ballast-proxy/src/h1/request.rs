@@ -9,8 +9,8 @@ use tokio::net::TcpStream;
 
 use super::body::{Buffered, CopyError, Patience, copy_chunked, copy_length, write_within};
 use super::message::{Coding, Framing, MAX_HEADERS, Message, is_framing, put_header};
-use crate::headers;
 use crate::attempt::ClientContext;
+use crate::headers;
 use crate::state::Snapshot;
 use crate::upstream::Raw;
 

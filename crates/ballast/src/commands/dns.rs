@@ -90,7 +90,6 @@ impl DnsArgs {
 
 impl ExportArgs {
     fn run(self) -> Result<()> {
-        use ballast_config::ConfigStore;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ballast_config::{AlgorithmSpec, ConfigStore, PoolSpec, SqlStore, Write};
+use ballast_config::{AlgorithmSpec, PoolSpec, SqlStore, Write};
 use ballast_lock::local::LocalNode;
 use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ballast_config::{ConfigStore, LbState, SqlStore};
+use ballast_config::{LbState, SqlStore};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The display: on a terminal or plain.

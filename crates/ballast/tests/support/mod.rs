@@ -200,7 +200,7 @@ pub fn create_pool(
     name: &str,
     backends: &[SocketAddr],
 ) {
-    use ballast_config::{AlgorithmSpec, ConfigStore, PoolSpec, Write};
+    use ballast_config::{AlgorithmSpec, PoolSpec, Write};
     let pool = Write::CreatePool(PoolSpec {
         name: name.into(),
         algorithm: AlgorithmSpec::named("round_robin"),

@@ -1,14 +1,14 @@
 //! Leases in the configuration database, for leader election when there is no Redis: one row per
 //! name with its holder, a fencing token and an expiry by the database's own clock (so that the
 //! candidates' clocks need not agree). A new holder's token is larger than every token the name's
-//! lease or fence has seen, so [`ConfigStore::apply_fenced`](crate::ConfigStore::apply_fenced)
+//! lease or fence has seen, so [`SqlStore::apply_fenced`]
 //! refuses a former holder's late writes.
 
 use std::time::Duration;
 
 use sqlx::Row;
 
-use crate::sql::{Dialect, SqlStore, statement};
+use super::{Dialect, SqlStore, statement};
 use crate::store::StoreError;
 
 /// A lease held: its fencing token and how long it was granted for.
