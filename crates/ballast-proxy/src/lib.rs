@@ -2,19 +2,27 @@
 //!
 //! [`run`] starts an LB server from [`Settings`] (flags or a TOML file) and returns once SIGTERM
 //! or SIGINT has drained it. Its pools are the settings' own ([`Source::Static`]) or follow the
-//! configuration database ([`Source::Database`]), revision by revision. It proxies HTTP/1.1 and HTTP/2 (h2c and TLS with ALPN) or raw TCP to
-//! the backends of each listener's pool, choosing with the pool's `ballast-balance` picker, and
-//! serves Prometheus metrics on its admin address.
+//! configuration database ([`Source::Managed`]), revision by revision; either way they are the
+//! database's model of a pool. It proxies HTTP/1.1 and HTTP/2 (h2c and TLS with ALPN) or raw
+//! TCP to the backends of each listener's pool, choosing with the pool's `ballast-balance`
+//! picker, and serves Prometheus metrics on its admin address.
 //!
 //! ```no_run
-//! use ballast_proxy::settings::{Listener, Mode, Pool, Settings};
+//! use ballast_config::{AlgorithmSpec, Pool, PoolSpec};
+//! use ballast_proxy::settings::{BackendAddress, Listener, Mode, Settings};
 //!
 //! let pool = Pool {
-//!     name: "web".into(),
-//!     algorithm: "least_request".parse()?,
-//!     hash_key: ballast_proxy::HashKey::ClientIp,
-//!     backends: vec!["127.0.0.1:9001=3".parse()?, "127.0.0.1:9002".parse()?],
-//!     overrides: Default::default(),
+//!     spec: PoolSpec {
+//!         name: "web".into(),
+//!         algorithm: AlgorithmSpec::named("least_request"),
+//!         hash_key: "client_ip".into(),
+//!         dns_name: None,
+//!         policy: Default::default(),
+//!     },
+//!     backends: ["127.0.0.1:9001=3", "127.0.0.1:9002"]
+//!         .iter()
+//!         .map(|b| b.parse::<BackendAddress>().map(BackendAddress::into_model))
+//!         .collect::<Result<_, _>>()?,
 //! };
 //! let listener = Listener {
 //!     address: "127.0.0.1:8080".parse()?,

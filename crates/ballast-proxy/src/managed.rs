@@ -9,15 +9,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ballast_balance::Algorithm;
 use ballast_config::{
     Config, FollowOptions, Followed, LbServer, LbState, SqlStore, follow_or_fall_back,
 };
 use tokio::sync::watch;
 
-use crate::key::HashKey;
 use crate::server::{Bound, ServerError};
-use crate::settings::{BackendAddress, Pool, PoolOverrides, Settings};
+use crate::settings::{Pool, Settings};
 use crate::state::Shared;
 
 /// How a managed LB follows the configuration database.
@@ -191,53 +189,6 @@ impl Heartbeat {
     }
 }
 
-/// The proxy's pools for a configuration. A pool or backend that the proxy cannot use (which the
-/// store's validation should have prevented) is left out with a warning rather than stopping the
-/// others.
-pub(crate) fn pools(config: &Config) -> Vec<Pool> {
-    config
-        .pools
-        .iter()
-        .filter_map(|pool| {
-            let spec = &pool.spec;
-            let algorithm = Algorithm::with_parameters(&spec.algorithm.algorithm, &spec.algorithm.parameters())
-                .map_err(|error| tracing::warn!(pool = %spec.name, %error, "pool left out"))
-                .ok()?;
-            let hash_key = spec.hash_key.parse::<HashKey>().unwrap_or_else(|error| {
-                tracing::warn!(pool = %spec.name, %error, "hashing the client address instead");
-                HashKey::ClientIp
-            });
-            let backends = pool
-                .backends
-                .iter()
-                .filter_map(|backend| match backend.address.parse() {
-                    Ok(address) => Some(BackendAddress {
-                        address,
-                        weight: backend.weight,
-                        accepting: backend.takes_traffic(),
-                    }),
-                    Err(_) => {
-                        tracing::warn!(pool = %spec.name, address = %backend.address, "backend left out");
-                        None
-                    }
-                })
-                .collect();
-            let policy = &spec.policy;
-            Some(Pool {
-                name: spec.name.clone(),
-                algorithm,
-                hash_key,
-                backends,
-                overrides: PoolOverrides {
-                    retries: policy.retries,
-                    connect: policy.connect_timeout_ms.map(Duration::from_millis),
-                    backend_response: policy.response_timeout_ms.map(Duration::from_millis),
-                },
-            })
-        })
-        .collect()
-}
-
 /// Applies every revision the follower publishes until it stops, saving each to `cache`.
 pub(crate) async fn apply_revisions(shared: Arc<Shared>, following: Following) {
     let Following {
@@ -275,7 +226,7 @@ pub(crate) async fn apply_revisions(shared: Arc<Shared>, following: Following) {
 /// Installs one configuration revision.
 pub(crate) fn install(shared: &Shared, config: &Config) {
     let started = Instant::now();
-    match shared.replace_pools(&pools(config), config.revision) {
+    match shared.replace_pools(&Pool::all_of(&config.pools), config.revision) {
         Ok(()) => tracing::info!(
             revision = config.revision,
             took_us = started.elapsed().as_micros() as u64,

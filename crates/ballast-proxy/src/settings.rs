@@ -2,15 +2,20 @@
 //! flags or read from a TOML file, and validated whole before anything starts.
 //!
 //! Every error names the field at fault (`pools[0].backends[2]: …`) and the reason; a file with
-//! one bad field changes nothing. When the configuration database arrives, its model replaces the
-//! file as the source of pools; the file stays for static deployments.
+//! one bad field changes nothing.
+//!
+//! A pool has one model, the configuration database's ([`ballast_config::Pool`]): a static file's
+//! or the flags' pools are that model at revision 0, checked by the same validation as a write
+//! to the store, and [`Pool::all_of`] is the one translation into what the request path runs,
+//! in static and managed mode alike.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ballast_balance::{Algorithm, Parameters};
+use ballast_balance::Algorithm;
+use ballast_config::{AdminState, AlgorithmSpec, Health, PoolPolicy, PoolSpec, Write};
 use serde::Deserialize;
 
 use crate::key::HashKey;
@@ -20,8 +25,8 @@ use crate::key::HashKey;
 pub struct Settings {
     /// Where clients connect, each bound to a pool.
     pub listeners: Vec<Listener>,
-    /// The backend pools.
-    pub pools: Vec<Pool>,
+    /// The backend pools (static mode; managed mode follows the database's).
+    pub pools: Vec<ballast_config::Pool>,
     /// Event-loop threads, each with its own accept queue and upstream connections.
     pub workers: usize,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -134,9 +139,10 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// A named set of backends and how to choose among them.
+/// A pool as the request path runs it: the model's pool with its algorithm built, its hash key
+/// and addresses parsed, and its policy as durations.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Pool {
+pub(crate) struct Pool {
     /// The name listeners refer to and metrics carry.
     pub name: String,
     /// The balancing algorithm.
@@ -151,13 +157,64 @@ pub struct Pool {
 
 /// What a pool may set for itself instead of the LB server's defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PoolOverrides {
+pub(crate) struct PoolOverrides {
     /// Extra tries for replayable requests.
     pub retries: Option<u32>,
     /// Connecting to a backend.
     pub connect: Option<Duration>,
     /// A backend starting its response (and each read of its body).
     pub backend_response: Option<Duration>,
+}
+
+impl Pool {
+    /// The request path's pools for the model's. A pool or backend that it cannot use (which
+    /// validation should have prevented) is left out with a warning rather than stopping the
+    /// others.
+    pub(crate) fn all_of(pools: &[ballast_config::Pool]) -> Vec<Self> {
+        pools
+            .iter()
+            .filter_map(|pool| {
+                let spec = &pool.spec;
+                let algorithm = Algorithm::with_parameters(
+                    &spec.algorithm.algorithm,
+                    &spec.algorithm.parameters(),
+                )
+                .map_err(|error| tracing::warn!(pool = %spec.name, %error, "pool left out"))
+                .ok()?;
+                let hash_key = spec.hash_key.parse::<HashKey>().unwrap_or_else(|error| {
+                    tracing::warn!(pool = %spec.name, %error, "hashing the client address instead");
+                    HashKey::ClientIp
+                });
+                let backends = pool
+                    .backends
+                    .iter()
+                    .filter_map(|backend| match backend.address.parse() {
+                        Ok(address) => Some(BackendAddress {
+                            address,
+                            weight: backend.weight,
+                            accepting: backend.takes_traffic(),
+                        }),
+                        Err(_) => {
+                            tracing::warn!(pool = %spec.name, address = %backend.address, "backend left out");
+                            None
+                        }
+                    })
+                    .collect();
+                let policy = &spec.policy;
+                Some(Self {
+                    name: spec.name.clone(),
+                    algorithm,
+                    hash_key,
+                    backends,
+                    overrides: PoolOverrides {
+                        retries: policy.retries,
+                        connect: policy.connect_timeout_ms.map(Duration::from_millis),
+                        backend_response: policy.response_timeout_ms.map(Duration::from_millis),
+                    },
+                })
+            })
+            .collect()
+    }
 }
 
 /// A backend and its weight.
@@ -169,6 +226,20 @@ pub struct BackendAddress {
     pub weight: u32,
     /// Whether it may take new requests (false while draining, disabled or unhealthy).
     pub accepting: bool,
+}
+
+impl BackendAddress {
+    /// The backend in the model: active, of unknown health.
+    pub fn into_model(self) -> ballast_config::Backend {
+        ballast_config::Backend {
+            address: self.address.to_string(),
+            weight: self.weight,
+            admin_state: AdminState::Active,
+            health: Health::Unknown,
+            phi: None,
+            health_reason: None,
+        }
+    }
 }
 
 impl std::str::FromStr for BackendAddress {
@@ -263,7 +334,7 @@ impl SettingsError {
 
 impl Settings {
     /// Default settings around the given listeners and pools.
-    pub fn new(listeners: Vec<Listener>, pools: Vec<Pool>) -> Self {
+    pub fn new(listeners: Vec<Listener>, pools: Vec<ballast_config::Pool>) -> Self {
         Self {
             listeners,
             pools,
@@ -292,31 +363,15 @@ impl Settings {
         }
         let mut pool_names = HashSet::new();
         for (i, pool) in self.pools.iter().enumerate() {
-            if pool.name.is_empty() {
+            check_pool(pool).map_err(|(field, reason)| {
+                SettingsError::new(format!("pools[{i}]{field}"), reason)
+            })?;
+            if !pool_names.insert(pool.spec.name.as_str()) {
                 return Err(SettingsError::new(
                     format!("pools[{i}].name"),
-                    "must not be empty",
+                    format!("pool `{}` is defined twice", pool.spec.name),
                 ));
             }
-            if !pool_names.insert(pool.name.as_str()) {
-                return Err(SettingsError::new(
-                    format!("pools[{i}].name"),
-                    format!("pool `{}` is defined twice", pool.name),
-                ));
-            }
-            if pool.backends.is_empty() {
-                return Err(SettingsError::new(
-                    format!("pools[{i}].backends"),
-                    "a pool needs at least one backend",
-                ));
-            }
-            let backends: Vec<ballast_balance::Backend> = pool
-                .backends
-                .iter()
-                .map(|b| ballast_balance::Backend::new(b.address.to_string(), b.weight))
-                .collect();
-            ballast_balance::Picker::build(&pool.algorithm, &backends)
-                .map_err(|e| SettingsError::new(format!("pools[{i}]"), e.to_string()))?;
         }
         let mut addresses = HashSet::new();
         for (i, listener) in self.listeners.iter().enumerate() {
@@ -472,6 +527,8 @@ fn http_mode() -> Mode {
     Mode::Http
 }
 
+/// A pool as the file writes it: the model's fields, with durations as people write them and
+/// backends as `ADDR[=WEIGHT]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FilePool {
@@ -484,7 +541,90 @@ struct FilePool {
     load_factor: Option<f64>,
     #[serde(default, with = "humantime_serde_opt")]
     peak_ewma: Option<Duration>,
+    retries: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    response_timeout: Option<Duration>,
     backends: Vec<String>,
+}
+
+fn millis(duration: Option<Duration>) -> Option<u64> {
+    duration.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl FilePool {
+    /// The pool in the model; `at` names it in errors.
+    fn into_model(self, at: &str) -> Result<ballast_config::Pool, SettingsError> {
+        let spec = PoolSpec {
+            name: self.name,
+            algorithm: AlgorithmSpec {
+                algorithm: self.algorithm,
+                table_size: self.table_size,
+                points_per_weight: self.points_per_weight,
+                load_factor: self.load_factor,
+                peak_ewma_ms: millis(self.peak_ewma),
+            },
+            hash_key: self.hash_key.unwrap_or_else(|| "client_ip".to_owned()),
+            dns_name: None,
+            policy: PoolPolicy {
+                retries: self.retries,
+                connect_timeout_ms: millis(self.connect_timeout),
+                response_timeout_ms: millis(self.response_timeout),
+                ..PoolPolicy::default()
+            },
+        };
+        // As the file is read, like its syntax: the first thing wrong with a pool is usually
+        // its algorithm.
+        Algorithm::with_parameters(&spec.algorithm.algorithm, &spec.algorithm.parameters())
+            .map_err(|e| SettingsError::new(at, e.to_string()))?;
+        let backends = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(j, b)| {
+                b.parse::<BackendAddress>()
+                    .map(BackendAddress::into_model)
+                    .map_err(|e| SettingsError::new(format!("{at}.backends[{j}]"), e))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ballast_config::Pool { spec, backends })
+    }
+}
+
+/// A static pool checked by the store's own rules (as if created and filled through the API),
+/// plus what a static pool needs besides: a backend, and an algorithm that builds on them. The
+/// error's field is relative to the pool (`.hash_key`), as the file names it.
+fn check_pool(pool: &ballast_config::Pool) -> Result<(), (String, String)> {
+    let spec = &pool.spec;
+    if pool.backends.is_empty() {
+        return Err((
+            ".backends".to_owned(),
+            "a pool needs at least one backend".to_owned(),
+        ));
+    }
+    // The algorithm on these very backends first: its errors say which parameter, and catch
+    // what a probe cannot (two backends with one address).
+    let backends: Vec<ballast_balance::Backend> = pool
+        .backends
+        .iter()
+        .map(|b| ballast_balance::Backend::new(b.address.clone(), b.weight))
+        .collect();
+    Algorithm::with_parameters(&spec.algorithm.algorithm, &spec.algorithm.parameters())
+        .and_then(|algorithm| ballast_balance::Picker::build(&algorithm, &backends))
+        .map_err(|e| (String::new(), e.to_string()))?;
+    let in_file = |field: &str| format!(".{}", field.trim_end_matches("_ms"));
+    ballast_config::check(&Write::CreatePool(spec.clone()))
+        .map_err(|e| (in_file(&e.field), e.reason))?;
+    for (j, backend) in pool.backends.iter().enumerate() {
+        let add = Write::AddBackend {
+            pool: spec.name.clone(),
+            address: backend.address.clone(),
+            weight: backend.weight,
+        };
+        ballast_config::check(&add).map_err(|e| (format!(".backends[{j}]"), e.reason))?;
+    }
+    Ok(())
 }
 
 /// A settings file's text; an unreadable file is an error naming it.
@@ -518,39 +658,12 @@ impl File {
                 tls,
             });
         }
-        let mut pools = Vec::new();
-        for (i, p) in self.pools.into_iter().enumerate() {
-            let parameters = Parameters {
-                table_size: p.table_size,
-                points_per_weight: p.points_per_weight,
-                load_factor: p.load_factor,
-                peak_ewma: p.peak_ewma,
-            };
-            let algorithm = Algorithm::with_parameters(&p.algorithm, &parameters)
-                .map_err(|e| SettingsError::new(format!("pools[{i}]"), e.to_string()))?;
-            let hash_key = match p.hash_key {
-                Some(text) => text
-                    .parse()
-                    .map_err(|e| SettingsError::new(format!("pools[{i}].hash_key"), e))?,
-                None => HashKey::ClientIp,
-            };
-            let backends = p
-                .backends
-                .iter()
-                .enumerate()
-                .map(|(j, b)| {
-                    b.parse()
-                        .map_err(|e| SettingsError::new(format!("pools[{i}].backends[{j}]"), e))
-                })
-                .collect::<Result<_, _>>()?;
-            pools.push(Pool {
-                name: p.name,
-                algorithm,
-                hash_key,
-                backends,
-                overrides: PoolOverrides::default(),
-            });
-        }
+        let pools = self
+            .pools
+            .into_iter()
+            .enumerate()
+            .map(|(i, pool)| pool.into_model(&format!("pools[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut settings = Settings::new(listeners, pools);
         settings.workers = self.workers.unwrap_or(settings.workers);
         settings.admin = self.admin;
@@ -635,10 +748,7 @@ backends = ["127.0.0.1:9101"]
         assert_eq!(settings.timeouts.idle, Duration::from_secs(60));
         assert_eq!(settings.listeners[1].mode, Mode::Tcp);
         assert_eq!(settings.pools[0].backends[0].weight, 3);
-        assert_eq!(
-            settings.pools[0].hash_key,
-            HashKey::Header("x-user".parse().expect("name"))
-        );
+        assert_eq!(settings.pools[0].spec.hash_key, "header:x-user");
     }
 
     #[test]
@@ -667,6 +777,39 @@ backends = ["127.0.0.1:9101"]
         assert_eq!(
             from_number.expect("valid").request_buffering,
             ByteSize(1024)
+        );
+    }
+
+    #[test]
+    fn static_pools_take_the_per_pool_policy_managed_pools_have() {
+        let tuned = EXAMPLE.replace(
+            "name = \"db\"",
+            "name = \"db\"\nretries = 0\nconnect_timeout = \"100ms\"\nresponse_timeout = \"2s\"",
+        );
+        let settings = Settings::from_toml(&tuned).expect("valid");
+        let pools = Pool::all_of(&settings.pools);
+        assert_eq!(pools[0].overrides, PoolOverrides::default());
+        assert_eq!(
+            pools[1].overrides,
+            PoolOverrides {
+                retries: Some(0),
+                connect: Some(Duration::from_millis(100)),
+                backend_response: Some(Duration::from_secs(2)),
+            }
+        );
+        // The store's limits, named as the file names the field.
+        let greedy = EXAMPLE.replace("name = \"db\"", "name = \"db\"\nretries = 11");
+        assert_eq!(error(&greedy), "pools[1].retries: at most 10 extra tries");
+        let slow = EXAMPLE.replace("name = \"db\"", "name = \"db\"\nconnect_timeout = \"2h\"");
+        assert_eq!(
+            error(&slow),
+            "pools[1].connect_timeout: must be from 1 ms to one hour"
+        );
+        let shouting = EXAMPLE.replace("name = \"db\"", "name = \"DB\"");
+        assert!(
+            error(&shouting).starts_with("pools[1].name: "),
+            "{}",
+            error(&shouting)
         );
     }
 

@@ -155,7 +155,7 @@ impl Shared {
             rebuilding: std::sync::Mutex::new(()),
             settings,
         };
-        let pools = shared.settings.pools.clone();
+        let pools = Pool::all_of(&shared.settings.pools);
         shared.replace_pools(&pools, 0)?;
         Ok(shared)
     }
@@ -420,7 +420,9 @@ mod tests {
                 tls: None,
             })
             .collect();
-        Shared::new(Settings::new(listeners, pools.to_vec())).expect("valid pools")
+        let shared = Shared::new(Settings::new(listeners, Vec::new())).expect("no pools yet");
+        shared.replace_pools(pools, 0).expect("valid pools");
+        shared
     }
 
     #[test]

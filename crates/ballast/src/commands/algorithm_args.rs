@@ -63,6 +63,20 @@ impl AlgorithmArgs {
         })
     }
 
+    /// The algorithm as the configuration's model holds it (and the admin API takes it).
+    pub(crate) fn spec(&self) -> ballast_config::AlgorithmSpec {
+        let parameters = self.parameters();
+        ballast_config::AlgorithmSpec {
+            algorithm: self.algorithm.clone(),
+            table_size: parameters.table_size,
+            points_per_weight: parameters.points_per_weight,
+            load_factor: parameters.load_factor,
+            peak_ewma_ms: parameters
+                .peak_ewma
+                .map(|decay| u64::try_from(decay.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
     /// `algorithm` with the parameters given on the command line that it takes.
     pub(crate) fn fill(&self, algorithm: Algorithm) -> Algorithm {
         algorithm.fill(&self.parameters())

@@ -10,10 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use ballast_config::FollowOptions;
-use ballast_proxy::settings::{
-    BackendAddress, Listener, Mode, Pool, PoolOverrides, Settings, TlsFiles,
-};
+use ballast_config::{FollowOptions, Pool, PoolPolicy, PoolSpec};
+use ballast_proxy::settings::{BackendAddress, Listener, Mode, Settings, TlsFiles};
 use ballast_proxy::{Bound, HashKey, Managed, Source};
 use clap::{Args, ValueEnum};
 
@@ -163,14 +161,19 @@ impl LbArgs {
                 settings
             }
             (None, None) => {
+                // Refused here with the flags' names; the settings' check repeats it.
+                self.algorithm.algorithm()?;
                 let pool = Pool {
-                    name: "default".to_owned(),
-                    algorithm: self.algorithm.algorithm()?,
-                    hash_key: self.hash_key.clone(),
-                    backends: self.backend.clone(),
-                    overrides: PoolOverrides::default(),
+                    spec: PoolSpec {
+                        name: "default".to_owned(),
+                        algorithm: self.algorithm.spec(),
+                        hash_key: self.hash_key.to_string(),
+                        dns_name: None,
+                        policy: PoolPolicy::default(),
+                    },
+                    backends: self.backend.iter().map(|b| b.into_model()).collect(),
                 };
-                let listeners = self.listeners(std::iter::repeat(pool.name.as_str()));
+                let listeners = self.listeners(std::iter::repeat(pool.spec.name.as_str()));
                 Settings::new(listeners, vec![pool])
             }
         };

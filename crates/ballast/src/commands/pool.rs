@@ -141,21 +141,7 @@ impl PolicyArgs {
 
 /// The algorithm flags as the API's JSON.
 pub(crate) fn algorithm_json(args: &AlgorithmArgs) -> Value {
-    let mut spec = json!({ "algorithm": args.algorithm });
-    let parameters = args.parameters();
-    if let Some(m) = parameters.table_size {
-        spec["table_size"] = json!(m);
-    }
-    if let Some(n) = parameters.points_per_weight {
-        spec["points_per_weight"] = json!(n);
-    }
-    if let Some(c) = parameters.load_factor {
-        spec["load_factor"] = json!(c);
-    }
-    if let Some(decay) = parameters.peak_ewma {
-        spec["peak_ewma_ms"] = json!(decay.as_millis() as u64);
-    }
-    spec
+    serde_json::to_value(args.spec()).unwrap_or_else(|_| json!({ "algorithm": args.algorithm }))
 }
 
 impl PoolCommand {
