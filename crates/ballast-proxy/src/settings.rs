@@ -265,19 +265,25 @@ impl std::str::FromStr for BackendAddress {
     }
 }
 
-/// The timeouts, each with a default users may change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The timeouts, each with a default users may change (a file's `[timeouts]` sets any of them,
+/// as people write durations: `"250ms"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
     /// Connecting to a backend.
+    #[serde(with = "humantime_serde")]
     pub connect: Duration,
     /// A client sending a whole request head, from its first byte (cuts off slow-loris
     /// clients); also the longest wait for each read of a request body, for a TLS handshake,
     /// and for a new connection's first request.
+    #[serde(with = "humantime_serde")]
     pub request_headers: Duration,
     /// A backend starting its response; also the longest wait for each read of its body.
+    #[serde(with = "humantime_serde")]
     pub backend_response: Duration,
     /// An idle keep-alive connection, to a client or to a backend, before it is closed; also
     /// an idle TCP-mode session, and a write to a client that stopped reading.
+    #[serde(with = "humantime_serde")]
     pub idle: Duration,
 }
 
@@ -292,14 +298,17 @@ impl Default for Timeouts {
     }
 }
 
-/// When a backend is ejected for failing, and for how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// When a backend is ejected for failing, and for how long (a file's `[outlier]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct OutlierPolicy {
     /// Consecutive connect failures or 5xx responses that eject; 0 turns ejection off.
     pub consecutive_failures: u32,
     /// The first ejection's length; the n-th lasts n times as long.
+    #[serde(with = "humantime_serde")]
     pub base_ejection: Duration,
     /// The longest ejection.
+    #[serde(with = "humantime_serde")]
     pub max_ejection: Duration,
 }
 
@@ -480,36 +489,13 @@ struct File {
     request_buffering: Option<ByteSize>,
     retries: Option<u32>,
     #[serde(default)]
-    timeouts: FileTimeouts,
+    timeouts: Timeouts,
     #[serde(default)]
-    outlier: FileOutlier,
+    outlier: OutlierPolicy,
     #[serde(default)]
     listeners: Vec<FileListener>,
     #[serde(default)]
     pools: Vec<FilePool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileTimeouts {
-    #[serde(default, with = "humantime_serde_opt")]
-    connect: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    request_headers: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    backend_response: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    idle: Option<Duration>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileOutlier {
-    consecutive_failures: Option<u32>,
-    #[serde(default, with = "humantime_serde_opt")]
-    base_ejection: Option<Duration>,
-    #[serde(default, with = "humantime_serde_opt")]
-    max_ejection: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -671,35 +657,37 @@ impl File {
         settings.drain_delay = self.drain_delay.unwrap_or(settings.drain_delay);
         settings.request_buffering = self.request_buffering.unwrap_or(settings.request_buffering);
         settings.retries = self.retries.unwrap_or(settings.retries);
-        let t = &mut settings.timeouts;
-        t.connect = self.timeouts.connect.unwrap_or(t.connect);
-        t.request_headers = self.timeouts.request_headers.unwrap_or(t.request_headers);
-        t.backend_response = self.timeouts.backend_response.unwrap_or(t.backend_response);
-        t.idle = self.timeouts.idle.unwrap_or(t.idle);
-        let o = &mut settings.outlier;
-        o.consecutive_failures = self
-            .outlier
-            .consecutive_failures
-            .unwrap_or(o.consecutive_failures);
-        o.base_ejection = self.outlier.base_ejection.unwrap_or(o.base_ejection);
-        o.max_ejection = self.outlier.max_ejection.unwrap_or(o.max_ejection);
+        settings.timeouts = self.timeouts;
+        settings.outlier = self.outlier;
         Ok(settings)
     }
 }
 
-/// Durations in the file are written as people write them: "1s", "250ms", "5m".
-mod humantime_serde_opt {
+/// A duration in the file, written as people write them: "1s", "250ms", "5m".
+mod humantime_serde {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
-    ) -> Result<Option<Duration>, D::Error> {
+    ) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
         humantime::parse_duration(&text)
-            .map(Some)
             .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e}")))
+    }
+}
+
+/// An optional duration in the file.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::Deserializer;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        super::humantime_serde::deserialize(deserializer).map(Some)
     }
 }
 
