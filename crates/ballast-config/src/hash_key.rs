@@ -19,6 +19,13 @@ pub enum HashKeySpec {
     Path,
 }
 
+impl HashKeySpec {
+    /// The grammar as a regular expression, for the OpenAPI document; kept beside the parser it
+    /// describes (a test holds the two to one character set).
+    pub const PATTERN: &'static str =
+        "^(client_ip|path|(header|cookie):[A-Za-z0-9!#$%&'*+.^_`|~-]+)$";
+}
+
 /// A header or cookie name: an RFC 9110 token (RFC 6265 names cookies by the same grammar).
 fn is_token(name: &str) -> bool {
     !name.is_empty()
@@ -69,6 +76,32 @@ mod tests {
             "header:X-User".parse::<HashKeySpec>(),
             Ok(HashKeySpec::Header("x-user".into()))
         );
+    }
+
+    #[test]
+    fn the_pattern_allows_the_characters_the_parser_takes() {
+        let class = HashKeySpec::PATTERN
+            .split_once(":[")
+            .and_then(|(_, rest)| rest.split_once("]+"))
+            .map(|(class, _)| class)
+            .expect("one character class");
+        let mut allowed = std::collections::HashSet::new();
+        let mut chars = class.chars().peekable();
+        while let Some(c) = chars.next() {
+            let mut ahead = chars.clone();
+            if ahead.next() == Some('-')
+                && let Some(end) = ahead.next()
+            {
+                allowed.extend(c..=end);
+                chars = ahead;
+            } else {
+                allowed.insert(c);
+            }
+        }
+        for byte in 0u8..128 {
+            let c = char::from(byte);
+            assert_eq!(allowed.contains(&c), is_token(&c.to_string()), "{c:?}");
+        }
     }
 
     #[test]

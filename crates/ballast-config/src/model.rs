@@ -377,21 +377,18 @@ impl Config {
 }
 
 /// One change to the configuration; each is one transaction and one revision.
+// Fields are named for what they hold; the variants say what they do.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Write {
     /// Creates a pool (with no backends).
     CreatePool(PoolSpec),
     /// Deletes a pool and its backends.
-    DeletePool {
-        /// The pool.
-        pool: String,
-    },
+    DeletePool { pool: String },
     /// Changes a pool's algorithm and its parameters.
     SetAlgorithm {
-        /// The pool.
         pool: String,
-        /// The new algorithm.
         #[serde(flatten)]
         algorithm: AlgorithmSpec,
         /// A new hash key (`client_ip`, `header:NAME`, `cookie:NAME` or `path`), part of the
@@ -402,53 +399,34 @@ pub enum Write {
     /// Replaces a pool's policy (retries, timeouts, health check) whole: fields left out fall
     /// back to the defaults.
     SetPolicy {
-        /// The pool.
         pool: String,
-        /// The new policy.
         #[serde(flatten)]
         policy: PoolPolicy,
     },
     /// Adds a backend, active and of unknown health.
     AddBackend {
-        /// The pool.
         pool: String,
-        /// `IP:port`.
         address: String,
-        /// Its weight.
         weight: u32,
     },
     /// Removes a backend.
-    RemoveBackend {
-        /// The pool.
-        pool: String,
-        /// The backend.
-        address: String,
-    },
+    RemoveBackend { pool: String, address: String },
     /// Changes a backend's weight.
     SetWeight {
-        /// The pool.
         pool: String,
-        /// The backend.
         address: String,
-        /// The new weight.
         weight: u32,
     },
     /// Drains, disables or re-enables a backend.
     SetAdminState {
-        /// The pool.
         pool: String,
-        /// The backend.
         address: String,
-        /// The new state.
         state: AdminState,
     },
     /// Records the orchestrator's verdict on a backend.
     SetHealth {
-        /// The pool.
         pool: String,
-        /// The backend.
         address: String,
-        /// The verdict.
         health: Health,
         /// The phi accrual detector's value then.
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -26,20 +26,12 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-mod auth;
-pub mod autoscale;
 pub mod client;
-mod dashboard;
-mod error;
-pub mod fleet;
-pub mod health;
-pub mod leader;
-mod openapi;
 pub mod orchestrator;
-pub mod prometheus;
-pub mod provision;
 pub mod retention;
-pub mod scaler;
 mod service;
 
+pub use orchestrator::{autoscale, fleet, health, leader, prometheus, provision, scaler};
 pub use service::{Orchestration, Provisioner, Scaling, ServiceError, Settings, run};
+
+pub(crate) use api::{dashboard, error};

@@ -1,31 +1,20 @@
-//! The admin API, `/v1/…`, JSON in and out. Every route but `/healthz` and the dashboard's page
-//! and assets needs
-//! `Authorization: Bearer <token>`.
-//!
-//! | method and path | what |
-//! |---|---|
-//! | `GET /v1/revision` | `{"revision": N}` |
-//! | `GET /v1/pools`, `POST /v1/pools` | list pools with their backends; create one (`PoolSpec`) |
-//! | `GET`, `DELETE /v1/pools/{pool}` | one pool; delete it and its backends |
-//! | `PUT /v1/pools/{pool}/algorithm` | `{"algorithm": "maglev", "table_size": 65537, "hash_key": "header:x-user"}` (`hash_key` optional) |
-//! | `PUT /v1/pools/{pool}/policy` | `{"retries": 1, "response_timeout_ms": 2000, "health_path": "/health"}` (replaces the whole policy) |
-//! | `GET`, `POST /v1/pools/{pool}/backends` | list; add `{"address": "IP:port", "weight": 1}` |
-//! | `DELETE /v1/pools/{pool}/backends/{address}` | remove a backend |
-//! | `PUT /v1/pools/{pool}/backends/{address}/weight` | `{"weight": 3}` |
-//! | `PUT /v1/pools/{pool}/backends/{address}/state` | `{"state": "draining"}` (or `active`, `disabled`) |
-//! | `GET /v1/changes?since=R&wait_ms=W` | the change log after R, waiting up to W ms (at most 30000) for one |
-//! | `GET /v1/lbs` | the LB servers' last heartbeats: addresses, pools, applied revision, state |
-//! | `GET /v1/health` | the health checker's view of every backend: verdict, phi now, reason (the leader's; empty on followers) |
-//! | `GET /v1/leader` | whether this instance leads the orchestrators, its fencing token, why it last stepped down |
-//! | `GET /metrics` | the orchestrator's metrics (OpenMetrics or Prometheus text, by `Accept`), phi per backend included |
-//! | `GET /v1/openapi.json` | this API as an OpenAPI document (generated from the routes) |
-//! | `GET /v1/dashboard` | everything the dashboard shows, in one document (see [`crate::dashboard`]) |
-//! | `GET /` | the dashboard page (public: it holds no data, and asks for the token) |
+//! The admin API, `/v1/…`, JSON in and out: pools, backends, the change log, the LB fleet,
+//! the orchestrator's view. [`router`] is the one list of its routes; each route's annotation
+//! says what it takes and answers, and the same annotations make the OpenAPI document served at
+//! `GET /v1/openapi.json`. Every route but `/healthz` and the dashboard's page and assets needs
+//! `Authorization: Bearer <token>`; `GET /metrics` serves the orchestrator's metrics
+//! (OpenMetrics or Prometheus text, by `Accept`) and `GET /v1/dashboard` everything the
+//! dashboard shows (see [`crate::dashboard`]).
 //!
 //! Writes answer `{"revision": N}`, the revision they produced. Errors answer
 //! `{"error": {"field": …, "reason": …}}` with 400 (invalid), 404 (unknown pool or backend),
 //! 409 (already exists), 401 (token), 410 (the change log was pruned past `since`) or 503
 //! (database down; nothing was written).
+
+mod auth;
+pub(crate) mod dashboard;
+pub(crate) mod error;
+mod openapi;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +23,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, put};
+use axum::routing::get;
 use axum::{Json, Router, middleware};
 use ballast_config::{
     AdminState, AlgorithmSpec, Backend, Pool, PoolPolicy, PoolSpec, SqlStore, Write,
@@ -44,8 +33,11 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::auth::require_token;
+use self::auth::require_token;
 use crate::error::ApiError;
 use crate::orchestrator::Status;
 use prometheus_client::registry::Registry;
@@ -74,31 +66,32 @@ pub fn router(store: SqlStore, token: String, orchestrator: Option<Status>) -> R
         registry: Arc::new(registry),
         traffic: Arc::new(crate::dashboard::Traffic::new()),
     };
-    let v1 = Router::new()
-        .route("/v1/revision", get(revision))
-        .route("/v1/pools", get(list_pools).post(create_pool))
-        .route("/v1/pools/{pool}", get(show_pool).delete(delete_pool))
-        .route("/v1/pools/{pool}/algorithm", put(set_algorithm))
-        .route("/v1/pools/{pool}/policy", put(set_policy))
-        .route(
-            "/v1/pools/{pool}/backends",
-            get(list_backends).post(add_backend),
-        )
-        .route(
-            "/v1/pools/{pool}/backends/{address}",
-            axum::routing::delete(remove_backend),
-        )
-        .route(
-            "/v1/pools/{pool}/backends/{address}/weight",
-            put(set_weight),
-        )
-        .route("/v1/pools/{pool}/backends/{address}/state", put(set_state))
-        .route("/v1/changes", get(changes))
-        .route("/v1/lbs", get(lb_servers))
-        .route("/v1/health", get(health_status))
-        .route("/v1/leader", get(leader_status))
+    // One list of routes: the router serves them, and their annotations make the document.
+    let (documented, generated) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(revision))
+        .routes(routes!(list_pools, create_pool))
+        .routes(routes!(show_pool, delete_pool))
+        .routes(routes!(set_algorithm))
+        .routes(routes!(set_policy))
+        .routes(routes!(list_backends, add_backend))
+        .routes(routes!(remove_backend))
+        .routes(routes!(set_weight))
+        .routes(routes!(set_state))
+        .routes(routes!(changes))
+        .routes(routes!(lb_servers))
+        .routes(routes!(health_status))
+        .routes(routes!(leader_status))
+        .split_for_parts();
+    let document = Arc::new(openapi::document(generated));
+    let v1 = documented
         .route("/metrics", get(metrics))
-        .route("/v1/openapi.json", get(openapi))
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let document = Arc::clone(&document);
+                async move { Json(Value::clone(&document)) }
+            }),
+        )
         .route("/v1/dashboard", get(crate::dashboard::document))
         .layer(middleware::from_fn_with_state(api.clone(), require_token));
     Router::new()
@@ -224,13 +217,27 @@ async fn write(api: &Api, write: Write, status: StatusCode) -> Answer {
     }
 }
 
-#[utoipa::path(get, path = "/v1/revision", responses((status = 200, description = "`{\"revision\": N}`")), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/revision",
+    responses(
+        (status = 200, description = "`{\"revision\": N}`"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn revision(State(api): State<Api>) -> Answer {
     let revision = api.store.revision().await?;
     Ok((StatusCode::OK, Json(json!({ "revision": revision }))))
 }
 
-#[utoipa::path(get, path = "/v1/pools", responses((status = 200, description = "`{\"revision\": N, \"pools\": [Pool]}`")), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/pools",
+    responses(
+        (status = 200, description = "`{\"revision\": N, \"pools\": [Pool]}`"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn list_pools(State(api): State<Api>) -> Answer {
     let config = api.store.config().await?;
     Ok((
@@ -249,24 +256,67 @@ async fn find_pool(api: &Api, name: &str) -> Result<Pool, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("pool `{name}` does not exist")))
 }
 
-#[utoipa::path(get, path = "/v1/pools/{pool}", params(("pool" = String, Path, description = "The pool")), responses((status = 200, body = Pool), (status = 404, description = "No such pool")), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/pools/{pool}",
+    params(
+        ("pool" = String, Path, description = "The pool"),
+    ),
+    responses(
+        (status = 200, body = Pool),
+        (status = 404, description = "No such pool"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn show_pool(State(api): State<Api>, Path(pool): Path<String>) -> Answer {
     let pool = find_pool(&api, &pool).await?;
     Ok((StatusCode::OK, Json(json!(pool))))
 }
 
-#[utoipa::path(get, path = "/v1/pools/{pool}/backends", params(("pool" = String, Path, description = "The pool")), responses((status = 200, body = Vec<Backend>), (status = 404, description = "No such pool")), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/pools/{pool}/backends",
+    params(
+        ("pool" = String, Path, description = "The pool"),
+    ),
+    responses(
+        (status = 200, body = Vec<Backend>),
+        (status = 404, description = "No such pool"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn list_backends(State(api): State<Api>, Path(pool): Path<String>) -> Answer {
     let pool = find_pool(&api, &pool).await?;
     Ok((StatusCode::OK, Json(json!(pool.backends))))
 }
 
-#[utoipa::path(post, path = "/v1/pools", request_body = PoolSpec, responses((status = 201, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 409, description = "The pool exists")), security(("bearer" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/pools",
+    request_body = PoolSpec,
+    responses(
+        (status = 201, description = "`{\"revision\": N}`"),
+        (status = 400, description = "Invalid, naming the field"),
+        (status = 409, description = "The pool exists"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn create_pool(State(api): State<Api>, Body(spec): Body<PoolSpec>) -> Answer {
     write(&api, Write::CreatePool(spec), StatusCode::CREATED).await
 }
 
-#[utoipa::path(delete, path = "/v1/pools/{pool}", params(("pool" = String, Path, description = "The pool")), responses((status = 200, description = "`{\"revision\": N}`"), (status = 404, description = "No such pool")), security(("bearer" = [])))]
+#[utoipa::path(
+    delete,
+    path = "/v1/pools/{pool}",
+    params(
+        ("pool" = String, Path, description = "The pool"),
+    ),
+    responses(
+        (status = 200, description = "`{\"revision\": N}`"),
+        (status = 404, description = "No such pool"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn delete_pool(State(api): State<Api>, Path(pool): Path<String>) -> Answer {
     write(&api, Write::DeletePool { pool }, StatusCode::OK).await
 }
@@ -282,7 +332,20 @@ pub(crate) struct NewAlgorithm {
     hash_key: Option<String>,
 }
 
-#[utoipa::path(put, path = "/v1/pools/{pool}/algorithm", params(("pool" = String, Path, description = "The pool")), request_body = NewAlgorithm, responses((status = 200, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 404, description = "No such pool")), security(("bearer" = [])))]
+#[utoipa::path(
+    put,
+    path = "/v1/pools/{pool}/algorithm",
+    params(
+        ("pool" = String, Path, description = "The pool"),
+    ),
+    request_body = NewAlgorithm,
+    responses(
+        (status = 200, description = "`{\"revision\": N}`"),
+        (status = 400, description = "Invalid, naming the field"),
+        (status = 404, description = "No such pool"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn set_algorithm(
     State(api): State<Api>,
     Path(pool): Path<String>,
@@ -299,7 +362,20 @@ async fn set_algorithm(
     write(&api, set, StatusCode::OK).await
 }
 
-#[utoipa::path(put, path = "/v1/pools/{pool}/policy", params(("pool" = String, Path, description = "The pool")), request_body = PoolPolicy, responses((status = 200, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 404, description = "No such pool")), security(("bearer" = [])))]
+#[utoipa::path(
+    put,
+    path = "/v1/pools/{pool}/policy",
+    params(
+        ("pool" = String, Path, description = "The pool"),
+    ),
+    request_body = PoolPolicy,
+    responses(
+        (status = 200, description = "`{\"revision\": N}`"),
+        (status = 400, description = "Invalid, naming the field"),
+        (status = 404, description = "No such pool"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn set_policy(
     State(api): State<Api>,
     Path(pool): Path<String>,
@@ -321,7 +397,21 @@ fn one() -> u32 {
     1
 }
 
-#[utoipa::path(post, path = "/v1/pools/{pool}/backends", params(("pool" = String, Path, description = "The pool")), request_body = NewBackend, responses((status = 201, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 404, description = "No such pool"), (status = 409, description = "The backend is in the pool")), security(("bearer" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/pools/{pool}/backends",
+    params(
+        ("pool" = String, Path, description = "The pool"),
+    ),
+    request_body = NewBackend,
+    responses(
+        (status = 201, description = "`{\"revision\": N}`"),
+        (status = 400, description = "Invalid, naming the field"),
+        (status = 404, description = "No such pool"),
+        (status = 409, description = "The backend is in the pool"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn add_backend(
     State(api): State<Api>,
     Path(pool): Path<String>,
@@ -335,7 +425,19 @@ async fn add_backend(
     write(&api, add, StatusCode::CREATED).await
 }
 
-#[utoipa::path(delete, path = "/v1/pools/{pool}/backends/{address}", params(("pool" = String, Path, description = "The pool"), ("address" = String, Path, description = "IP:port")), responses((status = 200, description = "`{\"revision\": N}`"), (status = 404, description = "No such pool or backend")), security(("bearer" = [])))]
+#[utoipa::path(
+    delete,
+    path = "/v1/pools/{pool}/backends/{address}",
+    params(
+        ("pool" = String, Path, description = "The pool"),
+        ("address" = String, Path, description = "IP:port"),
+    ),
+    responses(
+        (status = 200, description = "`{\"revision\": N}`"),
+        (status = 404, description = "No such pool or backend"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn remove_backend(
     State(api): State<Api>,
     Path((pool, address)): Path<(String, String)>,
@@ -350,7 +452,21 @@ pub(crate) struct Weight {
     weight: u32,
 }
 
-#[utoipa::path(put, path = "/v1/pools/{pool}/backends/{address}/weight", params(("pool" = String, Path, description = "The pool"), ("address" = String, Path, description = "IP:port")), request_body = Weight, responses((status = 200, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 404, description = "No such pool or backend")), security(("bearer" = [])))]
+#[utoipa::path(
+    put,
+    path = "/v1/pools/{pool}/backends/{address}/weight",
+    params(
+        ("pool" = String, Path, description = "The pool"),
+        ("address" = String, Path, description = "IP:port"),
+    ),
+    request_body = Weight,
+    responses(
+        (status = 200, description = "`{\"revision\": N}`"),
+        (status = 400, description = "Invalid, naming the field"),
+        (status = 404, description = "No such pool or backend"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn set_weight(
     State(api): State<Api>,
     Path((pool, address)): Path<(String, String)>,
@@ -371,7 +487,21 @@ pub(crate) struct NewState {
     state: AdminState,
 }
 
-#[utoipa::path(put, path = "/v1/pools/{pool}/backends/{address}/state", params(("pool" = String, Path, description = "The pool"), ("address" = String, Path, description = "IP:port")), request_body = NewState, responses((status = 200, description = "`{\"revision\": N}`"), (status = 400, description = "Invalid, naming the field"), (status = 404, description = "No such pool or backend")), security(("bearer" = [])))]
+#[utoipa::path(
+    put,
+    path = "/v1/pools/{pool}/backends/{address}/state",
+    params(
+        ("pool" = String, Path, description = "The pool"),
+        ("address" = String, Path, description = "IP:port"),
+    ),
+    request_body = NewState,
+    responses(
+        (status = 200, description = "`{\"revision\": N}`"),
+        (status = 400, description = "Invalid, naming the field"),
+        (status = 404, description = "No such pool or backend"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn set_state(
     State(api): State<Api>,
     Path((pool, address)): Path<(String, String)>,
@@ -385,7 +515,14 @@ async fn set_state(
     write(&api, set, StatusCode::OK).await
 }
 
-#[utoipa::path(get, path = "/v1/lbs", responses((status = 200, description = "`{\"lbs\": [LbServer]}`")), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/lbs",
+    responses(
+        (status = 200, description = "`{\"lbs\": [LbServer]}`"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn lb_servers(State(api): State<Api>) -> Answer {
     let servers = api.store.lb_servers().await?;
     Ok((StatusCode::OK, Json(json!({ "lbs": servers }))))
@@ -403,7 +540,20 @@ struct Since {
 /// timeouts common in proxies between a client and the API.
 pub(crate) const MAX_WAIT_MS: u64 = 30_000;
 
-#[utoipa::path(get, path = "/v1/changes", params(("since" = Option<u64>, Query, description = "Changes after this revision (default 0)", maximum = 9_223_372_036_854_775_807_u64), ("wait_ms" = Option<u64>, Query, description = "Wait up to this long for one, in milliseconds (default 0: answer at once)", maximum = 30_000)), responses((status = 200, description = "`{\"changes\": [Change]}`"), (status = 400, description = "`since` or `wait_ms` is not a whole number in range"), (status = 410, description = "The log was pruned past `since`: read the whole configuration instead")), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/changes",
+    params(
+        ("since" = Option<u64>, Query, description = "Changes after this revision (default 0)", maximum = 9_223_372_036_854_775_807_u64),
+        ("wait_ms" = Option<u64>, Query, description = "Wait up to this long for one, in milliseconds (default 0: answer at once)", maximum = 30_000),
+    ),
+    responses(
+        (status = 200, description = "`{\"changes\": [Change]}`"),
+        (status = 400, description = "`since` or `wait_ms` is not a whole number in range"),
+        (status = 410, description = "The log was pruned past `since`: read the whole configuration instead"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn changes(State(api): State<Api>, query: Result<Query<Since>, QueryRejection>) -> Answer {
     let Query(query) = query.map_err(|rejection| invalid("query", &rejection.body_text()))?;
     if query.wait_ms > MAX_WAIT_MS {
@@ -437,7 +587,15 @@ async fn changes(State(api): State<Api>, query: Result<Query<Since>, QueryReject
     }
 }
 
-#[utoipa::path(get, path = "/v1/health", responses((status = 200, description = "`{\"backends\": [{pool, address, health, phi, reason}]}`: the health checker's current view, phi included"), (status = 404, description = "Health checking does not run in this instance")), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    responses(
+        (status = 200, description = "`{\"backends\": [{pool, address, health, phi, reason}]}`: the health checker's current view, phi included"),
+        (status = 404, description = "Health checking does not run in this instance"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn health_status(State(api): State<Api>) -> Answer {
     let orchestrator = orchestrator(&api)?;
     let backends = orchestrator.health.status();
@@ -448,7 +606,15 @@ async fn health_status(State(api): State<Api>) -> Answer {
     ))
 }
 
-#[utoipa::path(get, path = "/v1/leader", responses((status = 200, description = "`{identity, leading, token, election, last_step_down, since_ms}`: whether this instance leads the orchestrators"), (status = 404, description = "The orchestrator does not run in this instance")), security(("bearer" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/leader",
+    responses(
+        (status = 200, description = "`{identity, leading, token, election, last_step_down, since_ms}`: whether this instance leads the orchestrators"),
+        (status = 404, description = "The orchestrator does not run in this instance"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn leader_status(State(api): State<Api>) -> Answer {
     let leader = orchestrator(&api)?.leader();
     Ok((StatusCode::OK, Json(json!(leader))))
@@ -466,8 +632,4 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> impl IntoRespons
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let page = Format::negotiate(accept).encode(&api.registry);
     ([(header::CONTENT_TYPE, page.content_type)], page.body)
-}
-
-async fn openapi() -> Json<Value> {
-    Json(crate::openapi::document())
 }

@@ -14,27 +14,11 @@ use utoipa::{Modify, OpenApi};
 
 use crate::api;
 
+/// What the routes do not say: the schemas, the title, the bearer token. The paths come from
+/// the router itself ([`super::router`]), so the document cannot miss one.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Ballast admin API", description = "Pools, backends and the LB fleet."),
-    paths(
-        api::revision,
-        api::list_pools,
-        api::create_pool,
-        api::show_pool,
-        api::delete_pool,
-        api::set_algorithm,
-        api::set_policy,
-        api::list_backends,
-        api::add_backend,
-        api::remove_backend,
-        api::set_weight,
-        api::set_state,
-        api::changes,
-        api::lb_servers,
-        api::health_status,
-        api::leader_status,
-    ),
     components(schemas(
         ballast_config::PoolSpec,
         ballast_config::AlgorithmSpec,
@@ -53,7 +37,7 @@ use crate::api;
     )),
     modifiers(&BearerToken)
 )]
-struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// Declares the bearer token every route needs.
 struct BearerToken;
@@ -72,13 +56,12 @@ impl Modify for BearerToken {
 /// dashes.
 const NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 
-/// The hash key's grammar, as `ballast_config` checks it.
-const HASH_KEY_PATTERN: &str =
-    "^(client_ip|path|header:[A-Za-z0-9!#$%&'*+.^_`|~-]+|cookie:[^;= ,]+)$";
+/// The hash key's grammar, as `ballast_config` parses it.
+const HASH_KEY_PATTERN: &str = ballast_config::HashKeySpec::PATTERN;
 
-/// The document.
-pub(crate) fn document() -> Value {
-    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+/// The document the router's routes and [`ApiDoc`] generated, completed.
+pub(crate) fn document(generated: utoipa::openapi::OpenApi) -> Value {
+    let mut document = serde_json::to_value(generated).unwrap_or(Value::Null);
     if let Some(schemas) = document
         .pointer_mut("/components/schemas")
         .and_then(Value::as_object_mut)

@@ -1,6 +1,18 @@
 //! The orchestrator's life: campaign for leadership; while leading, run the loops (health
 //! checking) with the term's fencing token; step down when the term ends or the store fences a
 //! write out; campaign again. Followers serve the read API and wait.
+//!
+//! Its loops live beside it: [`health`] checks every backend and writes its verdicts, [`fleet`]
+//! scrapes the LB servers (or asks [`prometheus`]) and judges their liveness, [`scaler`] sizes
+//! the fleet by the rule of [`autoscale`] through a [`provision`]er; [`leader`] is the election.
+
+pub mod autoscale;
+pub mod fleet;
+pub mod health;
+pub mod leader;
+pub mod prometheus;
+pub mod provision;
+pub mod scaler;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,8 +24,8 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::health::{self, HealthHandle};
-use crate::leader::{Election, LEASE};
+use self::health::HealthHandle;
+use self::leader::{Election, LEASE};
 
 /// Whether this instance leads, as `GET /v1/leader` shows it.
 #[derive(Debug, Clone, Default, Serialize)]

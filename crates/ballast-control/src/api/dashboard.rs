@@ -31,10 +31,10 @@ use serde_json::{Value, json};
 
 use crate::api::{Answer, Api};
 
-const PAGE: &str = include_str!("../assets/dashboard.html");
-const SCRIPT: &str = include_str!("../assets/dashboard.js");
-const UPLOT_JS: &str = include_str!("../assets/uplot/uPlot.iife.min.js");
-const UPLOT_CSS: &str = include_str!("../assets/uplot/uPlot.min.css");
+const PAGE: &str = include_str!("../../assets/dashboard.html");
+const SCRIPT: &str = include_str!("../../assets/dashboard.js");
+const UPLOT_JS: &str = include_str!("../../assets/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../../assets/uplot/uPlot.min.css");
 
 /// How long one LB's `/metrics` may take before the document goes without it.
 const SCRAPE_TIMEOUT: Duration = Duration::from_millis(500);
