@@ -275,3 +275,125 @@ fn add_host(head: &[u8], backend: Option<std::net::SocketAddr>) -> BytesMut {
     out.put_slice(b"\r\n");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> Result<Option<(RequestHead, usize)>, Refusal> {
+        let forwarding = Forwarding {
+            client: b"10.0.0.9",
+            scheme: "https",
+            draining: false,
+        };
+        let snapshot = Arc::new(Snapshot {
+            pools: Vec::new(),
+            by_listener: Vec::new(),
+            revision: 0,
+        });
+        parse_with(bytes, &forwarding, snapshot, |_, _| 7)
+    }
+
+    fn head(bytes: &[u8]) -> RequestHead {
+        parse(bytes).expect("accepted").expect("complete").0
+    }
+
+    fn upstream(bytes: &[u8]) -> String {
+        String::from_utf8(head(bytes).upstream.to_vec()).expect("text")
+    }
+
+    #[test]
+    fn the_backend_gets_origin_form_one_host_and_the_forwarding_headers() {
+        // Names of the client's other headers go on as written.
+        let sent = upstream(
+            b"GET http://a.test/x?y HTTP/1.1\r\nHost: b.test\r\nX-Forwarded-For: 1.2.3.4\r\n\
+              X-Forwarded-Proto: http\r\nAccept: */*\r\n\r\n",
+        );
+        assert_eq!(
+            sent,
+            "GET /x?y HTTP/1.1\r\nhost: a.test\r\nAccept: */*\r\n\
+             x-forwarded-for: 1.2.3.4, 10.0.0.9\r\nx-forwarded-proto: https\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_and_expectations_stay_on_this_hop() {
+        let parsed = head(
+            b"POST /upload HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-secret\r\n\
+              X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nExpect: 100-continue\r\n\
+              Content-Length: 3\r\n\r\nabc",
+        );
+        let sent = String::from_utf8(parsed.upstream.to_vec()).expect("text");
+        for gone in ["x-secret", "keep-alive", "te:", "expect", "connection"] {
+            assert!(
+                !sent.to_ascii_lowercase().contains(gone),
+                "{gone} in {sent}"
+            );
+        }
+        assert!(sent.contains("content-length: 3\r\n"), "{sent}");
+        assert!(parsed.expect_continue);
+        assert_eq!(parsed.body, Framing::Length(3));
+        assert!(!parsed.idempotent);
+        assert_eq!(parsed.key, 7);
+    }
+
+    #[test]
+    fn framing_that_two_parsers_could_read_differently_is_refused() {
+        for bytes in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET http://user@a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            // Chunked must be the final coding, or the body's end is anyone's guess.
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        ] {
+            let refused = parse(bytes).err();
+            assert_eq!(
+                refused,
+                Some(Refusal::BadRequest),
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        assert_eq!(
+            parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").err(),
+            Some(Refusal::NotImplemented)
+        );
+    }
+
+    #[test]
+    fn chunked_bodies_are_re_encoded_and_a_hostless_http10_request_is_taken() {
+        let chunked = head(b"PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(chunked.body, Framing::Chunked);
+        let sent = String::from_utf8(chunked.upstream.to_vec()).expect("text");
+        assert!(
+            sent.ends_with("transfer-encoding: chunked\r\n\r\n"),
+            "{sent}"
+        );
+
+        let old = head(b"GET / HTTP/1.0\r\n\r\n");
+        assert!(old.hostless && old.http10 && !old.keep_alive);
+        let with_host = add_host(&old.upstream, Some("127.0.0.1:9001".parse().expect("addr")));
+        assert!(
+            with_host.ends_with(b"host: 127.0.0.1:9001\r\n\r\n"),
+            "{}",
+            String::from_utf8_lossy(&with_host)
+        );
+    }
+
+    #[test]
+    fn a_head_arrives_in_pieces_and_is_complete_only_at_its_empty_line() {
+        let whole = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for end in 0..whole.len() {
+            assert!(
+                parse(&whole[..end]).expect("no refusal yet").is_none(),
+                "{end}"
+            );
+        }
+        let (_, length) = parse(whole).expect("accepted").expect("complete");
+        assert_eq!(length, whole.len());
+    }
+}
