@@ -248,14 +248,7 @@ mod tests {
 
     #[test]
     fn every_answer_is_an_error_status_with_a_line_of_text() {
-        for kind in [
-            ErrorKind::NoBackend,
-            ErrorKind::Timeout,
-            ErrorKind::BadGateway,
-            ErrorKind::BadRequest,
-            ErrorKind::HeadersTooLarge,
-            ErrorKind::HeaderTimeout,
-        ] {
+        for kind in ErrorKind::ALL {
             let (status, text) = answer(kind);
             assert!(
                 status.is_client_error() || status.is_server_error(),

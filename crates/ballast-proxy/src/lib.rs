@@ -68,7 +68,6 @@ mod watchdog;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use h1::fuzzing;
-pub use key::HashKey;
 pub use managed::Managed;
 pub use server::{Bound, ServerError, Source, run};
 pub use settings::Settings;

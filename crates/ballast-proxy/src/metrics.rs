@@ -58,6 +58,16 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in the order the metrics register them.
+    pub const ALL: [Self; 6] = [
+        Self::NoBackend,
+        Self::Timeout,
+        Self::BadGateway,
+        Self::BadRequest,
+        Self::HeadersTooLarge,
+        Self::HeaderTimeout,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Self::NoBackend => "no_backend",
@@ -274,14 +284,7 @@ impl Metrics {
 
     /// The handles of one pool.
     pub fn pool(&self, pool: &str) -> PoolCounters {
-        let kinds = [
-            ErrorKind::NoBackend,
-            ErrorKind::Timeout,
-            ErrorKind::BadGateway,
-            ErrorKind::BadRequest,
-            ErrorKind::HeadersTooLarge,
-            ErrorKind::HeaderTimeout,
-        ];
+        let kinds = ErrorKind::ALL;
         PoolCounters {
             duration: self
                 .durations

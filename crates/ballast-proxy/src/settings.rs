@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ballast_balance::Algorithm;
-use ballast_config::{AdminState, AlgorithmSpec, Health, PoolPolicy, PoolSpec, Write};
+use ballast_config::{AdminState, AlgorithmSpec, HashKeySpec, Health, PoolPolicy, PoolSpec, Write};
 use serde::Deserialize;
 
 use crate::key::HashKey;
@@ -181,10 +181,13 @@ impl Pool {
                 )
                 .map_err(|error| tracing::warn!(pool = %spec.name, %error, "pool left out"))
                 .ok()?;
-                let hash_key = spec.hash_key.parse::<HashKey>().unwrap_or_else(|error| {
-                    tracing::warn!(pool = %spec.name, %error, "hashing the client address instead");
-                    HashKey::ClientIp
-                });
+                let hash_key = match spec.hash_key.parse::<HashKeySpec>() {
+                    Ok(source) => HashKey::from(&source),
+                    Err(error) => {
+                        tracing::warn!(pool = %spec.name, %error, "hashing the client address instead");
+                        HashKey::ClientIp
+                    }
+                };
                 let backends = pool
                     .backends
                     .iter()

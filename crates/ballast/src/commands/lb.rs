@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use ballast_config::HashKeySpec;
 use ballast_config::{FollowOptions, Pool, PoolPolicy, PoolSpec};
 use ballast_proxy::settings::{BackendAddress, Listener, Mode, Settings, TlsFiles};
-use ballast_proxy::{Bound, HashKey, Managed, Source};
+use ballast_proxy::{Bound, Managed, Source};
 use clap::{Args, ValueEnum};
 
 use super::algorithm_args::AlgorithmArgs;
@@ -55,7 +56,7 @@ pub(crate) struct LbArgs {
     algorithm: AlgorithmArgs,
     /// What hash-based algorithms hash: client_ip, header:NAME, cookie:NAME or path.
     #[arg(long, value_name = "SOURCE", default_value = "client_ip")]
-    hash_key: HashKey,
+    hash_key: HashKeySpec,
     /// Proxy HTTP requests or raw TCP connections.
     #[arg(long, value_enum, default_value_t = ModeArg::Http)]
     mode: ModeArg,
