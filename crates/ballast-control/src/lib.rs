@@ -26,11 +26,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod client;
 pub mod orchestrator;
 pub mod retention;
 mod service;
 
+pub use api::client;
 pub use orchestrator::{autoscale, fleet, health, leader, prometheus, provision, scaler};
 pub use service::{Orchestration, Provisioner, Scaling, ServiceError, Settings, run};
 

@@ -12,6 +12,7 @@
 //! (database down; nothing was written).
 
 mod auth;
+pub mod client;
 pub(crate) mod dashboard;
 pub(crate) mod error;
 mod openapi;
