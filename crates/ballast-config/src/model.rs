@@ -120,6 +120,11 @@ impl AlgorithmSpec {
         }
     }
 
+    /// The algorithm, built with its parameters.
+    pub fn build(&self) -> Result<ballast_balance::Algorithm, ballast_balance::BuildError> {
+        ballast_balance::Algorithm::with_parameters(&self.algorithm, &self.parameters())
+    }
+
     /// The parameters as `ballast-balance` takes them.
     pub fn parameters(&self) -> ballast_balance::Parameters {
         ballast_balance::Parameters {

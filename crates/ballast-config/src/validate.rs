@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use ballast_balance::{ALGORITHM_NAMES, Algorithm, Backend, BuildError, Picker};
+use ballast_balance::{ALGORITHM_NAMES, Backend, BuildError, Picker};
 
 use crate::model::{AlgorithmSpec, PoolSpec, Write};
 
@@ -183,8 +183,7 @@ fn label_is_valid(label: &str) -> bool {
 /// The algorithm and its parameters, checked by building a picker, so that whatever the store
 /// accepts, every LB can run.
 fn check_algorithm(spec: &AlgorithmSpec) -> Result<(), Invalid> {
-    let algorithm = Algorithm::with_parameters(&spec.algorithm, &spec.parameters())
-        .map_err(invalid_algorithm)?;
+    let algorithm = spec.build().map_err(invalid_algorithm)?;
     Picker::build(&algorithm, &[Backend::new("probe", 1)]).map_err(invalid_algorithm)?;
     Ok(())
 }

@@ -175,10 +175,7 @@ impl Pool {
             .iter()
             .filter_map(|pool| {
                 let spec = &pool.spec;
-                let algorithm = Algorithm::with_parameters(
-                    &spec.algorithm.algorithm,
-                    &spec.algorithm.parameters(),
-                )
+                let algorithm = spec.algorithm.build()
                 .map_err(|error| tracing::warn!(pool = %spec.name, %error, "pool left out"))
                 .ok()?;
                 let hash_key = match spec.hash_key.parse::<HashKeySpec>() {
@@ -565,7 +562,8 @@ impl FilePool {
         };
         // As the file is read, like its syntax: the first thing wrong with a pool is usually
         // its algorithm.
-        Algorithm::with_parameters(&spec.algorithm.algorithm, &spec.algorithm.parameters())
+        spec.algorithm
+            .build()
             .map_err(|e| SettingsError::new(at, e.to_string()))?;
         let backends = self
             .backends
@@ -599,7 +597,8 @@ fn check_pool(pool: &ballast_config::Pool) -> Result<(), (String, String)> {
         .iter()
         .map(|b| ballast_balance::Backend::new(b.address.clone(), b.weight))
         .collect();
-    Algorithm::with_parameters(&spec.algorithm.algorithm, &spec.algorithm.parameters())
+    spec.algorithm
+        .build()
         .and_then(|algorithm| ballast_balance::Picker::build(&algorithm, &backends))
         .map_err(|e| (String::new(), e.to_string()))?;
     let in_file = |field: &str| format!(".{}", field.trim_end_matches("_ms"));
