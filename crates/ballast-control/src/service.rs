@@ -216,6 +216,8 @@ pub async fn run(
         Duration::from_secs(60),
     ));
     let mut autoscaling = None;
+    let mut orchestrating = None;
+    let stop_orchestrating = tokio::sync::watch::Sender::new(false);
     let status = match &settings.orchestrator {
         None => None,
         Some(orchestration) => {
@@ -248,12 +250,13 @@ pub async fn run(
                 prometheus: orchestration.prometheus.clone(),
                 autoscaling: autoscaling.clone(),
             };
-            tokio::spawn(crate::orchestrator::run(
+            orchestrating = Some(tokio::spawn(crate::orchestrator::run(
                 orchestrator,
                 store.clone(),
                 followed,
                 status.clone(),
-            ));
+                stop_orchestrating.subscribe(),
+            )));
             Some(status)
         }
     };
@@ -267,6 +270,11 @@ pub async fn run(
         })
         .await?;
     pruning.abort();
+    // The autoscaler stops first: LBs draining are not live, and it would start others.
+    stop_orchestrating.send_replace(true);
+    if let Some(orchestrating) = orchestrating {
+        let _ = orchestrating.await;
+    }
     if let Some(autoscaling) = autoscaling {
         // The LBs this instance started drain and stop with it, before it exits.
         let mut provisioner = autoscaling.provisioner.lock().await;

@@ -108,14 +108,17 @@ pub struct Settings {
     pub autoscaling: Option<crate::scaler::Autoscaling>,
 }
 
-/// Runs the orchestrator for ever: campaigns through the election; while it leads, the health
-/// checker follows `followed` and writes to `store` with the term's token, and the fleet watcher
-/// scrapes the LB servers.
+/// Runs the orchestrator until `stop` turns true: campaigns through the election; while it
+/// leads, the health checker follows `followed` and writes to `store` with the term's token, the
+/// fleet watcher scrapes the LB servers and the autoscaler sizes the fleet. When it returns,
+/// every loop it ran has stopped (so nothing starts an LB while the caller drains them) and its
+/// term is given up.
 pub async fn run(
     settings: Settings,
     store: SqlStore,
     followed: watch::Receiver<Followed>,
     status: Status,
+    mut stop: watch::Receiver<bool>,
 ) {
     let Settings {
         identity,
@@ -133,7 +136,10 @@ pub async fn run(
         };
     });
     loop {
-        let mut term = election.campaign(&identity, ttl).await;
+        let mut term = tokio::select! {
+            term = election.campaign(&identity, ttl) => term,
+            () = stopped(&mut stop) => return,
+        };
         let token = term.token();
         tracing::info!(%identity, token, "leading");
         status.leading.set(1);
@@ -167,6 +173,7 @@ pub async fn run(
             .map(|autoscaling| tokio::spawn(crate::scaler::run(store.clone(), autoscaling)));
         let reason = tokio::select! {
             reason = term.lost() => reason,
+            () = stopped(&mut stop) => "this instance is stopping".to_owned(),
             ended = &mut checking => ended.unwrap_or_else(|e| format!("the health checker failed: {e}")),
             ended = &mut watching => ended.unwrap_or_else(|e| format!("the fleet watcher failed: {e}")),
         };
@@ -186,5 +193,13 @@ pub async fn run(
             s.since_ms = None;
             s.last_step_down = Some(reason);
         });
+        if *stop.borrow() {
+            return;
+        }
     }
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
 }

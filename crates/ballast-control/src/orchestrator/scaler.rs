@@ -1,7 +1,7 @@
 //! The autoscaling loop the leader runs: every interval, read the fleet and its scraped figures,
 //! ask the [`Recommender`] how many LB servers to run, log the decision with its inputs, and have
-//! the [`Provision`]er start or drain the difference. LBs just started count as running until they
-//! report, so that a slow start does not start more.
+//! the [`Provision`]er start or drain the difference, replacing any LB that stopped serving. LBs
+//! just started count as running until they report, so that a slow start does not start more.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -92,6 +92,11 @@ const START_GRACE: Duration = Duration::from_secs(30);
 
 /// Scales the fleet in `store` on `target` within `policy`, every `interval`, for ever (the
 /// caller aborts it on losing the lead).
+///
+/// Two jobs, as Kubernetes splits them between the Horizontal Pod Autoscaler and the ReplicaSet:
+/// deciding how many LBs to run (`desired`, which only the metric moves), and keeping that many
+/// running. An LB that dies or is found dead is replaced at once, whatever the scale-down window
+/// holds: its loss is not a decision to run fewer.
 pub async fn run(store: SqlStore, autoscaling: Autoscaling) {
     let Autoscaling {
         target,
@@ -104,6 +109,7 @@ pub async fn run(store: SqlStore, autoscaling: Autoscaling) {
         ..policy
     });
     let mut pending: HashMap<String, Instant> = HashMap::new();
+    let mut desired: Option<u32> = None;
     let mut ticks = tokio::time::interval(interval);
     loop {
         ticks.tick().await;
@@ -125,12 +131,11 @@ pub async fn run(store: SqlStore, autoscaling: Autoscaling) {
         } else {
             readings.iter().sum::<f64>() / readings.len() as f64
         };
-        let current = (live.len() + pending.len()) as u32;
+        let running = (live.len() + pending.len()) as u32;
+        // A new leader takes the fleet as it finds it.
+        let current = desired.unwrap_or(running);
         let decision = recommender.decide(current, observed, now);
-        if decision.replicas == current {
-            continue;
-        }
-        let log = || {
+        if decision.replicas != current {
             tracing::info!(
                 current,
                 observed,
@@ -140,10 +145,14 @@ pub async fn run(store: SqlStore, autoscaling: Autoscaling) {
                 metric = ?target.metric,
                 "scaling"
             );
-        };
-        if decision.replicas > current {
-            log();
-            for _ in current..decision.replicas {
+        }
+        let wanted = decision.replicas;
+        desired = Some(wanted);
+        if running < wanted {
+            if decision.replicas == current {
+                tracing::info!(running, wanted, "replacing LBs that stopped serving");
+            }
+            for _ in running..wanted {
                 match provisioner.lock().await.scale_up().await {
                     Ok(name) => {
                         tracing::info!(lb = %name, "LB started");
@@ -152,8 +161,8 @@ pub async fn run(store: SqlStore, autoscaling: Autoscaling) {
                     Err(error) => tracing::warn!(%error, "scale-up failed"),
                 }
             }
-        } else {
-            let excess = (current - decision.replicas) as usize;
+        } else if running > wanted {
+            let excess = (running - wanted) as usize;
             let mut provisioner = provisioner.lock().await;
             let removable: Vec<String> = provisioner
                 .removable()
@@ -162,16 +171,11 @@ pub async fn run(store: SqlStore, autoscaling: Autoscaling) {
                 .take(excess)
                 .collect();
             if removable.is_empty() {
-                // The surplus LBs were started by another process (a former leader): say so once
-                // per decision rather than pretend to scale.
-                tracing::debug!(
-                    current,
-                    replicas = decision.replicas,
-                    "no LB this instance can drain"
-                );
+                // The surplus LBs were started by another process (a former leader): they
+                // stay; say so rather than pretend to scale.
+                tracing::debug!(running, wanted, "no LB this instance can drain");
                 continue;
             }
-            log();
             for name in removable {
                 match provisioner.scale_down(&name).await {
                     Ok(true) => tracing::info!(lb = %name, "LB draining"),

@@ -66,6 +66,8 @@ impl Supervised {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("log file {}", self.log.display()))?;
+        // Where this start's lines begin in a log earlier starts appended to.
+        let logged_before = log.metadata().map_or(0, |m| m.len());
         let mut command = Command::new(program);
         command
             .args(&self.args)
@@ -98,10 +100,17 @@ impl Supervised {
         })
         .await;
         if waited != Ok(true) {
+            let how = match child.try_wait() {
+                Ok(Some(status)) => format!("exited ({status})"),
+                _ if waited.is_err() => "was not ready in 30 s".to_owned(),
+                _ => "closed its output".to_owned(),
+            };
             let _ = child.kill().await;
+            let _ = child.wait().await;
             bail!(
-                "{} did not become ready; see {}",
+                "{} {how}{}; see {}",
                 self.name,
+                log_tail(&self.log, logged_before),
                 self.log.display()
             );
         }
@@ -160,6 +169,25 @@ fn program() -> Result<PathBuf> {
     }
     let path = std::env::current_exe().context("this binary's path")?;
     Ok(PROGRAM.get_or_init(|| path).clone())
+}
+
+/// The last lines a log got from `offset` on, for a message that says why a child failed
+/// without sending the user to the file first.
+fn log_tail(path: &std::path::Path, offset: u64) -> String {
+    const LINES: usize = 8;
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(LINES)..];
+    if tail.is_empty() {
+        return String::new();
+    }
+    format!(": it logged\n    {}\n", tail.join("\n    "))
 }
 
 /// Whether process group `id` still has a member.
