@@ -32,6 +32,7 @@ struct Scan {
     hop_by_hop: u8,
     upgrade: bool,
     host: bool,
+    expect: bool,
 }
 
 fn scan(headers: &HeaderMap) -> Scan {
@@ -43,6 +44,8 @@ fn scan(headers: &HeaderMap) -> Scan {
             found.upgrade = true;
         } else if name == header::HOST {
             found.host = true;
+        } else if name == header::EXPECT {
+            found.expect = true;
         }
     }
     found
@@ -157,8 +160,16 @@ pub(crate) fn client_value(client: IpAddr) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
+/// Whether a request expects `100 Continue` before it sends its body (RFC 9110 §10.1.1).
+pub(crate) fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
 /// Turns a client's request head into the head the backend gets; `client` comes from
-/// [`client_value`].
+/// [`client_value`]. A `100-continue` expectation is the LB's to meet (it answers 100 itself,
+/// on every path), so the backend does not see it.
 pub(crate) fn to_backend(
     parts: &mut Parts,
     client: &HeaderValue,
@@ -167,6 +178,9 @@ pub(crate) fn to_backend(
 ) {
     let found = scan(&parts.headers);
     strip(&mut parts.headers, found, upgrade);
+    if found.expect && expects_continue(&parts.headers) {
+        parts.headers.remove(header::EXPECT);
+    }
     if let Some(authority) = parts.uri.authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
@@ -236,6 +250,20 @@ mod tests {
         assert_eq!(h["x-kept"], "yes");
         assert_eq!(h["host"], "example.test");
         assert_eq!(parts.uri, "/path?q=1");
+    }
+
+    #[test]
+    fn a_continue_expectation_stays_on_the_clients_hop() {
+        let client = client_value("127.0.0.1".parse().expect("ip"));
+        let mut parts = head(http::Request::post("/up").header("expect", "100-Continue"));
+        assert!(expects_continue(&parts.headers));
+        to_backend(&mut parts, &client, "http", false);
+        assert!(!parts.headers.contains_key("expect"));
+        // An expectation the LB does not meet is the backend's to refuse (417).
+        let mut parts = head(http::Request::post("/up").header("expect", "something-else"));
+        assert!(!expects_continue(&parts.headers));
+        to_backend(&mut parts, &client, "http", false);
+        assert_eq!(parts.headers["expect"], "something-else");
     }
 
     #[test]

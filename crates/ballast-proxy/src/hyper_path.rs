@@ -1,6 +1,7 @@
-//! The request path for HTTP/2 clients and TLS listeners, on hyper: key → pick → pooled
-//! backend connection → response, following the one request policy in [`crate::attempt`].
-//! (Plain-text HTTP/1.1 clients take the fast path in [`crate::h1`].)
+//! The request path for HTTP/2 clients ([`crate::http2`]) and HTTP/1.1 over TLS (hyper's
+//! server): key → pick → pooled backend connection (hyper's HTTP/1.1 client) → response,
+//! following the one request policy in [`crate::attempt`]. (Plain-text HTTP/1.1 clients take
+//! the fast path in [`crate::h1`].)
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -25,11 +26,55 @@ use crate::upstream::{self, Sender};
 /// The body of a response to a client: a backend's, streamed, or one the LB wrote.
 pub(crate) type ProxyBody = Either<Forwarded, Full<Bytes>>;
 
+/// A client's request body, from whichever server read the request.
+#[derive(Debug)]
+pub(crate) enum ClientBody {
+    Http1(Incoming),
+    Http2(crate::http2::RecvBody),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Http1(body) => body.is_end_stream(),
+            Self::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Http1(body) => body.size_hint(),
+            Self::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
+/// hyper's server calls a service; this one cannot fail (every failure is a response).
+pub(crate) async fn service(
+    context: Arc<ClientContext>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    Ok(handle(context, request.map(ClientBody::Http1)).await)
+}
+
 /// Proxies one request.
 pub(crate) async fn handle(
     context: Arc<ClientContext>,
-    mut request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+    mut request: Request<ClientBody>,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     let snapshot = context.shared.snapshot.load_full();
     let pool = snapshot.for_listener(context.listener);
@@ -46,11 +91,11 @@ pub(crate) async fn handle(
             if let Some(pool) = pool {
                 pool.state.counters.error(ErrorKind::BadRequest);
             }
-            return Ok(status_response(ErrorKind::BadRequest));
+            return status_response(ErrorKind::BadRequest);
         }
     }
     let Some(pool) = pool else {
-        return Ok(status_response(ErrorKind::NoBackend));
+        return status_response(ErrorKind::NoBackend);
     };
 
     let upgrade = headers::is_upgrade(request.headers());
@@ -86,14 +131,14 @@ pub(crate) async fn handle(
         )
         .await;
         match exchange {
-            Err(_) => return Ok(status_response(attempt.timed_out(&tried))),
+            Err(_) => return status_response(attempt.timed_out(&tried)),
             Ok(Err(error)) => attempt.exchange_failed(&tried, &error, true),
             Ok(Ok(response)) => {
-                return Ok(respond(&attempt, tried, response, sender, client_upgrade));
+                return respond(&attempt, tried, response, sender, client_upgrade);
             }
         }
     }
-    Ok(status_response(attempt.give_up()))
+    status_response(attempt.give_up())
 }
 
 fn respond(

@@ -48,6 +48,7 @@ mod attempt;
 pub mod echo;
 mod h1;
 mod headers;
+mod http2;
 mod hyper_path;
 mod key;
 mod managed;

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -31,13 +31,13 @@ use crate::metrics::ErrorKind;
 use crate::prefixed::Prefixed;
 use crate::settings::{Mode, Settings, SettingsError};
 use crate::state::Shared;
-use crate::{admin, h1, tcp, tls, upstream, watchdog};
+use crate::{admin, h1, http2, tcp, tls, upstream, watchdog};
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// Request heads larger than this get 431 (nginx allows 8 KiB per line in 4 buffers).
-const MAX_REQUEST_HEAD: usize = 64 * 1024;
+const MAX_REQUEST_HEAD: u32 = 64 * 1024;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -295,7 +295,7 @@ async fn worker(
 ) {
     // Each connection holds a clone of `done`; when the last one is dropped, draining is over.
     let (done, mut all_done) = mpsc::channel::<()>(1);
-    let http = Arc::new(http_builder(&shared.settings));
+    let http1 = Arc::new(http1_builder(&shared.settings));
     let mut accepting = Vec::new();
     for listener in listeners {
         match TcpListener::from_std(listener.socket) {
@@ -305,7 +305,7 @@ async fn worker(
                 listener.mode,
                 listener.index,
                 listener.tls,
-                Arc::clone(&http),
+                Arc::clone(&http1),
                 shutdown.clone(),
                 done.clone(),
             ))),
@@ -330,7 +330,7 @@ async fn accept_loop(
     mode: Mode,
     pool: usize,
     tls: Option<TlsAcceptor>,
-    http: Arc<auto::Builder<TokioExecutor>>,
+    http1: Arc<http1::Builder>,
     mut shutdown: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
 ) {
@@ -344,39 +344,50 @@ async fn accept_loop(
         };
         let open = ConnectionGauge::open(shared.metrics.client_connections());
         let shared = Arc::clone(&shared);
-        let http = Arc::clone(&http);
-        let shutdown = shutdown.clone();
+        let http1 = Arc::clone(&http1);
+        let mut shutdown = shutdown.clone();
         let done = done.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _open = open;
             let _done = done;
+            let timeout = shared.settings.timeouts.request_headers;
             match (mode, tls) {
                 (Mode::Tcp, _) => tcp::proxy(shared, pool, stream, peer).await,
                 (Mode::Http, None) => {
                     let mut stream = stream;
                     let mut first = BytesMut::with_capacity(16 * 1024);
-                    let timeout = shared.settings.timeouts.request_headers;
-                    match sniff(&mut stream, &mut first, timeout).await {
+                    let speaks = sniff(&mut stream, &mut first, timeout).await;
+                    let context = Arc::new(client_context(shared, pool, peer, "http"));
+                    match speaks {
                         Some(Speaks::Http2) => {
                             let stream = Prefixed::new(first, stream);
-                            serve_http(shared, pool, peer, "http", stream, &http, shutdown).await;
+                            http2::serve(context, stream, MAX_REQUEST_HEAD, &mut shutdown).await;
                         }
-                        Some(Speaks::Http1) => {
-                            let context = Arc::new(client_context(shared, pool, peer, "http"));
-                            h1::serve(context, stream, first, shutdown).await;
-                        }
+                        Some(Speaks::Http1) => h1::serve(context, stream, first, shutdown).await,
                         None => {}
                     }
                 }
                 (Mode::Http, Some(acceptor)) => {
-                    let timeout = shared.settings.timeouts.request_headers;
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            serve_http(shared, pool, peer, "https", stream, &http, shutdown).await;
+                    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            return;
                         }
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    // Over TLS the protocol is agreed by ALPN (RFC 9113 §3.2).
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let context = Arc::new(client_context(shared, pool, peer, "https"));
+                    if h2 {
+                        http2::serve(context, stream, MAX_REQUEST_HEAD, &mut shutdown).await;
+                    } else {
+                        serve_http1(context, stream, &http1, &mut shutdown).await;
                     }
                 }
             }
@@ -384,18 +395,17 @@ async fn accept_loop(
     }
 }
 
-async fn serve_http<S>(
-    shared: Arc<Shared>,
-    pool: usize,
-    client: SocketAddr,
-    scheme: &'static str,
+/// HTTP/1.1 over TLS, on hyper's server.
+async fn serve_http1<S>(
+    context: Arc<ClientContext>,
     stream: S,
-    http: &auto::Builder<TokioExecutor>,
-    mut shutdown: watch::Receiver<bool>,
+    http1: &http1::Builder,
+    shutdown: &mut watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let context = Arc::new(client_context(Arc::clone(&shared), pool, client, scheme));
+    let shared = Arc::clone(&context.shared);
+    let (client, pool) = (context.client, context.listener);
     let timeouts = &shared.settings.timeouts;
     let limits = watchdog::Limits {
         first_request: timeouts.request_headers,
@@ -408,18 +418,23 @@ async fn serve_http<S>(
         let context = Arc::clone(&context);
         let request_in_service = in_service.begin();
         async move {
-            let response = hyper_path::handle(context, request).await;
+            let response = hyper_path::service(context, request).await;
             drop(request_in_service);
             response
         }
     });
-    let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(error) = watchdog::serve(connection, &activity, limits, &mut shutdown).await {
-        let kind = match error.downcast_ref::<hyper::Error>() {
-            Some(e) if e.is_parse_too_large() => Some(ErrorKind::HeadersTooLarge),
-            Some(e) if e.is_parse() => Some(ErrorKind::BadRequest),
-            Some(e) if e.is_timeout() => Some(ErrorKind::HeaderTimeout),
-            _ => None,
+    let connection = http1
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(error) = watchdog::serve(connection, &activity, limits, shutdown).await {
+        let kind = if error.is_parse_too_large() {
+            Some(ErrorKind::HeadersTooLarge)
+        } else if error.is_parse() {
+            Some(ErrorKind::BadRequest)
+        } else if error.is_timeout() {
+            Some(ErrorKind::HeaderTimeout)
+        } else {
+            None
         };
         if let Some(kind) = kind {
             shared.count_error(pool, kind);
@@ -468,18 +483,13 @@ async fn sniff(stream: &mut TcpStream, first: &mut BytesMut, timeout: Duration) 
     }
 }
 
-fn http_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn http1_builder(settings: &Settings) -> http1::Builder {
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.timeouts.request_headers)
-        .max_buf_size(MAX_REQUEST_HEAD)
+        .max_buf_size(MAX_REQUEST_HEAD as usize)
         .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_REQUEST_HEAD as u32);
     builder
 }
 

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
+use crate::hyper_path::ClientBody;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{Either, Empty};
-use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -218,7 +218,7 @@ impl Upstream for Raw {
 
 /// What a request to a backend carries on the hyper path: the client's body as it streams in,
 /// or nothing (for requests that may be replayed on another backend).
-pub(crate) type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+pub(crate) type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
 
 /// A ready-to-use HTTP/1.1 connection to a backend, driven by its own task.
 pub(crate) type Sender = http1::SendRequest<UpstreamBody>;

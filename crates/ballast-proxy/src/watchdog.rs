@@ -1,7 +1,7 @@
-//! Deadlines for every state of a connection served by hyper (HTTP/2, and HTTP/1.1 over TLS),
-//! so that no client holds a descriptor by doing nothing: hyper-util's protocol detection and
-//! the HTTP/2 preface wait for bytes without a limit, an idle HTTP/2 connection is never closed,
-//! and a client that stops reading leaves every write pending forever.
+//! Deadlines for every state of a connection served on hyper or h2 (HTTP/1.1 over TLS, HTTP/2),
+//! so that no client holds a descriptor by doing nothing: the HTTP/2 preface and a TLS client's
+//! first request are waited for without a limit, an idle HTTP/2 connection is never closed, and
+//! a client that stops reading leaves every write pending forever.
 //!
 //! - Until its first request arrives, a connection has `first_request` from the accept (a bare
 //!   `PRI `, a preface with SETTINGS and nothing more, a TLS handshake and silence).
@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -229,15 +228,37 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
+/// A served connection that can be asked to finish what it has begun and take nothing new
+/// (HTTP/1.1: close after the response in progress; HTTP/2: GOAWAY).
+pub(crate) trait Graceful: Future {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
 /// Serves a connection until it ends, closing it gracefully when the server drains or when it
 /// has done nothing for longer than `limits` allow; after a graceful close begins, it gets
 /// `limits.idle` more to finish.
-pub(crate) async fn serve<C: GracefulConnection>(
+pub(crate) async fn serve<C, E>(
     connection: C,
     activity: &Activity,
     limits: Limits,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), C::Error> {
+) -> Result<(), E>
+where
+    C: Graceful<Output = Result<(), E>>,
+{
     tokio::pin!(connection);
     let idle = tokio::select! {
         result = connection.as_mut() => return result,

@@ -121,6 +121,109 @@ fn http2_prior_knowledge_is_proxied() {
     assert!(body.contains(&format!("host: {address}")), "{body}");
 }
 
+/// A raw HTTP/2 client on `address` (the `h2` crate: hyper's client hides informational
+/// responses).
+async fn h2_client(address: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    client.ready().await.expect("ready")
+}
+
+/// Reads an HTTP/2 response body whole, handing its window back as it goes.
+async fn h2_body(response: http::Response<h2::RecvStream>) -> Vec<u8> {
+    let mut body = response.into_body();
+    let mut read = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        read.extend_from_slice(&chunk);
+    }
+    read
+}
+
+/// RFC 9110 §10.1.1: an HTTP/2 upload that expects `100 Continue` gets it from the LB before it
+/// sends a byte of its body (curl used to wait a second for it), and the expectation, met on
+/// the client's hop, never reaches the backend.
+#[test]
+fn http2_uploads_expecting_continue_get_it_at_once() {
+    let (_b1, b1) = echo("b1", &[]);
+    let (_lb, address) = lb(&[b1], &[]);
+    let body = runtime().block_on(async {
+        let mut client = h2_client(address).await;
+        let request = http::Request::post(format!("http://{address}/headers"))
+            .header("expect", "100-continue")
+            .header("content-length", "5")
+            .body(())
+            .expect("request");
+        let (mut response, mut upload) = client.send_request(request, false).expect("send");
+        // No body is sent until the 100 arrives: without it, this waits for ever.
+        let informational = tokio::time::timeout(
+            Duration::from_secs(60),
+            std::future::poll_fn(|cx| response.poll_informational(cx)),
+        )
+        .await
+        .expect("no 100 Continue while the body waits for it")
+        .expect("an informational response before the final one")
+        .expect("a well-formed 100");
+        assert_eq!(informational.status(), http::StatusCode::CONTINUE);
+        upload
+            .send_data(Bytes::from_static(b"hello"), true)
+            .expect("body");
+        let response = response.await.expect("response");
+        assert_eq!(response.status(), http::StatusCode::OK);
+        String::from_utf8(h2_body(response).await).expect("utf-8")
+    });
+    assert!(body.starts_with("b1\n"), "{body}");
+    assert!(body.contains("content-length: 5"), "{body}");
+    assert!(
+        !body.to_ascii_lowercase().contains("expect:"),
+        "the expectation reached the backend: {body}"
+    );
+}
+
+/// Bodies larger than every HTTP/2 window (1 MiB) flow both ways: the LB hands the client's
+/// window back as the backend takes the upload, and sends the download as the client grants.
+#[test]
+fn http2_bodies_larger_than_the_windows_flow_both_ways() {
+    let (_b1, b1) = echo("b1", &[]);
+    let (_lb, address) = lb(&[b1], &[]);
+    // Text: the echo backend returns the body as text.
+    let upload: Vec<u8> = (0..3 * 1024 * 1024)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    let sent = Bytes::from(upload.clone());
+    let (status, body) = runtime().block_on(async move {
+        let mut client = h2_client(address).await;
+        let request = http::Request::post(format!("http://{address}/body"))
+            .body(())
+            .expect("request");
+        let (response, mut stream) = client.send_request(request, false).expect("send");
+        let mut left = sent;
+        while !left.is_empty() {
+            stream.reserve_capacity(left.len());
+            let granted = std::future::poll_fn(|cx| stream.poll_capacity(cx))
+                .await
+                .expect("the stream is open")
+                .expect("capacity");
+            let chunk = left.split_to(granted.min(left.len()));
+            stream.send_data(chunk, left.is_empty()).expect("data");
+        }
+        let response = response.await.expect("response");
+        (response.status(), h2_body(response).await)
+    });
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(&body[..3], b"b1\n");
+    assert_eq!(
+        body.len(),
+        3 + upload.len(),
+        "the body came back cut or padded"
+    );
+    assert!(body[3..] == upload[..], "the body came back changed");
+}
+
 /// An LB terminating TLS with a fresh self-signed certificate for `localhost`, and a client
 /// connector that trusts it and offers `alpn`.
 struct TlsLb {
