@@ -31,7 +31,7 @@
 //!     tls: None,
 //! };
 //! let settings = Settings::new(vec![listener], vec![pool]);
-//! ballast_proxy::run(settings, ballast_proxy::Source::Static, |bound| {
+//! ballast_proxy::run(settings, ballast_proxy::Source::Static, None, |bound| {
 //!     println!("listening on {:?}", bound.listeners);
 //! })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -56,6 +56,7 @@ pub mod metrics;
 mod outlier;
 mod prefixed;
 mod process;
+pub mod reload;
 mod server;
 pub mod settings;
 mod shutdown;
@@ -70,5 +71,6 @@ mod watchdog;
 #[doc(hidden)]
 pub use h1::fuzzing;
 pub use managed::Managed;
+pub use reload::Reload;
 pub use server::{Bound, ServerError, Source, run};
 pub use settings::Settings;

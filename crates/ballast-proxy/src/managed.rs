@@ -14,6 +14,7 @@ use ballast_config::{
 };
 use tokio::sync::watch;
 
+use crate::reload::Reload;
 use crate::server::{Bound, ServerError};
 use crate::settings::{Pool, Settings};
 use crate::state::Shared;
@@ -40,6 +41,7 @@ pub struct Managed {
 pub(crate) fn run(
     settings: Settings,
     managed: Managed,
+    reload: Option<Reload>,
     on_bound: impl FnOnce(&Bound),
 ) -> Result<(), ServerError> {
     // The follower gets a small runtime of its own, beside the proxy's workers.
@@ -77,7 +79,7 @@ pub(crate) fn run(
         cache: managed.cache,
     };
     let Some(name) = managed.name else {
-        return crate::server::serve(settings, Some(following), on_bound);
+        return crate::server::serve(settings, Some(following), reload, on_bound);
     };
     let (bound_tx, bound_rx) = watch::channel(None);
     let heartbeat = Heartbeat {
@@ -86,7 +88,7 @@ pub(crate) fn run(
         pools: settings.listeners.iter().map(|l| l.pool.clone()).collect(),
     };
     let beating = feed.spawn(heartbeat.clone().run(bound_rx.clone(), followed.clone()));
-    let served = crate::server::serve(settings, Some(following), |bound| {
+    let served = crate::server::serve(settings, Some(following), reload, |bound| {
         on_bound(bound);
         let _ = bound_tx.send(Some(bound.clone()));
     });

@@ -38,6 +38,7 @@ pub struct Metrics {
     open_fds: Gauge,
     config_revision: Gauge,
     config_unreachable_seconds: Gauge<f64, AtomicU64>,
+    config_reloads: Family<Labels, Counter>,
 }
 
 /// Why a request was answered by the LB itself rather than a backend.
@@ -163,6 +164,17 @@ impl Metrics {
         let open_fds = Gauge::default();
         let config_revision = Gauge::default();
         let config_unreachable_seconds = Gauge::<f64, AtomicU64>::default();
+        let config_reloads = Family::<Labels, Counter>::default();
+        // Both results exist from the start, so that `increase(...{result="error"})` has a
+        // series to compare with before the first failure.
+        for result in ["ok", "error"] {
+            let _ = config_reloads.get_or_create(&vec![("result", result.to_owned())]);
+        }
+        registry.register(
+            "ballast_config_reloads",
+            "Configuration reloads (SIGHUP), by result: ok (applied whole) or error (nothing changed)",
+            config_reloads.clone(),
+        );
         registry.register(
             "ballast_config_revision",
             "The configuration revision this LB applied (0 for a static configuration)",
@@ -250,7 +262,16 @@ impl Metrics {
             open_fds,
             config_revision,
             config_unreachable_seconds,
+            config_reloads,
         }
+    }
+
+    /// Counts a configuration reload: applied whole (`ok`) or refused.
+    pub fn reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads
+            .get_or_create(&vec![("result", result.to_owned())])
+            .inc();
     }
 
     /// Records the configuration revision in force and how stale it may be.

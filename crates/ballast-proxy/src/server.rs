@@ -29,6 +29,7 @@ use crate::hyper_path;
 use crate::managed::Following;
 use crate::metrics::ErrorKind;
 use crate::prefixed::Prefixed;
+use crate::reload::Reload;
 use crate::settings::{Mode, Settings, SettingsError};
 use crate::state::Shared;
 use crate::{admin, h1, http2, tcp, tls, upstream, watchdog};
@@ -103,16 +104,18 @@ pub enum Source {
     Managed(crate::managed::Managed),
 }
 
-/// Runs the server until SIGTERM or SIGINT has drained it. `on_bound` is called once every
+/// Runs the server until SIGTERM or SIGINT has drained it; SIGHUP applies what `reload` reads
+/// (see [`crate::reload`]), or, without one, changes nothing. `on_bound` is called once every
 /// socket is bound and the signal handlers are in place: from then on the server is ready.
 pub fn run(
     settings: Settings,
     source: Source,
+    reload: Option<Reload>,
     on_bound: impl FnOnce(&Bound),
 ) -> Result<(), ServerError> {
     match source {
-        Source::Static => serve(settings, None, on_bound),
-        Source::Managed(managed) => crate::managed::run(settings, managed, on_bound),
+        Source::Static => serve(settings, None, reload, on_bound),
+        Source::Managed(managed) => crate::managed::run(settings, managed, reload, on_bound),
     }
 }
 
@@ -120,6 +123,7 @@ pub fn run(
 pub(crate) fn serve(
     settings: Settings,
     following: Option<Following>,
+    reload: Option<Reload>,
     on_bound: impl FnOnce(&Bound),
 ) -> Result<(), ServerError> {
     settings.validate()?;
@@ -183,7 +187,9 @@ pub(crate) fn serve(
         let _context = runtime.enter();
         let term = signal(SignalKind::terminate()).map_err(ServerError::Runtime)?;
         let int = signal(SignalKind::interrupt()).map_err(ServerError::Runtime)?;
-        (term, int)
+        // Handled from the start: SIGHUP's default action would end the process.
+        let hup = signal(SignalKind::hangup()).map_err(ServerError::Runtime)?;
+        (term, int, hup)
     };
     on_bound(&bound);
 
@@ -204,8 +210,14 @@ pub(crate) fn serve(
     }
 
     runtime.block_on(async {
-        let (mut term, mut int) = signals;
+        let (mut term, mut int, hup) = signals;
         tokio::spawn(maintain_snapshot(Arc::clone(&shared), shutdown_rx.clone()));
+        tokio::spawn(reload_on_hangup(
+            Arc::clone(&shared),
+            hup,
+            reload.map(Arc::new),
+            shutdown_rx.clone(),
+        ));
         if let Some(following) = following {
             let shared = Arc::clone(&shared);
             tokio::spawn(crate::managed::apply_revisions(shared, following));
@@ -491,6 +503,31 @@ fn http1_builder(settings: &Settings) -> http1::Builder {
         .max_buf_size(MAX_REQUEST_HEAD as usize)
         .keep_alive(true);
     builder
+}
+
+/// Applies the configuration again at each SIGHUP, until shutdown.
+async fn reload_on_hangup(
+    shared: Arc<Shared>,
+    mut hup: tokio::signal::unix::Signal,
+    reload: Option<Arc<Reload>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = crate::shutdown::stopping(&mut shutdown) => return,
+        }
+        let Some(reload) = &reload else {
+            tracing::warn!("SIGHUP: started from flags, there is no --config file to reload");
+            continue;
+        };
+        // Reading the file and building pickers (Maglev's tables) stays off the event loop.
+        let (shared, reload) = (Arc::clone(&shared), Arc::clone(reload));
+        let reloading = tokio::task::spawn_blocking(move || {
+            crate::reload::reload(&shared, &reload, &shared.metrics);
+        });
+        let _ = reloading.await;
+    }
 }
 
 /// Rebuilds the snapshot when an ejection starts, and again when the next one ends.

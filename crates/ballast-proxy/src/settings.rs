@@ -108,7 +108,7 @@ pub const DEFAULT_REQUEST_BUFFERING: ByteSize = ByteSize(64 * 1024);
 const MAX_REQUEST_BUFFERING: ByteSize = ByteSize(16 * 1024 * 1024);
 
 /// One listening address.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     /// The address to bind.
     pub address: SocketAddr,
@@ -131,7 +131,7 @@ pub enum Mode {
 }
 
 /// PEM files for TLS.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     /// The certificate chain.
     pub cert: PathBuf,

@@ -118,8 +118,9 @@ pub(crate) struct Shared {
     pub settings: Settings,
     /// The current snapshot.
     pub snapshot: ArcSwap<Snapshot>,
-    /// By listener index: the name of the pool it serves.
-    pub listener_pools: Vec<String>,
+    /// By listener index: the name of the pool it serves (a reload may change it; read only
+    /// when a snapshot is built).
+    listener_pools: std::sync::Mutex<Vec<String>>,
     /// The metrics.
     pub metrics: Metrics,
     /// The clock ejections are timed by.
@@ -145,7 +146,9 @@ impl Shared {
                 by_listener: Vec::new(),
                 revision: 0,
             }),
-            listener_pools: settings.listeners.iter().map(|l| l.pool.clone()).collect(),
+            listener_pools: std::sync::Mutex::new(
+                settings.listeners.iter().map(|l| l.pool.clone()).collect(),
+            ),
             metrics: Metrics::new(),
             clock: Clock::default(),
             changed: Notify::new(),
@@ -192,6 +195,42 @@ impl Shared {
         revision: u64,
     ) -> Result<(), ballast_balance::BuildError> {
         let _one_at_a_time = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        self.install(pools, revision)
+    }
+
+    /// A static configuration reloaded: new pools, and which one each listener serves, swapped
+    /// in together (no snapshot ever has a listener naming a pool it does not have yet).
+    pub(crate) fn reconfigure(
+        &self,
+        pools: &[Pool],
+        listener_pools: Vec<String>,
+    ) -> Result<(), ballast_balance::BuildError> {
+        let _one_at_a_time = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        let before = std::mem::replace(&mut *self.listener_pools(), listener_pools);
+        let installed = self.install(pools, 0);
+        if installed.is_err() {
+            *self.listener_pools() = before;
+        }
+        installed
+    }
+
+    /// Listeners serve other pools (of those there are now).
+    pub(crate) fn relink(&self, listener_pools: Vec<String>) {
+        let _one_at_a_time = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        *self.listener_pools() = listener_pools;
+        let current = self.snapshot.load();
+        let snapshot = self.snapshot_of(current.pools.clone(), current.revision);
+        self.snapshot.store(Arc::new(snapshot));
+    }
+
+    fn listener_pools(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.listener_pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`replace_pools`](Self::replace_pools), with the rebuild lock held.
+    fn install(&self, pools: &[Pool], revision: u64) -> Result<(), ballast_balance::BuildError> {
         let current = self.snapshot.load();
         let now_ms = self.clock.now_ms();
         let built = pools
@@ -251,7 +290,7 @@ impl Shared {
 
     fn snapshot_of(&self, pools: Vec<Arc<PoolSnapshot>>, revision: u64) -> Snapshot {
         let by_listener = self
-            .listener_pools
+            .listener_pools()
             .iter()
             .map(|name| pools.iter().position(|p| p.state.name == *name))
             .collect();
@@ -423,6 +462,37 @@ mod tests {
         let shared = Shared::new(Settings::new(listeners, Vec::new())).expect("no pools yet");
         shared.replace_pools(pools, 0).expect("valid pools");
         shared
+    }
+
+    #[test]
+    fn a_reload_moves_listeners_and_pools_in_one_snapshot() {
+        let web = pool("web", "maglev", &[9001, 9002]);
+        let api = pool("api", "round_robin", &[9101]);
+        let shared = shared(&[web.clone(), api]);
+        let name = |shared: &Shared, listener| {
+            shared
+                .snapshot
+                .load()
+                .for_listener(listener)
+                .map(|p| p.state.name.clone())
+        };
+        assert_eq!(name(&shared, 1).as_deref(), Some("api"));
+
+        // `api` goes away and its listener serves `web`: never a snapshot without either.
+        let kept = shared.snapshot.load_full();
+        shared
+            .reconfigure(std::slice::from_ref(&web), vec!["web".into(), "web".into()])
+            .expect("builds");
+        assert_eq!(name(&shared, 1).as_deref(), Some("web"));
+        assert!(Arc::ptr_eq(
+            &kept.pools[0],
+            &shared.snapshot.load().pools[0]
+        ));
+
+        // Managed mode: the pools stay, the listener moves.
+        shared.relink(vec!["web".into(), "gone".into()]);
+        assert_eq!(name(&shared, 1), None, "a pool the configuration lacks");
+        assert_eq!(name(&shared, 0).as_deref(), Some("web"));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! or managed (`--db URL --listen ADDR --pool NAME`, repeated for each listener, or `--db URL
 //! --config FILE` with the file's listeners: the pools and their backends come from the
 //! configuration database and follow every change). Prints one `listening …` line per listener
-//! (and `admin …`) once it is ready, and exits 0 after SIGTERM or SIGINT has drained it.
+//! (and `admin …`) once it is ready, and exits 0 after SIGTERM or SIGINT has drained it. SIGHUP
+//! reloads `--config`; `--check-config FILE` only checks one.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,22 +14,22 @@ use anyhow::{Context, Result, bail};
 use ballast_config::HashKeySpec;
 use ballast_config::{FollowOptions, Pool, PoolPolicy, PoolSpec};
 use ballast_proxy::settings::{BackendAddress, Listener, Mode, Settings, TlsFiles};
-use ballast_proxy::{Bound, Managed, Source};
+use ballast_proxy::{Bound, Managed, Reload, Source};
 use clap::{Args, ValueEnum};
 
 use super::algorithm_args::AlgorithmArgs;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct LbArgs {
     /// Where clients connect (port 0: any free port, printed when ready). Repeat for several
     /// listeners; in managed mode each serves the --pool in the same position.
-    #[arg(long, value_name = "ADDR", required_unless_present = "config")]
+    #[arg(long, value_name = "ADDR", required_unless_present_any = ["config", "check_config"])]
     listen: Vec<SocketAddr>,
     /// A backend, ADDR or ADDR=WEIGHT; repeat for each.
-    #[arg(long, value_name = "ADDR[=WEIGHT]", required_unless_present_any = ["config", "db"])]
+    #[arg(long, value_name = "ADDR[=WEIGHT]", required_unless_present_any = ["config", "db", "check_config"])]
     backend: Vec<BackendAddress>,
     /// Managed mode: follow this configuration database (sqlite://PATH or postgres://…).
-    #[arg(long, value_name = "URL", conflicts_with = "backend", required_unless_present_any = ["backend", "config"])]
+    #[arg(long, value_name = "URL", conflicts_with = "backend", required_unless_present_any = ["backend", "config", "check_config"])]
     db: Option<String>,
     /// Managed mode: a session connection to the same database for PostgreSQL's LISTEN, when --db goes
     /// through a transaction-pooling PgBouncer (which cannot keep one) [default: --db].
@@ -73,9 +74,14 @@ pub(crate) struct LbArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Read listeners, pools and settings from a TOML file instead (with --db: the listeners and
-    /// settings; the pools come from the database).
+    /// settings; the pools come from the database). SIGHUP reads it again and applies it whole,
+    /// or, if it is invalid or changes what takes a restart, changes nothing.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["listen", "backend", "tls_cert"])]
     config: Option<PathBuf>,
+    /// Check a configuration file (with the other flags, as --config would run it) and exit: 0
+    /// if it is valid, 1 naming what is not (as `nginx -t`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "listen", "backend", "tls_cert"])]
+    check_config: Option<PathBuf>,
     /// Connecting to a backend.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     connect_timeout: Option<Duration>,
@@ -197,7 +203,27 @@ impl LbArgs {
     }
 
     pub(crate) fn run(self) -> Result<()> {
+        if let Some(path) = &self.check_config {
+            let checked = LbArgs {
+                config: Some(path.clone()),
+                check_config: None,
+                ..self.clone()
+            };
+            let settings = checked.settings()?;
+            println!(
+                "{}: valid ({} listeners, {} pools)",
+                path.display(),
+                settings.listeners.len(),
+                settings.pools.len()
+            );
+            return Ok(());
+        }
         let settings = self.settings()?;
+        // SIGHUP reads the same file with the same flags again.
+        let reload = self.config.is_some().then(|| {
+            let args = self.clone();
+            Reload::new(move || args.settings().map_err(|error| format!("{error:#}").into()))
+        });
         let source = match self.db {
             None => Source::Static,
             Some(db) => Source::Managed(Managed {
@@ -212,7 +238,7 @@ impl LbArgs {
                 },
             }),
         };
-        ballast_proxy::run(settings, source, announce)?;
+        ballast_proxy::run(settings, source, reload, announce)?;
         Ok(())
     }
 }

@@ -1,0 +1,218 @@
+//! SIGHUP and `--check-config`, as an nginx operator uses `nginx -s reload` and `nginx -t`: a
+//! valid file is applied whole under load without a failed request, an invalid one (or one that
+//! changes what takes a restart) changes nothing, and SIGHUP never ends the process.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{Process, backend_of, echo, eventually, get, lb, metric};
+
+const RELOADED: &str = "ballast_config_reloads_total{result=\"ok\"}";
+const REFUSED: &str = "ballast_config_reloads_total{result=\"error\"}";
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "ballast-{tag}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Two HTTP listeners on `listen`, serving `pools` (by name), and the pools' TOML.
+fn config(listen: [SocketAddr; 2], serve: [&str; 2], pools: &str) -> String {
+    format!(
+        r#"
+admin = "127.0.0.1:0"
+workers = 2
+
+[[listeners]]
+listen = "{}"
+pool = "{}"
+
+[[listeners]]
+listen = "{}"
+pool = "{}"
+
+{pools}
+"#,
+        listen[0], serve[0], listen[1], serve[1]
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write the configuration");
+}
+
+/// Before SIGHUP was handled, its default action ended the LB (exit 129).
+#[test]
+fn sighup_never_ends_an_lb_started_from_flags() {
+    let (_b1, b1) = echo("b1", &[]);
+    let (mut lb, address) = lb(&[b1], &[]);
+    lb.signal("HUP");
+    // Served after the signal was handled: the GET goes through the same worker's loop.
+    assert_eq!(backend_of(&get(address, "/", &[])), "b1");
+    assert_eq!(lb.exited(), None, "SIGHUP ended the LB");
+}
+
+#[test]
+fn sighup_applies_a_valid_file_whole_under_load_and_an_invalid_one_not_at_all() {
+    let (_a1, a1) = echo("a1", &[]);
+    let (_a2, a2) = echo("a2", &[]);
+    let (_b1, b1) = echo("b1", &[]);
+    let dir = TempDir::new("reload");
+    let path = dir.0.join("ballast.toml");
+    let listen = [support::unused_addr(), support::unused_addr()];
+    let pools = |web: SocketAddr| {
+        format!(
+            "[[pools]]\nname = \"web\"\nbackends = [\"{web}\"]\n\n\
+             [[pools]]\nname = \"other\"\nbackends = [\"{b1}\"]\n"
+        )
+    };
+    write(&path, &config(listen, ["web", "other"], &pools(a1)));
+    let lb = Process::start(&["lb", "--config", path.to_str().expect("utf-8")], 3);
+    let admin = lb.admin_addr();
+    assert_eq!(backend_of(&get(listen[0], "/", &[])), "a1");
+    assert_eq!(backend_of(&get(listen[1], "/", &[])), "b1");
+
+    // Continuous GETs on the first listener while the file changes under it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (running, first_reply) = std::sync::mpsc::channel();
+    let load = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut replies = Vec::new();
+            while !stop.load(Ordering::Relaxed)
+                && replies.len() < 50_000
+                && started.elapsed() < Duration::from_secs(120)
+            {
+                let reply = get(listen[0], "/", &[]);
+                let seen = match reply.status {
+                    200 => reply.body.lines().next().unwrap_or("").to_owned(),
+                    status => format!("status {status}: {}", reply.body.trim()),
+                };
+                replies.push(seen);
+                let _ = running.send(());
+            }
+            replies
+        })
+    };
+    first_reply
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the load's first GET");
+
+    // The pool `web` moves to a2, and the second listener now serves `web` too.
+    write(&path, &config(listen, ["web", "web"], &pools(a2)));
+    lb.signal("HUP");
+    eventually(Duration::from_secs(30), "the reload applied", || {
+        metric(admin, RELOADED) == Some(1.0)
+    });
+    assert_eq!(backend_of(&get(listen[0], "/", &[])), "a2");
+    assert_eq!(backend_of(&get(listen[1], "/", &[])), "a2");
+    // Twenty more GETs of the load after the reload (what it reported before is skipped), then
+    // the tally.
+    first_reply.try_iter().for_each(drop);
+    for _ in 0..20 {
+        first_reply
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the load goes on after the reload");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let replies = load.join().expect("load thread");
+    let failed: Vec<&String> = replies.iter().filter(|r| r.starts_with("status")).collect();
+    assert!(failed.is_empty(), "failed during the reload: {failed:?}");
+    let first_a2 = replies.iter().position(|r| r == "a2");
+    let (before, after) = replies.split_at(first_a2.expect("no GET reached a2"));
+    assert!(
+        !before.is_empty() && before.iter().all(|r| r == "a1"),
+        "{before:?}"
+    );
+    assert!(after.iter().all(|r| r == "a2"), "a1 after the switch");
+
+    // An invalid file changes nothing, and says so in the metrics.
+    write(
+        &path,
+        &config(
+            listen,
+            ["web", "web"],
+            "[[pools]]\nname = \"web\"\nalgorithm = \"fastest\"\nbackends = []\n",
+        ),
+    );
+    lb.signal("HUP");
+    eventually(Duration::from_secs(30), "the reload refused", || {
+        metric(admin, REFUSED) == Some(1.0)
+    });
+    assert_eq!(backend_of(&get(listen[0], "/", &[])), "a2");
+    assert_eq!(backend_of(&get(listen[1], "/", &[])), "a2");
+
+    // So does one that moves a listener (that takes a restart, for now).
+    let moved = [listen[0], support::unused_addr()];
+    write(&path, &config(moved, ["web", "other"], &pools(a1)));
+    lb.signal("HUP");
+    eventually(Duration::from_secs(30), "the second reload refused", || {
+        metric(admin, REFUSED) == Some(2.0)
+    });
+    assert_eq!(backend_of(&get(listen[0], "/", &[])), "a2");
+    assert_eq!(metric(admin, RELOADED), Some(1.0));
+}
+
+#[test]
+fn check_config_says_valid_or_names_the_field() {
+    let dir = TempDir::new("check");
+    let path = dir.0.join("ballast.toml");
+    let listen = [support::unused_addr(), support::unused_addr()];
+    write(
+        &path,
+        &config(
+            listen,
+            ["web", "web"],
+            "[[pools]]\nname = \"web\"\nbackends = [\"127.0.0.1:9\"]\n",
+        ),
+    );
+    let check = |path: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_ballast"))
+            .args(["lb", "--check-config", path.to_str().expect("utf-8")])
+            .output()
+            .expect("ballast runs")
+    };
+    let valid = check(&path);
+    assert!(valid.status.success(), "{valid:?}");
+    let said = String::from_utf8_lossy(&valid.stdout);
+    assert!(said.contains("valid (2 listeners, 1 pools)"), "{said}");
+    // Nothing was started: the listeners' addresses are still free.
+    for address in listen {
+        std::net::TcpListener::bind(address).expect("--check-config bound a listener");
+    }
+
+    write(
+        &path,
+        &config(
+            listen,
+            ["web", "api"],
+            "[[pools]]\nname = \"web\"\nbackends = [\"127.0.0.1:9\"]\n",
+        ),
+    );
+    let invalid = check(&path);
+    assert_eq!(invalid.status.code(), Some(1), "{invalid:?}");
+    let said = String::from_utf8_lossy(&invalid.stderr);
+    assert!(said.contains("listeners[1]"), "{said}");
+}
