@@ -5,10 +5,11 @@
 //! A reload swaps in a new snapshot, as a configuration revision does in managed mode: requests
 //! in flight finish on the pools they started with, connections stay open, backends that stay
 //! keep their load, ejections and pooled connections. It applies the pools (backends, weights,
-//! algorithms, hash keys, per-pool retries and timeouts) and which pool each listener serves.
-//! What a running server cannot change yet — its listeners' addresses, modes and certificates,
-//! its workers, admin address and server-wide settings — refuses the reload naming the field,
-//! and the server keeps serving as before.
+//! algorithms, hash keys, per-pool retries and timeouts), which pool each listener serves, and
+//! TLS listeners' certificates (read again even from the same paths: a renewed certificate is
+//! the commonest reason to reload). What a running server cannot change yet — its listeners'
+//! addresses and modes, TLS turned on or off, its workers, admin address and server-wide
+//! settings — refuses the reload naming the field, and the server keeps serving as before.
 
 use std::sync::Arc;
 
@@ -49,6 +50,14 @@ pub enum ReloadError {
         /// The setting, e.g. `listeners[1].address` or `timeouts`.
         field: String,
     },
+    /// A listener's certificate or key could not be loaded.
+    #[error("listeners[{listener}].tls: {source}")]
+    Tls {
+        /// The listener's position.
+        listener: usize,
+        /// Why.
+        source: crate::tls::TlsError,
+    },
     /// A pool's picker could not be built.
     #[error(transparent)]
     Picker(#[from] ballast_balance::BuildError),
@@ -70,13 +79,26 @@ pub(crate) fn reload(shared: &Arc<Shared>, reload: &Reload, metrics: &Metrics) {
 pub(crate) fn apply(shared: &Shared, next: &Settings) -> Result<(), ReloadError> {
     let running = &shared.settings;
     restart_only(running, next)?;
+    // Every certificate is read before anything changes: one that cannot be refuses it all.
+    let slots = shared.certificates.get().map_or(&[][..], Vec::as_slice);
+    let mut certificates = Vec::new();
+    for (listener, (slot, settings)) in slots.iter().zip(&next.listeners).enumerate() {
+        if let (Some(slot), Some(files)) = (slot, &settings.tls) {
+            let loaded =
+                crate::tls::load(files).map_err(|source| ReloadError::Tls { listener, source })?;
+            certificates.push((slot, loaded));
+        }
+    }
     let listener_pools = next.listeners.iter().map(|l| l.pool.clone()).collect();
     if running.managed {
         // The pools are the database's: only which one each listener serves changes.
         shared.relink(listener_pools);
-        return Ok(());
+    } else {
+        shared.reconfigure(&Pool::all_of(&next.pools), listener_pools)?;
     }
-    shared.reconfigure(&Pool::all_of(&next.pools), listener_pools)?;
+    for (slot, loaded) in certificates {
+        slot.replace(loaded);
+    }
     Ok(())
 }
 
@@ -97,8 +119,8 @@ fn restart_only(running: &Settings, next: &Settings) -> Result<(), ReloadError> 
         if old.mode != new.mode {
             return changed(&format!("listeners[{i}].mode"));
         }
-        if old.tls != new.tls {
-            return changed(&format!("listeners[{i}].tls"));
+        if old.tls.is_some() != new.tls.is_some() {
+            return changed(&format!("listeners[{i}].tls (on or off)"));
         }
     }
     let fields = [

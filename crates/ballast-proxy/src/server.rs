@@ -144,9 +144,12 @@ pub(crate) fn serve(
         admin: None,
         stopping: leaving_rx,
     };
+    let mut certificates = Vec::new();
     for listener in &settings.listeners {
         let index = bound.listeners.len();
-        let acceptor = listener.tls.as_ref().map(tls::acceptor).transpose()?;
+        let tls = listener.tls.as_ref().map(tls::acceptor).transpose()?;
+        let (acceptor, certificate) = tls.unzip();
+        certificates.push(certificate);
         let first = bind(listener.address)?;
         let address = first.local_addr().map_err(|source| ServerError::Bind {
             address: listener.address,
@@ -169,6 +172,7 @@ pub(crate) fn serve(
             });
         }
     }
+    let _ = shared.certificates.set(certificates);
     let admin = match settings.admin {
         Some(address) => {
             let socket = bind(address)?;

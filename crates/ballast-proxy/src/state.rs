@@ -131,6 +131,9 @@ pub(crate) struct Shared {
     pub draining: AtomicBool,
     /// Managed mode: since when the configuration database cannot be reached, if it cannot.
     pub config_unreachable_since: std::sync::Mutex<Option<std::time::Instant>>,
+    /// By listener index: its TLS certificate, for reloads to swap (set once the listeners
+    /// are set up).
+    pub certificates: std::sync::OnceLock<Vec<Option<Arc<crate::tls::Certificate>>>>,
     /// The next upstream connection cache slot for a new backend.
     next_slot: AtomicUsize,
     /// Serializes snapshot rebuilds (ejections, configuration changes), which are rare.
@@ -154,6 +157,7 @@ impl Shared {
             changed: Notify::new(),
             draining: AtomicBool::new(false),
             config_unreachable_since: std::sync::Mutex::new(None),
+            certificates: std::sync::OnceLock::new(),
             next_slot: AtomicUsize::new(0),
             rebuilding: std::sync::Mutex::new(()),
             settings,

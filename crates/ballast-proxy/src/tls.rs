@@ -1,9 +1,17 @@
 //! TLS termination with rustls (the `ring` provider), offering HTTP/2 and HTTP/1.1 by ALPN.
+//!
+//! Each TLS listener's certificate sits in a [`Certificate`] slot that a reload swaps whole
+//! (a renewed certificate at the same path, or other files): handshakes from then on present
+//! the new one, connections already open keep theirs.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
@@ -33,8 +41,29 @@ fn file_error(path: &Path, reason: impl ToString) -> TlsError {
     }
 }
 
-/// An acceptor for the certificate chain and key in `files`.
-pub(crate) fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// One listener's certificate, swapped whole by a reload.
+#[derive(Debug)]
+pub(crate) struct Certificate(ArcSwap<CertifiedKey>);
+
+impl Certificate {
+    /// Puts `loaded` (from [`load`]) in place for the handshakes to come.
+    pub(crate) fn replace(&self, loaded: CertifiedKey) {
+        self.0.store(Arc::new(loaded));
+    }
+}
+
+impl ResolvesServerCert for Certificate {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// Reads the certificate chain and key in `files` and checks that they belong together.
+pub(crate) fn load(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| file_error(&files.cert, e))?
         .collect::<Result<_, _>>()
@@ -43,11 +72,21 @@ pub(crate) fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
         return Err(file_error(&files.cert, "no certificate in the file"));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_error(&files.key, e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    CertifiedKey::from_der(certs, key, &provider()).map_err(|error| match error {
+        rustls::Error::InconsistentKeys(_) => {
+            file_error(&files.key, "this key does not belong to the certificate")
+        }
+        other => TlsError::Config(other),
+    })
+}
+
+/// An acceptor for the certificate chain and key in `files`, and the slot a reload swaps.
+pub(crate) fn acceptor(files: &TlsFiles) -> Result<(TlsAcceptor, Arc<Certificate>), TlsError> {
+    let certificate = Arc::new(Certificate(ArcSwap::from_pointee(load(files)?)));
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(Arc::clone(&certificate) as Arc<dyn ResolvesServerCert>);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), certificate))
 }

@@ -216,3 +216,98 @@ fn check_config_says_valid_or_names_the_field() {
     let said = String::from_utf8_lossy(&invalid.stderr);
     assert!(said.contains("listeners[1]"), "{said}");
 }
+
+/// A self-signed certificate for `localhost`: (certificate PEM, key PEM, certificate DER).
+fn certificate() -> (String, String, Vec<u8>) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    (
+        certified.cert.pem(),
+        certified.signing_key.serialize_pem(),
+        certified.cert.der().to_vec(),
+    )
+}
+
+/// The certificate a TLS handshake with `address` presents (any is accepted: this only looks).
+fn presented(address: SocketAddr, roots: &[&[u8]]) -> Vec<u8> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store
+            .add(rustls_pki_types::CertificateDer::from(root.to_vec()))
+            .expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = connector
+            .connect(name, stream)
+            .await
+            .expect("TLS handshake");
+        let (_, session) = tls.get_ref();
+        session.peer_certificates().expect("a certificate")[0].to_vec()
+    })
+}
+
+/// A renewed certificate at the same path, as certbot leaves it, is served after SIGHUP; a key
+/// that does not belong to its certificate refuses the reload and the old one stays.
+#[test]
+fn sighup_serves_a_renewed_certificate_and_refuses_a_mismatched_key() {
+    let (_b1, b1) = echo("b1", &[]);
+    let dir = TempDir::new("reload-tls");
+    let (cert_path, key_path) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let (old_cert, old_key, old_der) = certificate();
+    write(&cert_path, &old_cert);
+    write(&key_path, &old_key);
+    let listen = support::unused_addr();
+    let path = dir.0.join("ballast.toml");
+    write(
+        &path,
+        &format!(
+            "admin = \"127.0.0.1:0\"\n\n[[listeners]]\nlisten = \"{listen}\"\npool = \"web\"\n\
+             tls_cert = \"{}\"\ntls_key = \"{}\"\n\n[[pools]]\nname = \"web\"\nbackends = [\"{b1}\"]\n",
+            cert_path.display(),
+            key_path.display()
+        ),
+    );
+    let lb = Process::start(&["lb", "--config", path.to_str().expect("utf-8")], 2);
+    let admin = lb.admin_addr();
+    let (new_cert, new_key, new_der) = certificate();
+    let roots = [&old_der[..], &new_der[..]];
+    assert_eq!(presented(listen, &roots), old_der);
+
+    write(&cert_path, &new_cert);
+    write(&key_path, &new_key);
+    lb.signal("HUP");
+    eventually(Duration::from_secs(30), "the reload applied", || {
+        metric(admin, RELOADED) == Some(1.0)
+    });
+    assert_eq!(
+        presented(listen, &roots),
+        new_der,
+        "the renewed certificate"
+    );
+
+    // The old key with the new certificate: refused whole.
+    write(&key_path, &old_key);
+    lb.signal("HUP");
+    eventually(Duration::from_secs(30), "the reload refused", || {
+        metric(admin, REFUSED) == Some(1.0)
+    });
+    assert_eq!(
+        presented(listen, &roots),
+        new_der,
+        "the certificate in force"
+    );
+}
