@@ -57,16 +57,10 @@ pub(crate) async fn serve<S>(
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .handshake::<_, Bytes>(stream);
     let client = context.client;
-    let connection = match tokio::time::timeout(limits.first_request, handshake).await {
-        Ok(Ok(connection)) => connection,
-        Ok(Err(error)) => {
-            tracing::debug!(%client, %error, "HTTP/2 handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%client, "HTTP/2 handshake timed out");
-            return;
-        }
+    let Some(connection) =
+        watchdog::handshake("HTTP/2", client, limits.first_request, handshake).await
+    else {
+        return;
     };
     let serving = Serving {
         connection,

@@ -385,17 +385,10 @@ async fn accept_loop(
                     }
                 }
                 (Mode::Http, Some(acceptor)) => {
-                    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%peer, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
+                    let accepted = acceptor.accept(stream);
+                    let Some(stream) = watchdog::handshake("TLS", peer, timeout, accepted).await
+                    else {
+                        return;
                     };
                     // Over TLS the protocol is agreed by ALPN (RFC 9113 §3.2).
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");

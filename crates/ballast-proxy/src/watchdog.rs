@@ -228,6 +228,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
+/// Waits at most `limit` for a connection's handshake (TLS, the HTTP/2 preface and SETTINGS); a
+/// failure or a timeout is the client's doing, logged at debug and answered by closing.
+pub(crate) async fn handshake<T, E: std::fmt::Display>(
+    what: &'static str,
+    client: std::net::SocketAddr,
+    limit: Duration,
+    handshake: impl Future<Output = Result<T, E>>,
+) -> Option<T> {
+    match tokio::time::timeout(limit, handshake).await {
+        Ok(Ok(done)) => Some(done),
+        Ok(Err(error)) => {
+            tracing::debug!(%client, %error, "{what} handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%client, "{what} handshake timed out");
+            None
+        }
+    }
+}
+
 /// A served connection that can be asked to finish what it has begun and take nothing new
 /// (HTTP/1.1: close after the response in progress; HTTP/2: GOAWAY).
 pub(crate) trait Graceful: Future {

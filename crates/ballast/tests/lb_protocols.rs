@@ -5,41 +5,19 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{Process, backend_of, echo, get, lb};
+use support::{Process, TempDir, backend_of, echo, get, lb};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime")
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "ballast-{tag}-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// GET `uri` over HTTP/2 on an established connection; returns (version, body).
@@ -239,8 +217,8 @@ impl TlsLb {
         let dir = TempDir::new("tls");
         let certified =
             rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
-        let cert_path = dir.0.join("cert.pem");
-        let key_path = dir.0.join("key.pem");
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("key.pem");
         std::fs::write(&cert_path, certified.cert.pem()).expect("write cert");
         std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("write key");
         let mut args = vec![
@@ -451,7 +429,7 @@ fn config_file_runs_several_listeners_and_pools() {
     let (_web, web) = echo("web", &[]);
     let (_db, db) = echo("db", &[]);
     let dir = TempDir::new("config");
-    let path = dir.0.join("ballast.toml");
+    let path = dir.path().join("ballast.toml");
     let (http_at, tcp_at): (SocketAddr, SocketAddr) =
         (support::unused_addr(), support::unused_addr());
     std::fs::write(

@@ -5,37 +5,16 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{Process, backend_of, echo, eventually, get, lb, metric};
+use support::{Process, TempDir, backend_of, echo, eventually, get, lb, metric};
 
 const RELOADED: &str = "ballast_config_reloads_total{result=\"ok\"}";
 const REFUSED: &str = "ballast_config_reloads_total{result=\"error\"}";
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "ballast-{tag}-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Two HTTP listeners on `listen`, serving `pools` (by name), and the pools' TOML.
 fn config(listen: [SocketAddr; 2], serve: [&str; 2], pools: &str) -> String {
@@ -79,7 +58,7 @@ fn sighup_applies_a_valid_file_whole_under_load_and_an_invalid_one_not_at_all() 
     let (_a2, a2) = echo("a2", &[]);
     let (_b1, b1) = echo("b1", &[]);
     let dir = TempDir::new("reload");
-    let path = dir.0.join("ballast.toml");
+    let path = dir.path().join("ballast.toml");
     let listen = [support::unused_addr(), support::unused_addr()];
     let pools = |web: SocketAddr| {
         format!(
@@ -178,7 +157,7 @@ fn sighup_applies_a_valid_file_whole_under_load_and_an_invalid_one_not_at_all() 
 #[test]
 fn check_config_says_valid_or_names_the_field() {
     let dir = TempDir::new("check");
-    let path = dir.0.join("ballast.toml");
+    let path = dir.path().join("ballast.toml");
     let listen = [support::unused_addr(), support::unused_addr()];
     write(
         &path,
@@ -266,12 +245,12 @@ fn presented(address: SocketAddr, roots: &[&[u8]]) -> Vec<u8> {
 fn sighup_serves_a_renewed_certificate_and_refuses_a_mismatched_key() {
     let (_b1, b1) = echo("b1", &[]);
     let dir = TempDir::new("reload-tls");
-    let (cert_path, key_path) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let (old_cert, old_key, old_der) = certificate();
     write(&cert_path, &old_cert);
     write(&key_path, &old_key);
     let listen = support::unused_addr();
-    let path = dir.0.join("ballast.toml");
+    let path = dir.path().join("ballast.toml");
     write(
         &path,
         &format!(

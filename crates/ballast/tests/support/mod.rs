@@ -178,6 +178,31 @@ pub fn rejected(args: &[&str]) -> String {
     String::from_utf8(output.stderr).expect("utf-8 stderr")
 }
 
+/// A fresh directory under the system temp dir, removed on drop (a test that failed included).
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "ballast-{tag}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// An echo backend named `name`.
 pub fn echo(name: &str, extra: &[&str]) -> (Process, SocketAddr) {
     let mut args = vec!["echo", "--listen", "127.0.0.1:0", "--name", name];
