@@ -51,6 +51,7 @@ mod headers;
 mod http2;
 mod hyper_path;
 mod key;
+mod listeners;
 mod managed;
 pub mod metrics;
 mod outlier;

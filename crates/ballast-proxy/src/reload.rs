@@ -5,16 +5,19 @@
 //! A reload swaps in a new snapshot, as a configuration revision does in managed mode: requests
 //! in flight finish on the pools they started with, connections stay open, backends that stay
 //! keep their load, ejections and pooled connections. It applies the pools (backends, weights,
-//! algorithms, hash keys, per-pool retries and timeouts), which pool each listener serves, and
-//! TLS listeners' certificates (read again even from the same paths: a renewed certificate is
-//! the commonest reason to reload). What a running server cannot change yet — its listeners'
-//! addresses and modes, TLS turned on or off, its workers, admin address and server-wide
-//! settings — refuses the reload naming the field, and the server keeps serving as before.
+//! algorithms, hash keys, per-pool retries and timeouts), the listeners (added, removed — which
+//! stops accepting while the connections it has finish — and which pool each serves), and TLS
+//! listeners' certificates (read again even from the same paths: a renewed certificate is the
+//! commonest reason to reload). A listener is the same one when its address, mode and whether it
+//! has TLS are. What a running server cannot change yet — its workers, admin address and
+//! server-wide settings, and a managed LB's addresses (its record in the fleet) — refuses the
+//! reload naming the field, and the server keeps serving as before.
 
 use std::sync::Arc;
 
+use crate::listeners;
 use crate::metrics::Metrics;
-use crate::settings::{Pool, Settings};
+use crate::settings::{Listener, Pool, Settings};
 use crate::state::Shared;
 
 /// Why reading the configuration again failed, as the caller's reader said it.
@@ -50,6 +53,14 @@ pub enum ReloadError {
         /// The setting, e.g. `listeners[1].address` or `timeouts`.
         field: String,
     },
+    /// A new listener could not be set up (its address is taken, its certificate unreadable).
+    #[error("listeners[{listener}]: {reason}")]
+    Listener {
+        /// The listener's position in the file.
+        listener: usize,
+        /// Why.
+        reason: String,
+    },
     /// A listener's certificate or key could not be loaded.
     #[error("listeners[{listener}].tls: {source}")]
     Tls {
@@ -75,31 +86,110 @@ pub(crate) fn reload(shared: &Arc<Shared>, reload: &Reload, metrics: &Metrics) {
     }
 }
 
-/// Applies `next` whole, or returns why not having changed nothing.
+/// Applies `next` whole, or returns why not having changed nothing. Everything that can fail
+/// (pickers, certificates, binding new listeners) is done before anything is swapped in.
 pub(crate) fn apply(shared: &Shared, next: &Settings) -> Result<(), ReloadError> {
     let running = &shared.settings;
     restart_only(running, next)?;
-    // Every certificate is read before anything changes: one that cannot be refuses it all.
-    let slots = shared.certificates.get().map_or(&[][..], Vec::as_slice);
+    let _one_at_a_time = shared.lock_rebuilds();
+    let mut registry = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+
+    // Each listener of the file is one that runs (same address, mode, TLS or not) or a new one.
+    let same = |a: &Listener, b: &Listener| {
+        a.address == b.address && a.mode == b.mode && a.tls.is_some() == b.tls.is_some()
+    };
+    let mut kept = Vec::new();
+    let mut added = Vec::new();
+    for (position, listener) in next.listeners.iter().enumerate() {
+        match registry
+            .running()
+            .find(|(_, r)| same(&r.settings, listener))
+        {
+            Some((id, _)) => kept.push((id, position)),
+            None => added.push(position),
+        }
+    }
+    let removed: Vec<usize> = registry
+        .running()
+        .map(|(id, _)| id)
+        .filter(|id| !kept.iter().any(|(kept, _)| kept == id))
+        .collect();
+    if running.managed && (!added.is_empty() || !removed.is_empty()) {
+        // A managed LB's addresses are its record in the fleet (and in DNS).
+        return Err(ReloadError::NeedsRestart {
+            field: "listeners (of a managed LB)".to_owned(),
+        });
+    }
+
+    let certificate = |position: usize| {
+        let files = next.listeners[position].tls.as_ref();
+        files
+            .map(crate::tls::load)
+            .transpose()
+            .map_err(|source| ReloadError::Tls {
+                listener: position,
+                source,
+            })
+    };
     let mut certificates = Vec::new();
-    for (listener, (slot, settings)) in slots.iter().zip(&next.listeners).enumerate() {
-        if let (Some(slot), Some(files)) = (slot, &settings.tls) {
-            let loaded =
-                crate::tls::load(files).map_err(|source| ReloadError::Tls { listener, source })?;
+    for &(id, position) in &kept {
+        let slot = registry.by_id[id]
+            .as_ref()
+            .and_then(|r| r.certificate.clone());
+        if let (Some(slot), Some(loaded)) = (slot, certificate(position)?) {
             certificates.push((slot, loaded));
         }
     }
-    let listener_pools = next.listeners.iter().map(|l| l.pool.clone()).collect();
-    if running.managed {
-        // The pools are the database's: only which one each listener serves changes.
-        shared.relink(listener_pools);
-    } else {
-        shared.reconfigure(&Pool::all_of(&next.pools), listener_pools)?;
+    let mut prepared = Vec::new();
+    for (n, &position) in added.iter().enumerate() {
+        let id = registry.by_id.len() + n;
+        let listener = &next.listeners[position];
+        let bound = listeners::prepare(listener, id, running.workers).map_err(|error| {
+            ReloadError::Listener {
+                listener: position,
+                reason: error.to_string(),
+            }
+        })?;
+        prepared.push(bound);
     }
+    let pools = match running.managed {
+        true => None,
+        false => Some(shared.build_pools(&Pool::all_of(&next.pools))?),
+    };
+
+    // Nothing can fail from here on.
+    let mut names = shared.listener_pool_names();
+    names.resize(registry.by_id.len() + prepared.len(), None);
+    for &(id, position) in &kept {
+        names[id] = Some(next.listeners[position].pool.clone());
+        if let Some(running) = registry.by_id[id].as_mut() {
+            running.settings = next.listeners[position].clone();
+        }
+    }
+    for listener in &prepared {
+        names[listener.id] = Some(listener.running.settings.pool.clone());
+    }
+    let current = shared.snapshot.load_full();
+    let pools = pools.unwrap_or_else(|| current.pools.clone());
+    shared.swap_in(pools, current.revision, Some(names));
     for (slot, loaded) in certificates {
         slot.replace(loaded);
     }
+    for id in removed {
+        tracing::info!(address = %next_address(&registry, id), "listener removed");
+        registry.stop(id);
+    }
+    for listener in prepared {
+        tracing::info!(address = %listener.running.address, pool = %listener.running.settings.pool, "listening");
+        registry.start(listener);
+    }
     Ok(())
+}
+
+fn next_address(registry: &listeners::Registry, id: usize) -> String {
+    registry.by_id[id]
+        .as_ref()
+        .map_or_else(String::new, |r| r.address.to_string())
 }
 
 /// The first setting that differs where only a restart can apply it.
@@ -109,20 +199,6 @@ fn restart_only(running: &Settings, next: &Settings) -> Result<(), ReloadError> 
             field: field.to_owned(),
         })
     };
-    if running.listeners.len() != next.listeners.len() {
-        return changed("listeners (how many)");
-    }
-    for (i, (old, new)) in running.listeners.iter().zip(&next.listeners).enumerate() {
-        if old.address != new.address {
-            return changed(&format!("listeners[{i}].listen"));
-        }
-        if old.mode != new.mode {
-            return changed(&format!("listeners[{i}].mode"));
-        }
-        if old.tls.is_some() != new.tls.is_some() {
-            return changed(&format!("listeners[{i}].tls (on or off)"));
-        }
-    }
     let fields = [
         ("workers", running.workers != next.workers),
         ("admin", running.admin != next.admin),
@@ -170,15 +246,10 @@ mod tests {
             Err(ReloadError::NeedsRestart { field }) => Some(field),
             _ => None,
         };
+        // Listeners are the reload's to add, remove and relink.
         assert_eq!(field(&settings(&[8080, 8081], &["web", "web"])), None);
-        assert_eq!(
-            field(&settings(&[8080, 9090], &["web", "api"])).as_deref(),
-            Some("listeners[1].listen")
-        );
-        assert_eq!(
-            field(&settings(&[8080], &["web"])).as_deref(),
-            Some("listeners (how many)")
-        );
+        assert_eq!(field(&settings(&[8080, 9090], &["web", "api"])), None);
+        assert_eq!(field(&settings(&[8080], &["web"])), None);
         let mut slower = settings(&[8080, 8081], &["web", "api"]);
         slower.timeouts.idle = Duration::from_secs(600);
         assert_eq!(field(&slower).as_deref(), Some("timeouts"));

@@ -17,15 +17,14 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
 
 use crate::attempt::ClientContext;
 use crate::hyper_path;
+use crate::listeners::{self, WorkerListener};
 use crate::managed::Following;
 use crate::metrics::ErrorKind;
 use crate::prefixed::Prefixed;
@@ -86,15 +85,6 @@ pub struct Bound {
     pub stopping: watch::Receiver<bool>,
 }
 
-/// One listener as a worker runs it.
-struct WorkerListener {
-    socket: std::net::TcpListener,
-    mode: Mode,
-    /// Its position in the settings, by which snapshots name the pool it serves.
-    index: usize,
-    tls: Option<TlsAcceptor>,
-}
-
 /// Where the pools come from.
 #[derive(Debug)]
 pub enum Source {
@@ -133,9 +123,6 @@ pub(crate) fn serve(
     }
     let settings = &shared.settings;
 
-    // Every worker gets its own socket per listener, bound to the same address.
-    let mut per_worker: Vec<Vec<WorkerListener>> =
-        (0..settings.workers).map(|_| Vec::new()).collect();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Turns true at SIGTERM, `drain_delay` before `shutdown` does.
     let (leaving_tx, leaving_rx) = watch::channel(false);
@@ -144,38 +131,26 @@ pub(crate) fn serve(
         admin: None,
         stopping: leaving_rx,
     };
-    let mut certificates = Vec::new();
-    for listener in &settings.listeners {
-        let index = bound.listeners.len();
-        let tls = listener.tls.as_ref().map(tls::acceptor).transpose()?;
-        let (acceptor, certificate) = tls.unzip();
-        certificates.push(certificate);
-        let first = bind(listener.address)?;
-        let address = first.local_addr().map_err(|source| ServerError::Bind {
-            address: listener.address,
-            source,
-        })?;
-        bound
-            .listeners
-            .push((address, listener.mode, listener.pool.clone()));
-        let mut socket = Some(first);
-        for worker in &mut per_worker {
-            let socket = match socket.take() {
-                Some(first) => first,
-                None => bind(address)?,
-            };
-            worker.push(WorkerListener {
-                socket,
-                mode: listener.mode,
-                index,
-                tls: acceptor.clone(),
-            });
+    // Each worker takes its listeners from a queue, at start and as reloads add them.
+    let (queues, mut added): (Vec<_>, Vec<_>) = (0..settings.workers)
+        .map(|_| mpsc::unbounded_channel())
+        .unzip();
+    {
+        let mut registry = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        registry.workers = queues;
+        for (id, listener) in settings.listeners.iter().enumerate() {
+            let prepared = listeners::prepare(listener, id, settings.workers)?;
+            bound.listeners.push((
+                prepared.running.address,
+                listener.mode,
+                listener.pool.clone(),
+            ));
+            registry.start(prepared);
         }
     }
-    let _ = shared.certificates.set(certificates);
     let admin = match settings.admin {
         Some(address) => {
-            let socket = bind(address)?;
+            let socket = listeners::bind(address)?;
             bound.admin = Some(
                 socket
                     .local_addr()
@@ -197,10 +172,9 @@ pub(crate) fn serve(
     };
     on_bound(&bound);
 
-    let mut listeners = per_worker.into_iter();
-    let own = listeners.next().unwrap_or_default();
+    let own = added.remove(0);
     let mut threads = Vec::new();
-    for (id, listeners) in listeners.enumerate() {
+    for (id, listeners) in added.into_iter().enumerate() {
         let shared = Arc::clone(&shared);
         let shutdown = shutdown_rx.clone();
         let thread = std::thread::Builder::new()
@@ -286,49 +260,36 @@ fn current_thread_runtime() -> Result<tokio::runtime::Runtime, ServerError> {
         .map_err(ServerError::Runtime)
 }
 
-/// A listening socket that other workers may bind too.
-fn bind(address: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
-    let error = |source| ServerError::Bind { address, source };
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )
-    .map_err(error)?;
-    socket.set_reuse_address(true).map_err(error)?;
-    socket.set_reuse_port(true).map_err(error)?;
-    socket.set_nonblocking(true).map_err(error)?;
-    socket.bind(&address.into()).map_err(error)?;
-    socket.listen(4096).map_err(error)?;
-    Ok(socket.into())
-}
-
-/// One worker: accept on every listener until shutdown, then drain.
+/// One worker: accept on every listener it is handed (at start, and as reloads add them) until
+/// shutdown, then drain.
 async fn worker(
     shared: Arc<Shared>,
-    listeners: Vec<WorkerListener>,
-    shutdown: watch::Receiver<bool>,
+    mut listeners: mpsc::UnboundedReceiver<WorkerListener>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     // Each connection holds a clone of `done`; when the last one is dropped, draining is over.
     let (done, mut all_done) = mpsc::channel::<()>(1);
     let http1 = Arc::new(http1_builder(&shared.settings));
     let mut accepting = Vec::new();
-    for listener in listeners {
-        match TcpListener::from_std(listener.socket) {
-            Ok(socket) => accepting.push(tokio::spawn(accept_loop(
-                Arc::clone(&shared),
-                socket,
-                listener.mode,
-                listener.index,
-                listener.tls,
-                Arc::clone(&http1),
-                shutdown.clone(),
-                done.clone(),
-            ))),
-            Err(error) => tracing::error!(%error, "listener failed"),
-        }
-    }
     tokio::spawn(sweep_idle(Arc::clone(&shared), shutdown.clone()));
+    loop {
+        let listener = tokio::select! {
+            listener = listeners.recv() => listener,
+            () = crate::shutdown::stopping(&mut shutdown) => break,
+        };
+        let Some(listener) = listener else {
+            // No reload can add one any more.
+            crate::shutdown::stopping(&mut shutdown).await;
+            break;
+        };
+        let accepted = Accepting {
+            shared: Arc::clone(&shared),
+            http1: Arc::clone(&http1),
+            shutdown: shutdown.clone(),
+            done: done.clone(),
+        };
+        accepting.push(tokio::spawn(accepted.run(listener)));
+    }
     for task in accepting {
         let _ = task.await;
     }
@@ -339,68 +300,92 @@ async fn worker(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn accept_loop(
+/// What an accept loop shares with the worker that runs it.
+struct Accepting {
     shared: Arc<Shared>,
-    listener: TcpListener,
-    mode: Mode,
-    pool: usize,
-    tls: Option<TlsAcceptor>,
     http1: Arc<http1::Builder>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    /// Cloned into every connection, so the worker knows when the last one is done.
     done: mpsc::Sender<()>,
-) {
-    let mut errors =
-        crate::shutdown::AcceptErrors::new(Some(shared.metrics.accept_errors().clone()));
-    loop {
-        let Some((stream, peer)) =
-            crate::shutdown::accept(&listener, &mut shutdown, &mut errors).await
-        else {
-            return;
-        };
-        let open = ConnectionGauge::open(shared.metrics.client_connections());
-        let shared = Arc::clone(&shared);
-        let http1 = Arc::clone(&http1);
-        let mut shutdown = shutdown.clone();
-        let done = done.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _open = open;
-            let _done = done;
-            let timeout = shared.settings.timeouts.request_headers;
-            match (mode, tls) {
-                (Mode::Tcp, _) => tcp::proxy(shared, pool, stream, peer).await,
-                (Mode::Http, None) => {
-                    let mut stream = stream;
-                    let mut first = BytesMut::with_capacity(16 * 1024);
-                    let speaks = sniff(&mut stream, &mut first, timeout).await;
-                    let context = Arc::new(client_context(shared, pool, peer, "http"));
-                    match speaks {
-                        Some(Speaks::Http2) => {
-                            let stream = Prefixed::new(first, stream);
-                            http2::serve(context, stream, MAX_REQUEST_HEAD, &mut shutdown).await;
-                        }
-                        Some(Speaks::Http1) => h1::serve(context, stream, first, shutdown).await,
-                        None => {}
-                    }
-                }
-                (Mode::Http, Some(acceptor)) => {
-                    let accepted = acceptor.accept(stream);
-                    let Some(stream) = watchdog::handshake("TLS", peer, timeout, accepted).await
-                    else {
-                        return;
-                    };
-                    // Over TLS the protocol is agreed by ALPN (RFC 9113 §3.2).
-                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let context = Arc::new(client_context(shared, pool, peer, "https"));
-                    if h2 {
-                        http2::serve(context, stream, MAX_REQUEST_HEAD, &mut shutdown).await;
-                    } else {
-                        serve_http1(context, stream, &http1, &mut shutdown).await;
-                    }
-                }
+}
+
+impl Accepting {
+    /// Accepts on `listener` until shutdown or a reload removes it, serving each connection on a
+    /// task of its own.
+    async fn run(self, listener: WorkerListener) {
+        let Self {
+            shared,
+            http1,
+            mut shutdown,
+            done,
+        } = self;
+        let socket = match TcpListener::from_std(listener.socket) {
+            Ok(socket) => socket,
+            Err(error) => {
+                tracing::error!(%error, "listener failed");
+                return;
             }
-        });
+        };
+        let (mode, pool, tls) = (listener.mode, listener.id, listener.tls);
+        let mut removed = listener.removed;
+        let mut errors =
+            crate::shutdown::AcceptErrors::new(Some(shared.metrics.accept_errors().clone()));
+        loop {
+            let accepted = tokio::select! {
+                accepted = crate::shutdown::accept(&socket, &mut shutdown, &mut errors) => accepted,
+                () = crate::shutdown::stopping(&mut removed) => None,
+            };
+            let Some((stream, peer)) = accepted else {
+                return;
+            };
+            let open = ConnectionGauge::open(shared.metrics.client_connections());
+            let shared = Arc::clone(&shared);
+            let http1 = Arc::clone(&http1);
+            let mut shutdown = shutdown.clone();
+            let done = done.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let _open = open;
+                let _done = done;
+                let timeout = shared.settings.timeouts.request_headers;
+                match (mode, tls) {
+                    (Mode::Tcp, _) => tcp::proxy(shared, pool, stream, peer).await,
+                    (Mode::Http, None) => {
+                        let mut stream = stream;
+                        let mut first = BytesMut::with_capacity(16 * 1024);
+                        let speaks = sniff(&mut stream, &mut first, timeout).await;
+                        let context = Arc::new(client_context(shared, pool, peer, "http"));
+                        match speaks {
+                            Some(Speaks::Http2) => {
+                                let stream = Prefixed::new(first, stream);
+                                http2::serve(context, stream, MAX_REQUEST_HEAD, &mut shutdown)
+                                    .await;
+                            }
+                            Some(Speaks::Http1) => {
+                                h1::serve(context, stream, first, shutdown).await
+                            }
+                            None => {}
+                        }
+                    }
+                    (Mode::Http, Some(acceptor)) => {
+                        let accepted = acceptor.accept(stream);
+                        let Some(stream) =
+                            watchdog::handshake("TLS", peer, timeout, accepted).await
+                        else {
+                            return;
+                        };
+                        // Over TLS the protocol is agreed by ALPN (RFC 9113 §3.2).
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let context = Arc::new(client_context(shared, pool, peer, "https"));
+                        if h2 {
+                            http2::serve(context, stream, MAX_REQUEST_HEAD, &mut shutdown).await;
+                        } else {
+                            serve_http1(context, stream, &http1, &mut shutdown).await;
+                        }
+                    }
+                }
+            });
+        }
     }
 }
 

@@ -118,9 +118,11 @@ pub(crate) struct Shared {
     pub settings: Settings,
     /// The current snapshot.
     pub snapshot: ArcSwap<Snapshot>,
-    /// By listener index: the name of the pool it serves (a reload may change it; read only
-    /// when a snapshot is built).
-    listener_pools: std::sync::Mutex<Vec<String>>,
+    /// By listener id: the name of the pool it serves (a reload may change it; read only when
+    /// a snapshot is built). A removed listener keeps its pool for the connections it accepted.
+    listener_pools: std::sync::Mutex<Vec<Option<String>>>,
+    /// The listeners, their sockets and certificates, for reloads.
+    pub listeners: std::sync::Mutex<crate::listeners::Registry>,
     /// The metrics.
     pub metrics: Metrics,
     /// The clock ejections are timed by.
@@ -131,9 +133,6 @@ pub(crate) struct Shared {
     pub draining: AtomicBool,
     /// Managed mode: since when the configuration database cannot be reached, if it cannot.
     pub config_unreachable_since: std::sync::Mutex<Option<std::time::Instant>>,
-    /// By listener index: its TLS certificate, for reloads to swap (set once the listeners
-    /// are set up).
-    pub certificates: std::sync::OnceLock<Vec<Option<Arc<crate::tls::Certificate>>>>,
     /// The next upstream connection cache slot for a new backend.
     next_slot: AtomicUsize,
     /// Serializes snapshot rebuilds (ejections, configuration changes), which are rare.
@@ -150,14 +149,18 @@ impl Shared {
                 revision: 0,
             }),
             listener_pools: std::sync::Mutex::new(
-                settings.listeners.iter().map(|l| l.pool.clone()).collect(),
+                settings
+                    .listeners
+                    .iter()
+                    .map(|l| Some(l.pool.clone()))
+                    .collect(),
             ),
+            listeners: std::sync::Mutex::default(),
             metrics: Metrics::new(),
             clock: Clock::default(),
             changed: Notify::new(),
             draining: AtomicBool::new(false),
             config_unreachable_since: std::sync::Mutex::new(None),
-            certificates: std::sync::OnceLock::new(),
             next_slot: AtomicUsize::new(0),
             rebuilding: std::sync::Mutex::new(()),
             settings,
@@ -198,46 +201,42 @@ impl Shared {
         pools: &[Pool],
         revision: u64,
     ) -> Result<(), ballast_balance::BuildError> {
-        let _one_at_a_time = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = self.lock_rebuilds();
         self.install(pools, revision)
     }
 
-    /// A static configuration reloaded: new pools, and which one each listener serves, swapped
-    /// in together (no snapshot ever has a listener naming a pool it does not have yet).
-    pub(crate) fn reconfigure(
-        &self,
-        pools: &[Pool],
-        listener_pools: Vec<String>,
-    ) -> Result<(), ballast_balance::BuildError> {
-        let _one_at_a_time = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
-        let before = std::mem::replace(&mut *self.listener_pools(), listener_pools);
-        let installed = self.install(pools, 0);
-        if installed.is_err() {
-            *self.listener_pools() = before;
-        }
-        installed
+    /// Holds off every other snapshot rebuild, for a reload to build and swap as one step.
+    pub(crate) fn lock_rebuilds(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.rebuilding.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Listeners serve other pools (of those there are now).
-    pub(crate) fn relink(&self, listener_pools: Vec<String>) {
-        let _one_at_a_time = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
-        *self.listener_pools() = listener_pools;
-        let current = self.snapshot.load();
-        let snapshot = self.snapshot_of(current.pools.clone(), current.revision);
-        self.snapshot.store(Arc::new(snapshot));
-    }
-
-    fn listener_pools(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+    fn listener_pools(&self) -> std::sync::MutexGuard<'_, Vec<Option<String>>> {
         self.listener_pools
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Which pool each listener serves, by id.
+    pub(crate) fn listener_pool_names(&self) -> Vec<Option<String>> {
+        self.listener_pools().clone()
+    }
+
     /// [`replace_pools`](Self::replace_pools), with the rebuild lock held.
     fn install(&self, pools: &[Pool], revision: u64) -> Result<(), ballast_balance::BuildError> {
+        let built = self.build_pools(pools)?;
+        self.swap_in(built, revision, None);
+        Ok(())
+    }
+
+    /// The snapshots of `pools`, reusing the current one of each pool that did not change;
+    /// nothing is swapped in (call with the rebuild lock held).
+    pub(crate) fn build_pools(
+        &self,
+        pools: &[Pool],
+    ) -> Result<Vec<Arc<PoolSnapshot>>, ballast_balance::BuildError> {
         let current = self.snapshot.load();
         let now_ms = self.clock.now_ms();
-        let built = pools
+        pools
             .iter()
             .map(|pool| {
                 let before = current.pools.iter().find(|p| p.state.name == pool.name);
@@ -249,10 +248,22 @@ impl Shared {
                     }
                 }
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect()
+    }
+
+    /// Swaps in a snapshot of `pools`, with new listener-to-pool names if given (call with
+    /// the rebuild lock held).
+    pub(crate) fn swap_in(
+        &self,
+        pools: Vec<Arc<PoolSnapshot>>,
+        revision: u64,
+        listener_pools: Option<Vec<Option<String>>>,
+    ) {
+        if let Some(names) = listener_pools {
+            *self.listener_pools() = names;
+        }
         self.snapshot
-            .store(Arc::new(self.snapshot_of(built, revision)));
-        Ok(())
+            .store(Arc::new(self.snapshot_of(pools, revision)));
     }
 
     /// Rebuilds the pickers of the pools whose ejections changed; returns when the next
@@ -296,7 +307,10 @@ impl Shared {
         let by_listener = self
             .listener_pools()
             .iter()
-            .map(|name| pools.iter().position(|p| p.state.name == *name))
+            .map(|name| {
+                let name = name.as_deref()?;
+                pools.iter().position(|p| p.state.name == name)
+            })
             .collect();
         Snapshot {
             pools,
@@ -484,9 +498,13 @@ mod tests {
 
         // `api` goes away and its listener serves `web`: never a snapshot without either.
         let kept = shared.snapshot.load_full();
-        shared
-            .reconfigure(std::slice::from_ref(&web), vec!["web".into(), "web".into()])
-            .expect("builds");
+        {
+            let _reloading = shared.lock_rebuilds();
+            let built = shared
+                .build_pools(std::slice::from_ref(&web))
+                .expect("builds");
+            shared.swap_in(built, 0, Some(vec![Some("web".into()), Some("web".into())]));
+        }
         assert_eq!(name(&shared, 1).as_deref(), Some("web"));
         assert!(Arc::ptr_eq(
             &kept.pools[0],
@@ -494,7 +512,15 @@ mod tests {
         ));
 
         // Managed mode: the pools stay, the listener moves.
-        shared.relink(vec!["web".into(), "gone".into()]);
+        {
+            let _reloading = shared.lock_rebuilds();
+            let pools = shared.snapshot.load().pools.clone();
+            shared.swap_in(
+                pools,
+                0,
+                Some(vec![Some("web".into()), Some("gone".into())]),
+            );
+        }
         assert_eq!(name(&shared, 1), None, "a pool the configuration lacks");
         assert_eq!(name(&shared, 0).as_deref(), Some("web"));
     }
