@@ -27,7 +27,7 @@ impl HashKeySpec {
 }
 
 /// A header or cookie name: an RFC 9110 token (RFC 6265 names cookies by the same grammar).
-fn is_token(name: &str) -> bool {
+pub(crate) fn is_token(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()

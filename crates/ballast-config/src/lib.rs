@@ -32,6 +32,7 @@
 mod feed;
 mod hash_key;
 mod model;
+pub mod route;
 mod sql;
 mod store;
 mod validate;

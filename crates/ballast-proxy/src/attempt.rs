@@ -21,7 +21,7 @@ use ballast_balance::InFlight;
 use http::{HeaderValue, StatusCode};
 
 use crate::metrics::ErrorKind;
-use crate::state::{BackendState, PoolSnapshot, PoolState, Shared};
+use crate::state::{BackendState, PoolSnapshot, PoolState, Routed, Shared};
 use crate::upstream::{self, Upstream};
 
 /// Per client connection: what every request on it shares.
@@ -60,6 +60,36 @@ pub(crate) fn answer(kind: ErrorKind) -> (StatusCode, &'static str) {
             "request headers too large\n",
         ),
         ErrorKind::HeaderTimeout => (StatusCode::REQUEST_TIMEOUT, "request timed out\n"),
+    }
+}
+
+/// What the LB answers for a request that goes to no pool: a route's redirect or status, no
+/// route (404), or a pool the configuration lacks (503, as when no backend takes it). The text
+/// is the body; the last part, a redirect's `Location`.
+pub(crate) fn routed_answer(
+    routed: &Routed,
+) -> (StatusCode, std::borrow::Cow<'static, str>, Option<&str>) {
+    let status = |code: u16| StatusCode::from_u16(code).unwrap_or(StatusCode::NOT_FOUND);
+    match routed {
+        Routed::Redirect {
+            location,
+            status: code,
+        } => (
+            status(*code),
+            format!("see {location}\n").into(),
+            Some(location),
+        ),
+        Routed::Status(code) => {
+            let status = status(*code);
+            let text =
+                format!("{}\n", status.canonical_reason().unwrap_or("")).to_ascii_lowercase();
+            (status, text.into(), None)
+        }
+        Routed::NoRoute => (StatusCode::NOT_FOUND, "no route\n".into(), None),
+        Routed::NoPool | Routed::Pool(_) => {
+            let (status, text) = answer(ErrorKind::NoBackend);
+            (status, text.into(), None)
+        }
     }
 }
 

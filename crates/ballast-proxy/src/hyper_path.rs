@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use crate::attempt::{self, Attempt, ClientContext, Try};
 use crate::headers;
 use crate::metrics::ErrorKind;
-use crate::state::{BackendState, PoolState};
+use crate::state::{BackendState, PoolState, RequestLine, Routed};
 use crate::upstream::{self, Sender};
 
 /// The body of a response to a client: a backend's, streamed, or one the LB wrote.
@@ -77,8 +77,7 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let snapshot = context.shared.snapshot.load_full();
-    let pool = snapshot.for_listener(context.listener);
-    {
+    let routed = {
         let hosts = request.headers().get_all(header::HOST);
         let checked = headers::backend_host(
             request.version() != http::Version::HTTP_10,
@@ -86,16 +85,30 @@ pub(crate) async fn handle(
             hosts.iter().count(),
             request.uri().authority().map(|a| a.as_str().as_bytes()),
         );
-        if let Err(error) = checked {
-            tracing::debug!(client = %context.client, %error, "request refused");
-            if let Some(pool) = pool {
-                pool.state.counters.error(ErrorKind::BadRequest);
+        let host = match checked {
+            Ok(host) => host,
+            Err(error) => {
+                tracing::debug!(client = %context.client, %error, "request refused");
+                if let Some(pool) = snapshot.for_listener(context.listener) {
+                    pool.state.counters.error(ErrorKind::BadRequest);
+                }
+                return status_response(ErrorKind::BadRequest);
             }
-            return status_response(ErrorKind::BadRequest);
-        }
-    }
-    let Some(pool) = pool else {
-        return status_response(ErrorKind::NoBackend);
+        };
+        let line = RequestLine {
+            scheme: context.scheme,
+            method: request.method().as_str(),
+            host,
+            target: request.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+        };
+        let headers = request.headers();
+        snapshot.route(context.listener, line, |name| {
+            headers.get(name).map(HeaderValue::as_bytes)
+        })
+    };
+    let pool = match routed {
+        Routed::Pool(pool) => &*snapshot.pools[pool],
+        answer => return routed_response(&answer),
     };
 
     let upgrade = headers::is_upgrade(request.headers());
@@ -212,6 +225,22 @@ fn status_response(kind: ErrorKind) -> Response<ProxyBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    response
+}
+
+/// The response for a request that goes to no pool (see [`attempt::routed_answer`]).
+fn routed_response(routed: &Routed) -> Response<ProxyBody> {
+    let (status, text, location) = attempt::routed_answer(routed);
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(text.into_owned()))));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if let Some(location) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
+        headers.insert(header::LOCATION, location);
+    }
     response
 }
 

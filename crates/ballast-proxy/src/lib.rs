@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! use ballast_config::{AlgorithmSpec, Pool, PoolSpec};
-//! use ballast_proxy::settings::{BackendAddress, Listener, Mode, Settings};
+//! use ballast_proxy::settings::{BackendAddress, Listener, Mode, Serves, Settings};
 //!
 //! let pool = Pool {
 //!     spec: PoolSpec {
@@ -27,7 +27,7 @@
 //! let listener = Listener {
 //!     address: "127.0.0.1:8080".parse()?,
 //!     mode: Mode::Http,
-//!     pool: "web".into(),
+//!     serves: Serves::Pool("web".into()),
 //!     tls: None,
 //! };
 //! let settings = Settings::new(vec![listener], vec![pool]);
@@ -58,6 +58,7 @@ mod outlier;
 mod prefixed;
 mod process;
 pub mod reload;
+pub mod routes;
 mod server;
 pub mod settings;
 mod shutdown;

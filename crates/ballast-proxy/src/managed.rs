@@ -85,7 +85,11 @@ pub(crate) fn run(
     let heartbeat = Heartbeat {
         url: managed.db,
         name,
-        pools: settings.listeners.iter().map(|l| l.pool.clone()).collect(),
+        pools: settings
+            .listeners
+            .iter()
+            .filter_map(|l| l.serves.pool().map(str::to_owned))
+            .collect(),
     };
     let beating = feed.spawn(heartbeat.clone().run(bound_rx.clone(), followed.clone()));
     let served = crate::server::serve(settings, Some(following), reload, |bound| {

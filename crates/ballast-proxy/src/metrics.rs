@@ -39,6 +39,7 @@ pub struct Metrics {
     config_revision: Gauge,
     config_unreachable_seconds: Gauge<f64, AtomicU64>,
     config_reloads: Family<Labels, Counter>,
+    route_misses: Family<Labels, Counter>,
 }
 
 /// Why a request was answered by the LB itself rather than a backend.
@@ -165,6 +166,12 @@ impl Metrics {
         let config_revision = Gauge::default();
         let config_unreachable_seconds = Gauge::<f64, AtomicU64>::default();
         let config_reloads = Family::<Labels, Counter>::default();
+        let route_misses = Family::<Labels, Counter>::default();
+        registry.register(
+            "ballast_route_misses",
+            "Requests no route of the listener's route table matched (answered 404), by table",
+            route_misses.clone(),
+        );
         // Both results exist from the start, so that `increase(...{result="error"})` has a
         // series to compare with before the first failure.
         for result in ["ok", "error"] {
@@ -263,7 +270,15 @@ impl Metrics {
             config_revision,
             config_unreachable_seconds,
             config_reloads,
+            route_misses,
         }
+    }
+
+    /// The counter of requests route table `table` had no route for.
+    pub fn route_misses(&self, table: &str) -> Counter {
+        self.route_misses
+            .get_or_create(&vec![("table", table.to_owned())])
+            .clone()
     }
 
     /// Counts a configuration reload: applied whole (`ok`) or refused.

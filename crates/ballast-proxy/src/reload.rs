@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::listeners;
 use crate::metrics::Metrics;
 use crate::settings::{Listener, Pool, Settings};
-use crate::state::Shared;
+use crate::state::{Shared, Target};
 
 /// Why reading the configuration again failed, as the caller's reader said it.
 pub type ReadError = Box<dyn std::error::Error + Send + Sync>;
@@ -158,20 +158,24 @@ pub(crate) fn apply(shared: &Shared, next: &Settings) -> Result<(), ReloadError>
     };
 
     // Nothing can fail from here on.
-    let mut names = shared.listener_pool_names();
-    names.resize(registry.by_id.len() + prepared.len(), None);
+    // Route tables are compiled again whether or not they changed: that is cheap, and off the
+    // request path.
+    let target =
+        |listener: &Listener| Target::of(&listener.serves, &next.route_tables, &shared.metrics);
+    let mut targets = shared.targets();
+    targets.resize(registry.by_id.len() + prepared.len(), None);
     for &(id, position) in &kept {
-        names[id] = Some(next.listeners[position].pool.clone());
+        targets[id] = Some(target(&next.listeners[position]));
         if let Some(running) = registry.by_id[id].as_mut() {
             running.settings = next.listeners[position].clone();
         }
     }
     for listener in &prepared {
-        names[listener.id] = Some(listener.running.settings.pool.clone());
+        targets[listener.id] = Some(target(&listener.running.settings));
     }
     let current = shared.snapshot.load_full();
     let pools = pools.unwrap_or_else(|| current.pools.clone());
-    shared.swap_in(pools, current.revision, Some(names));
+    shared.swap_in(pools, current.revision, Some(targets));
     for (slot, loaded) in certificates {
         slot.replace(loaded);
     }
@@ -180,7 +184,8 @@ pub(crate) fn apply(shared: &Shared, next: &Settings) -> Result<(), ReloadError>
         registry.stop(id);
     }
     for listener in prepared {
-        tracing::info!(address = %listener.running.address, pool = %listener.running.settings.pool, "listening");
+        let (address, serves) = (listener.running.address, &listener.running.settings.serves);
+        tracing::info!(%address, %serves, "listening");
         registry.start(listener);
     }
     Ok(())
@@ -223,7 +228,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::settings::{Listener, Mode};
+    use crate::settings::{Listener, Mode, Serves};
 
     fn settings(ports: &[u16], pools: &[&str]) -> Settings {
         let listeners = ports
@@ -232,7 +237,7 @@ mod tests {
             .map(|(port, pool)| Listener {
                 address: std::net::SocketAddr::from(([127, 0, 0, 1], *port)),
                 mode: Mode::Http,
-                pool: (*pool).to_owned(),
+                serves: Serves::Pool((*pool).to_owned()),
                 tls: None,
             })
             .collect();

@@ -29,7 +29,7 @@ use crate::managed::Following;
 use crate::metrics::ErrorKind;
 use crate::prefixed::Prefixed;
 use crate::reload::Reload;
-use crate::settings::{Mode, Settings, SettingsError};
+use crate::settings::{Mode, Serves, Settings, SettingsError};
 use crate::state::Shared;
 use crate::{admin, h1, http2, tcp, tls, upstream, watchdog};
 use bytes::BytesMut;
@@ -76,8 +76,8 @@ pub enum ServerError {
 /// Where the server listens, once every socket is bound.
 #[derive(Debug, Clone)]
 pub struct Bound {
-    /// Each listener's address (with the port the OS chose for port 0), mode and pool.
-    pub listeners: Vec<(SocketAddr, Mode, String)>,
+    /// Each listener's address (with the port the OS chose for port 0), mode and what it serves.
+    pub listeners: Vec<(SocketAddr, Mode, Serves)>,
     /// The admin endpoint's address.
     pub admin: Option<SocketAddr>,
     /// Becomes `true` when SIGTERM or SIGINT starts the drain, so that whoever started the
@@ -143,7 +143,7 @@ pub(crate) fn serve(
             bound.listeners.push((
                 prepared.running.address,
                 listener.mode,
-                listener.pool.clone(),
+                listener.serves.clone(),
             ));
             registry.start(prepared);
         }

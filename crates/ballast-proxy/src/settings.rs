@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ballast_balance::Algorithm;
+use ballast_config::route::RouteTable;
 use ballast_config::{AdminState, AlgorithmSpec, HashKeySpec, Health, PoolPolicy, PoolSpec, Write};
 use serde::Deserialize;
 
@@ -27,6 +28,8 @@ pub struct Settings {
     pub listeners: Vec<Listener>,
     /// The backend pools (static mode; managed mode follows the database's).
     pub pools: Vec<ballast_config::Pool>,
+    /// Route tables listeners may serve by (static mode).
+    pub route_tables: Vec<RouteTable>,
     /// Event-loop threads, each with its own accept queue and upstream connections.
     pub workers: usize,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -114,10 +117,38 @@ pub struct Listener {
     pub address: SocketAddr,
     /// HTTP or raw TCP.
     pub mode: Mode,
-    /// The pool's name.
-    pub pool: String,
+    /// Where its requests go.
+    pub serves: Serves,
     /// Certificate and key files for TLS termination.
     pub tls: Option<TlsFiles>,
+}
+
+/// Where a listener sends what it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serves {
+    /// Everything to this pool.
+    Pool(String),
+    /// Each HTTP request by this route table (static mode).
+    Routes(String),
+}
+
+impl Serves {
+    /// The pool, for a listener that serves one.
+    pub fn pool(&self) -> Option<&str> {
+        match self {
+            Self::Pool(pool) => Some(pool),
+            Self::Routes(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Serves {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pool(pool) => write!(f, "pool {pool}"),
+            Self::Routes(table) => write!(f, "routes {table}"),
+        }
+    }
 }
 
 /// HTTP or TCP proxying.
@@ -347,6 +378,7 @@ impl Settings {
         Self {
             listeners,
             pools,
+            route_tables: Vec::new(),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             admin: None,
             timeouts: Timeouts::default(),
@@ -382,6 +414,19 @@ impl Settings {
                 ));
             }
         }
+        let pools: Vec<&str> = pool_names.iter().copied().collect();
+        let mut tables = HashSet::new();
+        for (i, table) in self.route_tables.iter().enumerate() {
+            table.check(&pools).map_err(|e| {
+                SettingsError::new(format!("route_tables[{i}].{}", e.field), e.reason)
+            })?;
+            if !tables.insert(table.name.as_str()) {
+                return Err(SettingsError::new(
+                    format!("route_tables[{i}].name"),
+                    format!("route table `{}` is defined twice", table.name),
+                ));
+            }
+        }
         let mut addresses = HashSet::new();
         for (i, listener) in self.listeners.iter().enumerate() {
             // Port 0 asks for any free port, a different one each time.
@@ -391,11 +436,32 @@ impl Settings {
                     format!("{} is used by two listeners", listener.address),
                 ));
             }
-            if !self.managed && !pool_names.contains(listener.pool.as_str()) {
-                return Err(SettingsError::new(
-                    format!("listeners[{i}].pool"),
-                    format!("no pool is named `{}`", listener.pool),
-                ));
+            match &listener.serves {
+                Serves::Pool(pool) if !self.managed && !pool_names.contains(pool.as_str()) => {
+                    return Err(SettingsError::new(
+                        format!("listeners[{i}].pool"),
+                        format!("no pool is named `{pool}`"),
+                    ));
+                }
+                Serves::Routes(table) => {
+                    let field = format!("listeners[{i}].routes");
+                    if self.managed {
+                        return Err(SettingsError::new(
+                            field,
+                            "route tables are for static configurations for now",
+                        ));
+                    }
+                    if listener.mode == Mode::Tcp {
+                        return Err(SettingsError::new(field, "routes are for HTTP listeners"));
+                    }
+                    if !self.route_tables.iter().any(|t| t.name == *table) {
+                        return Err(SettingsError::new(
+                            field,
+                            format!("no route table is named `{table}`"),
+                        ));
+                    }
+                }
+                Serves::Pool(_) => {}
             }
             if listener.mode == Mode::Tcp && listener.tls.is_some() {
                 return Err(SettingsError::new(
@@ -496,6 +562,8 @@ struct File {
     listeners: Vec<FileListener>,
     #[serde(default)]
     pools: Vec<FilePool>,
+    #[serde(default)]
+    route_tables: Vec<RouteTable>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -504,7 +572,8 @@ struct FileListener {
     listen: SocketAddr,
     #[serde(default = "http_mode")]
     mode: Mode,
-    pool: String,
+    pool: Option<String>,
+    routes: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
 }
@@ -639,10 +708,20 @@ impl File {
                     ));
                 }
             };
+            let serves = match (l.pool, l.routes) {
+                (Some(pool), None) => Serves::Pool(pool),
+                (None, Some(table)) => Serves::Routes(table),
+                _ => {
+                    return Err(SettingsError::new(
+                        format!("listeners[{i}]"),
+                        "a listener serves a pool or a route table (routes): one of them",
+                    ));
+                }
+            };
             listeners.push(Listener {
                 address: l.listen,
                 mode: l.mode,
-                pool: l.pool,
+                serves,
                 tls,
             });
         }
@@ -653,6 +732,7 @@ impl File {
             .map(|(i, pool)| pool.into_model(&format!("pools[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
         let mut settings = Settings::new(listeners, pools);
+        settings.route_tables = self.route_tables;
         settings.workers = self.workers.unwrap_or(settings.workers);
         settings.admin = self.admin;
         settings.drain_timeout = self.drain_timeout.unwrap_or(settings.drain_timeout);
@@ -745,7 +825,9 @@ backends = ["127.0.0.1:9101"]
     fn the_example_file_in_the_repository_is_valid() {
         let text = include_str!("../../../ballast.example.toml");
         let settings = Settings::from_toml(text).expect("the example must stay valid");
-        assert_eq!(settings.listeners.len(), 2);
+        assert_eq!(settings.listeners.len(), 3);
+        assert_eq!(settings.listeners[2].serves, Serves::Routes("sites".into()));
+        assert_eq!(settings.route_tables[0].routes.len(), 4);
         assert_eq!(settings.request_buffering, ByteSize(64 * 1024));
         assert_eq!(settings.outlier.max_ejection, Duration::from_secs(300));
     }

@@ -19,7 +19,10 @@ use tokio::sync::Notify;
 use crate::key::HashKey;
 use crate::metrics::{BackendCounters, Metrics, PoolCounters};
 use crate::outlier::{Clock, Outlier};
-use crate::settings::{Pool, Settings};
+use ballast_config::route::RouteTable;
+
+use crate::routes::{Action, Router};
+use crate::settings::{Pool, Serves, Settings};
 
 /// A backend's state for the life of the server.
 #[derive(Debug)]
@@ -64,21 +67,114 @@ pub(crate) struct PoolState {
 pub(crate) struct Snapshot {
     /// Every pool, in configuration order.
     pub pools: Vec<Arc<PoolSnapshot>>,
-    /// By listener index: the pool it serves, if the configuration has that pool now.
-    pub by_listener: Vec<Option<usize>>,
+    /// By listener id: what it serves in this snapshot.
+    pub by_listener: Vec<Serving>,
     /// The configuration revision it was built from (0 for a static configuration).
     pub revision: u64,
 }
 
+/// What one listener serves in a snapshot.
+#[derive(Debug)]
+pub(crate) enum Serving {
+    /// This pool (by position), if the configuration has it now.
+    Pool(Option<usize>),
+    /// Requests by this route table; its pools by position, where the configuration has them.
+    Routes {
+        router: Arc<Router>,
+        pools: Vec<Option<usize>>,
+    },
+}
+
+/// Where one HTTP request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Routed {
+    /// To the snapshot's pool in this position.
+    Pool(usize),
+    /// To a pool the configuration does not have (now): 503.
+    NoPool,
+    /// A redirect the LB answers itself.
+    Redirect { location: String, status: u16 },
+    /// A status the LB answers itself.
+    Status(u16),
+    /// No route matched: 404.
+    NoRoute,
+}
+
+/// The parts of a request that routes match on and redirects repeat.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestLine<'a> {
+    pub scheme: &'a str,
+    pub method: &'a str,
+    /// By the one host rule ([`crate::headers::backend_host`]).
+    pub host: Option<&'a [u8]>,
+    /// Origin form, with the query string.
+    pub target: &'a str,
+}
+
 impl Snapshot {
-    /// The pool listener `listener` serves.
+    /// The pool listener `listener` serves, if it serves one (not a route table).
     #[inline]
     pub(crate) fn for_listener(&self, listener: usize) -> Option<&PoolSnapshot> {
-        self.by_listener
-            .get(listener)
-            .copied()
-            .flatten()
-            .map(|pool| &*self.pools[pool])
+        match self.by_listener.get(listener)? {
+            Serving::Pool(pool) => pool.map(|pool| &*self.pools[pool]),
+            Serving::Routes { .. } => None,
+        }
+    }
+
+    /// Where a request on `listener` goes; `header` finds a request header by lower-case name.
+    #[inline]
+    pub(crate) fn route<'h>(
+        &self,
+        listener: usize,
+        request: RequestLine<'_>,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+    ) -> Routed {
+        let (router, pools) = match self.by_listener.get(listener) {
+            None | Some(Serving::Pool(None)) => return Routed::NoPool,
+            Some(Serving::Pool(Some(pool))) => return Routed::Pool(*pool),
+            Some(Serving::Routes { router, pools }) => (router, pools),
+        };
+        let path = request.target;
+        match router.find(request.host, path, request.method, header) {
+            None => {
+                router.misses.inc();
+                Routed::NoRoute
+            }
+            Some(Action::Pool(slot)) => pools
+                .get(*slot)
+                .copied()
+                .flatten()
+                .map_or(Routed::NoPool, Routed::Pool),
+            Some(Action::Redirect { template, status }) => Routed::Redirect {
+                location: crate::routes::location(template, request.scheme, request.host, path),
+                status: *status,
+            },
+            Some(Action::Status(status)) => Routed::Status(*status),
+        }
+    }
+}
+
+/// What a listener serves, as snapshots are built from it.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    Pool(String),
+    Routes(Arc<Router>),
+}
+
+impl Target {
+    /// For `serves`, with its route table compiled from `tables` (checked: it is there).
+    pub(crate) fn of(serves: &Serves, tables: &[RouteTable], metrics: &Metrics) -> Self {
+        match serves {
+            Serves::Pool(pool) => Self::Pool(pool.clone()),
+            Serves::Routes(name) => {
+                let table = tables.iter().find(|t| t.name == *name);
+                let empty = RouteTable {
+                    name: name.clone(),
+                    routes: Vec::new(),
+                };
+                Self::Routes(Arc::new(Router::new(table.unwrap_or(&empty), metrics)))
+            }
+        }
     }
 }
 
@@ -118,9 +214,9 @@ pub(crate) struct Shared {
     pub settings: Settings,
     /// The current snapshot.
     pub snapshot: ArcSwap<Snapshot>,
-    /// By listener id: the name of the pool it serves (a reload may change it; read only when
-    /// a snapshot is built). A removed listener keeps its pool for the connections it accepted.
-    listener_pools: std::sync::Mutex<Vec<Option<String>>>,
+    /// By listener id: what it serves (a reload may change it; read only when a snapshot is
+    /// built). A removed listener keeps its target for the connections it accepted.
+    listener_targets: std::sync::Mutex<Vec<Option<Target>>>,
     /// The listeners, their sockets and certificates, for reloads.
     pub listeners: std::sync::Mutex<crate::listeners::Registry>,
     /// The metrics.
@@ -148,13 +244,7 @@ impl Shared {
                 by_listener: Vec::new(),
                 revision: 0,
             }),
-            listener_pools: std::sync::Mutex::new(
-                settings
-                    .listeners
-                    .iter()
-                    .map(|l| Some(l.pool.clone()))
-                    .collect(),
-            ),
+            listener_targets: std::sync::Mutex::new(Vec::new()),
             listeners: std::sync::Mutex::default(),
             metrics: Metrics::new(),
             clock: Clock::default(),
@@ -165,6 +255,15 @@ impl Shared {
             rebuilding: std::sync::Mutex::new(()),
             settings,
         };
+        *shared.listener_targets() = shared
+            .settings
+            .listeners
+            .iter()
+            .map(|l| {
+                let target = Target::of(&l.serves, &shared.settings.route_tables, &shared.metrics);
+                Some(target)
+            })
+            .collect();
         let pools = Pool::all_of(&shared.settings.pools);
         shared.replace_pools(&pools, 0)?;
         Ok(shared)
@@ -210,15 +309,15 @@ impl Shared {
         self.rebuilding.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn listener_pools(&self) -> std::sync::MutexGuard<'_, Vec<Option<String>>> {
-        self.listener_pools
+    fn listener_targets(&self) -> std::sync::MutexGuard<'_, Vec<Option<Target>>> {
+        self.listener_targets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Which pool each listener serves, by id.
-    pub(crate) fn listener_pool_names(&self) -> Vec<Option<String>> {
-        self.listener_pools().clone()
+    /// What each listener serves, by id.
+    pub(crate) fn targets(&self) -> Vec<Option<Target>> {
+        self.listener_targets().clone()
     }
 
     /// [`replace_pools`](Self::replace_pools), with the rebuild lock held.
@@ -251,16 +350,16 @@ impl Shared {
             .collect()
     }
 
-    /// Swaps in a snapshot of `pools`, with new listener-to-pool names if given (call with
-    /// the rebuild lock held).
+    /// Swaps in a snapshot of `pools`, with what each listener serves changed if given (call
+    /// with the rebuild lock held).
     pub(crate) fn swap_in(
         &self,
         pools: Vec<Arc<PoolSnapshot>>,
         revision: u64,
-        listener_pools: Option<Vec<Option<String>>>,
+        targets: Option<Vec<Option<Target>>>,
     ) {
-        if let Some(names) = listener_pools {
-            *self.listener_pools() = names;
+        if let Some(targets) = targets {
+            *self.listener_targets() = targets;
         }
         self.snapshot
             .store(Arc::new(self.snapshot_of(pools, revision)));
@@ -304,12 +403,17 @@ impl Shared {
     }
 
     fn snapshot_of(&self, pools: Vec<Arc<PoolSnapshot>>, revision: u64) -> Snapshot {
+        let position = |name: &str| pools.iter().position(|p| p.state.name == name);
         let by_listener = self
-            .listener_pools()
+            .listener_targets()
             .iter()
-            .map(|name| {
-                let name = name.as_deref()?;
-                pools.iter().position(|p| p.state.name == name)
+            .map(|target| match target {
+                None => Serving::Pool(None),
+                Some(Target::Pool(name)) => Serving::Pool(position(name)),
+                Some(Target::Routes(router)) => Serving::Routes {
+                    pools: router.pools.iter().map(|name| position(name)).collect(),
+                    router: Arc::clone(router),
+                },
             })
             .collect();
         Snapshot {
@@ -448,7 +552,7 @@ fn pool_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::{BackendAddress, Listener, Mode, PoolOverrides};
+    use crate::settings::{BackendAddress, Listener, Mode, PoolOverrides, Serves};
 
     fn pool(name: &str, algorithm: &str, ports: &[u16]) -> Pool {
         Pool {
@@ -473,7 +577,7 @@ mod tests {
             .map(|pool| Listener {
                 address: SocketAddr::from(([127, 0, 0, 1], 0)),
                 mode: Mode::Http,
-                pool: pool.name.clone(),
+                serves: Serves::Pool(pool.name.clone()),
                 tls: None,
             })
             .collect();
@@ -503,7 +607,14 @@ mod tests {
             let built = shared
                 .build_pools(std::slice::from_ref(&web))
                 .expect("builds");
-            shared.swap_in(built, 0, Some(vec![Some("web".into()), Some("web".into())]));
+            shared.swap_in(
+                built,
+                0,
+                Some(vec![
+                    Some(Target::Pool("web".into())),
+                    Some(Target::Pool("web".into())),
+                ]),
+            );
         }
         assert_eq!(name(&shared, 1).as_deref(), Some("web"));
         assert!(Arc::ptr_eq(
@@ -518,7 +629,10 @@ mod tests {
             shared.swap_in(
                 pools,
                 0,
-                Some(vec![Some("web".into()), Some("gone".into())]),
+                Some(vec![
+                    Some(Target::Pool("web".into())),
+                    Some(Target::Pool("gone".into())),
+                ]),
             );
         }
         assert_eq!(name(&shared, 1), None, "a pool the configuration lacks");

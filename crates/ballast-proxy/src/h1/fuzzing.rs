@@ -11,7 +11,7 @@ use super::chunked::ChunkedRelay;
 use super::message::Framing;
 use super::request::{Forwarding, Refusal, RequestHead, parse_with};
 use super::response::parse_response;
-use crate::state::Snapshot;
+use crate::state::{Routed, Snapshot};
 
 /// How a message's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +61,9 @@ pub fn request(bytes: &[u8]) -> Result<Option<Request>, u16> {
         scheme: "http",
         draining: false,
     };
-    match parse_with(bytes, &forwarding, empty_snapshot(), |_, _| 0) {
+    match parse_with(bytes, &forwarding, empty_snapshot(), |_, _| {
+        (Routed::NoPool, 0)
+    }) {
         Ok(Some((head, consumed))) => Ok(Some(Request {
             upstream: head.upstream.to_vec(),
             consumed,
@@ -105,6 +107,7 @@ pub fn response(
         upgrade: to_upgrade,
         expect_continue: false,
         hostless: false,
+        routed: Routed::NoPool,
         key: 0,
         snapshot: empty_snapshot(),
     };

@@ -34,7 +34,7 @@ use self::request::{Refusal, RequestHead, parse_request, send_request};
 use self::response::{ResponseHead, read_response, send_response};
 use crate::attempt::{self, Attempt, ClientContext, Try};
 use crate::metrics::ErrorKind;
-use crate::state::PoolSnapshot;
+use crate::state::{PoolSnapshot, Routed};
 use crate::upstream::{self, Raw};
 /// How long to look for an early response after a backend stopped taking a request body.
 const EARLY_RESPONSE_WAIT: Duration = Duration::from_secs(1);
@@ -149,16 +149,20 @@ async fn proxy(
     let shared = &context.shared;
     let timeouts = &shared.settings.timeouts;
     let snapshot = &head.snapshot;
-    let Some(pool) = snapshot.for_listener(context.listener) else {
-        // The configuration has no such pool (now): nobody to send the request to.
-        let (status, text) = attempt::answer(ErrorKind::NoBackend);
-        let keep_alive = head.keep_alive && head.body == Framing::Empty;
-        write_error(client, status, text, keep_alive, timeouts.idle).await?;
-        return Ok(if keep_alive {
-            Next::KeepAlive
-        } else {
-            Next::Close
-        });
+    let pool = match &head.routed {
+        Routed::Pool(pool) => &*snapshot.pools[*pool],
+        // A route's own answer, no route, or a pool the configuration lacks (now).
+        answer => {
+            let (status, text, location) = attempt::routed_answer(answer);
+            // Its body, if it has one, was not read: the connection cannot be trusted after.
+            let keep_alive = head.keep_alive && head.body == Framing::Empty;
+            write_answer(client, status, location, &text, keep_alive, timeouts.idle).await?;
+            return Ok(if keep_alive {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            });
+        }
     };
     if head.expect_continue && head.body != Framing::Empty {
         // We answer for the backend, so the client's body and the backend's reply never wait
@@ -371,13 +375,26 @@ async fn write_error(
     keep_alive: bool,
     patience: Duration,
 ) -> io::Result<()> {
+    write_answer(client, status, None, text, keep_alive, patience).await
+}
+
+/// A response the LB writes itself, with a `Location` for a redirect.
+async fn write_answer(
+    client: &mut TcpStream,
+    status: StatusCode,
+    location: Option<&str>,
+    text: &str,
+    keep_alive: bool,
+    patience: Duration,
+) -> io::Result<()> {
     let connection = if keep_alive {
         ""
     } else {
         "connection: close\r\n"
     };
+    let location = location.map_or_else(String::new, |to| format!("location: {to}\r\n"));
     let response = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{connection}\r\n{text}",
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{location}{connection}\r\n{text}",
         status.as_str(),
         status.canonical_reason().unwrap_or(""),
         text.len()
@@ -395,6 +412,7 @@ fn closing(head: &RequestHead) -> RequestHead {
     RequestHead {
         keep_alive: false,
         upstream: BytesMut::new(),
+        routed: head.routed.clone(),
         snapshot: Arc::clone(&head.snapshot),
         ..*head
     }

@@ -11,7 +11,7 @@ use super::body::{Buffered, CopyError, Patience, copy_chunked, copy_length, writ
 use super::message::{Coding, Framing, MAX_HEADERS, Message, is_framing, put_header};
 use crate::attempt::ClientContext;
 use crate::headers;
-use crate::state::Snapshot;
+use crate::state::{RequestLine, Routed, Snapshot};
 use crate::upstream::Raw;
 
 /// A request head, ready to send to a backend.
@@ -29,8 +29,10 @@ pub(super) struct RequestHead {
     /// An HTTP/1.0 request without a `Host`: the backend's address is added as its `Host`
     /// when it is sent (HTTP/1.1 backends may require one, RFC 9112 §3.2).
     pub(super) hostless: bool,
+    /// Where it goes (a pool of `snapshot`, or an answer from the LB).
+    pub(super) routed: Routed,
     pub(super) key: u64,
-    /// The configuration the key was computed with, and the one the request is proxied with.
+    /// The configuration the request was routed and keyed by, and the one it is proxied with.
     pub(super) snapshot: Arc<Snapshot>,
 }
 
@@ -62,13 +64,24 @@ pub(super) fn parse_request(
         scheme: context.scheme,
         draining: shared.draining.load(Ordering::Relaxed),
     };
-    let keyed = snapshot
-        .for_listener(context.listener)
-        .filter(|pool| pool.uses_key)
-        .map(|pool| Arc::clone(&pool.state));
-    let client_ip = context.client.ip();
-    parse_with(bytes, &forwarding, snapshot, |path, headers| {
-        keyed.map_or(0, |pool| pool.hash_key.of_raw(path, headers, client_ip))
+    let routing = Arc::clone(&snapshot);
+    let (listener, client_ip) = (context.listener, context.client.ip());
+    parse_with(bytes, &forwarding, snapshot, |request, headers| {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
+        };
+        let routed = routing.route(listener, request, header);
+        let key = match &routed {
+            Routed::Pool(pool) if routing.pools[*pool].uses_key => routing.pools[*pool]
+                .state
+                .hash_key
+                .of_raw(request.target, headers, client_ip),
+            _ => 0,
+        };
+        (routed, key)
     })
 }
 
@@ -83,12 +96,12 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) draining: bool,
 }
 
-/// [`parse_request`] without a server: `key` hashes the request for the pool.
+/// [`parse_request`] without a server: `choose` routes the request and hashes it for its pool.
 pub(crate) fn parse_with(
     bytes: &[u8],
     forwarding: &Forwarding<'_>,
     snapshot: Arc<Snapshot>,
-    key: impl FnOnce(&str, &[httparse::Header<'_>]) -> u64,
+    choose: impl FnOnce(RequestLine<'_>, &[httparse::Header<'_>]) -> (Routed, u64),
 ) -> Result<Option<(RequestHead, usize)>, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
@@ -119,7 +132,13 @@ pub(crate) fn parse_with(
     let host = headers::backend_host(!http10, message.host, message.hosts, authority)
         .map_err(|_| Refusal::BadRequest)?;
     let upgrade = message.connection_upgrade && message.upgrade;
-    let key = key(path, request.headers);
+    let line = RequestLine {
+        scheme: forwarding.scheme,
+        method,
+        host,
+        target: path,
+    };
+    let (routed, key) = choose(line, request.headers);
 
     let mut upstream = BytesMut::with_capacity(length + 128);
     upstream.put_slice(method.as_bytes());
@@ -179,6 +198,7 @@ pub(crate) fn parse_with(
             upgrade,
             expect_continue: message.expect_continue,
             hostless: host.is_none(),
+            routed,
             key,
             snapshot,
         },
@@ -291,7 +311,7 @@ mod tests {
             by_listener: Vec::new(),
             revision: 0,
         });
-        parse_with(bytes, &forwarding, snapshot, |_, _| 7)
+        parse_with(bytes, &forwarding, snapshot, |_, _| (Routed::NoPool, 7))
     }
 
     fn head(bytes: &[u8]) -> RequestHead {

@@ -240,6 +240,7 @@ mod tests {
             upgrade: false,
             expect_continue: false,
             hostless: false,
+            routed: crate::state::Routed::NoPool,
             key: 0,
             snapshot: std::sync::Arc::new(crate::state::Snapshot {
                 pools: Vec::new(),

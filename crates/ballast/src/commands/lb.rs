@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use ballast_config::HashKeySpec;
 use ballast_config::{FollowOptions, Pool, PoolPolicy, PoolSpec};
-use ballast_proxy::settings::{BackendAddress, Listener, Mode, Settings, TlsFiles};
+use ballast_proxy::settings::{BackendAddress, Listener, Mode, Serves, Settings, TlsFiles};
 use ballast_proxy::{Bound, Managed, Reload, Source};
 use clap::{Args, ValueEnum};
 
@@ -140,7 +140,7 @@ impl LbArgs {
                     ModeArg::Http => Mode::Http,
                     ModeArg::Tcp => Mode::Tcp,
                 },
-                pool: pool.to_owned(),
+                serves: Serves::Pool(pool.to_owned()),
                 tls: tls.clone(),
             })
             .collect()
@@ -246,12 +246,12 @@ impl LbArgs {
 /// Tells whoever started us where we listen: one line each, flushed at once.
 fn announce(bound: &Bound) {
     let mut out = std::io::stdout().lock();
-    for (address, mode, pool) in &bound.listeners {
+    for (address, mode, serves) in &bound.listeners {
         let mode = match mode {
             Mode::Http => "http",
             Mode::Tcp => "tcp",
         };
-        let _ = writeln!(out, "listening {mode} {address} pool {pool}");
+        let _ = writeln!(out, "listening {mode} {address} {serves}");
     }
     if let Some(admin) = bound.admin {
         let _ = writeln!(out, "admin {admin}");

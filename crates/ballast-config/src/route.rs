@@ -1,0 +1,268 @@
+//! Route tables: which pool a request goes to, or which answer it gets, by its host, path, method
+//! and headers — nginx's `server_name` and `location`, HAProxy's ACLs with `use_backend`, Envoy's
+//! route tables. An ordered list: the first route that matches wins.
+//!
+//! ```
+//! use ballast_config::route::{Route, RouteTable};
+//!
+//! let table: RouteTable = toml::from_str(r#"
+//!     name = "main"
+//!     [[routes]]
+//!     host = "api.example.test"
+//!     path_prefix = "/v1"
+//!     pool = "api"
+//!     [[routes]]
+//!     host = "*.example.test"
+//!     pool = "web"
+//! "#).unwrap();
+//! assert!(table.check(&["api", "web"]).is_ok());
+//! assert_eq!(table.check(&["web"]).unwrap_err().to_string(), "routes[0].pool: no pool `api`");
+//! ```
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::validate::Invalid;
+
+/// An ordered list of routes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTable {
+    /// What listeners name it by.
+    pub name: String,
+    /// Tried in order; the first that matches wins. None matching: 404 from the LB.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+/// What a request must have to take a route (every field given must hold), and where it goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// `Host` (or HTTP/2's `:authority`), without its port, case-insensitive: exact, or
+    /// `*.example.com` for every name below `example.com` (not `example.com` itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The path, exactly (the query string is not part of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The path starts with these whole segments: `/api` takes `/api` and `/api/x`, not `/apix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// The method, e.g. `GET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// `NAME=VALUE`: the header has exactly that value; `NAME`: the header is present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Send the request to this pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Answer with a redirect to this URL; `{scheme}`, `{host}` (without the port) and `{path}`
+    /// (with the query string) are the request's, e.g. `https://{host}{path}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<String>,
+    /// With `redirect`: 301, 302 (the default), 307 or 308. Alone: answer with this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+}
+
+/// Where a matching request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action<'a> {
+    /// To the pool.
+    Pool(&'a str),
+    /// A redirect: the URL template and the status.
+    Redirect(&'a str, u16),
+    /// An answer with this status.
+    Status(u16),
+}
+
+impl Route {
+    /// Where a matching request goes (for a checked route).
+    pub fn action(&self) -> Action<'_> {
+        match (&self.pool, &self.redirect, self.status) {
+            (Some(pool), _, _) => Action::Pool(pool),
+            (None, Some(url), status) => Action::Redirect(url, status.unwrap_or(302)),
+            (None, None, status) => Action::Status(status.unwrap_or(404)),
+        }
+    }
+
+    /// `header` as (lower-case name, value if one is required).
+    pub fn header_match(&self) -> Option<(String, Option<&str>)> {
+        let header = self.header.as_deref()?;
+        Some(match header.split_once('=') {
+            Some((name, value)) => (name.trim().to_ascii_lowercase(), Some(value.trim())),
+            None => (header.trim().to_ascii_lowercase(), None),
+        })
+    }
+}
+
+impl RouteTable {
+    /// Every route checked, naming the field at fault (`routes[2].path_prefix`); `pools` are
+    /// the pools the configuration has.
+    pub fn check(&self, pools: &[&str]) -> Result<(), Invalid> {
+        if self.name.is_empty() || !self.name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Invalid::new("name", "a route table needs a name"));
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            route
+                .check(pools)
+                .map_err(|e| Invalid::new(format!("routes[{i}].{}", e.field), e.reason))?;
+        }
+        Ok(())
+    }
+}
+
+impl Route {
+    fn check(&self, pools: &[&str]) -> Result<(), Invalid> {
+        if let Some(host) = &self.host {
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name
+                    .split('.')
+                    .all(|label| !label.is_empty() && label.bytes().all(is_host_byte));
+            if !valid {
+                return Err(Invalid::new(
+                    "host",
+                    format!("`{host}`: a host name, or `*.` and a domain"),
+                ));
+            }
+        }
+        if self.path.is_some() && self.path_prefix.is_some() {
+            return Err(Invalid::new("path", "give path or path_prefix, not both"));
+        }
+        for (field, path) in [("path", &self.path), ("path_prefix", &self.path_prefix)] {
+            if let Some(path) = path
+                && (!path.starts_with('/') || path.contains(['?', '#', ' ']))
+            {
+                return Err(Invalid::new(
+                    field,
+                    format!("`{path}`: a path starts with `/` and has no query"),
+                ));
+            }
+        }
+        if let Some(method) = &self.method
+            && (method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err(Invalid::new(
+                "method",
+                format!("`{method}`: a method in capitals, e.g. GET"),
+            ));
+        }
+        if let Some((name, value)) = self.header_match() {
+            let token = !name.is_empty() && crate::hash_key::is_token(&name);
+            let printable =
+                value.is_none_or(|v| v.bytes().all(|b| b == b' ' || b.is_ascii_graphic()));
+            if !token || !printable {
+                return Err(Invalid::new(
+                    "header",
+                    "NAME=VALUE (the header has that value) or NAME (it is present)",
+                ));
+            }
+        }
+        match (&self.pool, &self.redirect, self.status) {
+            (Some(_), Some(_), _) | (Some(_), None, Some(_)) => Err(Invalid::new(
+                "pool",
+                "a route goes to a pool, or redirects, or answers a status: one of them",
+            )),
+            (Some(pool), None, None) if !pools.contains(&pool.as_str()) => {
+                Err(Invalid::new("pool", format!("no pool `{pool}`")))
+            }
+            (None, Some(url), status) => {
+                if !(url.starts_with("http://")
+                    || url.starts_with("https://")
+                    || url.starts_with('/')
+                    || url.starts_with('{'))
+                    || url.contains(['\r', '\n'])
+                {
+                    return Err(Invalid::new(
+                        "redirect",
+                        format!(
+                            "`{url}`: an absolute URL or a path, e.g. https://{{host}}{{path}}"
+                        ),
+                    ));
+                }
+                match status {
+                    None | Some(301 | 302 | 307 | 308) => Ok(()),
+                    Some(other) => Err(Invalid::new(
+                        "status",
+                        format!("{other}: a redirect is 301, 302, 307 or 308"),
+                    )),
+                }
+            }
+            (None, None, Some(status)) if !(200..=599).contains(&status) => Err(Invalid::new(
+                "status",
+                format!("{status}: a status from 200 to 599"),
+            )),
+            (None, None, None) => Err(Invalid::new(
+                "pool",
+                "a route needs pool, redirect or status",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn is_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(text: &str) -> Route {
+        toml::from_str(text).expect("a route")
+    }
+
+    #[test]
+    fn bad_routes_name_their_field() {
+        let field = |text: &str| {
+            route(text)
+                .check(&["web"])
+                .err()
+                .map(|e| e.field)
+                .unwrap_or_default()
+        };
+        assert_eq!(field("pool = \"web\""), "");
+        assert_eq!(field("host = \"*.example.test\"\npool = \"web\""), "");
+        assert_eq!(field("host = \"a b\"\npool = \"web\""), "host");
+        assert_eq!(field("host = \"*.\"\npool = \"web\""), "host");
+        assert_eq!(field("path = \"x\"\npool = \"web\""), "path");
+        assert_eq!(
+            field("path_prefix = \"/a?b\"\npool = \"web\""),
+            "path_prefix"
+        );
+        assert_eq!(
+            field("path = \"/a\"\npath_prefix = \"/a\"\npool = \"web\""),
+            "path"
+        );
+        assert_eq!(field("method = \"get\"\npool = \"web\""), "method");
+        assert_eq!(field("header = \"x y=1\"\npool = \"web\""), "header");
+        assert_eq!(field("pool = \"api\""), "pool");
+        assert_eq!(field("pool = \"web\"\nstatus = 404"), "pool");
+        assert_eq!(field("redirect = \"ftp://x\""), "redirect");
+        assert_eq!(
+            field("redirect = \"https://{host}{path}\"\nstatus = 200"),
+            "status"
+        );
+        assert_eq!(field("status = 99"), "status");
+        assert_eq!(field("host = \"a.test\""), "pool");
+    }
+
+    #[test]
+    fn actions() {
+        assert_eq!(route("pool = \"web\"").action(), Action::Pool("web"));
+        assert_eq!(
+            route("redirect = \"https://{host}{path}\"").action(),
+            Action::Redirect("https://{host}{path}", 302)
+        );
+        assert_eq!(route("status = 410").action(), Action::Status(410));
+        assert_eq!(
+            route("header = \"X-Canary = 1\"\npool = \"web\"").header_match(),
+            Some(("x-canary".to_owned(), Some("1")))
+        );
+    }
+}
