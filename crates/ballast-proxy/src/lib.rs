@@ -28,7 +28,7 @@
 //!     address: "127.0.0.1:8080".parse()?,
 //!     mode: Mode::Http,
 //!     serves: Serves::Pool("web".into()),
-//!     tls: None,
+//!     tls: Vec::new(),
 //! };
 //! let settings = Settings::new(vec![listener], vec![pool]);
 //! ballast_proxy::run(settings, ballast_proxy::Source::Static, None, |bound| {

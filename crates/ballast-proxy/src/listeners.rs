@@ -58,7 +58,9 @@ pub(crate) fn prepare(
     id: usize,
     workers: usize,
 ) -> Result<Prepared, ServerError> {
-    let tls = settings.tls.as_ref().map(tls::acceptor).transpose()?;
+    let tls = (!settings.tls.is_empty())
+        .then(|| tls::acceptor(&settings.tls))
+        .transpose()?;
     let (acceptor, certificate) = tls.unzip();
     let first = bind(settings.address)?;
     let address = first.local_addr().map_err(|source| ServerError::Bind {

@@ -96,7 +96,7 @@ pub(crate) fn apply(shared: &Shared, next: &Settings) -> Result<(), ReloadError>
 
     // Each listener of the file is one that runs (same address, mode, TLS or not) or a new one.
     let same = |a: &Listener, b: &Listener| {
-        a.address == b.address && a.mode == b.mode && a.tls.is_some() == b.tls.is_some()
+        a.address == b.address && a.mode == b.mode && a.tls.is_empty() == b.tls.is_empty()
     };
     let mut kept = Vec::new();
     let mut added = Vec::new();
@@ -122,9 +122,9 @@ pub(crate) fn apply(shared: &Shared, next: &Settings) -> Result<(), ReloadError>
     }
 
     let certificate = |position: usize| {
-        let files = next.listeners[position].tls.as_ref();
-        files
-            .map(crate::tls::load)
+        let files = &next.listeners[position].tls;
+        (!files.is_empty())
+            .then(|| crate::tls::load(files))
             .transpose()
             .map_err(|source| ReloadError::Tls {
                 listener: position,
@@ -238,7 +238,7 @@ mod tests {
                 address: std::net::SocketAddr::from(([127, 0, 0, 1], *port)),
                 mode: Mode::Http,
                 serves: Serves::Pool((*pool).to_owned()),
-                tls: None,
+                tls: Vec::new(),
             })
             .collect();
         Settings::new(listeners, Vec::new())

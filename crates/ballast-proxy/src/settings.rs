@@ -119,8 +119,9 @@ pub struct Listener {
     pub mode: Mode,
     /// Where its requests go.
     pub serves: Serves,
-    /// Certificate and key files for TLS termination.
-    pub tls: Option<TlsFiles>,
+    /// Certificates and keys for TLS termination, chosen by SNI (the first for clients that
+    /// send no name or one no certificate is for); none: plain text.
+    pub tls: Vec<TlsFiles>,
 }
 
 /// Where a listener sends what it accepts.
@@ -162,7 +163,8 @@ pub enum Mode {
 }
 
 /// PEM files for TLS.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// The certificate chain.
     pub cert: PathBuf,
@@ -463,7 +465,7 @@ impl Settings {
                 }
                 Serves::Pool(_) => {}
             }
-            if listener.mode == Mode::Tcp && listener.tls.is_some() {
+            if listener.mode == Mode::Tcp && !listener.tls.is_empty() {
                 return Err(SettingsError::new(
                     format!("listeners[{i}].tls"),
                     "TLS termination is for HTTP listeners",
@@ -576,6 +578,7 @@ struct FileListener {
     routes: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    tls: Option<Vec<TlsFiles>>,
 }
 
 fn http_mode() -> Mode {
@@ -698,9 +701,22 @@ impl File {
     fn into_settings(self) -> Result<Settings, SettingsError> {
         let mut listeners = Vec::new();
         for (i, l) in self.listeners.into_iter().enumerate() {
-            let tls = match (l.tls_cert, l.tls_key) {
-                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-                (None, None) => None,
+            let tls = match (l.tls_cert, l.tls_key, l.tls) {
+                (Some(cert), Some(key), None) => vec![TlsFiles { cert, key }],
+                (None, None, Some(many)) if !many.is_empty() => many,
+                (None, None, None) => Vec::new(),
+                (None, None, Some(_)) => {
+                    return Err(SettingsError::new(
+                        format!("listeners[{i}].tls"),
+                        "at least one { cert = …, key = … }",
+                    ));
+                }
+                (_, _, Some(_)) => {
+                    return Err(SettingsError::new(
+                        format!("listeners[{i}].tls"),
+                        "tls_cert and tls_key (one certificate), or tls (several): not both",
+                    ));
+                }
                 _ => {
                     return Err(SettingsError::new(
                         format!("listeners[{i}]"),
@@ -939,6 +955,28 @@ backends = ["127.0.0.1:9101"]
             error(&key).starts_with("pools[0].hash_key: "),
             "{}",
             error(&key)
+        );
+        let both = EXAMPLE.replace(
+            "pool = \"web\"\n",
+            "pool = \"web\"\ntls_cert = \"a.pem\"\ntls_key = \"a.key\"\n\
+             tls = [{ cert = \"b.pem\", key = \"b.key\" }]\n",
+        );
+        assert!(
+            error(&both).starts_with("listeners[0].tls: "),
+            "{}",
+            error(&both)
+        );
+        let none = EXAMPLE.replace("pool = \"web\"\n", "pool = \"web\"\ntls = []\n");
+        assert!(
+            error(&none).starts_with("listeners[0].tls: "),
+            "{}",
+            error(&none)
+        );
+        let both_serve = EXAMPLE.replace("pool = \"web\"\n", "pool = \"web\"\nroutes = \"x\"\n");
+        assert!(
+            error(&both_serve).starts_with("listeners[0]: a listener serves a pool or"),
+            "{}",
+            error(&both_serve)
         );
     }
 }

@@ -578,7 +578,7 @@ mod tests {
                 address: SocketAddr::from(([127, 0, 0, 1], 0)),
                 mode: Mode::Http,
                 serves: Serves::Pool(pool.name.clone()),
-                tls: None,
+                tls: Vec::new(),
             })
             .collect();
         let shared = Shared::new(Settings::new(listeners, Vec::new())).expect("no pools yet");

@@ -1,8 +1,11 @@
 //! TLS termination with rustls (the `ring` provider), offering HTTP/2 and HTTP/1.1 by ALPN.
 //!
-//! Each TLS listener's certificate sits in a [`Certificate`] slot that a reload swaps whole
-//! (a renewed certificate at the same path, or other files): handshakes from then on present
-//! the new one, connections already open keep theirs.
+//! A listener may hold several certificates, chosen per handshake by the name the client asks
+//! for (SNI) against each certificate's DNS names: an exact name first, then a wildcard
+//! (`*.example.com` covers one label below it, RFC 6125 §6.4.3), else the first certificate, which
+//! is also what clients that send no name get. The set sits in a [`Certificate`] slot that a
+//! reload swaps whole (a renewed certificate at the same path, or other files): handshakes from
+//! then on see the new set, connections already open keep theirs.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -45,25 +48,65 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// One listener's certificate, swapped whole by a reload.
+/// One listener's certificates, swapped whole by a reload.
 #[derive(Debug)]
-pub(crate) struct Certificate(ArcSwap<CertifiedKey>);
+pub(crate) struct Certificate(ArcSwap<Certificates>);
+
+/// A listener's certificates, each with the DNS names it is for (lower case).
+#[derive(Debug)]
+pub(crate) struct Certificates(Vec<(Vec<String>, Arc<CertifiedKey>)>);
 
 impl Certificate {
     /// Puts `loaded` (from [`load`]) in place for the handshakes to come.
-    pub(crate) fn replace(&self, loaded: CertifiedKey) {
+    pub(crate) fn replace(&self, loaded: Certificates) {
         self.0.store(Arc::new(loaded));
     }
 }
 
-impl ResolvesServerCert for Certificate {
-    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load_full())
+impl Certificates {
+    /// The certificate for a client that asked for `name` (none: the first).
+    fn for_name(&self, name: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        let first = self.0.first().map(|(_, key)| key);
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
+            return first;
+        };
+        let exact = self.0.iter().find(|(names, _)| names.contains(&name));
+        let wildcard = || {
+            let (_, parent) = name.split_once('.')?;
+            let wanted = format!("*.{parent}");
+            self.0.iter().find(|(names, _)| names.contains(&wanted))
+        };
+        exact.or_else(wildcard).map(|(_, key)| key).or(first)
     }
 }
 
-/// Reads the certificate chain and key in `files` and checks that they belong together.
-pub(crate) fn load(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
+impl ResolvesServerCert for Certificate {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.load().for_name(hello.server_name()).cloned()
+    }
+}
+
+/// Reads every certificate chain and key in `files`, checking that each key belongs to its
+/// certificate, and the names each certificate is for.
+pub(crate) fn load(files: &[TlsFiles]) -> Result<Certificates, TlsError> {
+    files
+        .iter()
+        .map(|files| {
+            let key = load_one(files)?;
+            let end_entity = webpki::EndEntityCert::try_from(&key.cert[0])
+                .map_err(|e| file_error(&files.cert, format!("unreadable certificate: {e}")))?;
+            let names = end_entity
+                .valid_dns_names()
+                .map(str::to_ascii_lowercase)
+                .collect();
+            Ok((names, Arc::new(key)))
+        })
+        .collect::<Result<_, _>>()
+        .map(Certificates)
+}
+
+/// One certificate chain and its key, checked to belong together.
+fn load_one(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| file_error(&files.cert, e))?
         .collect::<Result<_, _>>()
@@ -80,8 +123,8 @@ pub(crate) fn load(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
     })
 }
 
-/// An acceptor for the certificate chain and key in `files`, and the slot a reload swaps.
-pub(crate) fn acceptor(files: &TlsFiles) -> Result<(TlsAcceptor, Arc<Certificate>), TlsError> {
+/// An acceptor for the certificates in `files`, and the slot a reload swaps.
+pub(crate) fn acceptor(files: &[TlsFiles]) -> Result<(TlsAcceptor, Arc<Certificate>), TlsError> {
     let certificate = Arc::new(Certificate(ArcSwap::from_pointee(load(files)?)));
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?

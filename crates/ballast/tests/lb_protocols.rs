@@ -525,3 +525,49 @@ fn at_the_descriptor_limit_failed_accepts_are_counted_and_service_recovers() {
     assert!(failed >= 1.0, "no failed accept counted");
     assert_eq!(backend_of(&get(address, "/", &[])), "b1");
 }
+
+/// Several certificates on one listener, chosen by SNI: the exact name, then a wildcard (one
+/// label deep), and the first certificate for any other name and for clients that send none.
+#[test]
+fn sni_picks_the_certificate_for_the_name() {
+    let (_b1, b1) = echo("b1", &[]);
+    let dir = TempDir::new("sni");
+    let (default_cert, default_key, default_der) = support::certificate(&["a.test"]);
+    let (wild_cert, wild_key, wild_der) = support::certificate(&["*.b.test", "b.test"]);
+    let mut files = Vec::new();
+    for (name, cert, key) in [
+        ("a", &default_cert, &default_key),
+        ("b", &wild_cert, &wild_key),
+    ] {
+        let (cert_path, key_path) = (
+            dir.path().join(format!("{name}.pem")),
+            dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_path, cert).expect("cert");
+        std::fs::write(&key_path, key).expect("key");
+        files.push(format!(
+            "{{ cert = \"{}\", key = \"{}\" }}",
+            cert_path.display(),
+            key_path.display()
+        ));
+    }
+    let listen = support::unused_addr();
+    let path = dir.path().join("ballast.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[listeners]]\nlisten = \"{listen}\"\npool = \"web\"\ntls = [{}]\n\n\
+             [[pools]]\nname = \"web\"\nbackends = [\"{b1}\"]\n",
+            files.join(", ")
+        ),
+    )
+    .expect("write config");
+    let _lb = Process::start(&["lb", "--config", path.to_str().expect("utf-8")], 1);
+    assert_eq!(support::presented(listen, "a.test"), default_der);
+    assert_eq!(support::presented(listen, "www.b.test"), wild_der);
+    assert_eq!(support::presented(listen, "b.test"), wild_der);
+    // Two labels below: the wildcard does not cover it; the first certificate does the talking.
+    assert_eq!(support::presented(listen, "x.y.b.test"), default_der);
+    // No SNI at all (a client connecting by address).
+    assert_eq!(support::presented(listen, "127.0.0.1"), default_der);
+}

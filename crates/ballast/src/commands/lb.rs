@@ -125,11 +125,11 @@ impl LbArgs {
     /// The listeners the flags describe, each serving the pool beside it.
     fn listeners<'a>(&self, pools: impl Iterator<Item = &'a str>) -> Vec<Listener> {
         let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles {
+            (Some(cert), Some(key)) => vec![TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
-            }),
-            _ => None,
+            }],
+            _ => Vec::new(),
         };
         self.listen
             .iter()

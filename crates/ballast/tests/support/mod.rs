@@ -413,3 +413,85 @@ pub fn resolver(server: SocketAddr) -> hickory_resolver::TokioResolver {
     builder.options_mut().cache_size = 0;
     builder.build()
 }
+
+/// A self-signed certificate for `names`: (certificate PEM, key PEM, certificate DER).
+pub fn certificate(names: &[&str]) -> (String, String, Vec<u8>) {
+    let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+    let certified = rcgen::generate_simple_self_signed(names).expect("cert");
+    (
+        certified.cert.pem(),
+        certified.signing_key.serialize_pem(),
+        certified.cert.der().to_vec(),
+    )
+}
+
+/// Accepts whatever certificate a server presents (its signatures still checked), so that a
+/// test can look at which one it was.
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The certificate a TLS handshake with `address` for `name` presents (an IP address as `name`
+/// sends no SNI).
+pub fn presented(address: SocketAddr, name: &str) -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let name = rustls_pki_types::ServerName::try_from(name.to_owned()).expect("name");
+        let tls = connector
+            .connect(name, stream)
+            .await
+            .expect("TLS handshake");
+        let (_, session) = tls.get_ref();
+        session.peer_certificates().expect("a certificate")[0].to_vec()
+    })
+}
