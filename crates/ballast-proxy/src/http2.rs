@@ -42,13 +42,7 @@ pub(crate) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let timeouts = &context.shared.settings.timeouts;
-    let limits = watchdog::Limits {
-        first_request: timeouts.request_headers,
-        idle: timeouts.idle,
-    };
-    let activity = Activity::new();
-    let stream = Watched::new(stream, Arc::clone(&activity), timeouts.idle);
+    let (stream, activity, limits) = watchdog::watch(stream, &context.shared.settings.timeouts);
     let handshake = h2::server::Builder::new()
         .initial_window_size(RECEIVE_WINDOW)
         .initial_connection_window_size(RECEIVE_WINDOW)

@@ -217,21 +217,18 @@ async fn tunnel(
 /// The response for an error the LB answers itself.
 fn status_response(kind: ErrorKind) -> Response<ProxyBody> {
     let (status, text) = attempt::answer(kind);
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from_static(
-        text.as_bytes(),
-    ))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    text_response(status, Bytes::from_static(text.as_bytes()), None)
 }
 
 /// The response for a request that goes to no pool (see [`attempt::routed_answer`]).
 fn routed_response(routed: &Routed) -> Response<ProxyBody> {
     let (status, text, location) = attempt::routed_answer(routed);
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(text.into_owned()))));
+    text_response(status, Bytes::from(text.into_owned()), location)
+}
+
+/// A plain-text response the LB writes itself, with a `Location` for a redirect.
+fn text_response(status: StatusCode, text: Bytes, location: Option<&str>) -> Response<ProxyBody> {
+    let mut response = Response::new(Either::Right(Full::new(text)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(

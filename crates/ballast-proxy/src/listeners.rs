@@ -126,11 +126,11 @@ impl Registry {
         }
     }
 
-    /// Stops accepting on listener `id` and forgets it.
-    pub(crate) fn stop(&mut self, id: usize) {
-        if let Some(running) = self.by_id.get_mut(id).and_then(Option::take) {
-            running.remove();
-        }
+    /// Stops accepting on listener `id` and forgets it; returns where it was bound.
+    pub(crate) fn stop(&mut self, id: usize) -> Option<SocketAddr> {
+        let running = self.by_id.get_mut(id).and_then(Option::take)?;
+        running.remove();
+        Some(running.address)
     }
 }
 

@@ -13,10 +13,7 @@
 //! server-wide settings, and a managed LB's addresses (its record in the fleet) — refuses the
 //! reload naming the field, and the server keeps serving as before.
 
-use std::sync::Arc;
-
 use crate::listeners;
-use crate::metrics::Metrics;
 use crate::settings::{Listener, Pool, Settings};
 use crate::state::{Shared, Target};
 
@@ -47,10 +44,11 @@ pub enum ReloadError {
     Read(ReadError),
     /// It changes what only a restart can change.
     #[error(
-        "{field} changed; that takes a restart (pools and the pool each listener serves reload)"
+        "{field} changed; that takes a restart (pools, listeners, route tables and certificates \
+         reload)"
     )]
     NeedsRestart {
-        /// The setting, e.g. `listeners[1].address` or `timeouts`.
+        /// The setting, e.g. `timeouts` or `workers`.
         field: String,
     },
     /// A new listener could not be set up (its address is taken, its certificate unreadable).
@@ -75,11 +73,11 @@ pub enum ReloadError {
 }
 
 /// Reads the configuration with `reload` and applies it to `shared`; counts and logs the result.
-pub(crate) fn reload(shared: &Arc<Shared>, reload: &Reload, metrics: &Metrics) {
+pub(crate) fn reload(shared: &Shared, reload: &Reload) {
     let applied = (reload.0)()
         .map_err(ReloadError::Read)
         .and_then(|next| apply(shared, &next));
-    metrics.reloaded(applied.is_ok());
+    shared.metrics.reloaded(applied.is_ok());
     match applied {
         Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
         Err(error) => tracing::error!(%error, "SIGHUP: reload refused; nothing changed"),
@@ -180,8 +178,9 @@ pub(crate) fn apply(shared: &Shared, next: &Settings) -> Result<(), ReloadError>
         slot.replace(loaded);
     }
     for id in removed {
-        tracing::info!(address = %next_address(&registry, id), "listener removed");
-        registry.stop(id);
+        if let Some(address) = registry.stop(id) {
+            tracing::info!(%address, "listener removed");
+        }
     }
     for listener in prepared {
         let (address, serves) = (listener.running.address, &listener.running.settings.serves);
@@ -189,12 +188,6 @@ pub(crate) fn apply(shared: &Shared, next: &Settings) -> Result<(), ReloadError>
         registry.start(listener);
     }
     Ok(())
-}
-
-fn next_address(registry: &listeners::Registry, id: usize) -> String {
-    registry.by_id[id]
-        .as_ref()
-        .map_or_else(String::new, |r| r.address.to_string())
 }
 
 /// The first setting that differs where only a restart can apply it.

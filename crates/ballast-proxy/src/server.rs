@@ -326,7 +326,7 @@ impl Accepting {
                 return;
             }
         };
-        let (mode, pool, tls) = (listener.mode, listener.id, listener.tls);
+        let (mode, id, tls) = (listener.mode, listener.id, listener.tls);
         let mut removed = listener.removed;
         let mut errors =
             crate::shutdown::AcceptErrors::new(Some(shared.metrics.accept_errors().clone()));
@@ -349,12 +349,12 @@ impl Accepting {
                 let _done = done;
                 let timeout = shared.settings.timeouts.request_headers;
                 match (mode, tls) {
-                    (Mode::Tcp, _) => tcp::proxy(shared, pool, stream, peer).await,
+                    (Mode::Tcp, _) => tcp::proxy(shared, id, stream, peer).await,
                     (Mode::Http, None) => {
                         let mut stream = stream;
                         let mut first = BytesMut::with_capacity(16 * 1024);
                         let speaks = sniff(&mut stream, &mut first, timeout).await;
-                        let context = Arc::new(client_context(shared, pool, peer, "http"));
+                        let context = Arc::new(client_context(shared, id, peer, "http"));
                         match speaks {
                             Some(Speaks::Http2) => {
                                 let stream = Prefixed::new(first, stream);
@@ -376,7 +376,7 @@ impl Accepting {
                         };
                         // Over TLS the protocol is agreed by ALPN (RFC 9113 §3.2).
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let context = Arc::new(client_context(shared, pool, peer, "https"));
+                        let context = Arc::new(client_context(shared, id, peer, "https"));
                         if h2 {
                             http2::serve(context, stream, MAX_REQUEST_HEAD, &mut shutdown).await;
                         } else {
@@ -399,14 +399,8 @@ async fn serve_http1<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shared = Arc::clone(&context.shared);
-    let (client, pool) = (context.client, context.listener);
-    let timeouts = &shared.settings.timeouts;
-    let limits = watchdog::Limits {
-        first_request: timeouts.request_headers,
-        idle: timeouts.idle,
-    };
-    let activity = watchdog::Activity::new();
-    let stream = watchdog::Watched::new(stream, Arc::clone(&activity), timeouts.idle);
+    let (client, listener) = (context.client, context.listener);
+    let (stream, activity, limits) = watchdog::watch(stream, &shared.settings.timeouts);
     let in_service = Arc::clone(&activity);
     let service = service_fn(move |request| {
         let context = Arc::clone(&context);
@@ -431,7 +425,7 @@ async fn serve_http1<S>(
             None
         };
         if let Some(kind) = kind {
-            shared.count_error(pool, kind);
+            shared.count_error(listener, kind);
         }
         tracing::debug!(%client, %error, "client connection ended with an error");
     }
@@ -439,13 +433,13 @@ async fn serve_http1<S>(
 
 fn client_context(
     shared: Arc<Shared>,
-    pool: usize,
+    listener: usize,
     client: SocketAddr,
     scheme: &'static str,
 ) -> ClientContext {
     ClientContext {
         shared,
-        listener: pool,
+        listener,
         client,
         client_value: crate::headers::client_value(client.ip()),
         scheme,
@@ -506,7 +500,7 @@ async fn reload_on_hangup(
         // Reading the file and building pickers (Maglev's tables) stays off the event loop.
         let (shared, reload) = (Arc::clone(&shared), Arc::clone(reload));
         let reloading = tokio::task::spawn_blocking(move || {
-            crate::reload::reload(&shared, &reload, &shared.metrics);
+            crate::reload::reload(&shared, &reload);
         });
         let _ = reloading.await;
     }

@@ -16,11 +16,11 @@ use arc_swap::ArcSwap;
 use ballast_balance::{Algorithm, Backend, Picker};
 use tokio::sync::Notify;
 
+use ballast_config::route::RouteTable;
+
 use crate::key::HashKey;
 use crate::metrics::{BackendCounters, Metrics, PoolCounters};
 use crate::outlier::{Clock, Outlier};
-use ballast_config::route::RouteTable;
-
 use crate::routes::{Action, Router};
 use crate::settings::{Pool, Serves, Settings};
 
@@ -238,15 +238,21 @@ pub(crate) struct Shared {
 impl Shared {
     /// Builds the state and first snapshot for `settings` (which must be valid).
     pub(crate) fn new(settings: Settings) -> Result<Self, ballast_balance::BuildError> {
+        let metrics = Metrics::new();
+        let targets = settings
+            .listeners
+            .iter()
+            .map(|l| Some(Target::of(&l.serves, &settings.route_tables, &metrics)))
+            .collect();
         let shared = Self {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 pools: Vec::new(),
                 by_listener: Vec::new(),
                 revision: 0,
             }),
-            listener_targets: std::sync::Mutex::new(Vec::new()),
+            listener_targets: std::sync::Mutex::new(targets),
             listeners: std::sync::Mutex::default(),
-            metrics: Metrics::new(),
+            metrics,
             clock: Clock::default(),
             changed: Notify::new(),
             draining: AtomicBool::new(false),
@@ -255,15 +261,6 @@ impl Shared {
             rebuilding: std::sync::Mutex::new(()),
             settings,
         };
-        *shared.listener_targets() = shared
-            .settings
-            .listeners
-            .iter()
-            .map(|l| {
-                let target = Target::of(&l.serves, &shared.settings.route_tables, &shared.metrics);
-                Some(target)
-            })
-            .collect();
         let pools = Pool::all_of(&shared.settings.pools);
         shared.replace_pools(&pools, 0)?;
         Ok(shared)
@@ -301,7 +298,9 @@ impl Shared {
         revision: u64,
     ) -> Result<(), ballast_balance::BuildError> {
         let _one_at_a_time = self.lock_rebuilds();
-        self.install(pools, revision)
+        let built = self.build_pools(pools)?;
+        self.swap_in(built, revision, None);
+        Ok(())
     }
 
     /// Holds off every other snapshot rebuild, for a reload to build and swap as one step.
@@ -318,13 +317,6 @@ impl Shared {
     /// What each listener serves, by id.
     pub(crate) fn targets(&self) -> Vec<Option<Target>> {
         self.listener_targets().clone()
-    }
-
-    /// [`replace_pools`](Self::replace_pools), with the rebuild lock held.
-    fn install(&self, pools: &[Pool], revision: u64) -> Result<(), ballast_balance::BuildError> {
-        let built = self.build_pools(pools)?;
-        self.swap_in(built, revision, None);
-        Ok(())
     }
 
     /// The snapshots of `pools`, reusing the current one of each pool that did not change;

@@ -228,6 +228,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
+/// A client stream watched under the listener's `timeouts`: the stream, its activity, and the
+/// limits [`serve`] holds it to.
+pub(crate) fn watch<S>(
+    stream: S,
+    timeouts: &crate::settings::Timeouts,
+) -> (Watched<S>, Arc<Activity>, Limits) {
+    let limits = Limits {
+        first_request: timeouts.request_headers,
+        idle: timeouts.idle,
+    };
+    let activity = Activity::new();
+    let stream = Watched::new(stream, Arc::clone(&activity), timeouts.idle);
+    (stream, activity, limits)
+}
+
 /// Waits at most `limit` for a connection's handshake (TLS, the HTTP/2 preface and SETTINGS); a
 /// failure or a timeout is the client's doing, logged at debug and answered by closing.
 pub(crate) async fn handshake<T, E: std::fmt::Display>(
