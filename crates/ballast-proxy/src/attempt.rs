@@ -164,6 +164,11 @@ impl<'a> Attempt<'a> {
         self.started
     }
 
+    /// Tries made after the first.
+    pub(crate) fn retries(&self) -> u32 {
+        u32::try_from(self.made.saturating_sub(1)).unwrap_or(u32::MAX)
+    }
+
     /// Whether the try just made is the last one (its request need not be kept for another).
     pub(crate) fn is_last(&self) -> bool {
         self.made >= self.tries

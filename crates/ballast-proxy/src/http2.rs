@@ -123,7 +123,7 @@ async fn proxy_stream(
             return;
         }
     }
-    let body = ClientBody::Http2(RecvBody::new(body, &parts.headers));
+    let body = ClientBody::http2(RecvBody::new(body, &parts.headers));
     let handled = hyper_path::handle(context, Request::from_parts(parts, body));
     tokio::pin!(handled);
     let response = tokio::select! {

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -17,20 +18,50 @@ use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::access_log::{Line, RequestFacts};
 use crate::attempt::{self, Attempt, ClientContext, Try};
-use crate::headers;
 use crate::metrics::ErrorKind;
+use crate::state::Shared;
 use crate::state::{BackendState, PoolState, RequestLine, Routed};
 use crate::upstream::{self, Sender};
+use crate::{headers, request_id};
 
 /// The body of a response to a client: a backend's, streamed, or one the LB wrote.
 pub(crate) type ProxyBody = Either<Forwarded, Full<Bytes>>;
 
-/// A client's request body, from whichever server read the request.
+/// A client's request body, from whichever server read the request, counted for the access
+/// log while it is on.
 #[derive(Debug)]
-pub(crate) enum ClientBody {
+pub(crate) struct ClientBody {
+    source: BodySource,
+    received: Option<Arc<AtomicU64>>,
+}
+
+#[derive(Debug)]
+enum BodySource {
     Http1(Incoming),
     Http2(crate::http2::RecvBody),
+}
+
+impl ClientBody {
+    pub(crate) fn http1(body: Incoming) -> Self {
+        Self {
+            source: BodySource::Http1(body),
+            received: None,
+        }
+    }
+
+    pub(crate) fn http2(body: crate::http2::RecvBody) -> Self {
+        Self {
+            source: BodySource::Http2(body),
+            received: None,
+        }
+    }
+
+    /// From now on, the body's data bytes are added to the returned count as they arrive.
+    fn counted(&mut self) -> Arc<AtomicU64> {
+        Arc::clone(self.received.get_or_insert_with(Arc::default))
+    }
 }
 
 impl Body for ClientBody {
@@ -41,23 +72,30 @@ impl Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            Self::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Self::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        let this = self.get_mut();
+        let polled = match &mut this.source {
+            BodySource::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            BodySource::Http2(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        };
+        if let (Some(received), Poll::Ready(Some(Ok(frame)))) = (&this.received, &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            received.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Http1(body) => body.is_end_stream(),
-            Self::Http2(body) => body.is_end_stream(),
+        match &self.source {
+            BodySource::Http1(body) => body.is_end_stream(),
+            BodySource::Http2(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Http1(body) => body.size_hint(),
-            Self::Http2(body) => body.size_hint(),
+        match &self.source {
+            BodySource::Http1(body) => body.size_hint(),
+            BodySource::Http2(body) => body.size_hint(),
         }
     }
 }
@@ -67,7 +105,7 @@ pub(crate) async fn service(
     context: Arc<ClientContext>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(handle(context, request.map(ClientBody::Http1)).await)
+    Ok(handle(context, request.map(ClientBody::http1)).await)
 }
 
 /// Proxies one request.
@@ -77,7 +115,8 @@ pub(crate) async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let snapshot = context.shared.snapshot.load_full();
-    let routed = {
+    let mut logged = Logged::of(&context, &request, started);
+    let (routed, route) = {
         let hosts = request.headers().get_all(header::HOST);
         let checked = headers::backend_host(
             request.version() != http::Version::HTTP_10,
@@ -92,7 +131,7 @@ pub(crate) async fn handle(
                 if let Some(pool) = snapshot.for_listener(context.listener) {
                     pool.state.counters.error(ErrorKind::BadRequest);
                 }
-                return status_response(ErrorKind::BadRequest);
+                return answered(logged, status_response(ErrorKind::BadRequest));
             }
         };
         let line = RequestLine {
@@ -106,20 +145,37 @@ pub(crate) async fn handle(
             headers.get(name).map(HeaderValue::as_bytes)
         })
     };
+    if let Some(logged) = &mut logged {
+        logged.route = snapshot
+            .route_table(context.listener)
+            .zip(route)
+            .map(|(table, position)| (table.to_owned(), position));
+    }
     let pool = match routed {
         Routed::Pool(pool) => &*snapshot.pools[pool],
-        answer => return routed_response(&answer),
+        answer => return answered(logged, routed_response(&answer)),
     };
+    if let Some(logged) = &mut logged {
+        logged.pool = Some(pool.state.name.clone());
+    }
 
     let upgrade = headers::is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let (mut parts, body) = request.into_parts();
+    let (mut parts, mut body) = request.into_parts();
+    if let Some(logged) = &mut logged {
+        logged.received = Some(body.counted());
+    }
     let key = if pool.uses_key {
         pool.state.hash_key.of_request(&parts, context.client.ip())
     } else {
         0
     };
     headers::to_backend(&mut parts, &context.client_value, context.scheme, upgrade);
+    if let Some(id) = logged.as_ref().map(|l| l.facts.request_id())
+        && let Ok(id) = HeaderValue::from_str(id)
+    {
+        parts.headers.insert(request_id::HEADER, id);
+    }
 
     let mut body = (!body.is_end_stream()).then_some(body);
     let replayable =
@@ -127,6 +183,10 @@ pub(crate) async fn handle(
     let mut attempt = Attempt::new(&context, pool, key, replayable, started);
     let mut parts = Some(parts);
     while let Some((tried, mut sender)) = attempt.next::<Sender>().await {
+        if let Some(logged) = &mut logged {
+            logged.retries = attempt.retries();
+            logged.backend = Some(tried.backend.address);
+        }
         // The head is kept for another try unless this is the last.
         let head = if attempt.is_last() {
             parts.take()
@@ -144,25 +204,53 @@ pub(crate) async fn handle(
         )
         .await;
         match exchange {
-            Err(_) => return status_response(attempt.timed_out(&tried)),
+            Err(_) => return answered(logged, status_response(attempt.timed_out(&tried))),
             Ok(Err(error)) => attempt.exchange_failed(&tried, &error, true),
             Ok(Ok(response)) => {
-                return respond(&attempt, tried, response, sender, client_upgrade);
+                if let Some(logged) = &mut logged {
+                    logged.first_byte = Some(started.elapsed());
+                }
+                let backend = Backend {
+                    tried,
+                    sender,
+                    response,
+                };
+                return respond(&attempt, backend, client_upgrade, logged);
             }
         }
     }
-    status_response(attempt.give_up())
+    if let Some(logged) = &mut logged {
+        logged.retries = attempt.retries();
+    }
+    answered(logged, status_response(attempt.give_up()))
+}
+
+/// A backend's response, with the try it answers and the connection it came on.
+struct Backend<'a> {
+    tried: Try<'a>,
+    sender: Sender,
+    response: Response<Incoming>,
 }
 
 fn respond(
     attempt: &Attempt<'_>,
-    tried: Try<'_>,
-    mut response: Response<Incoming>,
-    sender: Sender,
+    backend: Backend<'_>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    mut logged: Option<Box<Logged>>,
 ) -> Response<ProxyBody> {
+    let Backend {
+        tried,
+        sender,
+        mut response,
+    } = backend;
     let status = response.status();
     attempt.responded(&tried, status.as_u16());
+    if let Some(logged) = &mut logged {
+        logged.status = status.as_u16();
+        if let Some(id) = logged.id_for_client() {
+            response.headers_mut().insert(request_id::HEADER, id);
+        }
+    }
 
     if status == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
@@ -176,6 +264,9 @@ fn respond(
             ));
         }
         attempt.finished();
+        if let Some(logged) = logged {
+            logged.write(0);
+        }
         let (parts, _) = response.into_parts();
         return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
     }
@@ -190,6 +281,8 @@ fn respond(
                 backend: Arc::clone(tried.backend),
                 _in_flight: tried.in_flight,
                 started: attempt.started(),
+                logged,
+                sent: 0,
             }),
         })
     })
@@ -212,6 +305,116 @@ async fn tunnel(
         }
         Err(error) => tracing::debug!(%error, "upgrade failed"),
     }
+}
+
+/// A request's access log line in the making (while request IDs are on), written when its
+/// response has been sent.
+#[derive(Debug)]
+struct Logged {
+    shared: Arc<Shared>,
+    client: std::net::SocketAddr,
+    facts: RequestFacts,
+    protocol: &'static str,
+    started: Instant,
+    status: u16,
+    received: Option<Arc<AtomicU64>>,
+    first_byte: Option<std::time::Duration>,
+    backend: Option<std::net::SocketAddr>,
+    pool: Option<String>,
+    route: Option<(String, u32)>,
+    retries: u32,
+}
+
+impl Logged {
+    fn of(
+        context: &ClientContext,
+        request: &Request<ClientBody>,
+        started: Instant,
+    ) -> Option<Box<Self>> {
+        let shared = &context.shared;
+        if !shared.settings.request_ids() {
+            return None;
+        }
+        let headers = request.headers();
+        let header = |name| headers.get(name).map_or(&b""[..], HeaderValue::as_bytes);
+        let host = request.uri().authority().map_or_else(
+            || header(header::HOST.as_str()),
+            |authority| authority.as_str().as_bytes(),
+        );
+        let (id, _) =
+            request_id::of_request(headers.get(request_id::HEADER).map(HeaderValue::as_bytes));
+        let facts = RequestFacts::new(
+            request.method().as_str(),
+            host,
+            request.uri().path_and_query().map_or("/", |pq| pq.as_str()),
+            header(header::REFERER.as_str()),
+            header(header::USER_AGENT.as_str()),
+            &id,
+        );
+        let protocol = match request.version() {
+            http::Version::HTTP_2 => "HTTP/2.0",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        };
+        Some(Box::new(Self {
+            shared: Arc::clone(shared),
+            client: context.client,
+            facts,
+            protocol,
+            started,
+            status: 0,
+            received: None,
+            first_byte: None,
+            backend: None,
+            pool: None,
+            route: None,
+            retries: 0,
+        }))
+    }
+
+    /// The request's ID as a header value, when the client is to be told it.
+    fn id_for_client(&self) -> Option<HeaderValue> {
+        if !self.shared.settings.request_id_header {
+            return None;
+        }
+        HeaderValue::from_str(self.facts.request_id()).ok()
+    }
+
+    /// Writes the line, `sent` being the response body's bytes.
+    fn write(&self, sent: u64) {
+        let Some(log) = &self.shared.access_log else {
+            return;
+        };
+        log.record(&Line {
+            client: self.client,
+            request: &self.facts,
+            protocol: self.protocol,
+            status: self.status,
+            bytes_in: self
+                .received
+                .as_ref()
+                .map_or(0, |received| received.load(Ordering::Relaxed)),
+            bytes_out: sent,
+            total: self.started.elapsed(),
+            first_byte: self.first_byte,
+            backend: self.backend,
+            pool: self.pool.as_deref(),
+            route: self.route.as_ref().map(|(table, at)| (table.as_str(), *at)),
+            retries: self.retries,
+        });
+    }
+}
+
+/// A response the LB wrote itself, logged (with the request's ID for the client, if wanted).
+fn answered(logged: Option<Box<Logged>>, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    if let Some(mut logged) = logged {
+        logged.status = response.status().as_u16();
+        if let Some(id) = logged.id_for_client() {
+            response.headers_mut().insert(request_id::HEADER, id);
+        }
+        logged.write(response.body().size_hint().exact().unwrap_or(0));
+    }
+    response
 }
 
 /// The response for an error the LB answers itself.
@@ -257,12 +460,18 @@ struct Finish {
     backend: Arc<BackendState>,
     _in_flight: InFlight,
     started: Instant,
+    logged: Option<Box<Logged>>,
+    /// Body bytes sent on to the client.
+    sent: u64,
 }
 
 impl Forwarded {
     fn complete(&mut self, reusable: bool) {
         if let Some(finish) = self.finish.take() {
             attempt::observe(&finish.pool, finish.started);
+            if let Some(logged) = finish.logged {
+                logged.write(finish.sent);
+            }
             if reusable {
                 upstream::give_back::<Sender>(
                     finish.backend.slot,
@@ -286,7 +495,12 @@ impl Body for Forwarded {
         match &polled {
             Poll::Ready(None) => self.complete(true),
             Poll::Ready(Some(Err(_))) => self.complete(false),
-            _ => {}
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(finish), Some(data)) = (&mut self.finish, frame.data_ref()) {
+                    finish.sent += data.len() as u64;
+                }
+            }
+            Poll::Pending => {}
         }
         polled
     }

@@ -43,6 +43,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 mod admin;
 mod attempt;
 pub mod echo;
@@ -58,6 +59,7 @@ mod outlier;
 mod prefixed;
 mod process;
 pub mod reload;
+mod request_id;
 pub mod routes;
 mod server;
 pub mod settings;

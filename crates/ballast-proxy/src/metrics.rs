@@ -40,6 +40,8 @@ pub struct Metrics {
     config_unreachable_seconds: Gauge<f64, AtomicU64>,
     config_reloads: Family<Labels, Counter>,
     route_misses: Family<Labels, Counter>,
+    access_log_lines: Counter,
+    access_log_dropped: Counter,
 }
 
 /// Why a request was answered by the LB itself rather than a backend.
@@ -167,6 +169,18 @@ impl Metrics {
         let config_unreachable_seconds = Gauge::<f64, AtomicU64>::default();
         let config_reloads = Family::<Labels, Counter>::default();
         let route_misses = Family::<Labels, Counter>::default();
+        let access_log_lines = Counter::default();
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "ballast_access_log_lines",
+            "Access log lines handed to the log's writer",
+            access_log_lines.clone(),
+        );
+        registry.register(
+            "ballast_access_log_dropped",
+            "Access log lines dropped because the writer fell behind (its buffer was full)",
+            access_log_dropped.clone(),
+        );
         registry.register(
             "ballast_route_misses",
             "Requests no route of the listener's route table matched (answered 404), by table",
@@ -271,7 +285,17 @@ impl Metrics {
             config_unreachable_seconds,
             config_reloads,
             route_misses,
+            access_log_lines,
+            access_log_dropped,
         }
+    }
+
+    /// The access log's counters: lines handed to its writer, and lines dropped.
+    pub(crate) fn access_log(&self) -> (Counter, Counter) {
+        (
+            self.access_log_lines.clone(),
+            self.access_log_dropped.clone(),
+        )
     }
 
     /// The counter of requests route table `table` had no route for.

@@ -209,6 +209,11 @@ fn restart_only(running: &Settings, next: &Settings) -> Result<(), ReloadError> 
             "request_buffering",
             running.request_buffering != next.request_buffering,
         ),
+        ("access_log", running.access_log != next.access_log),
+        (
+            "request_id_header",
+            running.request_id_header != next.request_id_header,
+        ),
     ];
     match fields.iter().find(|(_, differs)| *differs) {
         Some((field, _)) => changed(field),

@@ -59,6 +59,8 @@ struct Compiled {
 /// A compiled route table.
 #[derive(Debug)]
 pub struct Router {
+    /// The table's name.
+    pub(crate) name: String,
     /// Requests no route matched.
     pub(crate) misses: Counter,
     routes: Vec<Compiled>,
@@ -76,6 +78,7 @@ impl Router {
     /// Compiles a checked table.
     pub fn new(table: &RouteTable, metrics: &Metrics) -> Self {
         let mut router = Self {
+            name: table.name.clone(),
             misses: metrics.route_misses(&table.name),
             routes: Vec::with_capacity(table.routes.len()),
             exact: HashMap::new(),
@@ -139,6 +142,18 @@ impl Router {
         method: &str,
         header: impl Fn(&str) -> Option<&'h [u8]>,
     ) -> Option<&Action> {
+        self.find_route(host, path, method, header)
+            .map(|(_, action)| action)
+    }
+
+    /// [`Router::find`], with the route's position in the table.
+    pub fn find_route<'h>(
+        &self,
+        host: Option<&[u8]>,
+        path: &str,
+        method: &str,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+    ) -> Option<(u32, &Action)> {
         let path = path.split_once('?').map_or(path, |(path, _)| path);
         let mut lower = [0u8; MAX_HOST];
         let host = host.and_then(|host| normalize(host, &mut lower));
@@ -167,7 +182,7 @@ impl Router {
             }
         }
         consider(&self.any_host);
-        best.map(|i| &self.routes[i as usize].action)
+        best.map(|i| (i, &self.routes[i as usize].action))
     }
 }
 

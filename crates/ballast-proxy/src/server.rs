@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
+use crate::access_log::AccessLog;
 use crate::attempt::ClientContext;
 use crate::hyper_path;
 use crate::listeners::{self, WorkerListener};
@@ -62,6 +63,9 @@ pub enum ServerError {
     /// A picker could not be built.
     #[error(transparent)]
     Picker(#[from] ballast_balance::BuildError),
+    /// The access log could not be opened.
+    #[error(transparent)]
+    AccessLog(#[from] crate::access_log::AccessLogError),
     /// Managed mode: the database could not be followed and no cached configuration was
     /// there to start from.
     #[error("--db {url}: {source}")]
@@ -117,7 +121,12 @@ pub(crate) fn serve(
     on_bound: impl FnOnce(&Bound),
 ) -> Result<(), ServerError> {
     settings.validate()?;
-    let shared = Arc::new(Shared::new(settings)?);
+    let mut shared = Shared::new(settings)?;
+    if let Some(log) = &shared.settings.access_log {
+        let counters = shared.metrics.access_log();
+        shared.access_log = Some(AccessLog::start(log, shared.settings.workers, counters)?);
+    }
+    let shared = Arc::new(shared);
     if let Some(following) = &following {
         crate::managed::install(&shared, &following.followed.borrow().config);
     }
@@ -168,7 +177,9 @@ pub(crate) fn serve(
         let int = signal(SignalKind::interrupt()).map_err(ServerError::Runtime)?;
         // Handled from the start: SIGHUP's default action would end the process.
         let hup = signal(SignalKind::hangup()).map_err(ServerError::Runtime)?;
-        (term, int, hup)
+        // Handled from the start too: logrotate's SIGUSR1 must not end the process.
+        let usr1 = signal(SignalKind::user_defined1()).map_err(ServerError::Runtime)?;
+        (term, int, hup, usr1)
     };
     on_bound(&bound);
 
@@ -188,7 +199,8 @@ pub(crate) fn serve(
     }
 
     runtime.block_on(async {
-        let (mut term, mut int, hup) = signals;
+        let (mut term, mut int, hup, usr1) = signals;
+        tokio::spawn(reopen_on_usr1(Arc::clone(&shared), usr1));
         tokio::spawn(maintain_snapshot(Arc::clone(&shared), shutdown_rx.clone()));
         tokio::spawn(reload_on_hangup(
             Arc::clone(&shared),
@@ -249,8 +261,21 @@ pub(crate) fn serve(
             Err(_) => tracing::error!("a worker thread panicked"),
         }
     }
+    if let Some(log) = &shared.access_log {
+        log.finish();
+    }
     tracing::info!("drained; exiting");
     Ok(())
+}
+
+/// SIGUSR1 reopens the access log (after logrotate moved it), as it does nginx's.
+async fn reopen_on_usr1(shared: Arc<Shared>, mut usr1: tokio::signal::unix::Signal) {
+    while usr1.recv().await.is_some() {
+        match &shared.access_log {
+            Some(log) => log.reopen(),
+            None => tracing::info!("SIGUSR1: no access log to reopen"),
+        }
+    }
 }
 
 fn current_thread_runtime() -> Result<tokio::runtime::Runtime, ServerError> {

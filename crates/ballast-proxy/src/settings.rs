@@ -19,6 +19,7 @@ use ballast_config::route::RouteTable;
 use ballast_config::{AdminState, AlgorithmSpec, HashKeySpec, Health, PoolPolicy, PoolSpec, Write};
 use serde::Deserialize;
 
+use crate::access_log::{AccessLogSettings, LogFormat, LogTarget};
 use crate::key::HashKey;
 
 /// Everything one LB server runs.
@@ -56,6 +57,11 @@ pub struct Settings {
     /// The pools come from the configuration database (managed mode): a listener's pool may
     /// not exist yet, and answers 503 until it does.
     pub managed: bool,
+    /// One line per HTTP request, if set (nginx's `access_log`).
+    pub access_log: Option<AccessLogSettings>,
+    /// Send each request's ID back to the client in `X-Request-Id` (it always goes to the
+    /// backend while request IDs are on: with the access log, or with this).
+    pub request_id_header: bool,
 }
 
 /// A size in bytes, written as people write it: `65536`, `64KiB`, `1MiB`, `0`.
@@ -390,7 +396,14 @@ impl Settings {
             drain_delay: Duration::ZERO,
             request_buffering: DEFAULT_REQUEST_BUFFERING,
             managed: false,
+            access_log: None,
+            request_id_header: false,
         }
+    }
+
+    /// Whether requests carry an ID (to the backend, the access log and maybe the client).
+    pub fn request_ids(&self) -> bool {
+        self.access_log.is_some() || self.request_id_header
     }
 
     /// Checks the whole configuration; the first problem found is the error.
@@ -566,6 +579,10 @@ struct File {
     pools: Vec<FilePool>,
     #[serde(default)]
     route_tables: Vec<RouteTable>,
+    access_log: Option<String>,
+    access_log_format: Option<LogFormat>,
+    #[serde(default)]
+    request_id_header: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -757,6 +774,22 @@ impl File {
         settings.retries = self.retries.unwrap_or(settings.retries);
         settings.timeouts = self.timeouts;
         settings.outlier = self.outlier;
+        settings.request_id_header = self.request_id_header;
+        settings.access_log = match (self.access_log, self.access_log_format) {
+            (Some(target), format) => Some(AccessLogSettings {
+                target: target
+                    .parse::<LogTarget>()
+                    .map_err(|e| SettingsError::new("access_log", e))?,
+                format: format.unwrap_or_default(),
+            }),
+            (None, Some(_)) => {
+                return Err(SettingsError::new(
+                    "access_log_format",
+                    "set access_log (a path, or `-`) too",
+                ));
+            }
+            (None, None) => None,
+        };
         Ok(settings)
     }
 }

@@ -121,35 +121,48 @@ impl Snapshot {
         }
     }
 
-    /// Where a request on `listener` goes; `header` finds a request header by lower-case name.
+    /// Where a request on `listener` goes, and the position of the route that sent it there
+    /// (for a listener that serves a route table); `header` finds a request header by
+    /// lower-case name.
     #[inline]
     pub(crate) fn route<'h>(
         &self,
         listener: usize,
         request: RequestLine<'_>,
         header: impl Fn(&str) -> Option<&'h [u8]>,
-    ) -> Routed {
+    ) -> (Routed, Option<u32>) {
         let (router, pools) = match self.by_listener.get(listener) {
-            None | Some(Serving::Pool(None)) => return Routed::NoPool,
-            Some(Serving::Pool(Some(pool))) => return Routed::Pool(*pool),
+            None | Some(Serving::Pool(None)) => return (Routed::NoPool, None),
+            Some(Serving::Pool(Some(pool))) => return (Routed::Pool(*pool), None),
             Some(Serving::Routes { router, pools }) => (router, pools),
         };
         let path = request.target;
-        match router.find(request.host, path, request.method, header) {
-            None => {
-                router.misses.inc();
-                Routed::NoRoute
-            }
-            Some(Action::Pool(slot)) => pools
+        let Some((position, action)) =
+            router.find_route(request.host, path, request.method, header)
+        else {
+            router.misses.inc();
+            return (Routed::NoRoute, None);
+        };
+        let routed = match action {
+            Action::Pool(slot) => pools
                 .get(*slot)
                 .copied()
                 .flatten()
                 .map_or(Routed::NoPool, Routed::Pool),
-            Some(Action::Redirect { template, status }) => Routed::Redirect {
+            Action::Redirect { template, status } => Routed::Redirect {
                 location: crate::routes::location(template, request.scheme, request.host, path),
                 status: *status,
             },
-            Some(Action::Status(status)) => Routed::Status(*status),
+            Action::Status(status) => Routed::Status(*status),
+        };
+        (routed, Some(position))
+    }
+
+    /// The name of the route table `listener` serves by, if it serves one.
+    pub(crate) fn route_table(&self, listener: usize) -> Option<&str> {
+        match self.by_listener.get(listener)? {
+            Serving::Routes { router, .. } => Some(&router.name),
+            Serving::Pool(_) => None,
         }
     }
 }
@@ -233,6 +246,8 @@ pub(crate) struct Shared {
     next_slot: AtomicUsize,
     /// Serializes snapshot rebuilds (ejections, configuration changes), which are rare.
     rebuilding: std::sync::Mutex<()>,
+    /// Where each request's line goes, if the access log is on.
+    pub access_log: Option<crate::access_log::AccessLog>,
 }
 
 impl Shared {
@@ -259,6 +274,7 @@ impl Shared {
             config_unreachable_since: std::sync::Mutex::new(None),
             next_slot: AtomicUsize::new(0),
             rebuilding: std::sync::Mutex::new(()),
+            access_log: None,
             settings,
         };
         let pools = Pool::all_of(&shared.settings.pools);

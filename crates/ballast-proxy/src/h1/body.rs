@@ -69,51 +69,56 @@ impl From<CopyError> for io::Error {
     }
 }
 
-/// Copies `remaining` body bytes from `source` (after what is already in `buffer`) to `sink`.
+/// Copies `remaining` body bytes from `source` (after what is already in `buffer`) to `sink`;
+/// the count copied is `remaining`, returned for symmetry with [`copy_chunked`].
 pub(super) async fn copy_length(
     source: &mut TcpStream,
     buffer: &mut BytesMut,
     sink: &mut TcpStream,
-    mut remaining: u64,
+    remaining: u64,
     patience: Patience,
-) -> Result<(), CopyError> {
-    while remaining > 0 {
+) -> Result<u64, CopyError> {
+    let mut left = remaining;
+    while left > 0 {
         if buffer.is_empty() {
             read_more(source, buffer, patience.read)
                 .await
                 .map_err(CopyError::Source)?;
         }
-        let take = (remaining.min(buffer.len() as u64)) as usize;
+        let take = (left.min(buffer.len() as u64)) as usize;
         write_within(sink, &buffer[..take], patience.write)
             .await
             .map_err(CopyError::Sink)?;
         buffer.advance(take);
-        remaining -= take as u64;
+        left -= take as u64;
     }
-    Ok(())
+    Ok(remaining)
 }
 
 /// Copies a chunked body from `source` (after what is already in `buffer`) to `sink`, validated
 /// and re-encoded (see [`ChunkedRelay`]), up to the end of its trailers; `relay` says where in
-/// the body `buffer` starts. A malformed body is the source's fault.
+/// the body `buffer` starts. A malformed body is the source's fault. Returns the bytes written,
+/// chunk framing included.
 pub(super) async fn copy_chunked(
     source: &mut TcpStream,
     buffer: &mut BytesMut,
     sink: &mut TcpStream,
     patience: Patience,
     mut relay: ChunkedRelay,
-) -> Result<(), CopyError> {
+) -> Result<u64, CopyError> {
     let mut output = BytesMut::with_capacity(READ_CHUNK);
+    let mut written = 0;
     loop {
         relay_some(&mut relay, buffer, &mut output).map_err(CopyError::Source)?;
         if !output.is_empty() {
             write_within(sink, &output[..], patience.write)
                 .await
                 .map_err(CopyError::Sink)?;
+            written += output.len() as u64;
             output.clear();
         }
         if relay.is_done() {
-            return Ok(());
+            return Ok(written);
         }
         read_more(source, buffer, patience.read)
             .await

@@ -60,9 +60,10 @@ pub fn request(bytes: &[u8]) -> Result<Option<Request>, u16> {
         client: b"127.0.0.1",
         scheme: "http",
         draining: false,
+        request_ids: false,
     };
     match parse_with(bytes, &forwarding, empty_snapshot(), |_, _| {
-        (Routed::NoPool, 0)
+        (Routed::NoPool, None, 0)
     }) {
         Ok(Some((head, consumed))) => Ok(Some(Request {
             upstream: head.upstream.to_vec(),
@@ -108,6 +109,8 @@ pub fn response(
         expect_continue: false,
         hostless: false,
         routed: Routed::NoPool,
+        route: None,
+        facts: None,
         key: 0,
         snapshot: empty_snapshot(),
     };

@@ -29,11 +29,13 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use self::body::{CopyError, Patience, write_within};
-use self::message::{Framing, MAX_HEAD, READ_CHUNK};
+use self::message::{Framing, MAX_HEAD, READ_CHUNK, put_header};
 use self::request::{Refusal, RequestHead, parse_request, send_request};
 use self::response::{ResponseHead, read_response, send_response};
+use crate::access_log::Line;
 use crate::attempt::{self, Attempt, ClientContext, Try};
 use crate::metrics::ErrorKind;
+use crate::request_id;
 use crate::state::{PoolSnapshot, Routed};
 use crate::upstream::{self, Raw};
 /// How long to look for an early response after a backend stopped taking a request body.
@@ -84,7 +86,11 @@ pub(crate) async fn serve(
                 return;
             }
         };
-        match proxy(&context, &mut client, &mut buffer, head).await {
+        let started = Instant::now();
+        let mut outcome = Outcome::default();
+        let next = proxy(&context, &mut client, &mut buffer, &head, &mut outcome).await;
+        log(&context, &head, &outcome, started);
+        match next {
             Ok(Next::KeepAlive) if !context.shared.draining.load(Ordering::Relaxed) => {}
             _ => return,
         }
@@ -138,12 +144,61 @@ async fn read_request(
     }
 }
 
+/// What became of a request, for its access log line.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// 0 until a response (or its head) is on its way.
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    first_byte: Option<Duration>,
+    backend: Option<std::net::SocketAddr>,
+    retries: u32,
+}
+
+/// The request's access log line, if the log is on.
+fn log(context: &ClientContext, head: &RequestHead, outcome: &Outcome, started: Instant) {
+    let (Some(log), Some(facts)) = (&context.shared.access_log, &head.facts) else {
+        return;
+    };
+    let snapshot = &head.snapshot;
+    let pool = match head.routed {
+        Routed::Pool(pool) => Some(snapshot.pools[pool].state.name.as_str()),
+        _ => None,
+    };
+    log.record(&Line {
+        client: context.client,
+        request: facts,
+        protocol: if head.http10 { "HTTP/1.0" } else { "HTTP/1.1" },
+        status: outcome.status,
+        bytes_in: outcome.bytes_in,
+        bytes_out: outcome.bytes_out,
+        total: started.elapsed(),
+        first_byte: outcome.first_byte,
+        backend: outcome.backend,
+        pool,
+        route: snapshot.route_table(context.listener).zip(head.route),
+        retries: outcome.retries,
+    });
+}
+
+/// The request's ID, when the client is to be told it.
+fn id_for_client<'h>(context: &ClientContext, head: &'h RequestHead) -> Option<&'h str> {
+    let facts = head.facts.as_ref()?;
+    context
+        .shared
+        .settings
+        .request_id_header
+        .then(|| facts.request_id())
+}
+
 /// Sends one request to a backend (retrying where safe) and its response to the client.
 async fn proxy(
     context: &ClientContext,
     client: &mut TcpStream,
     buffer: &mut BytesMut,
-    head: RequestHead,
+    head: &RequestHead,
+    outcome: &mut Outcome,
 ) -> io::Result<Next> {
     let started = Instant::now();
     let shared = &context.shared;
@@ -156,7 +211,15 @@ async fn proxy(
             let (status, text, location) = attempt::routed_answer(answer);
             // Its body, if it has one, was not read: the connection cannot be trusted after.
             let keep_alive = head.keep_alive && head.body == Framing::Empty;
-            write_answer(client, status, location, &text, keep_alive, timeouts.idle).await?;
+            outcome.status = status.as_u16();
+            outcome.bytes_out = text.len() as u64;
+            let answer = Answer {
+                status,
+                location,
+                text: &text,
+                request_id: id_for_client(context, head),
+            };
+            write_answer(client, answer, keep_alive, timeouts.idle).await?;
             return Ok(if keep_alive {
                 Next::KeepAlive
             } else {
@@ -184,7 +247,7 @@ async fn proxy(
         Some(Ok(buffered)) => Some(buffered),
         Some(Err(error)) => {
             // The client's body never arrived whole, or was malformed: no backend saw any of it.
-            return refuse_body(context, pool, client, &error).await;
+            return refuse_body(context, pool, client, &error, outcome).await;
         }
     };
     let replayable = head.body == Framing::Empty && head.idempotent && !head.upgrade;
@@ -198,9 +261,11 @@ async fn proxy(
         write: timeouts.idle,
     };
     while let Some((tried, mut upstream)) = attempt.next::<Raw>().await {
+        outcome.retries = attempt.retries();
+        outcome.backend = Some(tried.backend.address);
         let sent = send_request(
             &mut upstream,
-            &head,
+            head,
             client,
             buffer,
             buffered.take(),
@@ -208,16 +273,16 @@ async fn proxy(
         )
         .await;
         match sent {
-            Ok(()) => {}
+            Ok(sent) => outcome.bytes_in = sent,
             Err(CopyError::Source(error)) => {
                 // The client stopped sending its body, or sent a malformed one: nothing more to
                 // forward, no backend to blame.
-                return refuse_body(context, pool, client, &error).await;
+                return refuse_body(context, pool, client, &error, outcome).await;
             }
             Err(CopyError::Sink(error)) => {
                 // A backend may answer before it has read the whole body (413, 401) and stop
                 // reading: its answer is the response, and no failure of its own.
-                let closing_head = closing(&head);
+                let closing_head = closing(head);
                 if head.body != Framing::Empty
                     && let Ok(Ok(mut response)) = tokio::time::timeout(
                         EARLY_RESPONSE_WAIT,
@@ -227,12 +292,13 @@ async fn proxy(
                 {
                     // The rest of the body was never sent: this connection is out of step.
                     response.backend_keep_alive = false;
+                    outcome.first_byte = Some(started.elapsed());
                     let exchange = Exchange {
                         upstream,
                         head: &closing_head,
                         response,
                     };
-                    let next = respond(&attempt, tried, client, buffer, exchange).await;
+                    let next = respond(&attempt, tried, client, buffer, exchange, outcome).await;
                     linger(client).await;
                     return next.map(|_| Next::Close);
                 }
@@ -242,13 +308,13 @@ async fn proxy(
         }
         let response = tokio::time::timeout(
             pool.state.response_timeout,
-            read_response(&mut upstream, &head, client, receiving),
+            read_response(&mut upstream, head, client, receiving),
         )
         .await;
         match response {
             Err(_) => {
                 let kind = attempt.timed_out(&tried);
-                return reply_error(client, kind, &head, timeouts.idle).await;
+                return reply_error(context, client, kind, head, outcome).await;
             }
             Ok(Err(error)) => {
                 // A cached connection the backend had closed is not the backend failing.
@@ -256,17 +322,19 @@ async fn proxy(
                 attempt.exchange_failed(&tried, &error, blame);
             }
             Ok(Ok(response)) => {
+                outcome.first_byte = Some(started.elapsed());
                 let exchange = Exchange {
                     upstream,
-                    head: &head,
+                    head,
                     response,
                 };
-                return respond(&attempt, tried, client, buffer, exchange).await;
+                return respond(&attempt, tried, client, buffer, exchange, outcome).await;
             }
         }
     }
+    outcome.retries = attempt.retries();
     let kind = attempt.give_up();
-    reply_error(client, kind, &head, timeouts.idle).await
+    reply_error(context, client, kind, head, outcome).await
 }
 
 /// A client's request body stopped or was malformed: a 400 for the malformed one, and the
@@ -276,12 +344,15 @@ async fn refuse_body(
     pool: &PoolSnapshot,
     client: &mut TcpStream,
     error: &io::Error,
+    outcome: &mut Outcome,
 ) -> io::Result<Next> {
     tracing::debug!(client = %context.client, %error, "request body refused");
     if error.kind() == io::ErrorKind::InvalidData {
         pool.state.counters.error(ErrorKind::BadRequest);
         let patience = context.shared.settings.timeouts.idle;
         let (status, text) = attempt::answer(ErrorKind::BadRequest);
+        outcome.status = status.as_u16();
+        outcome.bytes_out = text.len() as u64;
         let _ = write_error(client, status, text, false, patience).await;
     }
     Ok(Next::Close)
@@ -302,15 +373,28 @@ async fn respond(
     client: &mut TcpStream,
     buffer: &mut BytesMut,
     exchange: Exchange<'_>,
+    outcome: &mut Outcome,
 ) -> io::Result<Next> {
     let Exchange {
         mut upstream,
         head,
-        response,
+        mut response,
     } = exchange;
-    let shared = &attempt.context().shared;
+    let context = attempt.context();
+    let shared = &context.shared;
     let backend = tried.backend;
     attempt.responded(&tried, response.status);
+    outcome.status = response.status;
+    if let Some(id) = id_for_client(context, head) {
+        // Before the head's empty line.
+        response.client.truncate(response.client.len() - 2);
+        put_header(
+            &mut response.client,
+            request_id::HEADER.as_bytes(),
+            id.as_bytes(),
+        );
+        response.client.extend_from_slice(b"\r\n");
+    }
 
     let patience = Patience {
         read: attempt.pool().response_timeout,
@@ -333,7 +417,7 @@ async fn respond(
 
     let result = send_response(client, &mut upstream, &response, patience).await;
     attempt.finished();
-    result?;
+    outcome.bytes_out = result?;
     if !upstream.buffer.is_empty() {
         // Bytes beyond the response: the connection is out of step.
         shared.distrust(backend);
@@ -352,15 +436,25 @@ async fn respond(
 /// Answers for the backend (the error is counted already); keeps the client connection when
 /// it can.
 async fn reply_error(
+    context: &ClientContext,
     client: &mut TcpStream,
     kind: ErrorKind,
     head: &RequestHead,
-    patience: Duration,
+    outcome: &mut Outcome,
 ) -> io::Result<Next> {
     let (status, text) = attempt::answer(kind);
     // A request body we did not forward would be read as the next request: close instead.
     let keep_alive = head.keep_alive && head.body == Framing::Empty;
-    write_error(client, status, text, keep_alive, patience).await?;
+    outcome.status = status.as_u16();
+    outcome.bytes_out = text.len() as u64;
+    let answer = Answer {
+        status,
+        location: None,
+        text,
+        request_id: id_for_client(context, head),
+    };
+    let patience = context.shared.settings.timeouts.idle;
+    write_answer(client, answer, keep_alive, patience).await?;
     Ok(if keep_alive {
         Next::KeepAlive
     } else {
@@ -375,26 +469,46 @@ async fn write_error(
     keep_alive: bool,
     patience: Duration,
 ) -> io::Result<()> {
-    write_answer(client, status, None, text, keep_alive, patience).await
+    let answer = Answer {
+        status,
+        location: None,
+        text,
+        request_id: None,
+    };
+    write_answer(client, answer, keep_alive, patience).await
 }
 
-/// A response the LB writes itself, with a `Location` for a redirect.
+/// A response the LB writes itself.
+struct Answer<'a> {
+    status: StatusCode,
+    /// A redirect's target.
+    location: Option<&'a str>,
+    text: &'a str,
+    /// The request's ID, when the client is to be told it.
+    request_id: Option<&'a str>,
+}
+
 async fn write_answer(
     client: &mut TcpStream,
-    status: StatusCode,
-    location: Option<&str>,
-    text: &str,
+    answer: Answer<'_>,
     keep_alive: bool,
     patience: Duration,
 ) -> io::Result<()> {
+    let Answer {
+        status,
+        location,
+        text,
+        request_id,
+    } = answer;
     let connection = if keep_alive {
         ""
     } else {
         "connection: close\r\n"
     };
     let location = location.map_or_else(String::new, |to| format!("location: {to}\r\n"));
+    let id = request_id.map_or_else(String::new, |id| format!("x-request-id: {id}\r\n"));
     let response = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{location}{connection}\r\n{text}",
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{location}{id}{connection}\r\n{text}",
         status.as_str(),
         status.canonical_reason().unwrap_or(""),
         text.len()
@@ -413,6 +527,7 @@ fn closing(head: &RequestHead) -> RequestHead {
         keep_alive: false,
         upstream: BytesMut::new(),
         routed: head.routed.clone(),
+        facts: head.facts.clone(),
         snapshot: Arc::clone(&head.snapshot),
         ..*head
     }

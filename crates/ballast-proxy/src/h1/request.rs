@@ -9,10 +9,11 @@ use tokio::net::TcpStream;
 
 use super::body::{Buffered, CopyError, Patience, copy_chunked, copy_length, write_within};
 use super::message::{Coding, Framing, MAX_HEADERS, Message, is_framing, put_header};
+use crate::access_log::RequestFacts;
 use crate::attempt::ClientContext;
-use crate::headers;
 use crate::state::{RequestLine, Routed, Snapshot};
 use crate::upstream::Raw;
+use crate::{headers, request_id};
 
 /// A request head, ready to send to a backend.
 #[derive(Debug)]
@@ -31,6 +32,10 @@ pub(super) struct RequestHead {
     pub(super) hostless: bool,
     /// Where it goes (a pool of `snapshot`, or an answer from the LB).
     pub(super) routed: Routed,
+    /// The position of the route that chose, on a listener with a route table.
+    pub(super) route: Option<u32>,
+    /// What the access log says of it, and its ID (while request IDs are on).
+    pub(super) facts: Option<RequestFacts>,
     pub(super) key: u64,
     /// The configuration the request was routed and keyed by, and the one it is proxied with.
     pub(super) snapshot: Arc<Snapshot>,
@@ -63,6 +68,7 @@ pub(super) fn parse_request(
         client: context.client_value.as_bytes(),
         scheme: context.scheme,
         draining: shared.draining.load(Ordering::Relaxed),
+        request_ids: shared.settings.request_ids(),
     };
     let routing = Arc::clone(&snapshot);
     let (listener, client_ip) = (context.listener, context.client.ip());
@@ -73,7 +79,7 @@ pub(super) fn parse_request(
                 .find(|h| h.name.eq_ignore_ascii_case(name))
                 .map(|h| h.value)
         };
-        let routed = routing.route(listener, request, header);
+        let (routed, route) = routing.route(listener, request, header);
         let key = match &routed {
             Routed::Pool(pool) if routing.pools[*pool].uses_key => routing.pools[*pool]
                 .state
@@ -81,7 +87,7 @@ pub(super) fn parse_request(
                 .of_raw(request.target, headers, client_ip),
             _ => 0,
         };
-        (routed, key)
+        (routed, route, key)
     })
 }
 
@@ -94,6 +100,8 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) scheme: &'a str,
     /// While draining, every response says `Connection: close`.
     pub(crate) draining: bool,
+    /// Every request gets an ID, sent to the backend in `X-Request-Id`.
+    pub(crate) request_ids: bool,
 }
 
 /// [`parse_request`] without a server: `choose` routes the request and hashes it for its pool.
@@ -101,7 +109,7 @@ pub(crate) fn parse_with(
     bytes: &[u8],
     forwarding: &Forwarding<'_>,
     snapshot: Arc<Snapshot>,
-    choose: impl FnOnce(RequestLine<'_>, &[httparse::Header<'_>]) -> (Routed, u64),
+    choose: impl FnOnce(RequestLine<'_>, &[httparse::Header<'_>]) -> (Routed, Option<u32>, u64),
 ) -> Result<Option<(RequestHead, usize)>, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
@@ -138,7 +146,7 @@ pub(crate) fn parse_with(
         host,
         target: path,
     };
-    let (routed, key) = choose(line, request.headers);
+    let (routed, route, key) = choose(line, request.headers);
 
     let mut upstream = BytesMut::with_capacity(length + 128);
     upstream.put_slice(method.as_bytes());
@@ -148,8 +156,21 @@ pub(crate) fn parse_with(
     if let Some(host) = host {
         put_header(&mut upstream, b"host", host);
     }
+    let mut sent_id = None;
+    let (mut referer, mut user_agent): (&[u8], &[u8]) = (b"", b"");
     for header in request.headers.iter() {
         let name = header.name;
+        if forwarding.request_ids {
+            if name.eq_ignore_ascii_case(request_id::HEADER) {
+                // Sent on as the one ID below, whether it is the client's or a new one.
+                sent_id = Some(header.value);
+                continue;
+            } else if name.eq_ignore_ascii_case("referer") {
+                referer = header.value;
+            } else if name.eq_ignore_ascii_case("user-agent") {
+                user_agent = header.value;
+            }
+        }
         let keep_upgrade = upgrade && name.eq_ignore_ascii_case("upgrade");
         if is_framing(name)
             || (!keep_upgrade && message.is_hop_by_hop(name))
@@ -170,6 +191,18 @@ pub(crate) fn parse_with(
     upstream.put_slice(b"\r\nx-forwarded-proto: ");
     upstream.put_slice(forwarding.scheme.as_bytes());
     upstream.put_slice(b"\r\n");
+    let facts = forwarding.request_ids.then(|| {
+        let (id, _) = request_id::of_request(sent_id);
+        put_header(&mut upstream, request_id::HEADER.as_bytes(), id.as_bytes());
+        RequestFacts::new(
+            method,
+            host.unwrap_or_default(),
+            path,
+            referer,
+            user_agent,
+            &id,
+        )
+    });
     match body {
         Framing::Chunked => upstream.put_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Length(n) => put_length(&mut upstream, n),
@@ -199,6 +232,8 @@ pub(crate) fn parse_with(
             expect_continue: message.expect_continue,
             hostless: host.is_none(),
             routed,
+            route,
+            facts,
             key,
             snapshot,
         },
@@ -240,7 +275,8 @@ pub(super) fn put_length(out: &mut BytesMut, length: u64) {
 }
 
 /// Writes the request head and body to the backend: the body from `buffered` first, if it was
-/// read before the backend was chosen, then whatever of it is still to come.
+/// read before the backend was chosen, then whatever of it is still to come. Returns the body's
+/// bytes as sent.
 pub(super) async fn send_request(
     upstream: &mut Raw,
     head: &RequestHead,
@@ -248,7 +284,7 @@ pub(super) async fn send_request(
     buffer: &mut BytesMut,
     buffered: Option<Buffered>,
     patience: Patience,
-) -> Result<(), CopyError> {
+) -> Result<u64, CopyError> {
     let with_host;
     let head_bytes: &[u8] = if head.hostless {
         with_host = add_host(&head.upstream, upstream.stream.peer_addr().ok());
@@ -260,6 +296,7 @@ pub(super) async fn send_request(
     match head.body {
         Framing::Empty | Framing::UntilClose => write_within(sink, head_bytes, patience.write)
             .await
+            .map(|()| 0)
             .map_err(CopyError::Sink),
         Framing::Length(length) => {
             let ready = (length.min(buffer.len() as u64)) as usize;
@@ -268,7 +305,8 @@ pub(super) async fn send_request(
                 .await
                 .map_err(CopyError::Sink)?;
             buffer.advance(ready);
-            copy_length(client, buffer, sink, length - ready as u64, patience).await
+            copy_length(client, buffer, sink, length - ready as u64, patience).await?;
+            Ok(length)
         }
         Framing::Chunked => {
             let (relay, encoded) = buffered.and_then(|b| b.chunked).unwrap_or_default();
@@ -276,10 +314,11 @@ pub(super) async fn send_request(
             write_within(sink, first, patience.write)
                 .await
                 .map_err(CopyError::Sink)?;
+            let first_bytes = encoded.len() as u64;
             if relay.is_done() {
-                return Ok(());
+                return Ok(first_bytes);
             }
-            copy_chunked(client, buffer, sink, patience, relay).await
+            Ok(first_bytes + copy_chunked(client, buffer, sink, patience, relay).await?)
         }
     }
 }
@@ -305,13 +344,16 @@ mod tests {
             client: b"10.0.0.9",
             scheme: "https",
             draining: false,
+            request_ids: false,
         };
         let snapshot = Arc::new(Snapshot {
             pools: Vec::new(),
             by_listener: Vec::new(),
             revision: 0,
         });
-        parse_with(bytes, &forwarding, snapshot, |_, _| (Routed::NoPool, 7))
+        parse_with(bytes, &forwarding, snapshot, |_, _| {
+            (Routed::NoPool, None, 7)
+        })
     }
 
     fn head(bytes: &[u8]) -> RequestHead {

@@ -180,9 +180,11 @@ pub(super) async fn send_response(
     upstream: &mut Raw,
     response: &ResponseHead,
     patience: Patience,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     match response.body {
-        Framing::Empty => write_within(client, &response.client[..], patience.write).await,
+        Framing::Empty => write_within(client, &response.client[..], patience.write)
+            .await
+            .map(|()| 0),
         Framing::Length(length) => {
             let ready = (length.min(upstream.buffer.len() as u64)) as usize;
             let first = Buf::chain(&response.client[..], &upstream.buffer[..ready]);
@@ -196,7 +198,8 @@ pub(super) async fn send_response(
                 patience,
             )
             .await
-            .map_err(io::Error::from)
+            .map_err(io::Error::from)?;
+            Ok(length)
         }
         Framing::Chunked => {
             write_within(client, &response.client[..], patience.write).await?;
@@ -212,12 +215,14 @@ pub(super) async fn send_response(
         }
         Framing::UntilClose => {
             write_within(client, &response.client[..], patience.write).await?;
+            let mut written = 0;
             loop {
                 write_within(client, &upstream.buffer[..], patience.write).await?;
+                written += upstream.buffer.len() as u64;
                 upstream.buffer.clear();
                 match read_more(&mut upstream.stream, &mut upstream.buffer, patience.read).await {
                     Ok(()) => {}
-                    Err(end) if end.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(end) if end.kind() == io::ErrorKind::UnexpectedEof => return Ok(written),
                     Err(error) => return Err(error),
                 }
             }
@@ -241,6 +246,8 @@ mod tests {
             expect_continue: false,
             hostless: false,
             routed: crate::state::Routed::NoPool,
+            route: None,
+            facts: None,
             key: 0,
             snapshot: std::sync::Arc::new(crate::state::Snapshot {
                 pools: Vec::new(),

@@ -113,6 +113,17 @@ pub(crate) struct LbArgs {
     /// then close the listeners and drain [default: 0s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     drain_delay: Option<Duration>,
+    /// Write one line per HTTP request to this file (`-`: standard output); SIGUSR1 reopens it
+    /// (logrotate).
+    #[arg(long, value_name = "PATH")]
+    access_log: Option<ballast_proxy::access_log::LogTarget>,
+    /// How access log lines are written: json, or nginx's combined [default: json].
+    #[arg(long, value_name = "FORMAT", requires = "access_log")]
+    access_log_format: Option<ballast_proxy::access_log::LogFormat>,
+    /// Tell clients each request's ID in X-Request-Id (backends are told it whenever request
+    /// IDs are on: with the access log, or with this).
+    #[arg(long)]
+    request_id_header: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -198,6 +209,14 @@ impl LbArgs {
         settings.drain_timeout = self.drain_timeout.unwrap_or(settings.drain_timeout);
         settings.drain_delay = self.drain_delay.unwrap_or(settings.drain_delay);
         settings.request_buffering = self.request_buffering.unwrap_or(settings.request_buffering);
+        if let Some(target) = &self.access_log {
+            let format = settings.access_log.as_ref().map(|log| log.format);
+            settings.access_log = Some(ballast_proxy::access_log::AccessLogSettings {
+                target: target.clone(),
+                format: self.access_log_format.or(format).unwrap_or_default(),
+            });
+        }
+        settings.request_id_header |= self.request_id_header;
         settings.validate()?;
         Ok(settings)
     }
