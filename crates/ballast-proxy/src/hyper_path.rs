@@ -341,8 +341,7 @@ impl Logged {
             || header(header::HOST.as_str()),
             |authority| authority.as_str().as_bytes(),
         );
-        let (id, _) =
-            request_id::of_request(headers.get(request_id::HEADER).map(HeaderValue::as_bytes));
+        let id = request_id::of_request(headers.get(request_id::HEADER).map(HeaderValue::as_bytes));
         let facts = RequestFacts::new(
             request.method().as_str(),
             host,

@@ -42,11 +42,11 @@ impl RequestId {
 }
 
 /// The ID of a request whose `X-Request-Id` (if any) was `sent`: the client's when valid, else
-/// a new one; the flag says whether the LB made it (and so must tell the backend).
-pub(crate) fn of_request(sent: Option<&[u8]>) -> (String, bool) {
+/// a new one.
+pub(crate) fn of_request(sent: Option<&[u8]>) -> String {
     match sent {
-        Some(value) if is_valid(value) => (String::from_utf8_lossy(value).into_owned(), false),
-        _ => (RequestId::new().as_str().to_owned(), true),
+        Some(value) if is_valid(value) => String::from_utf8_lossy(value).into_owned(),
+        _ => RequestId::new().as_str().to_owned(),
     }
 }
 
@@ -63,7 +63,7 @@ mod tests {
             b"trace:span/1@edge",
         ] {
             assert!(is_valid(kept), "{kept:?}");
-            assert_eq!(of_request(Some(kept)).0.as_bytes(), kept);
+            assert_eq!(of_request(Some(kept)).as_bytes(), kept);
         }
         for replaced in [
             &b""[..],
@@ -73,8 +73,11 @@ mod tests {
             &[b'a'; 129],
         ] {
             assert!(!is_valid(replaced), "{replaced:?}");
-            let (id, made) = of_request(Some(replaced));
-            assert!(made && id.len() == 32);
+            let id = of_request(Some(replaced));
+            assert!(
+                id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            );
         }
     }
 

@@ -69,30 +69,28 @@ impl From<CopyError> for io::Error {
     }
 }
 
-/// Copies `remaining` body bytes from `source` (after what is already in `buffer`) to `sink`;
-/// the count copied is `remaining`, returned for symmetry with [`copy_chunked`].
+/// Copies `remaining` body bytes from `source` (after what is already in `buffer`) to `sink`.
 pub(super) async fn copy_length(
     source: &mut TcpStream,
     buffer: &mut BytesMut,
     sink: &mut TcpStream,
-    remaining: u64,
+    mut remaining: u64,
     patience: Patience,
-) -> Result<u64, CopyError> {
-    let mut left = remaining;
-    while left > 0 {
+) -> Result<(), CopyError> {
+    while remaining > 0 {
         if buffer.is_empty() {
             read_more(source, buffer, patience.read)
                 .await
                 .map_err(CopyError::Source)?;
         }
-        let take = (left.min(buffer.len() as u64)) as usize;
+        let take = (remaining.min(buffer.len() as u64)) as usize;
         write_within(sink, &buffer[..take], patience.write)
             .await
             .map_err(CopyError::Sink)?;
         buffer.advance(take);
-        left -= take as u64;
+        remaining -= take as u64;
     }
-    Ok(remaining)
+    Ok(())
 }
 
 /// Copies a chunked body from `source` (after what is already in `buffer`) to `sink`, validated

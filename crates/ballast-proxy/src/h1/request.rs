@@ -192,7 +192,7 @@ pub(crate) fn parse_with(
     upstream.put_slice(forwarding.scheme.as_bytes());
     upstream.put_slice(b"\r\n");
     let facts = forwarding.request_ids.then(|| {
-        let (id, _) = request_id::of_request(sent_id);
+        let id = request_id::of_request(sent_id);
         put_header(&mut upstream, request_id::HEADER.as_bytes(), id.as_bytes());
         RequestFacts::new(
             method,
