@@ -348,7 +348,7 @@ impl Logged {
             request.uri().path_and_query().map_or("/", |pq| pq.as_str()),
             header(header::REFERER.as_str()),
             header(header::USER_AGENT.as_str()),
-            &id,
+            id.as_str(),
         );
         let protocol = match request.version() {
             http::Version::HTTP_2 => "HTTP/2.0",

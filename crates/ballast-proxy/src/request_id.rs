@@ -41,12 +41,33 @@ impl RequestId {
     }
 }
 
+/// A request's ID: the one it came with, or one the LB made. Borrowed or on the stack: the
+/// request path makes one per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Id<'a> {
+    Kept(&'a str),
+    Made(RequestId),
+}
+
+impl Id<'_> {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Self::Kept(sent) => sent,
+            Self::Made(made) => made.as_str(),
+        }
+    }
+}
+
 /// The ID of a request whose `X-Request-Id` (if any) was `sent`: the client's when valid, else
 /// a new one.
-pub(crate) fn of_request(sent: Option<&[u8]>) -> String {
-    match sent {
-        Some(value) if is_valid(value) => String::from_utf8_lossy(value).into_owned(),
-        _ => RequestId::new().as_str().to_owned(),
+pub(crate) fn of_request(sent: Option<&[u8]>) -> Id<'_> {
+    // A valid ID is ASCII, so UTF-8.
+    match sent
+        .filter(|value| is_valid(value))
+        .map(std::str::from_utf8)
+    {
+        Some(Ok(kept)) => Id::Kept(kept),
+        _ => Id::Made(RequestId::new()),
     }
 }
 
@@ -63,7 +84,7 @@ mod tests {
             b"trace:span/1@edge",
         ] {
             assert!(is_valid(kept), "{kept:?}");
-            assert_eq!(of_request(Some(kept)).as_bytes(), kept);
+            assert_eq!(of_request(Some(kept)).as_str().as_bytes(), kept);
         }
         for replaced in [
             &b""[..],
@@ -74,6 +95,7 @@ mod tests {
         ] {
             assert!(!is_valid(replaced), "{replaced:?}");
             let id = of_request(Some(replaced));
+            let id = id.as_str();
             assert!(
                 id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
                 "{id}"

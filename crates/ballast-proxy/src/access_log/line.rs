@@ -9,7 +9,7 @@
 
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::LogFormat;
@@ -44,7 +44,10 @@ impl RequestFacts {
             request_id.as_bytes(),
         ];
         for (end, part) in ends.iter_mut().zip(parts) {
-            text.push_str(&String::from_utf8_lossy(part));
+            match std::str::from_utf8(part) {
+                Ok(valid) => text.push_str(valid),
+                Err(_) => text.push_str(&String::from_utf8_lossy(part)),
+            }
             *end = u32::try_from(text.len()).unwrap_or(u32::MAX);
         }
         Self { text, ends }
@@ -119,13 +122,11 @@ impl Line<'_> {
         let request = self.request;
         out.extend_from_slice(b"{\"time\":\"");
         clock(now, |c| out.extend_from_slice(c.iso.as_bytes()));
-        // Writing into a Vec cannot fail.
-        let _ = write!(
-            out,
-            ".{:03}Z\",\"client\":\"{}\"",
-            millis_of(now),
-            self.client.ip()
-        );
+        out.push(b'.');
+        push_three_digits(out, millis_of(now));
+        out.extend_from_slice(b"Z\",\"client\":\"");
+        push_ip(out, self.client.ip());
+        out.push(b'"');
         for (name, value) in [
             ("method", request.method()),
             ("host", request.host()),
@@ -134,25 +135,27 @@ impl Line<'_> {
         ] {
             json_field(out, name, value);
         }
-        let _ = write!(
-            out,
-            ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{:.3}",
-            self.status,
-            self.bytes_in,
-            self.bytes_out,
-            self.total.as_secs_f64() * 1e3
-        );
+        out.extend_from_slice(b",\"status\":");
+        push_decimal(out, self.status.into());
+        out.extend_from_slice(b",\"bytes_in\":");
+        push_decimal(out, self.bytes_in);
+        out.extend_from_slice(b",\"bytes_out\":");
+        push_decimal(out, self.bytes_out);
+        out.extend_from_slice(b",\"duration_ms\":");
+        push_millis(out, self.total);
         out.extend_from_slice(b",\"backend_ms\":");
         match self.first_byte {
-            Some(at) => {
-                let _ = write!(out, "{:.3}", at.as_secs_f64() * 1e3);
-            }
+            Some(at) => push_millis(out, at),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"backend\":");
         match self.backend {
             Some(backend) => {
-                let _ = write!(out, "\"{backend}\"");
+                out.push(b'"');
+                push_ip(out, backend.ip());
+                out.push(b':');
+                push_decimal(out, backend.port().into());
+                out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
         }
@@ -166,11 +169,14 @@ impl Line<'_> {
             Some((table, position)) => {
                 out.push(b'"');
                 json_escaped(out, table);
-                let _ = write!(out, "#{position}\"");
+                out.push(b'#');
+                push_decimal(out, position.into());
+                out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
         }
-        let _ = write!(out, ",\"retries\":{}", self.retries);
+        out.extend_from_slice(b",\"retries\":");
+        push_decimal(out, self.retries.into());
         for (name, value) in [
             ("request_id", request.request_id()),
             ("referer", request.referer()),
@@ -183,7 +189,8 @@ impl Line<'_> {
 
     fn combined(&self, now: SystemTime, out: &mut Vec<u8>) {
         let request = self.request;
-        let _ = write!(out, "{} - - [", self.client.ip());
+        push_ip(out, self.client.ip());
+        out.extend_from_slice(b" - - [");
         clock(now, |c| out.extend_from_slice(c.common.as_bytes()));
         out.extend_from_slice(b" +0000] \"");
         nginx_escaped(out, request.method());
@@ -191,7 +198,11 @@ impl Line<'_> {
         nginx_escaped(out, request.target());
         out.push(b' ');
         out.extend_from_slice(self.protocol.as_bytes());
-        let _ = write!(out, "\" {} {} \"", self.status, self.bytes_out);
+        out.extend_from_slice(b"\" ");
+        push_decimal(out, self.status.into());
+        out.push(b' ');
+        push_decimal(out, self.bytes_out);
+        out.extend_from_slice(b" \"");
         nginx_escaped_or_dash(out, request.referer());
         out.extend_from_slice(b"\" \"");
         nginx_escaped_or_dash(out, request.user_agent());
@@ -212,18 +223,27 @@ fn json_string(out: &mut Vec<u8>, value: &str) {
     out.push(b'"');
 }
 
-/// RFC 8259 §7: `"`, `\` and control characters escaped; the rest is UTF-8 as it is.
+/// RFC 8259 §7: `"`, `\` and control characters escaped; the rest is UTF-8 as it is. Runs
+/// without any are copied whole: most values have none.
 fn json_escaped(out: &mut Vec<u8>, value: &str) {
-    for &byte in value.as_bytes() {
-        match byte {
+    let mut rest = value.as_bytes();
+    while let Some(at) = rest.iter().position(|&b| needs_json_escape(b)) {
+        out.extend_from_slice(&rest[..at]);
+        match rest[at] {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
-            0..0x20 | 0x7f => {
-                let _ = write!(out, "\\u{byte:04x}");
+            control => {
+                out.extend_from_slice(b"\\u00");
+                out.extend_from_slice(&hex_byte(control));
             }
-            _ => out.push(byte),
         }
+        rest = &rest[at + 1..];
     }
+    out.extend_from_slice(rest);
+}
+
+fn needs_json_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\' || byte == 0x7f
 }
 
 fn nginx_escaped_or_dash(out: &mut Vec<u8>, value: &str) {
@@ -239,10 +259,65 @@ fn nginx_escaped_or_dash(out: &mut Vec<u8>, value: &str) {
 fn nginx_escaped(out: &mut Vec<u8>, value: &str) {
     for &byte in value.as_bytes() {
         if byte == b'"' || byte == b'\\' || !(0x20..0x7f).contains(&byte) {
-            let _ = write!(out, "\\x{byte:02X}");
+            out.extend_from_slice(b"\\x");
+            out.extend_from_slice(&hex_byte(byte).map(|d| d.to_ascii_uppercase()));
         } else {
             out.push(byte);
         }
+    }
+}
+
+fn hex_byte(byte: u8) -> [u8; 2] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    [HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]
+}
+
+/// `n` in decimal, without `fmt`'s machinery: a line holds a dozen numbers.
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// `n` (below 1000) as three digits, for milliseconds and microseconds after a point.
+fn push_three_digits(out: &mut Vec<u8>, n: u32) {
+    let n = n % 1000;
+    out.extend_from_slice(&[
+        b'0' + (n / 100) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]);
+}
+
+/// Milliseconds with three decimals (microseconds), as integers: no float formatting.
+fn push_millis(out: &mut Vec<u8>, duration: Duration) {
+    let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    push_decimal(out, micros / 1000);
+    out.push(b'.');
+    push_three_digits(out, (micros % 1000) as u32);
+}
+
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(out, octet.into());
+            }
+        }
+        // Writing into a Vec cannot fail.
+        IpAddr::V6(v6) => drop(write!(out, "{v6}")),
     }
 }
 
@@ -351,6 +426,35 @@ mod tests {
     /// 2026-12-05T14:33:31.042Z
     fn moment() -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(1_796_481_211_042)
+    }
+
+    #[test]
+    fn numbers_and_addresses_are_written_as_fmt_would() {
+        let written = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut out = Vec::new();
+            f(&mut out);
+            String::from_utf8(out).expect("test")
+        };
+        for n in [0, 7, 10, 999, 1000, 65_535, u64::MAX] {
+            assert_eq!(written(&|out| push_decimal(out, n)), n.to_string());
+        }
+        for micros in [0, 1, 999, 1000, 1_500, 12_345_678] {
+            let duration = Duration::from_micros(micros);
+            assert_eq!(
+                written(&|out| push_millis(out, duration)),
+                format!("{:.3}", micros as f64 / 1e3)
+            );
+        }
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.9",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().expect("test");
+            assert_eq!(written(&|out| push_ip(out, ip)), ip.to_string());
+        }
     }
 
     #[test]

@@ -86,10 +86,12 @@ pub(crate) async fn serve(
                 return;
             }
         };
-        let started = Instant::now();
+        let started = context.shared.access_log.is_some().then(Instant::now);
         let mut outcome = Outcome::default();
         let next = proxy(&context, &mut client, &mut buffer, &head, &mut outcome).await;
-        log(&context, &head, &outcome, started);
+        if let Some(started) = started {
+            log(&context, &head, &outcome, started);
+        }
         match next {
             Ok(Next::KeepAlive) if !context.shared.draining.load(Ordering::Relaxed) => {}
             _ => return,

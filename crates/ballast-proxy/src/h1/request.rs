@@ -193,14 +193,18 @@ pub(crate) fn parse_with(
     upstream.put_slice(b"\r\n");
     let facts = forwarding.request_ids.then(|| {
         let id = request_id::of_request(sent_id);
-        put_header(&mut upstream, request_id::HEADER.as_bytes(), id.as_bytes());
+        put_header(
+            &mut upstream,
+            request_id::HEADER.as_bytes(),
+            id.as_str().as_bytes(),
+        );
         RequestFacts::new(
             method,
             host.unwrap_or_default(),
             path,
             referer,
             user_agent,
-            &id,
+            id.as_str(),
         )
     });
     match body {
