@@ -9,6 +9,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::route::{Route, RouteTable};
+use crate::validate::Invalid;
+
 /// A pool as users define it: a name, how to choose among its backends, and what to hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -234,6 +237,9 @@ pub struct Config {
     pub revision: u64,
     /// Every pool, by name.
     pub pools: Vec<Pool>,
+    /// Every route table, by name (a table exists while it has routes).
+    #[serde(default)]
+    pub route_tables: Vec<RouteTable>,
 }
 
 /// Why a write could not be applied to an in-memory configuration: it does not follow from the
@@ -283,6 +289,26 @@ impl Config {
         }
         let pool_index =
             |pools: &[Pool], name: &str| pools.iter().position(|p| p.spec.name == name);
+        if let Some(table) = write.route_table() {
+            let at = self
+                .route_tables
+                .partition_point(|t| t.name.as_str() < table);
+            let existing = self
+                .route_tables
+                .get(at)
+                .filter(|t| t.name == table)
+                .cloned();
+            let existed = existing.is_some();
+            match write.edit_route_table(existing) {
+                Ok(Some(edited)) if existed => self.route_tables[at] = edited,
+                Ok(Some(edited)) => self.route_tables.insert(at, edited),
+                Ok(None) if existed => drop(self.route_tables.remove(at)),
+                Ok(None) => {}
+                Err(error) => return Err(out_of_step(error.to_string())),
+            }
+            self.revision = revision;
+            return Ok(());
+        }
         match write {
             Write::CreatePool(spec) => {
                 if pool_index(&self.pools, &spec.name).is_some() {
@@ -375,6 +401,7 @@ impl Config {
                     _ => {}
                 }
             }
+            Write::AddRoute { .. } | Write::RemoveRoute { .. } | Write::MoveRoute { .. } => {}
         }
         self.revision = revision;
         Ok(())
@@ -440,18 +467,88 @@ pub enum Write {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// Adds a route to a route table (creating the table), at `position` or at the end.
+    AddRoute {
+        table: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position: Option<u32>,
+        route: Route,
+    },
+    /// Removes the route at `position` (and the table with its last route).
+    RemoveRoute { table: String, position: u32 },
+    /// Moves a route within its table: to `to`, its position once moved.
+    MoveRoute { table: String, from: u32, to: u32 },
+}
+
+/// Why a route write does not apply to the table it names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteEditError {
+    /// The table has no routes (it does not exist).
+    #[error("route table `{0}`")]
+    NoTable(String),
+    /// A position is out of range.
+    #[error(transparent)]
+    Position(Invalid),
 }
 
 impl Write {
-    /// What the write changes, for the change log: `pool` or `backend`.
+    /// What the write changes, for the change log: `pool`, `backend` or `route`.
     pub fn entity(&self) -> &'static str {
         match self {
             Self::CreatePool(_)
             | Self::DeletePool { .. }
             | Self::SetAlgorithm { .. }
             | Self::SetPolicy { .. } => "pool",
+            Self::AddRoute { .. } | Self::RemoveRoute { .. } | Self::MoveRoute { .. } => "route",
             _ => "backend",
         }
+    }
+
+    /// The route table a route write edits.
+    pub fn route_table(&self) -> Option<&str> {
+        match self {
+            Self::AddRoute { table, .. }
+            | Self::RemoveRoute { table, .. }
+            | Self::MoveRoute { table, .. } => Some(table),
+            _ => None,
+        }
+    }
+
+    /// A route write applied to its table as it is (`None`: it has no routes); the table as it
+    /// becomes (`None`: its last route went). Both interpreters of a write, the SQL store's and
+    /// [`Config::apply`], edit tables with this one function.
+    pub fn edit_route_table(
+        &self,
+        existing: Option<RouteTable>,
+    ) -> Result<Option<RouteTable>, RouteEditError> {
+        let Some(name) = self.route_table() else {
+            return Ok(existing);
+        };
+        let mut table = match (existing, self) {
+            (Some(table), _) => table,
+            (None, Self::AddRoute { .. }) => RouteTable {
+                name: name.to_owned(),
+                routes: Vec::new(),
+            },
+            (None, _) => return Err(RouteEditError::NoTable(name.to_owned())),
+        };
+        match self {
+            Self::AddRoute {
+                position, route, ..
+            } => table
+                .insert(*position, route.clone())
+                .map(drop)
+                .map_err(RouteEditError::Position)?,
+            Self::RemoveRoute { position, .. } => table
+                .remove(*position)
+                .map(drop)
+                .map_err(RouteEditError::Position)?,
+            Self::MoveRoute { from, to, .. } => table
+                .move_route(*from, *to)
+                .map_err(RouteEditError::Position)?,
+            _ => {}
+        }
+        Ok((!table.routes.is_empty()).then_some(table))
     }
 
     /// The operation's name, as in the JSON `op` field.
@@ -466,6 +563,9 @@ impl Write {
             Self::SetWeight { .. } => "set_weight",
             Self::SetAdminState { .. } => "set_admin_state",
             Self::SetHealth { .. } => "set_health",
+            Self::AddRoute { .. } => "add_route",
+            Self::RemoveRoute { .. } => "remove_route",
+            Self::MoveRoute { .. } => "move_route",
         }
     }
 }

@@ -41,15 +41,22 @@ pub struct RouteTable {
 pub struct Route {
     /// `Host` (or HTTP/2's `:authority`), without its port, case-insensitive: exact, or
     /// `*.example.com` for every name below `example.com` (not `example.com` itself).
+    #[schema(
+        pattern = r"^(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        max_length = 253
+    )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// The path, exactly (the query string is not part of it).
+    #[schema(pattern = r"^/[^?# ]*$")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// The path starts with these whole segments: `/api` takes `/api` and `/api/x`, not `/apix`.
+    #[schema(pattern = r"^/[^?# ]*$")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
     /// The method, e.g. `GET`.
+    #[schema(pattern = "^[A-Z]+$")]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// `NAME=VALUE`: the header has exactly that value; `NAME`: the header is present.
@@ -63,6 +70,7 @@ pub struct Route {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect: Option<String>,
     /// With `redirect`: 301, 302 (the default), 307 or 308. Alone: answer with this status.
+    #[schema(minimum = 200, maximum = 599)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
 }
@@ -102,9 +110,7 @@ impl RouteTable {
     /// Every route checked, naming the field at fault (`routes[2].path_prefix`); `pools` are
     /// the pools the configuration has.
     pub fn check(&self, pools: &[&str]) -> Result<(), Invalid> {
-        if self.name.is_empty() || !self.name.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Invalid::new("name", "a route table needs a name"));
-        }
+        check_table_name(&self.name)?;
         for (i, route) in self.routes.iter().enumerate() {
             route
                 .check(pools)
@@ -112,10 +118,95 @@ impl RouteTable {
         }
         Ok(())
     }
+
+    /// The position of the first route that sends requests to `pool`.
+    pub fn uses_pool(&self, pool: &str) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| r.pool.as_deref() == Some(pool))
+    }
+
+    /// Inserts `route` at `position` (at the end without one); returns where it went.
+    pub fn insert(&mut self, position: Option<u32>, route: Route) -> Result<u32, Invalid> {
+        let at = match position {
+            None => self.routes.len(),
+            Some(at) if at as usize <= self.routes.len() => at as usize,
+            Some(at) => {
+                return Err(Invalid::new(
+                    "position",
+                    format!(
+                        "{at}: table `{}` has {} routes",
+                        self.name,
+                        self.routes.len()
+                    ),
+                ));
+            }
+        };
+        self.routes.insert(at, route);
+        Ok(at as u32)
+    }
+
+    /// Removes the route at `position`.
+    pub fn remove(&mut self, position: u32) -> Result<Route, Invalid> {
+        self.existing(position, "position")?;
+        Ok(self.routes.remove(position as usize))
+    }
+
+    /// Moves the route at `from` to `to` (its position once moved); the routes between shift
+    /// by one.
+    pub fn move_route(&mut self, from: u32, to: u32) -> Result<(), Invalid> {
+        self.existing(from, "from")?;
+        self.existing(to, "to")?;
+        let route = self.routes.remove(from as usize);
+        self.routes.insert(to as usize, route);
+        Ok(())
+    }
+
+    fn existing(&self, position: u32, field: &str) -> Result<(), Invalid> {
+        if (position as usize) < self.routes.len() {
+            return Ok(());
+        }
+        Err(Invalid::new(
+            field,
+            format!(
+                "no route {position}: table `{}` has {} routes",
+                self.name,
+                self.routes.len()
+            ),
+        ))
+    }
+}
+
+/// A route table's name: what listeners and the API name it by.
+pub fn check_table_name(name: &str) -> Result<(), Invalid> {
+    let valid = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        return Ok(());
+    }
+    Err(Invalid::new(
+        "name",
+        format!("`{name}`: a route table name is 1 to 63 letters, digits, `-` or `_`"),
+    ))
 }
 
 impl Route {
+    /// The checks of [`Route::check_shape`], and that its pool is one of `pools`.
     fn check(&self, pools: &[&str]) -> Result<(), Invalid> {
+        self.check_shape()?;
+        match &self.pool {
+            Some(pool) if !pools.contains(&pool.as_str()) => {
+                Err(Invalid::new("pool", format!("no pool `{pool}`")))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every check that needs nothing but the route: its matches are well-formed and it has
+    /// exactly one action.
+    pub fn check_shape(&self) -> Result<(), Invalid> {
         if let Some(host) = &self.host {
             let name = host.strip_prefix("*.").unwrap_or(host);
             let valid = !name.is_empty()
@@ -167,9 +258,6 @@ impl Route {
                 "pool",
                 "a route goes to a pool, or redirects, or answers a status: one of them",
             )),
-            (Some(pool), None, None) if !pools.contains(&pool.as_str()) => {
-                Err(Invalid::new("pool", format!("no pool `{pool}`")))
-            }
             (None, Some(url), status) => {
                 if !(url.starts_with("http://")
                     || url.starts_with("https://")

@@ -75,7 +75,18 @@ pub fn check(write: &Write) -> Result<(), Invalid> {
             }
             Ok(())
         }
+        Write::AddRoute { table, route, .. } => {
+            check_route_table_name(table)?;
+            route.check_shape()
+        }
+        Write::RemoveRoute { table, .. } | Write::MoveRoute { table, .. } => {
+            check_route_table_name(table)
+        }
     }
+}
+
+fn check_route_table_name(table: &str) -> Result<(), Invalid> {
+    crate::route::check_table_name(table).map_err(|e| Invalid::new("table", e.reason))
 }
 
 fn check_pool(spec: &PoolSpec) -> Result<(), Invalid> {

@@ -6,6 +6,7 @@
 
 mod support;
 
+use ballast_config::route::Route;
 use ballast_config::{
     AdminState, AlgorithmSpec, Config, Health, PoolPolicy, PoolSpec, SqlStore, Write,
 };
@@ -72,6 +73,26 @@ fn policy() -> impl Strategy<Value = PoolPolicy> {
         })
 }
 
+fn route() -> impl Strategy<Value = Route> {
+    (
+        prop::option::of(prop::sample::select(vec!["api.test", "*.test", "bad host"])),
+        prop::option::of(prop::sample::select(vec!["/v1", "nope"])),
+        prop::option::of(name()),
+        prop::option::of(prop::sample::select(vec![301u16, 404, 200])),
+    )
+        .prop_map(|(host, path_prefix, pool, status)| Route {
+            host: host.map(str::to_owned),
+            path_prefix: path_prefix.map(str::to_owned),
+            pool,
+            status,
+            ..Route::default()
+        })
+}
+
+fn table() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["main", "edge", "bad name"]).prop_map(str::to_owned)
+}
+
 fn write() -> impl Strategy<Value = Write> {
     prop_oneof![
         3 => (name(), algorithm(), hash_key(), policy()).prop_map(|(name, algorithm, hash_key, policy)| {
@@ -101,6 +122,11 @@ fn write() -> impl Strategy<Value = Write> {
         ).prop_map(|(pool, address, health, phi, reason)| Write::SetHealth {
             pool, address, health, phi, reason: reason.map(str::to_owned),
         }),
+        3 => (table(), prop::option::of(0u32..4), route()).prop_map(|(table, position, route)| {
+            Write::AddRoute { table, position, route }
+        }),
+        1 => (table(), 0u32..4).prop_map(|(table, position)| Write::RemoveRoute { table, position }),
+        1 => (table(), 0u32..4, 0u32..4).prop_map(|(table, from, to)| Write::MoveRoute { table, from, to }),
     ]
 }
 

@@ -8,6 +8,7 @@ use support::TempDb;
 
 use std::sync::Arc;
 
+use ballast_config::route::Route;
 use ballast_config::{AdminState, AlgorithmSpec, Health, PoolSpec, SqlStore, StoreError, Write};
 
 fn pool(name: &str, algorithm: &str) -> Write {
@@ -482,6 +483,104 @@ async fn leases_elect_one_holder_and_fences_refuse_the_former(store: SqlStore) {
     assert!(c.token > 1_000, "{}", c.token);
 }
 
+async fn route_tables_are_edited_in_place_and_guard_their_pools(store: SqlStore) {
+    let route = |text: &str| -> Route { toml::from_str(text).expect("a route") };
+    let add = |position: Option<u32>, text: &str| Write::AddRoute {
+        table: "main".into(),
+        position,
+        route: route(text),
+    };
+    store.apply(pool("api", "round_robin")).await.expect("api");
+    store.apply(pool("web", "round_robin")).await.expect("web");
+    store
+        .apply(add(None, "host = \"*.example.test\"\npool = \"web\""))
+        .await
+        .expect("first route");
+    store
+        .apply(add(Some(0), "path_prefix = \"/v1\"\npool = \"api\""))
+        .await
+        .expect("a route in front");
+    store
+        .apply(add(None, "status = 410"))
+        .await
+        .expect("a route at the end");
+    let pools = |table: &ballast_config::route::RouteTable| {
+        table
+            .routes
+            .iter()
+            .map(|r| r.pool.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    let config = store.config().await.expect("config");
+    assert_eq!(config.route_tables.len(), 1);
+    assert_eq!(pools(&config.route_tables[0]), ["api", "web", ""]);
+
+    let revision = store.revision().await.expect("revision");
+    let refused = store
+        .apply(add(None, "pool = \"nowhere\""))
+        .await
+        .expect_err("a route to a missing pool");
+    assert!(
+        matches!(&refused, StoreError::Invalid(e) if e.field == "pool"),
+        "{refused}"
+    );
+    let refused = store
+        .apply(Write::DeletePool { pool: "web".into() })
+        .await
+        .expect_err("a pool a route uses");
+    assert!(
+        matches!(&refused, StoreError::Conflict(_))
+            && refused
+                .to_string()
+                .contains("route 1 of route table `main`"),
+        "{refused}"
+    );
+    let refused = store
+        .apply(Write::RemoveRoute {
+            table: "main".into(),
+            position: 3,
+        })
+        .await
+        .expect_err("no such route");
+    assert!(matches!(refused, StoreError::NotFound(_)), "{refused}");
+    assert_eq!(store.revision().await.expect("revision"), revision);
+
+    store
+        .apply(Write::MoveRoute {
+            table: "main".into(),
+            from: 0,
+            to: 2,
+        })
+        .await
+        .expect("moved");
+    let table = store
+        .route_table("main")
+        .await
+        .expect("read")
+        .expect("there");
+    assert_eq!(pools(&table), ["web", "", "api"]);
+    for _ in 0..3 {
+        store
+            .apply(Write::RemoveRoute {
+                table: "main".into(),
+                position: 0,
+            })
+            .await
+            .expect("removed");
+    }
+    assert_eq!(store.route_table("main").await.expect("read"), None);
+    store
+        .apply(Write::DeletePool { pool: "web".into() })
+        .await
+        .expect("no route uses it now");
+    let changes = store.changes_since(revision, 100).await.expect("changes");
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.entity == "route" || c.operation == "delete_pool")
+    );
+}
+
 /// Runs each suite function against a fresh SQLite file and a fresh PostgreSQL database.
 macro_rules! on_both_stores {
     ($($suite:ident),+ $(,)?) => {
@@ -515,6 +614,7 @@ on_both_stores!(
     heartbeats_record_the_fleet_without_moving_the_revision,
     pool_policies_round_trip,
     leases_elect_one_holder_and_fences_refuse_the_former,
+    route_tables_are_edited_in_place_and_guard_their_pools,
 );
 
 #[tokio::test]

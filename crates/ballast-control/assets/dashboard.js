@@ -143,6 +143,25 @@ function renderLbs(lbs) {
     table(["name", "listens on", "state", "liveness", "CPU", "memory", "connections", "req/s", "revision", "lag"], rows));
 }
 
+// Each table's routes in the order they are tried: what they match and where they send.
+function renderRoutes(tables) {
+  const rows = [];
+  for (const t of tables) {
+    t.routes.forEach((r, position) => {
+      const matches = [r.host && `host ${r.host}`, r.path && `path ${r.path}`,
+        r.path_prefix && `path ${r.path_prefix}/…`, r.method && `method ${r.method}`,
+        r.header && `header ${r.header}`].filter(Boolean).join(", ") || "everything";
+      const action = r.pool ? `pool ${r.pool}`
+        : r.redirect ? `redirect ${r.status || 302} ${r.redirect}` : `status ${r.status || 404}`;
+      rows.push(el("tr", { "data-route": `${t.name}#${position}` }, el("td", {}, t.name),
+        el("td", { class: "num" }, position), el("td", {}, matches), el("td", {}, action)));
+    });
+  }
+  document.getElementById("routes").replaceChildren(rows.length
+    ? table(["table", "#", "matches", "goes to"], rows)
+    : el("p", { class: "muted" }, "No route tables: each LB listener serves one pool."));
+}
+
 function renderDns(pools) {
   const rows = pools.filter((p) => p.dns_name).map((p) =>
     el("tr", { "data-dns": p.dns_name }, el("td", {}, el("code", {}, p.dns_name)),
@@ -243,6 +262,7 @@ async function poll() {
   document.getElementById("updated").textContent = "updated " + new Date(doc.at_ms).toLocaleTimeString();
   renderPools(doc.pools);
   renderLbs(doc.lbs);
+  renderRoutes(doc.route_tables);
   renderDns(doc.pools);
   renderLeadership(doc.leader);
   renderChanges(doc.changes);

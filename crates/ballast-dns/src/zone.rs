@@ -267,6 +267,7 @@ mod tests {
     fn zone() -> Zone {
         let config = Config {
             revision: 1,
+            route_tables: Vec::new(),
             pools: vec![
                 pool("web", "lb.web.ballast.local."),
                 pool("api", "API.Ballast.Local"),
@@ -416,6 +417,7 @@ mod tests {
         let config = Config {
             revision: 1,
             pools: vec![pool("web", "lb.web.ballast.local")],
+            route_tables: Vec::new(),
         };
         let fleet: Vec<LbServer> = (1..=100)
             .map(|i| {

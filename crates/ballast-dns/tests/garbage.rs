@@ -67,6 +67,7 @@ async fn random_and_broken_packets_never_take_the_server_down() {
         &Config {
             revision: 1,
             pools: Vec::new(),
+            route_tables: Vec::new(),
         },
         &[],
     ))

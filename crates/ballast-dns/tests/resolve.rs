@@ -18,6 +18,7 @@ use hickory_resolver::{ResolveErrorKind, Resolver, TokioResolver};
 fn config() -> Config {
     Config {
         revision: 7,
+        route_tables: Vec::new(),
         pools: vec![Pool {
             spec: PoolSpec {
                 name: "web".into(),

@@ -232,7 +232,8 @@ pub(crate) async fn apply_revisions(shared: Arc<Shared>, following: Following) {
 /// Installs one configuration revision.
 pub(crate) fn install(shared: &Shared, config: &Config) {
     let started = Instant::now();
-    match shared.replace_pools(&Pool::all_of(&config.pools), config.revision) {
+    let pools = Pool::all_of(&config.pools);
+    match shared.replace_config(&pools, &config.route_tables, config.revision) {
         Ok(()) => tracing::info!(
             revision = config.revision,
             took_us = started.elapsed().as_micros() as u64,

@@ -460,16 +460,11 @@ impl Settings {
                 }
                 Serves::Routes(table) => {
                     let field = format!("listeners[{i}].routes");
-                    if self.managed {
-                        return Err(SettingsError::new(
-                            field,
-                            "route tables are for static configurations for now",
-                        ));
-                    }
                     if listener.mode == Mode::Tcp {
                         return Err(SettingsError::new(field, "routes are for HTTP listeners"));
                     }
-                    if !self.route_tables.iter().any(|t| t.name == *table) {
+                    // A managed LB's tables come from the database, and may come later.
+                    if !self.managed && !self.route_tables.iter().any(|t| t.name == *table) {
                         return Err(SettingsError::new(
                             field,
                             format!("no route table is named `{table}`"),

@@ -319,6 +319,41 @@ impl Shared {
         Ok(())
     }
 
+    /// Installs a configuration revision from the database: its pools as
+    /// [`replace_pools`](Self::replace_pools) does, and its route tables for the listeners that
+    /// route by one (a table that did not change keeps its compiled router; a table the
+    /// configuration lacks routes nothing: 404).
+    pub(crate) fn replace_config(
+        &self,
+        pools: &[Pool],
+        tables: &[RouteTable],
+        revision: u64,
+    ) -> Result<(), ballast_balance::BuildError> {
+        let _one_at_a_time = self.lock_rebuilds();
+        let built = self.build_pools(pools)?;
+        let targets = self
+            .targets()
+            .into_iter()
+            .map(|target| match target {
+                Some(Target::Routes(router)) => {
+                    let table = tables.iter().find(|t| t.name == router.name);
+                    let same = match table {
+                        Some(table) => router.source == *table,
+                        None => router.source.routes.is_empty(),
+                    };
+                    if same {
+                        return Some(Target::Routes(router));
+                    }
+                    let serves = Serves::Routes(router.name.clone());
+                    Some(Target::of(&serves, tables, &self.metrics))
+                }
+                other => other,
+            })
+            .collect();
+        self.swap_in(built, revision, Some(targets));
+        Ok(())
+    }
+
     /// Holds off every other snapshot rebuild, for a reload to build and swap as one step.
     pub(crate) fn lock_rebuilds(&self) -> std::sync::MutexGuard<'_, ()> {
         self.rebuilding.lock().unwrap_or_else(|e| e.into_inner())

@@ -43,6 +43,8 @@ enum Command {
     Pool(commands::pool::PoolCommand),
     /// Add, remove, drain, enable, disable backends and set their weight (through the admin API).
     Backend(commands::backend::BackendCommand),
+    /// Add, list, remove and move routes of route tables: by host, path, method, header (through the admin API).
+    Route(commands::route::RouteCommand),
     /// List the LB servers that report to the configuration database (through the admin API).
     Fleet(commands::fleet::FleetCommand),
     /// Take, hold and inspect remote locks and Redlock from the shell.
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Dns(args) => args.run(),
         Command::Pool(command) => command.run(),
         Command::Backend(command) => command.run(),
+        Command::Route(command) => command.run(),
         Command::Fleet(command) => command.run(),
         Command::Lock(command) => match command.run() {
             Ok(code) => return code,

@@ -1,6 +1,6 @@
 //! The dashboard in a real browser: headless Chromium (Debian's `chromium`, which `scripts/test`
-//! installs) loads the page from `ballast control`, a backend is drained through the admin API,
-//! and the page — polling on its own, never reloaded — shows it draining. The browser is driven
+//! installs) loads the page from `ballast control`, a route is added and a backend drained through
+//! the admin API, and the page — polling on its own, never reloaded — shows both. The browser is driven
 //! over the DevTools protocol; a screenshot is kept in the test's target directory.
 
 mod support;
@@ -243,6 +243,24 @@ fn the_dashboard_shows_a_backend_drained_through_the_api_without_a_reload() {
         page.evaluate("typeof uPlot"),
         "function",
         "the charting library loaded"
+    );
+
+    // A route added through the CLI shows in its table, as the page polls.
+    run(&[
+        "route",
+        "add",
+        "edge",
+        "--host",
+        "*.shop.test",
+        "--path-prefix",
+        "/cart",
+        "--pool",
+        "shop",
+    ]);
+    page.wait_for(
+        "document.querySelector('tr[data-route=\"edge#0\"]')?.textContent ?? 'not shown'",
+        "edge0host *.shop.test, path /cart/…pool shop",
+        Duration::from_secs(10),
     );
 
     run(&["backend", "drain", "shop", &first.to_string()]);

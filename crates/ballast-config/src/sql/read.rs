@@ -6,7 +6,16 @@ use sqlx::any::AnyRow;
 
 use super::{Dialect, SqlStore, statement};
 use crate::model::{AdminState, AlgorithmSpec, Backend, Change, Config, Health, Pool, PoolSpec};
+use crate::route::RouteTable;
 use crate::store::StoreError;
+
+/// A route table row: its routes are JSON, as the store wrote them.
+pub(crate) fn route_table_from(row: &AnyRow) -> Result<RouteTable, sqlx::Error> {
+    let name: String = row.try_get("name")?;
+    let routes: String = row.try_get("routes")?;
+    let routes = serde_json::from_str(&routes).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok(RouteTable { name, routes })
+}
 
 impl SqlStore {
     /// The whole configuration, consistent at one revision.
@@ -34,6 +43,10 @@ impl SqlStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(fail())?;
+        let tables = statement("SELECT name, routes FROM route_tables")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(fail())?;
         tx.commit().await.map_err(fail())?;
         let mut pools: Vec<Pool> = pools
             .iter()
@@ -57,10 +70,31 @@ impl SqlStore {
         for pool in &mut pools {
             pool.backends.sort_by(|a, b| a.address.cmp(&b.address));
         }
+        let mut route_tables = tables
+            .iter()
+            .map(route_table_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(fail())?;
+        route_tables.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Config {
             revision: revision as u64,
             pools,
+            route_tables,
         })
+    }
+
+    /// One route table, if it has routes.
+    pub async fn route_table(&self, name: &str) -> Result<Option<RouteTable>, StoreError> {
+        let rows = self
+            .fetch_alone(
+                statement("SELECT name, routes FROM route_tables WHERE name = $1").bind(name),
+            )
+            .await
+            .map_err(StoreError::database("reading a route table"))?;
+        rows.first()
+            .map(route_table_from)
+            .transpose()
+            .map_err(StoreError::database("reading a route table"))
     }
 
     /// The current revision.

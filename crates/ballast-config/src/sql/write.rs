@@ -5,7 +5,7 @@
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
 use super::{Dialect, NOTIFY_CHANNEL, SqlStore, now_ms, statement};
-use crate::model::Write;
+use crate::model::{RouteEditError, Write};
 use crate::store::{Fence, StoreError};
 use crate::validate::{Invalid, canonical_address, check};
 
@@ -42,7 +42,11 @@ impl SqlStore {
             check_fence(&mut tx, fence).await?;
         }
         require_existing(&mut tx, write).await?;
-        mutate(&mut tx, write, revision).await?;
+        if write.route_table().is_some() {
+            edit_route_table(&mut tx, write, revision).await?;
+        } else {
+            mutate(&mut tx, write, revision).await?;
+        }
         let value = serde_json::to_string(write).unwrap_or_else(|_| "{}".to_owned());
         statement(
             "INSERT INTO changes (revision, entity, operation, value, at_ms) \
@@ -120,9 +124,31 @@ async fn require_existing(
             }
             return Ok(());
         }
-        Write::DeletePool { pool }
-        | Write::SetAlgorithm { pool, .. }
-        | Write::SetPolicy { pool, .. } => (pool, None),
+        Write::DeletePool { pool } => {
+            if let Some((table, position)) = route_to(tx, pool).await? {
+                return Err(StoreError::Conflict(Invalid::new(
+                    "pool",
+                    format!(
+                        "route {position} of route table `{table}` sends requests to pool \
+                         `{pool}`: remove or change it first"
+                    ),
+                )));
+            }
+            (pool, None)
+        }
+        Write::SetAlgorithm { pool, .. } | Write::SetPolicy { pool, .. } => (pool, None),
+        Write::AddRoute { route, .. } => {
+            if let Some(pool) = &route.pool
+                && !pool_exists(tx, pool).await?
+            {
+                return Err(StoreError::Invalid(Invalid::new(
+                    "pool",
+                    format!("no pool `{pool}`"),
+                )));
+            }
+            return Ok(());
+        }
+        Write::RemoveRoute { .. } | Write::MoveRoute { .. } => return Ok(()),
         Write::AddBackend { pool, address, .. } => {
             if !pool_exists(tx, pool).await? {
                 return Err(StoreError::NotFound(format!("pool `{pool}`")));
@@ -155,6 +181,69 @@ async fn require_existing(
         )));
     }
     Ok(())
+}
+
+/// The first route (table, position) that sends requests to `pool`.
+async fn route_to(
+    tx: &mut Transaction<'static, Any>,
+    pool: &str,
+) -> Result<Option<(String, usize)>, StoreError> {
+    let rows = statement("SELECT name, routes FROM route_tables")
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(StoreError::database("reading the route tables"))?;
+    let mut tables = rows
+        .iter()
+        .map(super::read::route_table_from)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::database("reading the route tables"))?;
+    tables.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(tables
+        .into_iter()
+        .find_map(|table| table.uses_pool(pool).map(|at| (table.name, at))))
+}
+
+/// Applies a route write to its table's row, with the function followers apply it with.
+async fn edit_route_table(
+    tx: &mut Transaction<'static, Any>,
+    write: &Write,
+    revision: i64,
+) -> Result<(), StoreError> {
+    let Some(name) = write.route_table() else {
+        return Ok(());
+    };
+    let fail = StoreError::database("editing a route table");
+    let existing = statement("SELECT name, routes FROM route_tables WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(StoreError::database("reading a route table"))?
+        .map(|row| super::read::route_table_from(&row))
+        .transpose()
+        .map_err(StoreError::database("reading a route table"))?;
+    let edited = write
+        .edit_route_table(existing)
+        .map_err(|error| match error {
+            RouteEditError::NoTable(table) => {
+                StoreError::NotFound(format!("route table `{table}`"))
+            }
+            // A place to add at is the caller's mistake; a route to remove or move is missing.
+            RouteEditError::Position(invalid) if matches!(write, Write::AddRoute { .. }) => {
+                StoreError::Invalid(invalid)
+            }
+            RouteEditError::Position(invalid) => StoreError::NotFound(invalid.reason),
+        })?;
+    let query = match &edited {
+        Some(table) => statement(
+            "INSERT INTO route_tables (name, routes, revision) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET routes = excluded.routes, revision = excluded.revision",
+        )
+        .bind(name)
+        .bind(serde_json::to_string(&table.routes).unwrap_or_else(|_| "[]".to_owned()))
+        .bind(revision),
+        None => statement("DELETE FROM route_tables WHERE name = $1").bind(name),
+    };
+    query.execute(&mut **tx).await.map(drop).map_err(fail)
 }
 
 async fn pool_exists(tx: &mut Transaction<'static, Any>, pool: &str) -> Result<bool, StoreError> {
@@ -282,6 +371,9 @@ async fn mutate(
         .bind(revision)
         .bind(pool)
         .bind(canonical_address(address)),
+        Write::AddRoute { .. } | Write::RemoveRoute { .. } | Write::MoveRoute { .. } => {
+            return Ok(());
+        }
     };
     query
         .execute(&mut **tx)

@@ -2,7 +2,8 @@
 //! library, vendored in `assets/uplot` and compiled into the binary), and `GET /v1/dashboard`, the
 //! one JSON document the page polls every second: pools with their algorithm and DNS answer,
 //! backends with weight, admin state, health, phi, in-flight requests and requests/s, LB servers
-//! with CPU, memory, connections, applied revision and lag, the recent change log and the leader.
+//! with CPU, memory, connections, applied revision and lag, route tables, the recent change log
+//! and the leader.
 //!
 //! The page and its assets are public (they hold no data); the document and every action go
 //! through the admin API with the token, which the page asks for once (or takes from the URL's
@@ -256,6 +257,7 @@ pub(crate) async fn document(State(api): State<Api>) -> Answer {
             "leader": api.orchestrator.as_ref().map(|status| status.leader()),
             "pools": pools,
             "lbs": fleet,
+            "route_tables": config.route_tables,
             "changes": recent,
         })),
     ))

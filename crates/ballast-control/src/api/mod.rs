@@ -1,4 +1,4 @@
-//! The admin API, `/v1/…`, JSON in and out: pools, backends, the change log, the LB fleet,
+//! The admin API, `/v1/…`, JSON in and out: pools, backends, route tables, the change log, the LB fleet,
 //! the orchestrator's view. [`router`] is the one list of its routes; each route's annotation
 //! says what it takes and answers, and the same annotations make the OpenAPI document served at
 //! `GET /v1/openapi.json`. Every route but `/healthz` and the dashboard's page and assets needs
@@ -16,6 +16,7 @@ pub mod client;
 pub(crate) mod dashboard;
 pub(crate) mod error;
 mod openapi;
+pub(crate) mod routes;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +79,10 @@ pub fn router(store: SqlStore, token: String, orchestrator: Option<Status>) -> R
         .routes(routes!(remove_backend))
         .routes(routes!(set_weight))
         .routes(routes!(set_state))
+        .routes(routes!(routes::list_route_tables))
+        .routes(routes!(routes::show_route_table, routes::add_route))
+        .routes(routes!(routes::remove_route))
+        .routes(routes!(routes::move_route))
         .routes(routes!(changes))
         .routes(routes!(lb_servers))
         .routes(routes!(health_status))
@@ -204,10 +209,15 @@ fn invalid(whole: &str, text: &str) -> ApiError {
 /// cannot exist names no resource, which is 404, as for one that does not exist.
 async fn write(api: &Api, write: Write, status: StatusCode) -> Answer {
     let address_in_path = !matches!(write, Write::AddBackend { .. } | Write::CreatePool(_));
+    // A route names its pool in the body, and a table to edit (not to add to) in the path.
+    let pool_in_path = write.route_table().is_none();
+    let table_in_path = matches!(write, Write::RemoveRoute { .. } | Write::MoveRoute { .. });
     match api.store.apply(write).await {
         Ok(revision) => Ok((status, Json(json!({ "revision": revision })))),
         Err(ballast_config::StoreError::Invalid(invalid))
-            if invalid.field == "pool" || address_in_path && invalid.field == "address" =>
+            if pool_in_path && invalid.field == "pool"
+                || table_in_path && invalid.field == "table"
+                || address_in_path && invalid.field == "address" =>
         {
             Err(ApiError::NotFound(format!(
                 "no such {}: {}",

@@ -18,7 +18,7 @@ use crate::api;
 /// the router itself ([`super::router`]), so the document cannot miss one.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Ballast admin API", description = "Pools, backends and the LB fleet."),
+    info(title = "Ballast admin API", description = "Pools, backends, route tables and the LB fleet."),
     components(schemas(
         ballast_config::PoolSpec,
         ballast_config::AlgorithmSpec,
@@ -30,10 +30,13 @@ use crate::api;
         ballast_config::Change,
         ballast_config::LbServer,
         ballast_config::LbState,
+        ballast_config::route::RouteTable,
+        ballast_config::route::Route,
         api::NewAlgorithm,
         api::NewBackend,
         api::Weight,
         api::NewState,
+        api::routes::Move,
     )),
     modifiers(&BearerToken)
 )]
@@ -55,6 +58,9 @@ impl Modify for BearerToken {
 /// A pool's name, as `ballast_config` checks it: a DNS label of lower-case letters, digits and
 /// dashes.
 const NAME_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+
+/// A route table's name, as `ballast_config::route::check_table_name` checks it.
+const TABLE_PATTERN: &str = "^[A-Za-z0-9_-]{1,63}$";
 
 /// The hash key's grammar, as `ballast_config` parses it.
 const HASH_KEY_PATTERN: &str = ballast_config::HashKeySpec::PATTERN;
@@ -242,6 +248,12 @@ fn complete_operation(operation: &mut Map<String, Value>) {
                 json!({"type": "string", "pattern": NAME_PATTERN}),
             );
         }
+        if parameter.get("name") == Some(&json!("table")) {
+            parameter.insert(
+                "schema".to_owned(),
+                json!({"type": "string", "pattern": TABLE_PATTERN}),
+            );
+        }
     }
     let secured = operation.contains_key("security");
     let has_body = operation.contains_key("requestBody");
@@ -267,7 +279,7 @@ fn complete_operation(operation: &mut Map<String, Value>) {
         add("400", "Invalid, naming the field");
     }
     if path_parameters {
-        add("404", "No such pool or backend");
+        add("404", "No such pool, backend, route table or route");
     }
     for (status, response) in responses.iter_mut() {
         let Some(response) = response.as_object_mut() else {

@@ -54,6 +54,7 @@ fn answerers() -> &'static (tokio::runtime::Runtime, Answerer, Answerer) {
         let config = Config {
             revision: 7,
             pools: vec![pool("web"), pool("big")],
+            route_tables: Vec::new(),
         };
         let mut fleet: Vec<LbServer> = (1..=3)
             .map(|i| lb(i, "web", format!("127.0.0.{}:8080", 10 + i)))

@@ -43,6 +43,11 @@ pub(crate) struct LbArgs {
     /// --listen).
     #[arg(long, value_name = "NAME", requires = "db", conflicts_with = "config")]
     pool: Vec<String>,
+    /// Managed mode: the route table the --listen in the same position serves, routing each
+    /// request by host, path, method and headers to the table's pools (one for all, or one per
+    /// --listen); instead of --pool.
+    #[arg(long, value_name = "TABLE", requires = "db", conflicts_with_all = ["config", "pool"])]
+    routes: Vec<String>,
     /// Managed mode: keep the last applied configuration in this file, and start from it when
     /// the database cannot be reached.
     #[arg(long, value_name = "FILE", requires = "db")]
@@ -133,8 +138,8 @@ enum ModeArg {
 }
 
 impl LbArgs {
-    /// The listeners the flags describe, each serving the pool beside it.
-    fn listeners<'a>(&self, pools: impl Iterator<Item = &'a str>) -> Vec<Listener> {
+    /// The listeners the flags describe, each serving what is beside it.
+    fn listeners(&self, serves: impl Iterator<Item = Serves>) -> Vec<Listener> {
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => vec![TlsFiles {
                 cert: cert.clone(),
@@ -144,14 +149,14 @@ impl LbArgs {
         };
         self.listen
             .iter()
-            .zip(pools)
-            .map(|(address, pool)| Listener {
+            .zip(serves)
+            .map(|(address, serves)| Listener {
                 address: *address,
                 mode: match self.mode {
                     ModeArg::Http => Mode::Http,
                     ModeArg::Tcp => Mode::Tcp,
                 },
-                serves: Serves::Pool(pool.to_owned()),
+                serves,
                 tls: tls.clone(),
             })
             .collect()
@@ -165,16 +170,24 @@ impl LbArgs {
             (Some(path), Some(_)) => Settings::managed_from_file(path)
                 .with_context(|| format!("--config {}", path.display()))?,
             (None, Some(_)) => {
-                let pools = match (self.pool.len(), self.listen.len()) {
-                    (0, _) => bail!("--pool: managed mode needs the pool each --listen serves"),
-                    (1, _) => std::iter::repeat_n(self.pool[0].as_str(), self.listen.len())
-                        .collect::<Vec<_>>(),
-                    (p, l) if p == l => self.pool.iter().map(String::as_str).collect(),
-                    (p, l) => {
-                        bail!("--pool: {p} pools for {l} listeners; give one, or one per --listen")
+                let (flag, what, names, serves): (_, _, _, fn(String) -> Serves) =
+                    if self.routes.is_empty() {
+                        ("--pool", "pools", &self.pool, Serves::Pool)
+                    } else {
+                        ("--routes", "route tables", &self.routes, Serves::Routes)
+                    };
+                let serves: Vec<Serves> = match (names.len(), self.listen.len()) {
+                    (0, _) => bail!(
+                        "--pool: managed mode needs the pool (or with --routes, the route table) \
+                         each --listen serves"
+                    ),
+                    (1, l) => std::iter::repeat_n(serves(names[0].clone()), l).collect(),
+                    (n, l) if n == l => names.iter().cloned().map(serves).collect(),
+                    (n, l) => {
+                        bail!("{flag}: {n} {what} for {l} listeners; give one, or one per --listen")
                     }
                 };
-                let mut settings = Settings::new(self.listeners(pools.into_iter()), Vec::new());
+                let mut settings = Settings::new(self.listeners(serves.into_iter()), Vec::new());
                 settings.managed = true;
                 settings
             }
@@ -191,7 +204,8 @@ impl LbArgs {
                     },
                     backends: self.backend.iter().map(|b| b.into_model()).collect(),
                 };
-                let listeners = self.listeners(std::iter::repeat(pool.spec.name.as_str()));
+                let listeners =
+                    self.listeners(std::iter::repeat(Serves::Pool(pool.spec.name.clone())));
                 Settings::new(listeners, vec![pool])
             }
         };

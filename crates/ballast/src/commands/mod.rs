@@ -11,6 +11,7 @@ pub(crate) mod fleet;
 pub(crate) mod lb;
 pub(crate) mod lock;
 pub(crate) mod pool;
+pub(crate) mod route;
 mod supervise;
 pub(crate) mod up;
 mod up_display;
