@@ -73,6 +73,19 @@ pub struct Route {
     #[schema(minimum = 200, maximum = 599)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// With `pool`: extra tries on another backend for replayable requests (0 to 10), over the
+    /// pool's.
+    #[schema(minimum = 0, maximum = 10)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// With `pool`: connecting to a backend, in milliseconds, over the pool's.
+    #[schema(minimum = 1, maximum = 3_600_000)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
+    /// With `pool`: a backend starting its response, in milliseconds, over the pool's.
+    #[schema(minimum = 1, maximum = 3_600_000)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_timeout_ms: Option<u64>,
 }
 
 /// Where a matching request goes.
@@ -253,6 +266,23 @@ impl Route {
                 ));
             }
         }
+        if self.retries.is_some_and(|r| r > 10) {
+            return Err(Invalid::new("retries", "at most 10 extra tries"));
+        }
+        for (field, ms) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("response_timeout_ms", self.response_timeout_ms),
+        ] {
+            if ms.is_some_and(|ms| !(1..=3_600_000).contains(&ms)) {
+                return Err(Invalid::new(field, "from 1 to 3600000 milliseconds"));
+            }
+            if ms.is_some() && self.pool.is_none() {
+                return Err(Invalid::new(field, "only a route to a pool has timeouts"));
+            }
+        }
+        if self.retries.is_some() && self.pool.is_none() {
+            return Err(Invalid::new("retries", "only a route to a pool retries"));
+        }
         match (&self.pool, &self.redirect, self.status) {
             (Some(_), Some(_), _) | (Some(_), None, Some(_)) => Err(Invalid::new(
                 "pool",
@@ -338,6 +368,16 @@ mod tests {
         );
         assert_eq!(field("status = 99"), "status");
         assert_eq!(field("host = \"a.test\""), "pool");
+        assert_eq!(field("pool = \"web\"\nretries = 11"), "retries");
+        assert_eq!(field("status = 404\nretries = 1"), "retries");
+        assert_eq!(
+            field("pool = \"web\"\nresponse_timeout_ms = 0"),
+            "response_timeout_ms"
+        );
+        assert_eq!(
+            field("pool = \"web\"\nretries = 0\nconnect_timeout_ms = 50"),
+            ""
+        );
     }
 
     #[test]

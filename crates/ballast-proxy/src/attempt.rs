@@ -15,7 +15,7 @@
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ballast_balance::InFlight;
 use http::{HeaderValue, StatusCode};
@@ -101,11 +101,21 @@ enum Failure {
     Exchange,
 }
 
+/// How many tries one request gets and how long each may take: the pool's, or the route's
+/// where the route that chose the pool sets its own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub retries: u32,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
 /// The tries of one request to one pool.
 #[derive(Debug)]
 pub(crate) struct Attempt<'a> {
     context: &'a ClientContext,
     pool: &'a PoolSnapshot,
+    limits: Limits,
     key: u64,
     tries: usize,
     tried: [usize; MAX_TRIES],
@@ -127,22 +137,24 @@ pub(crate) struct Try<'a> {
 
 impl<'a> Attempt<'a> {
     /// `replayable`: the request may go to another backend if one fails it (see the module
-    /// docs); the pool's retries decide how many.
+    /// docs); `limits` say how many times.
     pub(crate) fn new(
         context: &'a ClientContext,
         pool: &'a PoolSnapshot,
+        limits: Limits,
         key: u64,
         replayable: bool,
         started: Instant,
     ) -> Self {
         let retries = if replayable {
-            pool.state.retries as usize
+            limits.retries as usize
         } else {
             0
         };
         Self {
             context,
             pool,
+            limits,
             key,
             tries: (1 + retries).min(MAX_TRIES),
             tried: [usize::MAX; MAX_TRIES],
@@ -158,6 +170,11 @@ impl<'a> Attempt<'a> {
 
     pub(crate) fn pool(&self) -> &'a Arc<PoolState> {
         &self.pool.state
+    }
+
+    /// How long the backend may take to start its response, and each read of its body.
+    pub(crate) fn response_timeout(&self) -> Duration {
+        self.limits.response_timeout
     }
 
     pub(crate) fn started(&self) -> Instant {
@@ -194,7 +211,7 @@ impl<'a> Attempt<'a> {
             }
             let (connection, reused) = match taken {
                 Some(connection) => (connection, true),
-                None => match C::connect(backend.address, pool.connect_timeout).await {
+                None => match C::connect(backend.address, self.limits.connect_timeout).await {
                     Ok(connection) => (connection, false),
                     Err(error) => {
                         tracing::debug!(backend = %backend.address, %error, "backend connect failed");

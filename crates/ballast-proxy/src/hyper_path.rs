@@ -180,7 +180,8 @@ pub(crate) async fn handle(
     let mut body = (!body.is_end_stream()).then_some(body);
     let replayable =
         body.is_none() && !upgrade && attempt::is_idempotent(parts.method.as_str().as_bytes());
-    let mut attempt = Attempt::new(&context, pool, key, replayable, started);
+    let limits = snapshot.limits(context.listener, route, &pool.state);
+    let mut attempt = Attempt::new(&context, pool, limits, key, replayable, started);
     let mut parts = Some(parts);
     while let Some((tried, mut sender)) = attempt.next::<Sender>().await {
         if let Some(logged) = &mut logged {
@@ -199,7 +200,7 @@ pub(crate) async fn handle(
             None => Either::Right(Empty::new()),
         };
         let exchange = tokio::time::timeout(
-            pool.state.response_timeout,
+            attempt.response_timeout(),
             sender.send_request(Request::from_parts(head, upstream_body)),
         )
         .await;

@@ -5,6 +5,8 @@
 //! never at the thousands of other virtual hosts a table may hold. The first route in table order
 //! that matches wins, as an operator reads the table.
 
+use std::time::Duration;
+
 use ballast_config::route::{self, RouteTable};
 // The maps' keys are the operator's hosts, not a client's: a fast hasher is safe here. With it,
 // and no copy for a host already in lower case, a match at 1,000 hosts went from 91 to 55 ns
@@ -54,6 +56,15 @@ struct Compiled {
     method: Option<Box<str>>,
     header: Option<HeaderMatch>,
     action: Action,
+    overrides: RouteOverrides,
+}
+
+/// A route's own retries and timeouts, over its pool's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RouteOverrides {
+    pub retries: Option<u32>,
+    pub connect_timeout: Option<Duration>,
+    pub response_timeout: Option<Duration>,
 }
 
 /// A compiled route table.
@@ -133,9 +144,22 @@ impl Router {
                     value: value.map(|v| v.as_bytes().into()),
                 }),
                 action,
+                overrides: RouteOverrides {
+                    retries: route.retries,
+                    connect_timeout: route.connect_timeout_ms.map(Duration::from_millis),
+                    response_timeout: route.response_timeout_ms.map(Duration::from_millis),
+                },
             });
         }
         router
+    }
+
+    /// The retries and timeouts of the route at `position`, where it sets its own.
+    pub(crate) fn overrides(&self, position: u32) -> RouteOverrides {
+        self.routes
+            .get(position as usize)
+            .map(|route| route.overrides)
+            .unwrap_or_default()
     }
 
     /// The action of the first route `request` matches; `None` when none does.

@@ -158,6 +158,25 @@ impl Snapshot {
         (routed, Some(position))
     }
 
+    /// The retries and timeouts of a request on `listener` that `route` (its position, if a
+    /// route table chose) sent to `pool`: the route's own where it sets them, else the pool's.
+    pub(crate) fn limits(
+        &self,
+        listener: usize,
+        route: Option<u32>,
+        pool: &PoolState,
+    ) -> crate::attempt::Limits {
+        let overrides = match (self.by_listener.get(listener), route) {
+            (Some(Serving::Routes { router, .. }), Some(position)) => router.overrides(position),
+            _ => Default::default(),
+        };
+        crate::attempt::Limits {
+            retries: overrides.retries.unwrap_or(pool.retries),
+            connect_timeout: overrides.connect_timeout.unwrap_or(pool.connect_timeout),
+            response_timeout: overrides.response_timeout.unwrap_or(pool.response_timeout),
+        }
+    }
+
     /// The name of the route table `listener` serves by, if it serves one.
     pub(crate) fn route_table(&self, listener: usize) -> Option<&str> {
         match self.by_listener.get(listener)? {

@@ -182,3 +182,39 @@ fn a_route_to_a_missing_pool_or_table_is_refused_naming_the_field() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_route_sets_its_own_response_timeout_over_its_pools() {
+    let (_slow, slow) = echo("slow", &["--latency", "1500ms"]);
+    let dir = TempDir::new("routes-timeouts");
+    let path = dir.path().join("ballast.toml");
+    let listen = support::unused_addr();
+    let text = format!(
+        "[[listeners]]\nlisten = \"{listen}\"\nroutes = \"main\"\n\n\
+         [[pools]]\nname = \"slow\"\nbackends = [\"{slow}\"]\nresponse_timeout = \"30s\"\n\n\
+         [[route_tables]]\nname = \"main\"\n\
+         [[route_tables.routes]]\npath_prefix = \"/impatient\"\npool = \"slow\"\n\
+         response_timeout_ms = 200\nretries = 0\n\
+         [[route_tables.routes]]\npool = \"slow\"\n"
+    );
+    std::fs::write(&path, text).expect("write");
+    let lb = Process::start(&["lb", "--config", path.to_str().expect("utf-8")], 1);
+    let lb = lb.listen_addr(0);
+    // The backend always takes 1.5 s: the route's 200 ms runs out first, the pool's 30 s not.
+    assert_eq!(request(lb, "GET", "a.test", "/impatient/x", "").status, 504);
+    assert_eq!(
+        backend(&request(lb, "GET", "a.test", "/patient", "")),
+        "slow"
+    );
+
+    let bad = path.with_file_name("bad.toml");
+    let text = std::fs::read_to_string(&path)
+        .expect("read")
+        .replace("retries = 0", "retries = 11");
+    std::fs::write(&bad, text).expect("write");
+    let stderr = support::rejected(&["lb", "--config", bad.to_str().expect("utf-8")]);
+    assert!(
+        stderr.contains("route_tables[0].routes[0].retries: at most 10"),
+        "{stderr}"
+    );
+}

@@ -253,13 +253,14 @@ async fn proxy(
         }
     };
     let replayable = head.body == Framing::Empty && head.idempotent && !head.upgrade;
-    let mut attempt = Attempt::new(context, pool, head.key, replayable, started);
+    let limits = snapshot.limits(context.listener, head.route, &pool.state);
+    let mut attempt = Attempt::new(context, pool, limits, head.key, replayable, started);
     let sending = Patience {
         read: timeouts.request_headers,
         write: timeouts.idle,
     };
     let receiving = Patience {
-        read: pool.state.response_timeout,
+        read: attempt.response_timeout(),
         write: timeouts.idle,
     };
     while let Some((tried, mut upstream)) = attempt.next::<Raw>().await {
@@ -309,7 +310,7 @@ async fn proxy(
             }
         }
         let response = tokio::time::timeout(
-            pool.state.response_timeout,
+            attempt.response_timeout(),
             read_response(&mut upstream, head, client, receiving),
         )
         .await;
@@ -399,7 +400,7 @@ async fn respond(
     }
 
     let patience = Patience {
-        read: attempt.pool().response_timeout,
+        read: attempt.response_timeout(),
         write: shared.settings.timeouts.idle,
     };
     if response.status == 101 && head.upgrade {

@@ -2,6 +2,7 @@
 //! its first route and goes with its last; managed LBs serve one with `--routes TABLE`.
 
 use std::io::Write;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use ballast_config::route::Route;
@@ -31,7 +32,7 @@ enum RouteAction {
         #[arg(long)]
         position: Option<u32>,
         #[command(flatten)]
-        route: RouteArgs,
+        route: Box<RouteArgs>,
     },
     /// List a table's routes in the order they are tried.
     List {
@@ -86,6 +87,15 @@ struct RouteArgs {
     /// With --redirect: 301, 302 (default), 307 or 308. Alone: answer with this status.
     #[arg(long)]
     status: Option<u16>,
+    /// With --pool: extra tries for replayable requests, over the pool's.
+    #[arg(long)]
+    retries: Option<u32>,
+    /// With --pool: connecting to a backend (e.g. 250ms), over the pool's.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    connect_timeout: Option<Duration>,
+    /// With --pool: a backend starting its response (e.g. 2s), over the pool's.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    response_timeout: Option<Duration>,
 }
 
 impl RouteArgs {
@@ -99,8 +109,18 @@ impl RouteArgs {
             pool: self.pool.clone(),
             redirect: self.redirect.clone(),
             status: self.status,
+            retries: self.retries,
+            connect_timeout_ms: self.connect_timeout.map(millis),
+            response_timeout_ms: self.response_timeout.map(millis),
         }
     }
+}
+
+/// Whole milliseconds, at least 1 (a timeout of less is not one).
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl RouteCommand {
