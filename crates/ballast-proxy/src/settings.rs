@@ -406,78 +406,83 @@ impl Settings {
         self.access_log.is_some() || self.request_id_header
     }
 
-    /// Checks the whole configuration; the first problem found is the error.
+    /// Checks the whole configuration; the first problem found is the error (see
+    /// [`Settings::problems`] for all of them).
     pub fn validate(&self) -> Result<(), SettingsError> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem with the configuration, each naming its field, in file order (as
+    /// `nginx -t` reports them, so one run of `--check-config` shows everything to fix).
+    pub fn problems(&self) -> Vec<SettingsError> {
+        let mut problems = Problems::default();
         if self.listeners.is_empty() {
-            return Err(SettingsError::new(
-                "listeners",
-                "at least one listener is needed",
-            ));
+            problems.add("listeners", "at least one listener is needed");
         }
         if self.workers == 0 || self.workers > 1024 {
-            return Err(SettingsError::new("workers", "must be from 1 to 1024"));
+            problems.add("workers", "must be from 1 to 1024");
         }
         let mut pool_names = HashSet::new();
         for (i, pool) in self.pools.iter().enumerate() {
-            check_pool(pool).map_err(|(field, reason)| {
-                SettingsError::new(format!("pools[{i}]{field}"), reason)
-            })?;
+            if let Err((field, reason)) = check_pool(pool) {
+                problems.add(format!("pools[{i}]{field}"), reason);
+            }
             if !pool_names.insert(pool.spec.name.as_str()) {
-                return Err(SettingsError::new(
+                problems.add(
                     format!("pools[{i}].name"),
                     format!("pool `{}` is defined twice", pool.spec.name),
-                ));
+                );
             }
         }
         let pools: Vec<&str> = pool_names.iter().copied().collect();
         let mut tables = HashSet::new();
         for (i, table) in self.route_tables.iter().enumerate() {
-            table.check(&pools).map_err(|e| {
-                SettingsError::new(format!("route_tables[{i}].{}", e.field), e.reason)
-            })?;
+            if let Err(e) = table.check(&pools) {
+                problems.add(format!("route_tables[{i}].{}", e.field), e.reason);
+            }
             if !tables.insert(table.name.as_str()) {
-                return Err(SettingsError::new(
+                problems.add(
                     format!("route_tables[{i}].name"),
                     format!("route table `{}` is defined twice", table.name),
-                ));
+                );
             }
         }
         let mut addresses = HashSet::new();
         for (i, listener) in self.listeners.iter().enumerate() {
             // Port 0 asks for any free port, a different one each time.
             if listener.address.port() != 0 && !addresses.insert(listener.address) {
-                return Err(SettingsError::new(
+                problems.add(
                     format!("listeners[{i}].listen"),
                     format!("{} is used by two listeners", listener.address),
-                ));
+                );
             }
             match &listener.serves {
                 Serves::Pool(pool) if !self.managed && !pool_names.contains(pool.as_str()) => {
-                    return Err(SettingsError::new(
+                    problems.add(
                         format!("listeners[{i}].pool"),
                         format!("no pool is named `{pool}`"),
-                    ));
+                    );
                 }
                 Serves::Routes(table) => {
                     let field = format!("listeners[{i}].routes");
                     if listener.mode == Mode::Tcp {
-                        return Err(SettingsError::new(field, "routes are for HTTP listeners"));
+                        problems.add(field.clone(), "routes are for HTTP listeners");
                     }
                     // A managed LB's tables come from the database, and may come later.
                     if !self.managed && !self.route_tables.iter().any(|t| t.name == *table) {
-                        return Err(SettingsError::new(
-                            field,
-                            format!("no route table is named `{table}`"),
-                        ));
+                        problems.add(field, format!("no route table is named `{table}`"));
                     }
                 }
                 Serves::Pool(_) => {}
             }
             if listener.mode == Mode::Tcp && !listener.tls.is_empty() {
-                return Err(SettingsError::new(
+                problems.add(
                     format!("listeners[{i}].tls"),
                     "TLS termination is for HTTP listeners",
-                ));
+                );
             }
         }
         for (field, value) in [
@@ -487,25 +492,25 @@ impl Settings {
             ("timeouts.idle", self.timeouts.idle),
         ] {
             if value.is_zero() {
-                return Err(SettingsError::new(field, "must be longer than zero"));
+                problems.add(field, "must be longer than zero");
             }
         }
         if self.request_buffering > MAX_REQUEST_BUFFERING {
-            return Err(SettingsError::new(
+            problems.add(
                 "request_buffering",
                 "at most 16MiB: every client connection may hold that much",
-            ));
+            );
         }
         if self.retries > 10 {
-            return Err(SettingsError::new("retries", "at most 10 extra tries"));
+            problems.add("retries", "at most 10 extra tries");
         }
         if self.outlier.base_ejection > self.outlier.max_ejection {
-            return Err(SettingsError::new(
+            problems.add(
                 "outlier.base_ejection",
                 "must not exceed outlier.max_ejection",
-            ));
+            );
         }
-        Ok(())
+        problems.0
     }
 
     /// Reads and validates a TOML file (see `ballast.example.toml`).
@@ -513,18 +518,20 @@ impl Settings {
         Self::from_toml(&read(path)?)
     }
 
-    /// Reads and validates a TOML file for a managed LB: listeners and settings only, since the
-    /// pools come from the configuration database.
-    pub fn managed_from_file(path: &Path) -> Result<Self, SettingsError> {
+    /// Reads a TOML file and leaves validation to the caller (which may change it first, then
+    /// call [`Settings::validate`] or [`Settings::problems`]). For a managed LB (`managed`), the
+    /// file holds listeners and settings only, since the pools come from the database.
+    pub fn read_file(path: &Path, managed: bool) -> Result<Self, SettingsError> {
         let mut settings = Self::parse(&read(path)?)?;
-        if !settings.pools.is_empty() {
-            return Err(SettingsError::new(
-                "pools",
-                "pools come from --db in managed mode; remove the file's [[pools]]",
-            ));
+        if managed {
+            if !settings.pools.is_empty() {
+                return Err(SettingsError::new(
+                    "pools",
+                    "pools come from --db in managed mode; remove the file's [[pools]]",
+                ));
+            }
+            settings.managed = true;
         }
-        settings.managed = true;
-        settings.validate()?;
         Ok(settings)
     }
 
@@ -549,6 +556,16 @@ impl Settings {
             SettingsError::new(at, reason)
         })?;
         file.into_settings()
+    }
+}
+
+/// The problems [`Settings::problems`] finds, in order.
+#[derive(Default)]
+struct Problems(Vec<SettingsError>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(SettingsError::new(field, reason));
     }
 }
 

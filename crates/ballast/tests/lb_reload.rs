@@ -213,6 +213,22 @@ fn check_config_says_valid_or_names_the_field() {
     assert_eq!(invalid.status.code(), Some(1), "{invalid:?}");
     let said = String::from_utf8_lossy(&invalid.stderr);
     assert!(said.contains("listeners[1]"), "{said}");
+
+    // Every invalid field in one run, as `nginx -t` lists them.
+    let pools = "[[pools]]\nname = \"web\"\nbackends = [\"127.0.0.1:9\"]\n";
+    write(
+        &path,
+        &format!("retries = 11\n{}", config(listen, ["web", "api"], pools)),
+    );
+    let invalid = check(&path);
+    assert_eq!(invalid.status.code(), Some(1), "{invalid:?}");
+    let said = String::from_utf8_lossy(&invalid.stderr);
+    assert!(
+        said.contains("2 problems")
+            && said.contains("listeners[1].pool: no pool is named `api`")
+            && said.contains("retries: at most 10"),
+        "{said}"
+    );
 }
 
 /// A renewed certificate at the same path, as certbot leaves it, is served after SIGHUP; a key

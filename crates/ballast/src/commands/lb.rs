@@ -162,12 +162,17 @@ impl LbArgs {
             .collect()
     }
 
+    /// The settings the file and flags make, validated.
     fn settings(&self) -> Result<Settings> {
+        let settings = self.unchecked_settings()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The settings the file and flags make, before they are validated.
+    fn unchecked_settings(&self) -> Result<Settings> {
         let mut settings = match (&self.config, &self.db) {
-            (Some(path), None) => {
-                Settings::from_file(path).with_context(|| format!("--config {}", path.display()))?
-            }
-            (Some(path), Some(_)) => Settings::managed_from_file(path)
+            (Some(path), db) => Settings::read_file(path, db.is_some())
                 .with_context(|| format!("--config {}", path.display()))?,
             (None, Some(_)) => {
                 let (flag, what, names, serves): (_, _, _, fn(String) -> Serves) =
@@ -231,7 +236,6 @@ impl LbArgs {
             });
         }
         settings.request_id_header |= self.request_id_header;
-        settings.validate()?;
         Ok(settings)
     }
 
@@ -242,7 +246,21 @@ impl LbArgs {
                 check_config: None,
                 ..self.clone()
             };
-            let settings = checked.settings()?;
+            let settings = checked.unchecked_settings()?;
+            let problems = settings.problems();
+            if !problems.is_empty() {
+                // Every field at fault, as `nginx -t` lists them.
+                let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                match &listed[..] {
+                    [one] => bail!("--config {}: {one}", path.display()),
+                    many => bail!(
+                        "--config {}: {} problems:\n  {}",
+                        path.display(),
+                        many.len(),
+                        many.join("\n  ")
+                    ),
+                }
+            }
             println!(
                 "{}: valid ({} listeners, {} pools)",
                 path.display(),
