@@ -1,5 +1,5 @@
 //! SIGHUP and `--check-config`, as an nginx operator uses `nginx -s reload` and `nginx -t`: a
-//! valid file is applied whole under load without a failed request (pools, listeners added and
+//! valid file is applied whole under load without a failed request (pools, route tables, listeners added and
 //! removed, certificates), an invalid one (or one that cannot be applied whole) changes nothing,
 //! and SIGHUP never ends the process.
 
@@ -138,14 +138,27 @@ fn sighup_applies_a_valid_file_whole_under_load_and_an_invalid_one_not_at_all() 
     assert_eq!(backend_of(&get(listen[1], "/", &[])), "a2");
 
     // The second listener moves: a new one is added and the old one removed, while the first
-    // keeps serving the load.
+    // keeps serving the load and now routes by a new route table: one host to `other`, the
+    // rest (the load's requests) to `web`, as before.
     let moved = [listen[0], support::unused_addr()];
-    write(&path, &config(moved, ["web", "other"], &pools(a2)));
+    let routed = config(moved, ["web", "other"], &pools(a2)).replacen(
+        "pool = \"web\"",
+        "routes = \"main\"",
+        1,
+    ) + "\n[[route_tables]]\nname = \"main\"\n\
+         [[route_tables.routes]]\nhost = \"new.test\"\npool = \"other\"\n\
+         [[route_tables.routes]]\npool = \"web\"\n";
+    write(&path, &routed);
     lb.signal("HUP");
     eventually(Duration::from_secs(30), "the second reload applied", || {
         metric(admin, RELOADED) == Some(2.0)
     });
     assert_eq!(backend_of(&get(moved[1], "/", &[])), "b1");
+    let by_host = support::raw(
+        listen[0],
+        b"GET / HTTP/1.1\r\nHost: new.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(backend_of(&by_host), "b1");
     eventually(
         Duration::from_secs(30),
         "the removed listener closed",
