@@ -35,6 +35,8 @@ pub(crate) struct ClientContext {
     pub client_value: HeaderValue,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
+    /// Over TLS: the certificate the connection was made with.
+    pub tls: Option<crate::tls::Served>,
 }
 
 /// The most tries one request makes (the first plus up to 10 retries, the settings' maximum).
@@ -60,6 +62,10 @@ pub(crate) fn answer(kind: ErrorKind) -> (StatusCode, &'static str) {
             "request headers too large\n",
         ),
         ErrorKind::HeaderTimeout => (StatusCode::REQUEST_TIMEOUT, "request timed out\n"),
+        ErrorKind::Misdirected => (
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected request: connect again for this host\n",
+        ),
     }
 }
 

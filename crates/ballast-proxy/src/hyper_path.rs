@@ -134,6 +134,14 @@ pub(crate) async fn handle(
                 return answered(logged, status_response(ErrorKind::BadRequest));
             }
         };
+        if let (Some(tls), Some(host)) = (&context.tls, host)
+            && tls.misdirected(host)
+        {
+            context
+                .shared
+                .count_error(context.listener, ErrorKind::Misdirected);
+            return answered(logged, status_response(ErrorKind::Misdirected));
+        }
         let line = RequestLine {
             scheme: context.scheme,
             method: request.method().as_str(),

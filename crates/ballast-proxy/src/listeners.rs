@@ -20,7 +20,9 @@ pub(crate) struct WorkerListener {
     pub socket: std::net::TcpListener,
     pub mode: Mode,
     pub id: usize,
-    pub tls: Option<TlsAcceptor>,
+    /// Over TLS: the acceptor, and the certificates it serves (which requests are checked
+    /// against).
+    pub tls: Option<(TlsAcceptor, Arc<Certificate>)>,
     /// Turns true when a reload removes the listener.
     pub removed: watch::Receiver<bool>,
 }
@@ -79,7 +81,7 @@ pub(crate) fn prepare(
             socket,
             mode: settings.mode,
             id,
-            tls: acceptor.clone(),
+            tls: acceptor.clone().zip(certificate.clone()),
             removed: watching.clone(),
         });
     }

@@ -59,17 +59,21 @@ pub enum ErrorKind {
     HeadersTooLarge,
     /// The client did not send its headers in time.
     HeaderTimeout,
+    /// 421: the request's host has another certificate than the one its TLS connection was
+    /// made with (a client coalescing connections across names).
+    Misdirected,
 }
 
 impl ErrorKind {
     /// Every kind, in the order the metrics register them.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::NoBackend,
         Self::Timeout,
         Self::BadGateway,
         Self::BadRequest,
         Self::HeadersTooLarge,
         Self::HeaderTimeout,
+        Self::Misdirected,
     ];
 
     fn label(self) -> &'static str {
@@ -80,6 +84,7 @@ impl ErrorKind {
             Self::BadRequest => "bad_request",
             Self::HeadersTooLarge => "headers_too_large",
             Self::HeaderTimeout => "header_timeout",
+            Self::Misdirected => "misdirected",
         }
     }
 }
@@ -119,7 +124,7 @@ impl BackendCounters {
 #[derive(Debug, Clone)]
 pub struct PoolCounters {
     duration: Histogram,
-    errors: [Counter; 6],
+    errors: [Counter; ErrorKind::ALL.len()],
 }
 
 impl PoolCounters {

@@ -392,7 +392,7 @@ impl Accepting {
                             None => {}
                         }
                     }
-                    (Mode::Http, Some(acceptor)) => {
+                    (Mode::Http, Some((acceptor, certificates))) => {
                         let accepted = acceptor.accept(stream);
                         let Some(stream) =
                             watchdog::handshake("TLS", peer, timeout, accepted).await
@@ -400,8 +400,15 @@ impl Accepting {
                             return;
                         };
                         // Over TLS the protocol is agreed by ALPN (RFC 9113 §3.2).
-                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        let context = Arc::new(client_context(shared, id, peer, "https"));
+                        let session = stream.get_ref().1;
+                        let h2 = session.alpn_protocol() == Some(b"h2");
+                        let served = crate::tls::Served {
+                            certificates,
+                            sni: session.server_name().map(Into::into),
+                        };
+                        let mut context = client_context(shared, id, peer, "https");
+                        context.tls = Some(served);
+                        let context = Arc::new(context);
                         if h2 {
                             http2::serve(context, stream, MAX_REQUEST_HEAD, &mut shutdown).await;
                         } else {
@@ -468,6 +475,7 @@ fn client_context(
         client,
         client_value: crate::headers::client_value(client.ip()),
         scheme,
+        tls: None,
     }
 }
 

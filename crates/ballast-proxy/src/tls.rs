@@ -80,6 +80,47 @@ impl Certificates {
     }
 }
 
+/// The certificate one TLS connection was made with: its listener's set and the name the client
+/// asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct Served {
+    pub certificates: Arc<Certificate>,
+    pub sni: Option<Box<str>>,
+}
+
+impl Served {
+    /// Whether a request for `host` (the Host header or `:authority`, a port allowed) belongs on
+    /// another certificate than this connection's (RFC 9110 §15.5.20): a browser reuses an
+    /// HTTP/2 connection for every name its certificate covers, so a wildcard made for one site
+    /// can carry requests for a name that has a certificate (and a configuration) of its own.
+    /// Such a request gets 421 and the client connects again. A listener with one certificate
+    /// never misdirects.
+    pub(crate) fn misdirected(&self, host: &[u8]) -> bool {
+        let certificates = self.certificates.0.load();
+        if certificates.0.len() < 2 {
+            return false;
+        }
+        let Ok(host) = std::str::from_utf8(host) else {
+            return false;
+        };
+        let name = match host.rsplit_once(':') {
+            Some((name, port))
+                if port.bytes().all(|b| b.is_ascii_digit())
+                    && (!host.starts_with('[') || name.ends_with(']')) =>
+            {
+                name
+            }
+            _ => host,
+        };
+        let this = certificates.for_name(self.sni.as_deref());
+        let wanted = certificates.for_name(Some(name));
+        match (this, wanted) {
+            (Some(this), Some(wanted)) => !Arc::ptr_eq(this, wanted),
+            _ => false,
+        }
+    }
+}
+
 impl ResolvesServerCert for Certificate {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.0.load().for_name(hello.server_name()).cloned()

@@ -556,13 +556,15 @@ fn sni_picks_the_certificate_for_the_name() {
     std::fs::write(
         &path,
         format!(
-            "[[listeners]]\nlisten = \"{listen}\"\npool = \"web\"\ntls = [{}]\n\n\
+            "admin = \"127.0.0.1:0\"\n\
+             [[listeners]]\nlisten = \"{listen}\"\npool = \"web\"\ntls = [{}]\n\n\
              [[pools]]\nname = \"web\"\nbackends = [\"{b1}\"]\n",
             files.join(", ")
         ),
     )
     .expect("write config");
-    let _lb = Process::start(&["lb", "--config", path.to_str().expect("utf-8")], 1);
+    let lb = Process::start(&["lb", "--config", path.to_str().expect("utf-8")], 2);
+    let admin = lb.admin_addr();
     assert_eq!(support::presented(listen, "a.test"), default_der);
     assert_eq!(support::presented(listen, "www.b.test"), wild_der);
     assert_eq!(support::presented(listen, "b.test"), wild_der);
@@ -570,4 +572,19 @@ fn sni_picks_the_certificate_for_the_name() {
     assert_eq!(support::presented(listen, "x.y.b.test"), default_der);
     // No SNI at all (a client connecting by address).
     assert_eq!(support::presented(listen, "127.0.0.1"), default_der);
+
+    // A request for a name with a certificate of its own, on a connection made with another's
+    // (as a browser coalesces connections), is sent to connect again: 421. Names the
+    // connection's own certificate is chosen for pass, and so do names no certificate has.
+    let status = |sni: &str, host: &str| support::get_over_tls(listen, sni, host).status;
+    assert_eq!(status("www.b.test", "a.test"), 421);
+    assert_eq!(status("a.test", "shop.b.test:443"), 421);
+    assert_eq!(status("www.b.test", "shop.b.test"), 200);
+    assert_eq!(status("a.test", "A.test:443"), 200);
+    assert_eq!(status("a.test", "unknown.test"), 200);
+    let counted = support::metric(
+        admin,
+        "ballast_errors_total{pool=\"web\",kind=\"misdirected\"}",
+    );
+    assert_eq!(counted, Some(2.0));
 }

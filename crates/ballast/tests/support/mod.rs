@@ -470,6 +470,17 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 /// The certificate a TLS handshake with `address` for `name` presents (an IP address as `name`
 /// sends no SNI).
 pub fn presented(address: SocketAddr, name: &str) -> Vec<u8> {
+    over_tls(address, name, None).0
+}
+
+/// A GET for `/` with `host` over TLS with SNI `name` (HTTP/1.1, ALPN not offered), and the
+/// certificate the server presented.
+pub fn get_over_tls(address: SocketAddr, name: &str, host: &str) -> Reply {
+    over_tls(address, name, Some(host)).1.expect("a reply")
+}
+
+fn over_tls(address: SocketAddr, name: &str, host: Option<&str>) -> (Vec<u8>, Option<Reply>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -487,11 +498,18 @@ pub fn presented(address: SocketAddr, name: &str) -> Vec<u8> {
             .await
             .expect("connect");
         let name = rustls_pki_types::ServerName::try_from(name.to_owned()).expect("name");
-        let tls = connector
+        let mut tls = connector
             .connect(name, stream)
             .await
             .expect("TLS handshake");
-        let (_, session) = tls.get_ref();
-        session.peer_certificates().expect("a certificate")[0].to_vec()
+        let certificate = tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec();
+        let Some(host) = host else {
+            return (certificate, None);
+        };
+        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.expect("write");
+        let mut bytes = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(15), tls.read_to_end(&mut bytes)).await;
+        (certificate, Some(parse(&bytes)))
     })
 }
