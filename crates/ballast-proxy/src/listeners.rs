@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::server::ServerError;
-use crate::settings::{Listener, Mode};
+use crate::settings::{Listener, Mode, Serves};
 use crate::tls::{self, Certificate};
 
 /// One listener as a worker accepts on it.
@@ -98,15 +98,44 @@ pub(crate) fn prepare(
 }
 
 /// Every listener the server has run, by id, and the way to each worker.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Registry {
     /// By id; `None` once removed.
     pub by_id: Vec<Option<Running>>,
     /// Each worker's queue of listeners to start accepting on.
     pub workers: Vec<mpsc::UnboundedSender<WorkerListener>>,
+    /// The listeners running now, for whoever reports them (a managed LB's heartbeat).
+    live: watch::Sender<Vec<Live>>,
+}
+
+/// A running listener as it is reported: where it is bound, its mode, what it serves.
+pub(crate) type Live = (SocketAddr, Mode, Serves);
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            by_id: Vec::new(),
+            workers: Vec::new(),
+            live: watch::Sender::new(Vec::new()),
+        }
+    }
 }
 
 impl Registry {
+    /// Follows the running listeners as reloads add, remove and change them.
+    pub(crate) fn watch_live(&self) -> watch::Receiver<Vec<Live>> {
+        self.live.subscribe()
+    }
+
+    /// Tells the watchers what runs now (after a change).
+    pub(crate) fn publish(&self) {
+        let live = self
+            .running()
+            .map(|(_, r)| (r.address, r.settings.mode, r.settings.serves.clone()))
+            .collect();
+        self.live.send_replace(live);
+    }
+
     /// The running listeners with their ids.
     pub(crate) fn running(&self) -> impl Iterator<Item = (usize, &Running)> {
         self.by_id

@@ -85,11 +85,6 @@ pub(crate) fn run(
     let heartbeat = Heartbeat {
         url: managed.db,
         name,
-        pools: settings
-            .listeners
-            .iter()
-            .filter_map(|l| l.serves.pool().map(str::to_owned))
-            .collect(),
     };
     let beating = feed.spawn(heartbeat.clone().run(bound_rx.clone(), followed.clone()));
     let served = crate::server::serve(settings, Some(following), reload, |bound| {
@@ -117,7 +112,6 @@ pub(crate) struct Following {
 struct Heartbeat {
     url: String,
     name: String,
-    pools: Vec<String>,
 }
 
 impl Heartbeat {
@@ -135,6 +129,7 @@ impl Heartbeat {
         };
         let Some(bound) = bound else { return };
         let mut stopping = bound.stopping.clone();
+        let mut live = bound.live.clone();
         let mut store = None;
         loop {
             let revision = followed.borrow_and_update().config.revision;
@@ -147,6 +142,8 @@ impl Heartbeat {
             tokio::select! {
                 () = tokio::time::sleep(Self::EVERY) => {}
                 changed = followed.changed() => if changed.is_err() { return },
+                // A reload added or removed a listener: the fleet (and DNS) learn it at once.
+                changed = live.changed() => if changed.is_err() { return },
                 // Once the drain has begun this keeps answering at once: stop watching it.
                 changed = stopping.changed(), if state == LbState::Serving => {
                     if changed.is_err() { return }
@@ -163,14 +160,19 @@ impl Heartbeat {
         revision: u64,
         state: LbState,
     ) {
+        let (addresses, pools) = {
+            let live = bound.live.borrow();
+            let addresses = live.iter().map(|(a, _, _)| a.to_string()).collect();
+            let pools = live
+                .iter()
+                .filter_map(|(_, _, serves)| serves.pool().map(str::to_owned))
+                .collect();
+            (addresses, pools)
+        };
         let server = LbServer {
             name: self.name.clone(),
-            addresses: bound
-                .listeners
-                .iter()
-                .map(|(a, _, _)| a.to_string())
-                .collect(),
-            pools: self.pools.clone(),
+            addresses,
+            pools,
             admin: bound.admin.map(|a| a.to_string()),
             applied_revision: revision,
             state,

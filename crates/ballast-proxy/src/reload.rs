@@ -9,9 +9,10 @@
 //! stops accepting while the connections it has finish — and which pool each serves), and TLS
 //! listeners' certificates (read again even from the same paths: a renewed certificate is the
 //! commonest reason to reload). A listener is the same one when its address, mode and whether it
-//! has TLS are. What a running server cannot change yet — its workers, admin address and
-//! server-wide settings, and a managed LB's addresses (its record in the fleet) — refuses the
-//! reload naming the field, and the server keeps serving as before.
+//! has TLS are. A managed LB reloads its file's listeners and certificates the same way (its
+//! pools and route tables are the database's), and its heartbeat reports the new addresses.
+//! What a running server cannot change yet — its workers, admin address and server-wide
+//! settings — refuses the reload naming the field, and the server keeps serving as before.
 
 use crate::listeners;
 use crate::settings::{Listener, Pool, Settings};
@@ -112,13 +113,6 @@ pub(crate) fn apply(shared: &Shared, next: &Settings) -> Result<(), ReloadError>
         .map(|(id, _)| id)
         .filter(|id| !kept.iter().any(|(kept, _)| kept == id))
         .collect();
-    if running.managed && (!added.is_empty() || !removed.is_empty()) {
-        // A managed LB's addresses are its record in the fleet (and in DNS).
-        return Err(ReloadError::NeedsRestart {
-            field: "listeners (of a managed LB)".to_owned(),
-        });
-    }
-
     let certificate = |position: usize| {
         let files = &next.listeners[position].tls;
         (!files.is_empty())
@@ -157,9 +151,12 @@ pub(crate) fn apply(shared: &Shared, next: &Settings) -> Result<(), ReloadError>
 
     // Nothing can fail from here on.
     // Route tables are compiled again whether or not they changed: that is cheap, and off the
-    // request path.
-    let target =
-        |listener: &Listener| Target::of(&listener.serves, &next.route_tables, &shared.metrics);
+    // request path. A managed LB's come from the database, not the file.
+    let tables = match running.managed {
+        true => shared.route_tables(),
+        false => next.route_tables.clone(),
+    };
+    let target = |listener: &Listener| Target::of(&listener.serves, &tables, &shared.metrics);
     let mut targets = shared.targets();
     targets.resize(registry.by_id.len() + prepared.len(), None);
     for &(id, position) in &kept {
@@ -187,6 +184,8 @@ pub(crate) fn apply(shared: &Shared, next: &Settings) -> Result<(), ReloadError>
         tracing::info!(%address, %serves, "listening");
         registry.start(listener);
     }
+    // A managed LB's heartbeat reports the new addresses (its record in the fleet and DNS).
+    registry.publish();
     Ok(())
 }
 

@@ -82,6 +82,8 @@ pub enum ServerError {
 pub struct Bound {
     /// Each listener's address (with the port the OS chose for port 0), mode and what it serves.
     pub listeners: Vec<(SocketAddr, Mode, Serves)>,
+    /// The listeners running now: [`Bound::listeners`] at first, then as SIGHUP changes them.
+    pub live: watch::Receiver<Vec<(SocketAddr, Mode, Serves)>>,
     /// The admin endpoint's address.
     pub admin: Option<SocketAddr>,
     /// Becomes `true` when SIGTERM or SIGINT starts the drain, so that whoever started the
@@ -137,6 +139,11 @@ pub(crate) fn serve(
     let (leaving_tx, leaving_rx) = watch::channel(false);
     let mut bound = Bound {
         listeners: Vec::new(),
+        live: shared
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .watch_live(),
         admin: None,
         stopping: leaving_rx,
     };
@@ -156,6 +163,7 @@ pub(crate) fn serve(
             ));
             registry.start(prepared);
         }
+        registry.publish();
     }
     let admin = match settings.admin {
         Some(address) => {

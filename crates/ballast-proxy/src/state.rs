@@ -267,6 +267,9 @@ pub(crate) struct Shared {
     rebuilding: std::sync::Mutex<()>,
     /// Where each request's line goes, if the access log is on.
     pub access_log: Option<crate::access_log::AccessLog>,
+    /// Managed mode: the route tables of the configuration revision in force, for a reload
+    /// that adds a listener routing by one.
+    route_tables: std::sync::Mutex<Arc<[RouteTable]>>,
 }
 
 impl Shared {
@@ -294,6 +297,7 @@ impl Shared {
             next_slot: AtomicUsize::new(0),
             rebuilding: std::sync::Mutex::new(()),
             access_log: None,
+            route_tables: std::sync::Mutex::new(Arc::from(Vec::new())),
             settings,
         };
         let pools = Pool::all_of(&shared.settings.pools);
@@ -350,6 +354,7 @@ impl Shared {
     ) -> Result<(), ballast_balance::BuildError> {
         let _one_at_a_time = self.lock_rebuilds();
         let built = self.build_pools(pools)?;
+        *self.route_tables.lock().unwrap_or_else(|e| e.into_inner()) = Arc::from(tables);
         let targets = self
             .targets()
             .into_iter()
@@ -371,6 +376,14 @@ impl Shared {
             .collect();
         self.swap_in(built, revision, Some(targets));
         Ok(())
+    }
+
+    /// Managed mode: the route tables of the revision in force.
+    pub(crate) fn route_tables(&self) -> Vec<RouteTable> {
+        self.route_tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .to_vec()
     }
 
     /// Holds off every other snapshot rebuild, for a reload to build and swap as one step.

@@ -225,9 +225,72 @@ fn a_managed_lb_takes_its_listeners_from_a_file_and_its_pools_from_the_database(
                      [[listeners]]\nlisten = \"127.0.0.1:0\"\npool = \"static\"\n";
     std::fs::write(&file, listeners).expect("file");
     let file_arg = file.to_str().expect("utf-8");
-    let lb = Process::start(&["lb", "--db", &url, "--config", file_arg], 3);
+    let lb = Process::start(
+        &[
+            "lb", "--db", &url, "--config", file_arg, "--name", "lb-file",
+        ],
+        3,
+    );
     assert_eq!(backend_of(&get(lb.listen_addr(0), "/", &[])), "a");
     assert_eq!(backend_of(&get(lb.listen_addr(1), "/", &[])), "b");
+
+    // SIGHUP: the file's listeners change (one removed, one added that routes by a table in
+    // the database); the heartbeat reports the new addresses.
+    let route = |path_prefix: Option<&str>, pool: &str| ballast_config::route::Route {
+        path_prefix: path_prefix.map(str::to_owned),
+        pool: Some(pool.to_owned()),
+        ..Default::default()
+    };
+    rt.block_on(store.apply(Write::AddRoute {
+        table: "main".into(),
+        position: None,
+        route: route(Some("/static"), "static"),
+    }))
+    .expect("route");
+    let applied = rt
+        .block_on(store.apply(Write::AddRoute {
+            table: "main".into(),
+            position: None,
+            route: route(None, "api"),
+        }))
+        .expect("route");
+    eventually(Duration::from_secs(10), "the routes applied", || {
+        metric(lb.admin_addr(), "ballast_config_revision ") == Some(applied as f64)
+    });
+    let added = support::unused_addr();
+    let reloaded = format!(
+        "admin = \"127.0.0.1:0\"\nworkers = 1\n\n\
+         [[listeners]]\nlisten = \"{}\"\npool = \"api\"\n\n\
+         [[listeners]]\nlisten = \"{added}\"\nroutes = \"main\"\n",
+        lb.listen_addr(0)
+    );
+    std::fs::write(&file, reloaded).expect("file");
+    lb.signal("HUP");
+    eventually(Duration::from_secs(30), "the reload applied", || {
+        metric(
+            lb.admin_addr(),
+            "ballast_config_reloads_total{result=\"ok\"}",
+        ) == Some(1.0)
+    });
+    assert_eq!(backend_of(&get(added, "/static/x.css", &[])), "b");
+    assert_eq!(backend_of(&get(added, "/", &[])), "a");
+    assert_eq!(backend_of(&get(lb.listen_addr(0), "/", &[])), "a");
+    eventually(
+        Duration::from_secs(30),
+        "the removed listener closed",
+        || std::net::TcpStream::connect(lb.listen_addr(1)).is_err(),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the heartbeat's new addresses",
+        || {
+            let fleet = rt.block_on(store.lb_servers()).expect("fleet");
+            fleet.iter().any(|server| {
+                server.name == "lb-file"
+                    && server.addresses == [lb.listen_addr(0).to_string(), added.to_string()]
+            })
+        },
+    );
 
     // Pools in the file would be a second source of truth: refused.
     let with_pools = format!("{listeners}\n[[pools]]\nname = \"api\"\nbackends = [\"{a}\"]\n");
