@@ -196,4 +196,10 @@ fn combined_lines_read_as_nginx_writes_them() {
         rest,
         "\"GET /page?q=1 HTTP/1.1\" 200 4 \"http://r.test/\" \"curl/8\""
     );
+
+    // A request refused before its head could be read has its line too, as nginx's 400s do.
+    let refused = request(listen, "NOT A REQUEST\r\n\r\n");
+    assert_eq!(refused.status, 400, "{refused:?}");
+    let line = wait_for_lines(&log, 2).remove(1);
+    assert!(line.contains("\"- - HTTP/1.1\" 400 "), "{line}");
 }

@@ -32,7 +32,7 @@ use self::body::{CopyError, Patience, write_within};
 use self::message::{Framing, MAX_HEAD, READ_CHUNK, put_header};
 use self::request::{Refusal, RequestHead, parse_request, send_request};
 use self::response::{ResponseHead, read_response, send_response};
-use crate::access_log::Line;
+use crate::access_log::{Line, RequestFacts};
 use crate::attempt::{self, Attempt, ClientContext, Try};
 use crate::metrics::ErrorKind;
 use crate::request_id;
@@ -81,6 +81,7 @@ pub(crate) async fn serve(
                     ),
                 };
                 context.shared.count_error(context.listener, kind);
+                log_refused(&context, status, text.len());
                 let patience = context.shared.settings.timeouts.idle;
                 let _ = write_error(&mut client, status, text, false, patience).await;
                 return;
@@ -181,6 +182,30 @@ fn log(context: &ClientContext, head: &RequestHead, outcome: &Outcome, started: 
         pool,
         route: snapshot.route_table(context.listener).zip(head.route),
         retries: outcome.retries,
+    });
+}
+
+/// The line of a request refused before its head was read whole (nginx logs its 400s too): of
+/// the request, only its client is known.
+fn log_refused(context: &ClientContext, status: StatusCode, bytes_out: usize) {
+    let Some(log) = &context.shared.access_log else {
+        return;
+    };
+    let id = crate::request_id::RequestId::new();
+    let facts = RequestFacts::new("-", b"", "-", b"", b"", id.as_str());
+    log.record(&Line {
+        client: context.client,
+        request: &facts,
+        protocol: "HTTP/1.1",
+        status: status.as_u16(),
+        bytes_in: 0,
+        bytes_out: bytes_out as u64,
+        total: Duration::ZERO,
+        first_byte: None,
+        backend: None,
+        pool: None,
+        route: None,
+        retries: 0,
     });
 }
 
