@@ -393,6 +393,7 @@ impl Logged {
         let Some(log) = &self.shared.access_log else {
             return;
         };
+        let at = Instant::now();
         log.record(&Line {
             client: self.client,
             request: &self.facts,
@@ -403,7 +404,8 @@ impl Logged {
                 .as_ref()
                 .map_or(0, |received| received.load(Ordering::Relaxed)),
             bytes_out: sent,
-            total: self.started.elapsed(),
+            at,
+            total: at.duration_since(self.started),
             first_byte: self.first_byte,
             backend: self.backend,
             pool: self.pool.as_deref(),

@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::LogFormat;
 
@@ -97,6 +97,8 @@ pub(crate) struct Line<'a> {
     pub bytes_in: u64,
     /// Response body bytes written to the client.
     pub bytes_out: u64,
+    /// When the request ended: the line's time.
+    pub at: Instant,
     /// From the request head to the response's last byte.
     pub total: Duration,
     /// From the request head to the backend's response head.
@@ -414,6 +416,7 @@ mod tests {
             status: 200,
             bytes_in: 3,
             bytes_out: 1234,
+            at: Instant::now(),
             total: Duration::from_micros(1500),
             first_byte: Some(Duration::from_micros(700)),
             backend: Some("127.0.0.1:9001".parse().expect("test")),

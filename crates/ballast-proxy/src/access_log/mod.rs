@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
@@ -180,7 +180,7 @@ impl AccessLog {
             self.inner.dropped.inc();
             return;
         }
-        line.write(self.format, SystemTime::now(), &mut pending);
+        line.write(self.format, wall_clock(line.at), &mut pending);
         let wake = before < WAKE_AT && pending.len() >= WAKE_AT;
         drop(pending);
         self.inner.lines.inc();
@@ -289,6 +289,31 @@ fn open(target: &LogTarget) -> io::Result<Box<dyn Write + Send>> {
     })
 }
 
+/// The wall-clock time of `at`, from an anchor each thread takes once a second: a line's time
+/// and its duration then come from one reading of the clock, the request's end.
+fn wall_clock(at: Instant) -> SystemTime {
+    thread_local! {
+        static ANCHOR: std::cell::Cell<Option<(Instant, SystemTime)>> =
+            const { std::cell::Cell::new(None) };
+    }
+    ANCHOR.with(|anchor| {
+        let fresh = anchor.get().and_then(|(instant, system)| {
+            let since = at.checked_duration_since(instant)?;
+            (since < Duration::from_secs(1)).then(|| system + since)
+        });
+        fresh.unwrap_or_else(|| {
+            let (instant, system) = (Instant::now(), SystemTime::now());
+            anchor.set(Some((instant, system)));
+            match at.checked_duration_since(instant) {
+                Some(ahead) => system + ahead,
+                None => system
+                    .checked_sub(instant.duration_since(at))
+                    .unwrap_or(system),
+            }
+        })
+    })
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
@@ -303,6 +328,25 @@ mod tests {
         RequestFacts::new("GET", b"h", "/", b"", b"", "id")
     }
 
+    #[test]
+    fn the_wall_clock_of_an_instant_is_the_system_clock_then() {
+        let before = SystemTime::now();
+        let at = Instant::now();
+        let after = SystemTime::now();
+        for _ in 0..2 {
+            // The first call anchors, the second reads from the anchor.
+            let wall = wall_clock(at);
+            assert!(
+                wall + Duration::from_millis(5) >= before
+                    && wall <= after + Duration::from_millis(5),
+                "{wall:?} not within {before:?}..{after:?}"
+            );
+        }
+        let later = at + Duration::from_millis(1500);
+        let wall = wall_clock(later);
+        assert!(wall >= before + Duration::from_millis(1495), "{wall:?}");
+    }
+
     fn line(request: &RequestFacts) -> Line<'_> {
         Line {
             client: "127.0.0.1:1".parse().expect("test"),
@@ -311,6 +355,7 @@ mod tests {
             status: 204,
             bytes_in: 0,
             bytes_out: 0,
+            at: Instant::now(),
             total: Duration::ZERO,
             first_byte: None,
             backend: None,

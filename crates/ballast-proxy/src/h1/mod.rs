@@ -87,12 +87,18 @@ pub(crate) async fn serve(
                 return;
             }
         };
-        let started = context.shared.access_log.is_some().then(Instant::now);
+        let started = Instant::now();
         let mut outcome = Outcome::default();
-        let next = proxy(&context, &mut client, &mut buffer, &head, &mut outcome).await;
-        if let Some(started) = started {
-            log(&context, &head, &outcome, started);
-        }
+        let next = proxy(
+            &context,
+            &mut client,
+            &mut buffer,
+            &head,
+            &mut outcome,
+            started,
+        )
+        .await;
+        log(&context, &head, &outcome, started);
         match next {
             Ok(Next::KeepAlive) if !context.shared.draining.load(Ordering::Relaxed) => {}
             _ => return,
@@ -169,6 +175,7 @@ fn log(context: &ClientContext, head: &RequestHead, outcome: &Outcome, started: 
         Routed::Pool(pool) => Some(snapshot.pools[pool].state.name.as_str()),
         _ => None,
     };
+    let at = Instant::now();
     log.record(&Line {
         client: context.client,
         request: facts,
@@ -176,7 +183,8 @@ fn log(context: &ClientContext, head: &RequestHead, outcome: &Outcome, started: 
         status: outcome.status,
         bytes_in: outcome.bytes_in,
         bytes_out: outcome.bytes_out,
-        total: started.elapsed(),
+        at,
+        total: at.duration_since(started),
         first_byte: outcome.first_byte,
         backend: outcome.backend,
         pool,
@@ -200,6 +208,7 @@ fn log_refused(context: &ClientContext, status: StatusCode, bytes_out: usize) {
         status: status.as_u16(),
         bytes_in: 0,
         bytes_out: bytes_out as u64,
+        at: Instant::now(),
         total: Duration::ZERO,
         first_byte: None,
         backend: None,
@@ -226,8 +235,8 @@ async fn proxy(
     buffer: &mut BytesMut,
     head: &RequestHead,
     outcome: &mut Outcome,
+    started: Instant,
 ) -> io::Result<Next> {
-    let started = Instant::now();
     let shared = &context.shared;
     let timeouts = &shared.settings.timeouts;
     let snapshot = &head.snapshot;
