@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::reload::Reload;
 use crate::server::{Bound, ServerError};
-use crate::settings::{Pool, Settings};
+use crate::settings::{Pool, Serves, Settings};
 use crate::state::Shared;
 
 /// How a managed LB follows the configuration database.
@@ -94,8 +94,8 @@ pub(crate) fn run(
     beating.abort();
     let stopped = bound_rx.borrow().clone();
     if let Some(bound) = stopped {
-        let revision = followed.borrow().config.revision;
-        feed.block_on(heartbeat.send(&mut None, &bound, revision, LbState::Stopped));
+        let config = Arc::clone(&followed.borrow().config);
+        feed.block_on(heartbeat.send(&mut None, &bound, &config, LbState::Stopped));
     }
     served
 }
@@ -132,13 +132,13 @@ impl Heartbeat {
         let mut live = bound.live.clone();
         let mut store = None;
         loop {
-            let revision = followed.borrow_and_update().config.revision;
+            let config = Arc::clone(&followed.borrow_and_update().config);
             let state = if *stopping.borrow_and_update() {
                 LbState::Draining
             } else {
                 LbState::Serving
             };
-            self.send(&mut store, &bound, revision, state).await;
+            self.send(&mut store, &bound, &config, state).await;
             tokio::select! {
                 () = tokio::time::sleep(Self::EVERY) => {}
                 changed = followed.changed() => if changed.is_err() { return },
@@ -152,21 +152,37 @@ impl Heartbeat {
         }
     }
 
-    /// Records one heartbeat, connecting `store` first if it is not connected yet.
+    /// Records one heartbeat at `config`'s revision, connecting `store` first if it is not
+    /// connected yet. The pools it serves are its listeners' and, for a listener that routes
+    /// by a table, the table's (DNS answers a pool's name with the LBs that serve it).
     async fn send(
         &self,
         store: &mut Option<SqlStore>,
         bound: &Bound,
-        revision: u64,
+        config: &Config,
         state: LbState,
     ) {
         let (addresses, pools) = {
             let live = bound.live.borrow();
             let addresses = live.iter().map(|(a, _, _)| a.to_string()).collect();
-            let pools = live
-                .iter()
-                .filter_map(|(_, _, serves)| serves.pool().map(str::to_owned))
-                .collect();
+            let mut pools: Vec<String> = Vec::new();
+            let mut serve = |pool: &str| {
+                if !pools.iter().any(|p| p == pool) {
+                    pools.push(pool.to_owned());
+                }
+            };
+            for (_, _, serves) in live.iter() {
+                match serves {
+                    Serves::Pool(pool) => serve(pool),
+                    Serves::Routes(name) => config
+                        .route_tables
+                        .iter()
+                        .filter(|table| table.name == *name)
+                        .flat_map(|table| &table.routes)
+                        .filter_map(|route| route.pool.as_deref())
+                        .for_each(&mut serve),
+                }
+            }
             (addresses, pools)
         };
         let server = LbServer {
@@ -174,7 +190,7 @@ impl Heartbeat {
             addresses,
             pools,
             admin: bound.admin.map(|a| a.to_string()),
-            applied_revision: revision,
+            applied_revision: config.revision,
             state,
             last_heartbeat_ms: 0,
             figures: None,

@@ -137,6 +137,23 @@ fn route_commands_reach_every_managed_lb() {
         assert_eq!(get_from(lb, "example.org", "/").status, 404);
     }
 
+    // Each LB reports the pools its table sends to, so DNS answers their names with it.
+    eventually(
+        Duration::from_secs(15),
+        "the LBs' pools in the fleet",
+        || {
+            let fleet = cli(control, &["fleet", "list", "--json"]);
+            let fleet: serde_json::Value =
+                serde_json::from_slice(&fleet.stdout).unwrap_or_default();
+            let pools_of = |lb: &serde_json::Value| lb["pools"].clone();
+            fleet["lbs"].as_array().is_some_and(|lbs| {
+                lbs.len() == 2
+                    && lbs
+                        .iter()
+                        .all(|lb| pools_of(lb) == serde_json::json!(["api", "web"]))
+            })
+        },
+    );
     let listed = String::from_utf8(cli(control, &["route", "list", "main"]).stdout).expect("utf-8");
     let rows: Vec<&str> = listed.lines().skip(1).collect();
     assert_eq!(rows.len(), 3, "{listed}");
