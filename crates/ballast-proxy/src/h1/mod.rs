@@ -423,6 +423,9 @@ async fn respond(
     attempt.responded(&tried, response.status);
     outcome.status = response.status;
     if let Some(id) = id_for_client(context, head) {
+        // The LB's ID replaces one the backend echoed (as on the hyper path): one ID per
+        // response, the one in the log.
+        remove_header(&mut response.client, request_id::HEADER.as_bytes());
         // Before the head's empty line.
         response.client.truncate(response.client.len() - 2);
         put_header(
@@ -515,6 +518,21 @@ async fn write_error(
     write_answer(client, answer, keep_alive, patience).await
 }
 
+/// Removes every `name:` line (lower-case `name`, matched without case) from a response head
+/// that ends with its empty line.
+fn remove_header(head: &mut BytesMut, name: &[u8]) {
+    let mut kept = BytesMut::with_capacity(head.len());
+    for line in head.split_inclusive(|&b| b == b'\n') {
+        let named = line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name)
+            && line[name.len()] == b':';
+        if !named {
+            kept.extend_from_slice(line);
+        }
+    }
+    *head = kept;
+}
+
 /// A response the LB writes itself.
 struct Answer<'a> {
     status: StatusCode,
@@ -582,5 +600,17 @@ async fn linger(client: &mut TcpStream) {
             Ok(Ok(n)) if n > 0 => drained += n,
             _ => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_header_is_removed_from_a_head_whatever_its_case() {
+        let mut head = bytes::BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nX-Request-Id: a\r\nx-request-idx: b\r\nx-request-id: c\r\n\r\n"[..],
+        );
+        super::remove_header(&mut head, b"x-request-id");
+        assert_eq!(&head[..], b"HTTP/1.1 200 OK\r\nx-request-idx: b\r\n\r\n");
     }
 }
