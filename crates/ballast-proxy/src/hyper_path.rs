@@ -317,9 +317,12 @@ async fn tunnel(
 }
 
 /// A request's access log line in the making (while request IDs are on), written when its
-/// response has been sent.
+/// response has been sent, or when it is dropped unwritten: the client went away (an HTTP/2
+/// stream reset, a closed connection) before its response, which nginx logs as 499.
 #[derive(Debug)]
 struct Logged {
+    /// Not written yet.
+    pending: bool,
     shared: Arc<Shared>,
     client: std::net::SocketAddr,
     facts: RequestFacts,
@@ -365,6 +368,7 @@ impl Logged {
             _ => "HTTP/1.1",
         };
         Some(Box::new(Self {
+            pending: true,
             shared: Arc::clone(shared),
             client: context.client,
             facts,
@@ -389,7 +393,12 @@ impl Logged {
     }
 
     /// Writes the line, `sent` being the response body's bytes.
-    fn write(&self, sent: u64) {
+    fn write(mut self: Box<Self>, sent: u64) {
+        self.record(sent);
+    }
+
+    fn record(&mut self, sent: u64) {
+        self.pending = false;
         let Some(log) = &self.shared.access_log else {
             return;
         };
@@ -412,6 +421,16 @@ impl Logged {
             route: self.route.as_ref().map(|(table, at)| (table.as_str(), *at)),
             retries: self.retries,
         });
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if self.pending {
+            // nginx's "client closed request".
+            self.status = 499;
+            self.record(0);
+        }
     }
 }
 

@@ -203,3 +203,50 @@ fn combined_lines_read_as_nginx_writes_them() {
     let line = wait_for_lines(&log, 2).remove(1);
     assert!(line.contains("\"- - HTTP/1.1\" 400 "), "{line}");
 }
+
+/// A client that gives up before the response (an HTTP/2 stream reset) has its line, as nginx
+/// logs a closed request: 499.
+#[test]
+fn a_request_the_client_gave_up_on_is_logged_as_499() {
+    let (_slow, slow) = echo("slow", &["--latency", "3s"]);
+    let dir = TempDir::new("access-log-499");
+    let log = dir.path().join("access.log");
+    let (lb, listen) = support::lb(&[slow], &["--access-log", log.to_str().expect("utf-8")]);
+    let admin = lb.admin_addr();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let lines = runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(listen)
+            .await
+            .expect("connect");
+        let (client, connection) = h2::client::handshake(stream).await.expect("h2 handshake");
+        tokio::spawn(connection);
+        let mut client = client.ready().await.expect("ready");
+        let request = http::Request::get(format!("http://{listen}/given-up"))
+            .body(())
+            .expect("request");
+        let (_response, mut stream) = client.send_request(request, true).expect("sent");
+        // The backend takes 3 s; the client cancels once the LB has the request at the backend.
+        tokio::task::spawn_blocking(move || {
+            eventually(
+                Duration::from_secs(30),
+                "the request at the backend",
+                || support::metric(admin, "ballast_backend_in_flight{") == Some(1.0),
+            );
+        })
+        .await
+        .expect("waited");
+        stream.send_reset(h2::Reason::CANCEL);
+        // The runtime keeps the connection going (the reset is sent) while the log is read.
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || wait_for_lines(&log, 1))
+            .await
+            .expect("lines")
+    });
+    let line: serde_json::Value = serde_json::from_str(&lines[0]).expect("JSON");
+    assert_eq!(line["path"], "/given-up", "{line}");
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["protocol"], "HTTP/2.0", "{line}");
+}
