@@ -266,16 +266,15 @@ impl Route {
                 ));
             }
         }
-        if self.retries.is_some_and(|r| r > 10) {
-            return Err(Invalid::new("retries", "at most 10 extra tries"));
-        }
+        crate::validate::check_request_limits(
+            self.retries,
+            self.connect_timeout_ms,
+            self.response_timeout_ms,
+        )?;
         for (field, ms) in [
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("response_timeout_ms", self.response_timeout_ms),
         ] {
-            if ms.is_some_and(|ms| !(1..=3_600_000).contains(&ms)) {
-                return Err(Invalid::new(field, "from 1 to 3600000 milliseconds"));
-            }
             if ms.is_some() && self.pool.is_none() {
                 return Err(Invalid::new(field, "only a route to a pool has timeouts"));
             }

@@ -108,20 +108,43 @@ fn check_pool(spec: &PoolSpec) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn check_policy(policy: &crate::model::PoolPolicy) -> Result<(), Invalid> {
-    if policy.retries.is_some_and(|r| r > 10) {
+/// The retries and timeouts a request gets, as a pool's policy or a route over it sets them.
+pub(crate) fn check_request_limits(
+    retries: Option<u32>,
+    connect_timeout_ms: Option<u64>,
+    response_timeout_ms: Option<u64>,
+) -> Result<(), Invalid> {
+    if retries.is_some_and(|r| r > 10) {
         return Err(Invalid::new("retries", "at most 10 extra tries"));
     }
     for (field, value) in [
-        ("connect_timeout_ms", policy.connect_timeout_ms),
-        ("response_timeout_ms", policy.response_timeout_ms),
+        ("connect_timeout_ms", connect_timeout_ms),
+        ("response_timeout_ms", response_timeout_ms),
+    ] {
+        check_millis(field, value)?;
+    }
+    Ok(())
+}
+
+fn check_millis(field: &str, value: Option<u64>) -> Result<(), Invalid> {
+    if value.is_some_and(|ms| ms == 0 || ms > 3_600_000) {
+        return Err(Invalid::new(field, "must be from 1 ms to one hour"));
+    }
+    Ok(())
+}
+
+fn check_policy(policy: &crate::model::PoolPolicy) -> Result<(), Invalid> {
+    check_request_limits(
+        policy.retries,
+        policy.connect_timeout_ms,
+        policy.response_timeout_ms,
+    )?;
+    for (field, value) in [
         ("health_interval_ms", policy.health_interval_ms),
         ("health_timeout_ms", policy.health_timeout_ms),
         ("phi_min_std_dev_ms", policy.phi_min_std_dev_ms),
     ] {
-        if value.is_some_and(|ms| ms == 0 || ms > 3_600_000) {
-            return Err(Invalid::new(field, "must be from 1 ms to one hour"));
-        }
+        check_millis(field, value)?;
     }
     if policy
         .phi_acceptable_pause_ms
