@@ -61,6 +61,7 @@ pub fn request(bytes: &[u8]) -> Result<Option<Request>, u16> {
         scheme: "http",
         draining: false,
         request_ids: false,
+        request_id_to_client: false,
     };
     match parse_with(bytes, &forwarding, empty_snapshot(), |_, _| {
         (Routed::NoPool, None, 0)
@@ -111,6 +112,7 @@ pub fn response(
         routed: Routed::NoPool,
         route: None,
         facts: None,
+        id_to_client: false,
         key: 0,
         snapshot: empty_snapshot(),
     };

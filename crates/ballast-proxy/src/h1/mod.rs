@@ -219,13 +219,9 @@ fn log_refused(context: &ClientContext, status: StatusCode, bytes_out: usize) {
 }
 
 /// The request's ID, when the client is to be told it.
-fn id_for_client<'h>(context: &ClientContext, head: &'h RequestHead) -> Option<&'h str> {
+fn id_for_client(head: &RequestHead) -> Option<&str> {
     let facts = head.facts.as_ref()?;
-    context
-        .shared
-        .settings
-        .request_id_header
-        .then(|| facts.request_id())
+    head.id_to_client.then(|| facts.request_id())
 }
 
 /// Sends one request to a backend (retrying where safe) and its response to the client.
@@ -253,7 +249,7 @@ async fn proxy(
                 status,
                 location,
                 text: &text,
-                request_id: id_for_client(context, head),
+                request_id: id_for_client(head),
             };
             write_answer(client, answer, keep_alive, timeouts.idle).await?;
             return Ok(if keep_alive {
@@ -422,11 +418,8 @@ async fn respond(
     let backend = tried.backend;
     attempt.responded(&tried, response.status);
     outcome.status = response.status;
-    if let Some(id) = id_for_client(context, head) {
-        // The LB's ID replaces one the backend echoed (as on the hyper path): one ID per
-        // response, the one in the log.
-        remove_header(&mut response.client, request_id::HEADER.as_bytes());
-        // Before the head's empty line.
+    if let Some(id) = id_for_client(head) {
+        // Before the head's empty line (the backend's own, if it echoed one, was left out).
         response.client.truncate(response.client.len() - 2);
         put_header(
             &mut response.client,
@@ -491,7 +484,7 @@ async fn reply_error(
         status,
         location: None,
         text,
-        request_id: id_for_client(context, head),
+        request_id: id_for_client(head),
     };
     let patience = context.shared.settings.timeouts.idle;
     write_answer(client, answer, keep_alive, patience).await?;
@@ -516,21 +509,6 @@ async fn write_error(
         request_id: None,
     };
     write_answer(client, answer, keep_alive, patience).await
-}
-
-/// Removes every `name:` line (lower-case `name`, matched without case) from a response head
-/// that ends with its empty line.
-fn remove_header(head: &mut BytesMut, name: &[u8]) {
-    let mut kept = BytesMut::with_capacity(head.len());
-    for line in head.split_inclusive(|&b| b == b'\n') {
-        let named = line.len() > name.len()
-            && line[..name.len()].eq_ignore_ascii_case(name)
-            && line[name.len()] == b':';
-        if !named {
-            kept.extend_from_slice(line);
-        }
-    }
-    *head = kept;
 }
 
 /// A response the LB writes itself.
@@ -600,17 +578,5 @@ async fn linger(client: &mut TcpStream) {
             Ok(Ok(n)) if n > 0 => drained += n,
             _ => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_header_is_removed_from_a_head_whatever_its_case() {
-        let mut head = bytes::BytesMut::from(
-            &b"HTTP/1.1 200 OK\r\nX-Request-Id: a\r\nx-request-idx: b\r\nx-request-id: c\r\n\r\n"[..],
-        );
-        super::remove_header(&mut head, b"x-request-id");
-        assert_eq!(&head[..], b"HTTP/1.1 200 OK\r\nx-request-idx: b\r\n\r\n");
     }
 }

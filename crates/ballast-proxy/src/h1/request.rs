@@ -36,6 +36,9 @@ pub(super) struct RequestHead {
     pub(super) route: Option<u32>,
     /// What the access log says of it, and its ID (while request IDs are on).
     pub(super) facts: Option<RequestFacts>,
+    /// The client is told the request's ID (`request_id_header`): a backend's own
+    /// `X-Request-Id` in the response gives way to it.
+    pub(super) id_to_client: bool,
     pub(super) key: u64,
     /// The configuration the request was routed and keyed by, and the one it is proxied with.
     pub(super) snapshot: Arc<Snapshot>,
@@ -69,6 +72,7 @@ pub(super) fn parse_request(
         scheme: context.scheme,
         draining: shared.draining.load(Ordering::Relaxed),
         request_ids: shared.settings.request_ids(),
+        request_id_to_client: shared.settings.request_id_header,
     };
     let routing = Arc::clone(&snapshot);
     let (listener, client_ip) = (context.listener, context.client.ip());
@@ -102,6 +106,8 @@ pub(crate) struct Forwarding<'a> {
     pub(crate) draining: bool,
     /// Every request gets an ID, sent to the backend in `X-Request-Id`.
     pub(crate) request_ids: bool,
+    /// And to the client, in the response.
+    pub(crate) request_id_to_client: bool,
 }
 
 /// [`parse_request`] without a server: `choose` routes the request and hashes it for its pool.
@@ -237,6 +243,7 @@ pub(crate) fn parse_with(
             hostless: host.is_none(),
             routed,
             route,
+            id_to_client: facts.is_some() && forwarding.request_id_to_client,
             facts,
             key,
             snapshot,
@@ -349,6 +356,7 @@ mod tests {
             scheme: "https",
             draining: false,
             request_ids: false,
+            request_id_to_client: false,
         };
         let snapshot = Arc::new(Snapshot {
             pools: Vec::new(),

@@ -14,6 +14,7 @@ use super::message::{
     put_header,
 };
 use super::request::{RequestHead, put_length};
+use crate::request_id;
 use crate::upstream::Raw;
 
 /// A response head from a backend, rewritten for the client.
@@ -122,7 +123,11 @@ pub(super) fn parse_response(
         client.put_slice(response.reason.unwrap_or("").as_bytes());
         client.put_slice(b"\r\n");
         for header in response.headers.iter() {
-            if !is_framing(header.name) && !message.is_hop_by_hop(header.name) {
+            // The LB's request ID replaces one the backend echoed (as on the hyper path): one
+            // ID per response, the one in the log.
+            let replaced =
+                request.id_to_client && header.name.eq_ignore_ascii_case(request_id::HEADER);
+            if !is_framing(header.name) && !message.is_hop_by_hop(header.name) && !replaced {
                 put_header(&mut client, header.name.as_bytes(), header.value);
             }
         }
@@ -248,6 +253,7 @@ mod tests {
             routed: crate::state::Routed::NoPool,
             route: None,
             facts: None,
+            id_to_client: false,
             key: 0,
             snapshot: std::sync::Arc::new(crate::state::Snapshot {
                 pools: Vec::new(),
@@ -255,6 +261,30 @@ mod tests {
                 revision: 0,
             }),
         }
+    }
+
+    #[test]
+    fn a_backends_request_id_gives_way_to_the_lbs_when_the_client_is_told_it() {
+        let raw = b"HTTP/1.1 200 OK\r\nX-Request-Id: echoed\r\nx-request-idx: b\r\n\
+                    Content-Length: 0\r\n\r\n";
+        let kept = parse_response(raw, &request(false))
+            .expect("valid")
+            .expect("whole")
+            .0;
+        assert!(kept.client.windows(6).any(|w| w == b"echoed"));
+        let telling = RequestHead {
+            id_to_client: true,
+            ..request(false)
+        };
+        let replaced = parse_response(raw, &telling)
+            .expect("valid")
+            .expect("whole")
+            .0;
+        let head = String::from_utf8_lossy(&replaced.client);
+        assert!(
+            !head.contains("echoed") && head.contains("x-request-idx: b"),
+            "{head}"
+        );
     }
 
     fn parse(raw: &[u8], is_head: bool) -> (ResponseHead, usize) {
