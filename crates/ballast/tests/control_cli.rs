@@ -35,11 +35,7 @@ impl Cli {
 
     /// The revision a write command printed.
     fn revision(&self, args: &[&str]) -> f64 {
-        let out = self.ok(args);
-        out.trim()
-            .strip_prefix("revision ")
-            .and_then(|r| r.parse().ok())
-            .unwrap_or_else(|| panic!("ballast {args:?} printed {out:?}"))
+        support::cli_revision(self.control, TOKEN, args)
     }
 }
 

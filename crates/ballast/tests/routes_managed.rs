@@ -16,19 +16,8 @@ fn cli(control: SocketAddr, args: &[&str]) -> Output {
     support::cli(control, TOKEN, args)
 }
 
-/// The revision a write command printed; the command must succeed.
 fn revision(control: SocketAddr, args: &[&str]) -> f64 {
-    let output = cli(control, args);
-    let out = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "ballast {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    out.trim()
-        .strip_prefix("revision ")
-        .and_then(|r| r.parse().ok())
-        .unwrap_or_else(|| panic!("ballast {args:?} printed {out:?}"))
+    support::cli_revision(control, TOKEN, args)
 }
 
 fn get_from(lb: SocketAddr, host: &str, path: &str) -> Reply {
@@ -80,24 +69,7 @@ fn route_commands_reach_every_managed_lb() {
     let lbs: Vec<Process> = (1..=2)
         .map(|n| {
             let name = format!("lb-{n}");
-            Process::start(
-                &[
-                    "lb",
-                    "--db",
-                    &url,
-                    "--routes",
-                    "main",
-                    "--name",
-                    &name,
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--admin",
-                    "127.0.0.1:0",
-                    "--workers",
-                    "1",
-                ],
-                2,
-            )
+            support::managed_lb_serving(&url, ["--routes", "main"], &["--name", &name])
         })
         .collect();
     let applied_everywhere = |revision: f64| {

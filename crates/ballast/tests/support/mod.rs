@@ -261,12 +261,17 @@ pub fn create_pool(
 /// A managed LB on database `url` serving `pool`, with an admin endpoint and one worker; `extra`
 /// may add listeners (`--listen ADDR --pool NAME`).
 pub fn managed_lb(url: &str, pool: &str, extra: &[&str]) -> Process {
+    managed_lb_serving(url, ["--pool", pool], extra)
+}
+
+/// [`managed_lb`] serving what `serves` says: `["--pool", NAME]` or `["--routes", TABLE]`.
+pub fn managed_lb_serving(url: &str, serves: [&str; 2], extra: &[&str]) -> Process {
     let mut args = vec![
         "lb",
         "--db",
         url,
-        "--pool",
-        pool,
+        serves[0],
+        serves[1],
         "--listen",
         "127.0.0.1:0",
         "--admin",
@@ -400,6 +405,22 @@ pub fn cli(control: SocketAddr, token: &str, args: &[&str]) -> std::process::Out
         .env("BALLAST_TOKEN", token)
         .output()
         .expect("ballast runs")
+}
+
+/// The revision a write command (`ballast pool create …`, `route add …`) printed; the command
+/// must succeed.
+pub fn cli_revision(control: SocketAddr, token: &str, args: &[&str]) -> f64 {
+    let output = cli(control, token, args);
+    assert!(
+        output.status.success(),
+        "ballast {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let out = String::from_utf8_lossy(&output.stdout);
+    out.trim()
+        .strip_prefix("revision ")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("ballast {args:?} printed {out:?}"))
 }
 
 /// A resolver that asks only `server` and caches nothing, as a client of `ballast dns`.
