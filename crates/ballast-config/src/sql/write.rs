@@ -42,10 +42,9 @@ impl SqlStore {
             check_fence(&mut tx, fence).await?;
         }
         require_existing(&mut tx, write).await?;
-        if write.route_table().is_some() {
-            edit_route_table(&mut tx, write, revision).await?;
-        } else {
-            mutate(&mut tx, write, revision).await?;
+        match write.route_table() {
+            Some(table) => edit_route_table(&mut tx, write, table, revision).await?,
+            None => mutate(&mut tx, write, revision).await?,
         }
         let value = serde_json::to_string(write).unwrap_or_else(|_| "{}".to_owned());
         statement(
@@ -207,11 +206,9 @@ async fn route_to(
 async fn edit_route_table(
     tx: &mut Transaction<'static, Any>,
     write: &Write,
+    name: &str,
     revision: i64,
 ) -> Result<(), StoreError> {
-    let Some(name) = write.route_table() else {
-        return Ok(());
-    };
     let fail = StoreError::database("editing a route table");
     let existing = statement("SELECT name, routes FROM route_tables WHERE name = $1")
         .bind(name)
@@ -371,6 +368,7 @@ async fn mutate(
         .bind(revision)
         .bind(pool)
         .bind(canonical_address(address)),
+        // Edited whole by `edit_route_table`.
         Write::AddRoute { .. } | Write::RemoveRoute { .. } | Write::MoveRoute { .. } => {
             return Ok(());
         }
