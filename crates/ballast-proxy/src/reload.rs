@@ -152,11 +152,9 @@ pub(crate) fn apply(shared: &Shared, next: &Settings) -> Result<(), ReloadError>
     // Nothing can fail from here on.
     // Route tables are compiled again whether or not they changed: that is cheap, and off the
     // request path. A managed LB's come from the database, not the file.
-    let tables = match running.managed {
-        true => shared.route_tables(),
-        false => next.route_tables.clone(),
-    };
-    let target = |listener: &Listener| Target::of(&listener.serves, &tables, &shared.metrics);
+    let managed_tables = running.managed.then(|| shared.route_tables());
+    let tables = managed_tables.as_deref().unwrap_or(&next.route_tables);
+    let target = |listener: &Listener| Target::of(&listener.serves, tables, &shared.metrics);
     let mut targets = shared.targets();
     targets.resize(registry.by_id.len() + prepared.len(), None);
     for &(id, position) in &kept {

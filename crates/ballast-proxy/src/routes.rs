@@ -83,9 +83,6 @@ pub struct Router {
     any_host: Vec<u32>,
     /// The pools its routes send to, each once; a snapshot maps them to its own.
     pub(crate) pools: Vec<String>,
-    /// The table it was compiled from: a new revision of the configuration recompiles only a
-    /// table that changed.
-    pub(crate) source: RouteTable,
 }
 
 impl Router {
@@ -99,7 +96,6 @@ impl Router {
             wildcard: HashMap::new(),
             any_host: Vec::new(),
             pools: Vec::new(),
-            source: table.clone(),
         };
         for (i, route) in table.routes.iter().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);

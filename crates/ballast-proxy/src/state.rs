@@ -199,7 +199,7 @@ impl Target {
         match serves {
             Serves::Pool(pool) => Self::Pool(pool.clone()),
             Serves::Routes(name) => {
-                let table = tables.iter().find(|t| t.name == *name);
+                let table = named(tables, name);
                 let empty = RouteTable {
                     name: name.clone(),
                     routes: Vec::new(),
@@ -208,6 +208,11 @@ impl Target {
             }
         }
     }
+}
+
+/// The table of `tables` named `name`.
+fn named<'t>(tables: &'t [RouteTable], name: &str) -> Option<&'t RouteTable> {
+    tables.iter().find(|t| t.name == name)
 }
 
 /// One pool in a snapshot.
@@ -267,8 +272,9 @@ pub(crate) struct Shared {
     rebuilding: std::sync::Mutex<()>,
     /// Where each request's line goes, if the access log is on.
     pub access_log: Option<crate::access_log::AccessLog>,
-    /// Managed mode: the route tables of the configuration revision in force, for a reload
-    /// that adds a listener routing by one.
+    /// The route tables the listeners' routers were compiled from: the file's at start, then in
+    /// managed mode each revision's (the next one recompiles the routers whose table changed,
+    /// and a reload's new listeners are compiled from them).
     route_tables: std::sync::Mutex<Arc<[RouteTable]>>,
 }
 
@@ -297,7 +303,7 @@ impl Shared {
             next_slot: AtomicUsize::new(0),
             rebuilding: std::sync::Mutex::new(()),
             access_log: None,
-            route_tables: std::sync::Mutex::new(Arc::from(Vec::new())),
+            route_tables: std::sync::Mutex::new(Arc::from(settings.route_tables.as_slice())),
             settings,
         };
         let pools = Pool::all_of(&shared.settings.pools);
@@ -354,20 +360,18 @@ impl Shared {
     ) -> Result<(), ballast_balance::BuildError> {
         let _one_at_a_time = self.lock_rebuilds();
         let built = self.build_pools(pools)?;
-        *self.route_tables.lock().unwrap_or_else(|e| e.into_inner()) = Arc::from(tables);
+        let before = std::mem::replace(
+            &mut *self.route_tables.lock().unwrap_or_else(|e| e.into_inner()),
+            Arc::from(tables),
+        );
         let targets = self
             .targets()
             .into_iter()
             .map(|target| match target {
-                Some(Target::Routes(router)) => {
-                    let table = tables.iter().find(|t| t.name == router.name);
-                    let same = match table {
-                        Some(table) => router.source == *table,
-                        None => router.source.routes.is_empty(),
-                    };
-                    if same {
-                        return Some(Target::Routes(router));
-                    }
+                // Compiled from the revision before's table (or none): kept while it is the same.
+                Some(Target::Routes(router))
+                    if named(&before, &router.name) != named(tables, &router.name) =>
+                {
                     let serves = Serves::Routes(router.name.clone());
                     Some(Target::of(&serves, tables, &self.metrics))
                 }
@@ -379,11 +383,8 @@ impl Shared {
     }
 
     /// Managed mode: the route tables of the revision in force.
-    pub(crate) fn route_tables(&self) -> Vec<RouteTable> {
-        self.route_tables
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .to_vec()
+    pub(crate) fn route_tables(&self) -> Arc<[RouteTable]> {
+        Arc::clone(&self.route_tables.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Holds off every other snapshot rebuild, for a reload to build and swap as one step.
