@@ -77,6 +77,9 @@ pub struct PoolPolicy {
     #[schema(minimum = 2, maximum = 100_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phi_window: Option<u32>,
+    /// How the LB speaks to the backends (default `http1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<UpstreamProtocol>,
     /// The floor under the intervals' standard deviation, in milliseconds (default 100).
     #[schema(minimum = 1, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,6 +88,56 @@ pub struct PoolPolicy {
     #[schema(minimum = 0, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phi_acceptable_pause_ms: Option<u64>,
+}
+
+/// The protocol an LB speaks to a pool's backends. Clients may speak either protocol whatever
+/// the backends do: the LB translates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, a request per connection at a time, connections kept alive between requests.
+    #[default]
+    Http1,
+    /// HTTP/2 in clear text with prior knowledge (RFC 9113 §3.3), requests multiplexed over a
+    /// few connections per backend: what gRPC servers speak.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// Every protocol's name, as the configuration writes it.
+    pub const NAMES: [&'static str; 2] = ["http1", "h2c"];
+
+    /// The name, as the configuration writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2c => "h2c",
+        }
+    }
+}
+
+impl FromStr for UpstreamProtocol {
+    type Err = Invalid;
+
+    fn from_str(text: &str) -> Result<Self, Invalid> {
+        match text {
+            "http1" => Ok(Self::Http1),
+            "h2c" => Ok(Self::H2c),
+            other => Err(Invalid::new(
+                "protocol",
+                format!(
+                    "unknown protocol `{other}` (one of {})",
+                    Self::NAMES.join(", ")
+                ),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for UpstreamProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 fn client_ip() -> String {

@@ -358,6 +358,7 @@ mod tests {
             phi_window: Some(1000),
             phi_min_std_dev_ms: Some(100),
             phi_acceptable_pause_ms: Some(0),
+            protocol: Some(crate::model::UpstreamProtocol::H2c),
         };
         check(&with(good.clone())).expect("valid");
         let bad = [

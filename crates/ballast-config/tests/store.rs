@@ -339,6 +339,7 @@ async fn pool_policies_round_trip(store: SqlStore) {
             phi_window: Some(500),
             phi_min_std_dev_ms: Some(50),
             phi_acceptable_pause_ms: Some(250),
+            protocol: Some(ballast_config::UpstreamProtocol::H2c),
         },
     };
     store

@@ -102,6 +102,7 @@ function renderPools(pools) {
       el("strong", {}, pool.name), " · algorithm ", select, " ",
       el("button", { onclick: () => setAlgorithm(pool.name, select) }, "apply"),
       el("span", { class: "muted" }, ` · hash key ${pool.hash_key}`,
+        ` · backends speak ${pool.protocol}`,
         pool.dns_name ? ` · DNS ${pool.dns_name}` : ""));
     const rows = pool.backends.map((b) => {
       const weight = el("input", { class: "weight", type: "number", min: "0", value: b.weight });

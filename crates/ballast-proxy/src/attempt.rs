@@ -22,7 +22,7 @@ use http::{HeaderValue, StatusCode};
 
 use crate::metrics::ErrorKind;
 use crate::state::{BackendState, PoolSnapshot, PoolState, Routed, Shared};
-use crate::upstream::{self, Upstream};
+use crate::upstream::Upstream;
 
 /// Per client connection: what every request on it shares.
 #[derive(Debug)]
@@ -210,15 +210,17 @@ impl<'a> Attempt<'a> {
             let backend = &pool.backends[index];
             let in_flight = backend.balance.load().start();
             let timeouts = &shared.settings.timeouts;
-            let (taken, stray) =
-                upstream::take::<C>(backend.slot, timeouts.idle, &backend.counters.pooled_now);
+            let (taken, stray) = C::take(backend.slot, timeouts.idle, &backend.counters.pooled_now);
             if stray {
                 shared.distrust(backend);
             }
             let (connection, reused) = match taken {
                 Some(connection) => (connection, true),
                 None => match C::connect(backend.address, self.limits.connect_timeout).await {
-                    Ok(connection) => (connection, false),
+                    Ok(connection) => {
+                        connection.connected(backend.slot, &backend.counters.pooled_now);
+                        (connection, false)
+                    }
                     Err(error) => {
                         tracing::debug!(backend = %backend.address, %error, "backend connect failed");
                         shared.failure(pool, index);

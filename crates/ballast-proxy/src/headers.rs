@@ -51,6 +51,57 @@ fn scan(headers: &HeaderMap) -> Scan {
     found
 }
 
+/// Whether the client takes trailers (`TE: trailers`): gRPC's clients say so, and an HTTP/2
+/// backend should hear it again (the one TE value HTTP/2 allows, RFC 9113 §8.2.2).
+pub(crate) fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"))
+}
+
+/// A request [`to_backend`] made ready for HTTP/1.1, as an HTTP/2 backend takes it: the host as
+/// `:authority` in place of a `Host` line, and `te: trailers` where the client accepts them.
+pub(crate) fn for_http2(parts: &mut Parts, trailers: bool) {
+    let authority = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|host| http::uri::Authority::try_from(host.as_bytes()).ok());
+    if let Some(authority) = authority {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = parts.uri.path_and_query().cloned();
+        if let Ok(absolute) = Uri::from_parts(uri) {
+            parts.uri = absolute;
+            parts.headers.remove(header::HOST);
+            parts.version = Version::HTTP_2;
+        }
+    }
+    if trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether a message is gRPC's (`application/grpc`, `application/grpc+proto`, …).
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The trailers that end a gRPC response with UNAVAILABLE (code 14), which clients may retry.
+pub(crate) fn grpc_unavailable(message: &'static str) -> HeaderMap {
+    let mut trailers = HeaderMap::with_capacity(2);
+    trailers.insert("grpc-status", HeaderValue::from_static("14"));
+    trailers.insert("grpc-message", HeaderValue::from_static(message));
+    trailers
+}
+
 /// Whether a request asks to switch protocols (WebSocket and the like).
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)

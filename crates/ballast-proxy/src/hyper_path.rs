@@ -1,7 +1,8 @@
-//! The request path for HTTP/2 clients ([`crate::http2`]) and HTTP/1.1 over TLS (hyper's
-//! server): key → pick → pooled backend connection (hyper's HTTP/1.1 client) → response,
-//! following the one request policy in [`crate::attempt`]. (Plain-text HTTP/1.1 clients take
-//! the fast path in [`crate::h1`].)
+//! The request path for HTTP/2 clients ([`crate::http2`]), HTTP/1.1 over TLS (hyper's server)
+//! and every client of a pool whose backends speak HTTP/2: key → pick → backend connection
+//! (hyper's HTTP/1.1 client, pooled, or a stream on a shared HTTP/2 connection) → response,
+//! following the one request policy in [`crate::attempt`]. (Other plain-text HTTP/1.1 clients
+//! take the fast path in [`crate::h1`].)
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -23,8 +24,9 @@ use crate::attempt::{self, Attempt, ClientContext, Try};
 use crate::metrics::ErrorKind;
 use crate::state::Shared;
 use crate::state::{BackendState, PoolState, RequestLine, Routed};
-use crate::upstream::{self, Sender};
+use crate::upstream::{self, H2Stream, Sender};
 use crate::{headers, request_id};
+use ballast_config::UpstreamProtocol;
 
 /// The body of a response to a client: a backend's, streamed, or one the LB wrote.
 pub(crate) type ProxyBody = Either<Forwarded, Full<Bytes>>;
@@ -167,7 +169,9 @@ pub(crate) async fn handle(
         logged.pool = Some(pool.state.name.clone());
     }
 
-    let upgrade = headers::is_upgrade(request.headers());
+    let protocol = pool.state.protocol;
+    // An HTTP/1.1 upgrade has no HTTP/2 form: to an HTTP/2 backend it is a plain request.
+    let upgrade = headers::is_upgrade(request.headers()) && protocol == UpstreamProtocol::Http1;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, mut body) = request.into_parts();
     if let Some(logged) = &mut logged {
@@ -178,7 +182,11 @@ pub(crate) async fn handle(
     } else {
         0
     };
+    let trailers = headers::accepts_trailers(&parts.headers);
     headers::to_backend(&mut parts, &context.client_value, context.scheme, upgrade);
+    if protocol == UpstreamProtocol::H2c {
+        headers::for_http2(&mut parts, trailers);
+    }
     if let Some(id) = logged.as_ref().map(|l| l.facts.request_id())
         && let Ok(id) = HeaderValue::from_str(id)
     {
@@ -191,7 +199,7 @@ pub(crate) async fn handle(
     let limits = snapshot.limits(context.listener, route, &pool.state);
     let mut attempt = Attempt::new(&context, pool, limits, key, replayable, started);
     let mut parts = Some(parts);
-    while let Some((tried, mut sender)) = attempt.next::<Sender>().await {
+    while let Some((tried, mut connection)) = next_connection(&mut attempt, protocol).await {
         if let Some(logged) = &mut logged {
             logged.retries = attempt.retries();
             logged.backend = Some(tried.backend.address);
@@ -209,7 +217,7 @@ pub(crate) async fn handle(
         };
         let exchange = tokio::time::timeout(
             attempt.response_timeout(),
-            sender.send_request(Request::from_parts(head, upstream_body)),
+            connection.send(Request::from_parts(head, upstream_body)),
         )
         .await;
         match exchange {
@@ -221,7 +229,7 @@ pub(crate) async fn handle(
                 }
                 let backend = Backend {
                     tried,
-                    sender,
+                    connection,
                     response,
                 };
                 return respond(&attempt, backend, client_upgrade, logged);
@@ -234,10 +242,48 @@ pub(crate) async fn handle(
     answered(logged, status_response(attempt.give_up()))
 }
 
+/// A connection to the next backend the attempt tries, in the pool's protocol.
+async fn next_connection<'a>(
+    attempt: &mut Attempt<'a>,
+    protocol: UpstreamProtocol,
+) -> Option<(Try<'a>, Connection)> {
+    match protocol {
+        UpstreamProtocol::Http1 => attempt
+            .next::<Sender>()
+            .await
+            .map(|(tried, sender)| (tried, Connection::Http1(sender))),
+        UpstreamProtocol::H2c => attempt
+            .next::<H2Stream>()
+            .await
+            .map(|(tried, stream)| (tried, Connection::Http2(stream))),
+    }
+}
+
+/// What a request holds of its backend connection until the response has been read.
+#[derive(Debug)]
+enum Connection {
+    /// An HTTP/1.1 connection of its own, back to the worker's cache after a whole response.
+    Http1(Sender),
+    /// A stream on a shared HTTP/2 connection.
+    Http2(H2Stream),
+}
+
+impl Connection {
+    async fn send(
+        &mut self,
+        request: Request<upstream::UpstreamBody>,
+    ) -> hyper::Result<Response<Incoming>> {
+        match self {
+            Self::Http1(sender) => sender.send_request(request).await,
+            Self::Http2(stream) => stream.sender.send_request(request).await,
+        }
+    }
+}
+
 /// A backend's response, with the try it answers and the connection it came on.
 struct Backend<'a> {
     tried: Try<'a>,
-    sender: Sender,
+    connection: Connection,
     response: Response<Incoming>,
 }
 
@@ -249,9 +295,12 @@ fn respond(
 ) -> Response<ProxyBody> {
     let Backend {
         tried,
-        sender,
+        connection,
         mut response,
     } = backend;
+    // hyper's HTTP/1.1 server writes what it is given; an HTTP/2 backend's answer is sent on
+    // in the client's protocol.
+    *response.version_mut() = http::Version::HTTP_11;
     let status = response.status();
     attempt.responded(&tried, status.as_u16());
     if let Some(logged) = &mut logged {
@@ -281,11 +330,14 @@ fn respond(
     }
 
     headers::strip_hop_by_hop(response.headers_mut(), false);
+    let grpc = headers::is_grpc(response.headers());
     response.map(|inner| {
         Either::Left(Forwarded {
             inner,
+            grpc,
+            ended: false,
             finish: Some(Finish {
-                sender,
+                connection,
                 pool: Arc::clone(attempt.pool()),
                 backend: Arc::clone(tried.backend),
                 _in_flight: tried.in_flight,
@@ -476,15 +528,22 @@ fn text_response(status: StatusCode, text: Bytes, location: Option<&str>) -> Res
 /// A backend's response body on its way to the client. When it has been read to the end, its
 /// connection goes back to the worker's cache; if the client goes away first, the connection is
 /// closed instead (it still carries the rest of the body).
+///
+/// A gRPC response the backend breaks off ends with `grpc-status: 14` (UNAVAILABLE) in its
+/// trailers, as gRPC's own proxies end it, so the client's call fails at once with a status it
+/// may retry rather than with an internal error.
 #[derive(Debug)]
 pub(crate) struct Forwarded {
     inner: Incoming,
+    grpc: bool,
+    /// The body has ended (its trailers sent), whatever the backend does next.
+    ended: bool,
     finish: Option<Finish>,
 }
 
 #[derive(Debug)]
 struct Finish {
-    sender: Sender,
+    connection: Connection,
     pool: Arc<PoolState>,
     backend: Arc<BackendState>,
     _in_flight: InFlight,
@@ -501,10 +560,10 @@ impl Forwarded {
             if let Some(logged) = finish.logged {
                 logged.write(finish.sent);
             }
-            if reusable {
+            if let (true, Connection::Http1(sender)) = (reusable, finish.connection) {
                 upstream::give_back::<Sender>(
                     finish.backend.slot,
-                    finish.sender,
+                    sender,
                     &finish.backend.counters.pooled_now,
                 );
             }
@@ -520,10 +579,22 @@ impl Body for Forwarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.complete(true),
-            Poll::Ready(Some(Err(_))) => self.complete(false),
+            Poll::Ready(Some(Err(error))) => {
+                self.complete(false);
+                if self.grpc {
+                    tracing::debug!(%error, "backend broke off a gRPC response");
+                    self.ended = true;
+                    return Poll::Ready(Some(Ok(Frame::trailers(headers::grpc_unavailable(
+                        "the backend connection was lost",
+                    )))));
+                }
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(finish), Some(data)) = (&mut self.finish, frame.data_ref()) {
                     finish.sent += data.len() as u64;
@@ -535,7 +606,7 @@ impl Body for Forwarded {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -394,8 +394,12 @@ impl Accepting {
                                 http2::serve(context, stream, MAX_REQUEST_HEAD, &mut shutdown)
                                     .await;
                             }
-                            Some(Speaks::Http1) => {
+                            Some(Speaks::Http1) if context.shared.http1_only(id) => {
                                 h1::serve(context, stream, first, shutdown).await
+                            }
+                            Some(Speaks::Http1) => {
+                                let stream = Prefixed::new(first, stream);
+                                serve_http1(context, stream, &http1, &mut shutdown).await;
                             }
                             None => {}
                         }

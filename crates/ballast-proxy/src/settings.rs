@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use ballast_balance::Algorithm;
 use ballast_config::route::RouteTable;
-use ballast_config::{AdminState, AlgorithmSpec, HashKeySpec, Health, PoolPolicy, PoolSpec, Write};
+use ballast_config::{
+    AdminState, AlgorithmSpec, HashKeySpec, Health, PoolPolicy, PoolSpec, UpstreamProtocol, Write,
+};
 use serde::Deserialize;
 
 use crate::access_log::{AccessLogSettings, LogFormat, LogTarget};
@@ -192,6 +194,8 @@ pub(crate) struct Pool {
     pub backends: Vec<BackendAddress>,
     /// The pool's own retries and timeouts, where it overrides the LB's.
     pub overrides: PoolOverrides,
+    /// What the LB speaks to the backends.
+    pub protocol: UpstreamProtocol,
 }
 
 /// What a pool may set for itself instead of the LB server's defaults.
@@ -250,6 +254,7 @@ impl Pool {
                         connect: policy.connect_timeout_ms.map(Duration::from_millis),
                         backend_response: policy.response_timeout_ms.map(Duration::from_millis),
                     },
+                    protocol: policy.protocol.unwrap_or_default(),
                 })
             })
             .collect()
@@ -633,6 +638,7 @@ struct FilePool {
     connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     response_timeout: Option<Duration>,
+    protocol: Option<UpstreamProtocol>,
     backends: Vec<String>,
 }
 
@@ -658,6 +664,7 @@ impl FilePool {
                 retries: self.retries,
                 connect_timeout_ms: millis(self.connect_timeout),
                 response_timeout_ms: millis(self.response_timeout),
+                protocol: self.protocol,
                 ..PoolPolicy::default()
             },
         };
@@ -922,6 +929,7 @@ backends = ["127.0.0.1:9101"]
         let settings = Settings::from_toml(&tuned).expect("valid");
         let pools = Pool::all_of(&settings.pools);
         assert_eq!(pools[0].overrides, PoolOverrides::default());
+        assert_eq!(pools[0].protocol, UpstreamProtocol::Http1);
         assert_eq!(
             pools[1].overrides,
             PoolOverrides {
@@ -937,6 +945,18 @@ backends = ["127.0.0.1:9101"]
         assert_eq!(
             error(&slow),
             "pools[1].connect_timeout: must be from 1 ms to one hour"
+        );
+        let grpc = EXAMPLE.replace("name = \"db\"", "name = \"db\"\nprotocol = \"h2c\"");
+        let settings = Settings::from_toml(&grpc).expect("valid");
+        assert_eq!(
+            Pool::all_of(&settings.pools)[1].protocol,
+            UpstreamProtocol::H2c
+        );
+        let spdy = EXAMPLE.replace("name = \"db\"", "name = \"db\"\nprotocol = \"spdy\"");
+        assert!(
+            error(&spdy).contains("unknown variant `spdy`, expected `http1` or `h2c`"),
+            "{}",
+            error(&spdy)
         );
         let shouting = EXAMPLE.replace("name = \"db\"", "name = \"DB\"");
         assert!(

@@ -23,6 +23,7 @@ use crate::metrics::{BackendCounters, Metrics, PoolCounters};
 use crate::outlier::{Clock, Outlier};
 use crate::routes::{Action, Router};
 use crate::settings::{Pool, Serves, Settings};
+use ballast_config::UpstreamProtocol;
 
 /// A backend's state for the life of the server.
 #[derive(Debug)]
@@ -60,6 +61,8 @@ pub(crate) struct PoolState {
     pub connect_timeout: std::time::Duration,
     /// A backend starting its response, and each read of its body.
     pub response_timeout: std::time::Duration,
+    /// What the LB speaks to the backends.
+    pub protocol: UpstreamProtocol,
 }
 
 /// One immutable view of every pool, as the request path reads it.
@@ -69,6 +72,9 @@ pub(crate) struct Snapshot {
     pub pools: Vec<Arc<PoolSnapshot>>,
     /// By listener id: what it serves in this snapshot.
     pub by_listener: Vec<Serving>,
+    /// By listener id: whether every pool it reaches speaks HTTP/1.1 to its backends, so that
+    /// its plain-text HTTP/1.1 clients can take the fast path ([`crate::h1`]).
+    pub http1_only: Vec<bool>,
     /// The configuration revision it was built from (0 for a static configuration).
     pub revision: u64,
 }
@@ -291,6 +297,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 pools: Vec::new(),
                 by_listener: Vec::new(),
+                http1_only: Vec::new(),
                 revision: 0,
             }),
             listener_targets: std::sync::Mutex::new(targets),
@@ -316,6 +323,17 @@ impl Shared {
         if let Some(pool) = self.snapshot.load().for_listener(listener) {
             pool.state.counters.error(kind);
         }
+    }
+
+    /// Whether a plain-text HTTP/1.1 client of `listener` can take the fast path: every pool
+    /// the listener reaches speaks HTTP/1.1 to its backends.
+    pub(crate) fn http1_only(&self, listener: usize) -> bool {
+        self.snapshot
+            .load()
+            .http1_only
+            .get(listener)
+            .copied()
+            .unwrap_or(true)
     }
 
     /// How many upstream connection cache slots backends have used.
@@ -491,10 +509,21 @@ impl Shared {
                     router: Arc::clone(router),
                 },
             })
+            .collect::<Vec<_>>();
+        let speaks_http1 = |pool: &Option<usize>| {
+            pool.is_none_or(|pool| pools[pool].state.protocol == UpstreamProtocol::Http1)
+        };
+        let http1_only = by_listener
+            .iter()
+            .map(|serving| match serving {
+                Serving::Pool(pool) => speaks_http1(pool),
+                Serving::Routes { pools, .. } => pools.iter().all(speaks_http1),
+            })
             .collect();
         Snapshot {
             pools,
             by_listener,
+            http1_only,
             revision,
         }
     }
@@ -548,6 +577,7 @@ impl Shared {
                 .overrides
                 .backend_response
                 .unwrap_or(self.settings.timeouts.backend_response),
+            protocol: pool.protocol,
         }
     }
 
@@ -644,6 +674,7 @@ mod tests {
                 })
                 .collect(),
             overrides: PoolOverrides::default(),
+            protocol: UpstreamProtocol::Http1,
         }
     }
 

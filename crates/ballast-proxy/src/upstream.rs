@@ -4,22 +4,25 @@
 //!
 //! The cache is thread-local because each worker is a single-threaded runtime: a task never
 //! leaves the thread it started on, so the connection it returns goes back to its own worker.
-//! One [`IdleCache`] serves every kind of connection ([`Upstream`]): the fast path's raw
-//! sockets and hyper's HTTP/1.1 client connections.
+//! One [`IdleCache`] serves every kind of connection a request holds alone: the fast path's raw
+//! sockets and hyper's HTTP/1.1 client connections. HTTP/2 connections ([`Multiplexed`]) are
+//! shared instead: each request takes a stream on the least busy of a few per backend, and the
+//! connection stays in the worker's list while it carries them.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
 use crate::hyper_path::ClientBody;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{Either, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 /// At most this many idle connections per backend per worker.
@@ -35,15 +38,27 @@ pub(crate) enum Waiting {
     Bytes,
 }
 
-/// A kind of backend connection that can wait in the worker's cache between requests.
+/// What a request holds of a backend connection while it uses it: a connection alone, or a
+/// stream of a shared one.
 pub(crate) trait Upstream: Sized + 'static {
-    /// This worker's cache of idle connections of this kind.
-    fn cache() -> &'static LocalKey<RefCell<IdleCache<Self>>>;
     /// Opens a new connection to `address`.
     fn connect(
         address: SocketAddr,
         timeout: Duration,
     ) -> impl Future<Output = Result<Self, ConnectError>>;
+    /// One from this worker's connections to the backend at `slot`, if one is fit for a request;
+    /// and whether one it passed over held bytes nobody asked for. `pooled` is the gauge of the
+    /// backend's kept connections.
+    fn take(slot: usize, idle_timeout: Duration, pooled: &AtomicI64) -> (Option<Self>, bool);
+    /// A connection just made: a shared one is offered to the next requests at once.
+    fn connected(&self, _slot: usize, _pooled: &AtomicI64) {}
+}
+
+/// A kind of connection that one request holds at a time, and that waits in the worker's
+/// [`IdleCache`] between requests.
+pub(crate) trait Exclusive: Upstream {
+    /// This worker's cache of idle connections of this kind.
+    fn cache() -> &'static LocalKey<RefCell<IdleCache<Self>>>;
     /// Checked on the way out of the cache and by the sweep.
     fn waiting(&self) -> Waiting;
     /// Whether its last exchange left it fit for another.
@@ -73,7 +88,7 @@ thread_local! {
 /// Every connection is checked as it leaves the cache: a backend that closed it, or that sent
 /// bytes after its last response (beyond its `Content-Length`, a body to a HEAD), must not
 /// have them read as the next client's response.
-pub(crate) fn take<C: Upstream>(
+fn take_idle<C: Exclusive>(
     slot: usize,
     idle_timeout: Duration,
     pooled: &AtomicI64,
@@ -99,7 +114,7 @@ pub(crate) fn take<C: Upstream>(
 
 /// Returns a connection whose last response was read in full; one that is not fit for another
 /// exchange is closed instead.
-pub(crate) fn give_back<C: Upstream>(slot: usize, connection: C, pooled: &AtomicI64) {
+pub(crate) fn give_back<C: Exclusive>(slot: usize, connection: C, pooled: &AtomicI64) {
     if !connection.reusable() {
         return;
     }
@@ -125,12 +140,13 @@ pub(crate) fn sweep<'a>(
     let mut stray = Vec::new();
     sweep_kind::<Raw>(idle_timeout, &pooled_of, &mut stray);
     sweep_kind::<Sender>(idle_timeout, &pooled_of, &mut stray);
+    sweep_multiplexed(idle_timeout, &pooled_of);
     stray.sort_unstable();
     stray.dedup();
     stray
 }
 
-fn sweep_kind<'a, C: Upstream>(
+fn sweep_kind<'a, C: Exclusive>(
     idle_timeout: Duration,
     pooled_of: &impl Fn(usize) -> Option<&'a AtomicI64>,
     stray: &mut Vec<usize>,
@@ -170,7 +186,7 @@ pub(crate) enum ConnectError {
     /// The connection was refused or failed.
     #[error("connect failed: {0}")]
     Io(#[from] io::Error),
-    /// The HTTP/1.1 handshake failed.
+    /// The HTTP handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
 }
@@ -184,15 +200,21 @@ pub(crate) struct Raw {
 }
 
 impl Upstream for Raw {
-    fn cache() -> &'static LocalKey<RefCell<IdleCache<Self>>> {
-        &RAW
-    }
-
     async fn connect(address: SocketAddr, timeout: Duration) -> Result<Self, ConnectError> {
         Ok(Self {
             stream: connect_tcp(address, timeout).await?,
             buffer: BytesMut::with_capacity(8 * 1024),
         })
+    }
+
+    fn take(slot: usize, idle_timeout: Duration, pooled: &AtomicI64) -> (Option<Self>, bool) {
+        take_idle(slot, idle_timeout, pooled)
+    }
+}
+
+impl Exclusive for Raw {
+    fn cache() -> &'static LocalKey<RefCell<IdleCache<Self>>> {
+        &RAW
     }
 
     /// Looks without taking: a `MSG_PEEK` when the runtime has seen the socket become readable
@@ -224,8 +246,8 @@ pub(crate) type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
 pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
 
 impl Upstream for Sender {
-    fn cache() -> &'static LocalKey<RefCell<IdleCache<Self>>> {
-        &SENDERS
+    fn take(slot: usize, idle_timeout: Duration, pooled: &AtomicI64) -> (Option<Self>, bool) {
+        take_idle(slot, idle_timeout, pooled)
     }
 
     async fn connect(address: SocketAddr, timeout: Duration) -> Result<Self, ConnectError> {
@@ -240,6 +262,12 @@ impl Upstream for Sender {
         });
         Ok(sender)
     }
+}
+
+impl Exclusive for Sender {
+    fn cache() -> &'static LocalKey<RefCell<IdleCache<Self>>> {
+        &SENDERS
+    }
 
     fn waiting(&self) -> Waiting {
         if self.is_ready() {
@@ -252,4 +280,132 @@ impl Upstream for Sender {
     fn reusable(&self) -> bool {
         self.is_ready()
     }
+}
+
+/// Requests one HTTP/2 connection carries at once before another is opened beside it (servers
+/// must allow at least 100, RFC 9113 §6.5.2; beyond a backend's own limit, h2 queues them).
+const STREAMS_PER_CONNECTION: usize = 100;
+/// At most this many HTTP/2 connections per backend per worker; past them, the least busy one
+/// takes the stream.
+const MAX_MULTIPLEXED_PER_BACKEND: usize = 8;
+/// Receive windows on backend HTTP/2 connections: a response is not throttled by round trips.
+const H2_WINDOW: u32 = 1024 * 1024;
+
+thread_local! {
+    static MULTIPLEXED: RefCell<Vec<Vec<Multiplexed>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An HTTP/2 connection to a backend, shared by the requests in flight on it.
+#[derive(Debug, Clone)]
+struct Multiplexed {
+    sender: http2::SendRequest<UpstreamBody>,
+    /// Requests holding a stream on it now.
+    streams: Arc<AtomicUsize>,
+    /// When a request last took a stream on it.
+    used: Instant,
+}
+
+/// A request's stream on a shared HTTP/2 connection, counted against the connection for as
+/// long as it lives.
+#[derive(Debug)]
+pub(crate) struct H2Stream {
+    pub(crate) sender: http2::SendRequest<UpstreamBody>,
+    streams: Arc<AtomicUsize>,
+}
+
+impl H2Stream {
+    fn on(connection: &Multiplexed) -> Self {
+        connection.streams.fetch_add(1, Ordering::Relaxed);
+        Self {
+            sender: connection.sender.clone(),
+            streams: Arc::clone(&connection.streams),
+        }
+    }
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Upstream for H2Stream {
+    async fn connect(address: SocketAddr, timeout: Duration) -> Result<Self, ConnectError> {
+        let stream = connect_tcp(address, timeout).await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(H2_WINDOW)
+            .initial_connection_window_size(H2_WINDOW)
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%address, %error, "backend HTTP/2 connection ended");
+            }
+        });
+        Ok(Self {
+            sender,
+            streams: Arc::new(AtomicUsize::new(1)),
+        })
+    }
+
+    /// A stream on the least busy open connection with room for one, or on the least busy of
+    /// all once the backend has as many connections as a worker opens.
+    fn take(slot: usize, _idle_timeout: Duration, pooled: &AtomicI64) -> (Option<Self>, bool) {
+        MULTIPLEXED.with_borrow_mut(|slots| {
+            let Some(connections) = slots.get_mut(slot) else {
+                return (None, false);
+            };
+            let before = connections.len();
+            connections.retain(|c| !c.sender.is_closed());
+            pooled.fetch_sub((before - connections.len()) as i64, Ordering::Relaxed);
+            let full = connections.len() >= MAX_MULTIPLEXED_PER_BACKEND;
+            let least_busy = connections
+                .iter_mut()
+                .min_by_key(|c| c.streams.load(Ordering::Relaxed));
+            let taken = least_busy
+                .filter(|c| c.streams.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION || full);
+            let taken = taken.map(|c| {
+                c.used = Instant::now();
+                Self::on(c)
+            });
+            (taken, false)
+        })
+    }
+
+    fn connected(&self, slot: usize, pooled: &AtomicI64) {
+        MULTIPLEXED.with_borrow_mut(|slots| {
+            if slots.len() <= slot {
+                slots.resize_with(slot + 1, Vec::new);
+            }
+            if slots[slot].len() < MAX_MULTIPLEXED_PER_BACKEND {
+                slots[slot].push(Multiplexed {
+                    sender: self.sender.clone(),
+                    streams: Arc::clone(&self.streams),
+                    used: Instant::now(),
+                });
+                pooled.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+}
+
+/// Closes this worker's HTTP/2 connections that have closed, or carried nothing for
+/// `idle_timeout` (dropping the last sender ends the connection).
+fn sweep_multiplexed<'a>(
+    idle_timeout: Duration,
+    pooled_of: &impl Fn(usize) -> Option<&'a AtomicI64>,
+) {
+    MULTIPLEXED.with_borrow_mut(|slots| {
+        for (slot, connections) in slots.iter_mut().enumerate() {
+            let before = connections.len();
+            connections.retain(|c| {
+                !c.sender.is_closed()
+                    && (c.streams.load(Ordering::Relaxed) > 0 || c.used.elapsed() < idle_timeout)
+            });
+            if let Some(pooled) = pooled_of(slot) {
+                pooled.fetch_sub((before - connections.len()) as i64, Ordering::Relaxed);
+            }
+        }
+    });
 }

@@ -168,10 +168,18 @@ fn pool_and_backend_commands_reach_every_managed_lb(url: &str, dir: &std::path::
         "0",
         "--response-timeout",
         "2s",
+        "--protocol",
+        "http1",
     ]);
     applied_everywhere(policy);
     let shown = cli.ok(&["pool", "show", "web", "--json"]);
     assert!(shown.contains("\"response_timeout_ms\":2000"), "{shown}");
+    assert!(shown.contains("\"protocol\":\"http1\""), "{shown}");
+    let refused = cli.run(&["pool", "set-policy", "web", "--protocol", "spdy"]);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("unknown protocol `spdy`"),
+        "{refused:?}"
+    );
     let listing = cli.ok(&["pool", "list"]);
     assert!(
         listing

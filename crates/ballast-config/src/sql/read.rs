@@ -185,6 +185,11 @@ fn pool_from(row: &AnyRow) -> Result<PoolSpec, sqlx::Error> {
             phi_window: small(row, "phi_window")?,
             phi_min_std_dev_ms: whole(row, "phi_min_std_dev_ms")?,
             phi_acceptable_pause_ms: whole(row, "phi_acceptable_pause_ms")?,
+            protocol: row
+                .try_get::<Option<String>, _>("protocol")?
+                .map(|name| name.parse())
+                .transpose()
+                .map_err(|e: crate::validate::Invalid| sqlx::Error::Decode(e.reason.into()))?,
         },
     })
 }

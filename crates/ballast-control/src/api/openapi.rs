@@ -23,6 +23,7 @@ use crate::api;
         ballast_config::PoolSpec,
         ballast_config::AlgorithmSpec,
         ballast_config::PoolPolicy,
+        ballast_config::UpstreamProtocol,
         ballast_config::Pool,
         ballast_config::Backend,
         ballast_config::AdminState,

@@ -150,6 +150,7 @@ fn empty_snapshot() -> Arc<Snapshot> {
     Arc::new(Snapshot {
         pools: Vec::new(),
         by_listener: Vec::new(),
+        http1_only: Vec::new(),
         revision: 0,
     })
 }

@@ -38,6 +38,7 @@ use crate::metrics::ErrorKind;
 use crate::request_id;
 use crate::state::{PoolSnapshot, Routed};
 use crate::upstream::{self, Raw};
+use ballast_config::UpstreamProtocol;
 /// How long to look for an early response after a backend stopped taking a request body.
 const EARLY_RESPONSE_WAIT: Duration = Duration::from_secs(1);
 /// At most this long and this much of a client's unread body is drained before closing.
@@ -259,6 +260,23 @@ async fn proxy(
             });
         }
     };
+    if pool.state.protocol != UpstreamProtocol::Http1 {
+        // The pool began speaking HTTP/2 to its backends after this connection took the fast
+        // path: the client is asked to connect again, and its next connection takes the path
+        // that translates (see `Shared::http1_only`).
+        pool.state.counters.error(ErrorKind::NoBackend);
+        let (status, text) = attempt::answer(ErrorKind::NoBackend);
+        outcome.status = status.as_u16();
+        outcome.bytes_out = text.len() as u64;
+        let answer = Answer {
+            status,
+            location: None,
+            text,
+            request_id: id_for_client(head),
+        };
+        write_answer(client, answer, false, timeouts.idle).await?;
+        return Ok(Next::Close);
+    }
     if head.expect_continue && head.body != Framing::Empty {
         // We answer for the backend, so the client's body and the backend's reply never wait
         // on each other through us.

@@ -361,6 +361,7 @@ mod tests {
         let snapshot = Arc::new(Snapshot {
             pools: Vec::new(),
             by_listener: Vec::new(),
+            http1_only: Vec::new(),
             revision: 0,
         });
         parse_with(bytes, &forwarding, snapshot, |_, _| {

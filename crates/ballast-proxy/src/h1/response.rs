@@ -258,6 +258,7 @@ mod tests {
             snapshot: std::sync::Arc::new(crate::state::Snapshot {
                 pools: Vec::new(),
                 by_listener: Vec::new(),
+                http1_only: Vec::new(),
                 revision: 0,
             }),
         }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ballast_config::HashKeySpec;
-use ballast_config::{FollowOptions, Pool, PoolPolicy, PoolSpec};
+use ballast_config::{FollowOptions, Pool, PoolPolicy, PoolSpec, UpstreamProtocol};
 use ballast_proxy::settings::{BackendAddress, Listener, Mode, Serves, Settings, TlsFiles};
 use ballast_proxy::{Bound, Managed, Reload, Source};
 use clap::{Args, ValueEnum};
@@ -66,6 +66,10 @@ pub(crate) struct LbArgs {
     /// Proxy HTTP requests or raw TCP connections.
     #[arg(long, value_enum, default_value_t = ModeArg::Http)]
     mode: ModeArg,
+    /// What the LB speaks to the backends: http1, or h2c (HTTP/2 in clear text, as gRPC
+    /// servers speak).
+    #[arg(long, value_name = "PROTOCOL", default_value = "http1", conflicts_with_all = ["config", "db"])]
+    protocol: UpstreamProtocol,
     /// Event-loop threads [default: the number of cores].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -205,7 +209,10 @@ impl LbArgs {
                         algorithm: self.algorithm.spec(),
                         hash_key: self.hash_key.to_string(),
                         dns_name: None,
-                        policy: PoolPolicy::default(),
+                        policy: PoolPolicy {
+                            protocol: Some(self.protocol),
+                            ..PoolPolicy::default()
+                        },
                     },
                     backends: self.backend.iter().map(|b| b.into_model()).collect(),
                 };

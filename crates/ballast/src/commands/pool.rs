@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::admin_client::{ControlFlags, segment};
 use super::algorithm_args::AlgorithmArgs;
 use ballast_bench::table::Table;
+use ballast_config::UpstreamProtocol;
 
 #[derive(Debug, Args)]
 pub(crate) struct PoolCommand {
@@ -107,6 +108,14 @@ struct PolicyArgs {
     /// A pause the detector forgives [default: 0s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     phi_acceptable_pause: Option<std::time::Duration>,
+    /// What LBs speak to the backends: http1, or h2c (HTTP/2 in clear text, as gRPC servers
+    /// speak) [default: http1].
+    #[arg(long, value_name = "PROTOCOL", value_parser = parse_protocol)]
+    protocol: Option<UpstreamProtocol>,
+}
+
+fn parse_protocol(text: &str) -> Result<UpstreamProtocol, String> {
+    text.parse().map_err(|e: ballast_config::Invalid| e.reason)
 }
 
 impl PolicyArgs {
@@ -135,6 +144,9 @@ impl PolicyArgs {
         }
         if let Some(phi) = self.phi_threshold {
             spec["phi_threshold"] = json!(phi);
+        }
+        if let Some(protocol) = self.protocol {
+            spec["protocol"] = json!(protocol.name());
         }
     }
 }
