@@ -42,7 +42,8 @@ pub use feed::{FollowOptions, Followed, catch_up, follow, follow_or_fall_back};
 pub use hash_key::HashKeySpec;
 pub use model::{
     AdminState, AlgorithmSpec, Backend, Change, Config, Health, LbFigures, LbServer, LbState,
-    Liveness, OutOfStep, Pool, PoolPolicy, PoolSpec, RouteEditError, UpstreamProtocol, Write,
+    Liveness, OutOfStep, Pool, PoolPolicy, PoolSpec, ProxyProtocol, RouteEditError,
+    UpstreamProtocol, Write,
 };
 pub use sql::lease::Lease;
 pub use sql::{Dialect, NOTIFY_CHANNEL, SqlStore};

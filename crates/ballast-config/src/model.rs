@@ -80,6 +80,10 @@ pub struct PoolPolicy {
     /// How the LB speaks to the backends (default `http1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<UpstreamProtocol>,
+    /// Open each backend connection with a PROXY protocol header naming the client (`v1` or
+    /// `v2`), in TCP and HTTP mode; unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_proxy_protocol: Option<ProxyProtocol>,
     /// The floor under the intervals' standard deviation, in milliseconds (default 100).
     #[schema(minimum = 1, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,6 +141,41 @@ impl FromStr for UpstreamProtocol {
 impl fmt::Display for UpstreamProtocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// A version of HAProxy's PROXY protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// The text header.
+    V1,
+    /// The binary header.
+    V2,
+}
+
+impl ProxyProtocol {
+    /// The name, as the configuration writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::V1 => "v1",
+            Self::V2 => "v2",
+        }
+    }
+}
+
+impl FromStr for ProxyProtocol {
+    type Err = Invalid;
+
+    fn from_str(text: &str) -> Result<Self, Invalid> {
+        match text {
+            "v1" => Ok(Self::V1),
+            "v2" => Ok(Self::V2),
+            other => Err(Invalid::new(
+                "send_proxy_protocol",
+                format!("unknown PROXY protocol version `{other}` (v1 or v2)"),
+            )),
+        }
     }
 }
 

@@ -359,6 +359,7 @@ mod tests {
             phi_min_std_dev_ms: Some(100),
             phi_acceptable_pause_ms: Some(0),
             protocol: Some(crate::model::UpstreamProtocol::H2c),
+            send_proxy_protocol: Some(crate::model::ProxyProtocol::V1),
         };
         check(&with(good.clone())).expect("valid");
         let bad = [

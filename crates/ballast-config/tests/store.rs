@@ -340,6 +340,7 @@ async fn pool_policies_round_trip(store: SqlStore) {
             phi_min_std_dev_ms: Some(50),
             phi_acceptable_pause_ms: Some(250),
             protocol: Some(ballast_config::UpstreamProtocol::H2c),
+            send_proxy_protocol: Some(ballast_config::ProxyProtocol::V2),
         },
     };
     store

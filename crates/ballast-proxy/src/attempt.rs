@@ -15,6 +15,7 @@
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ballast_balance::InFlight;
@@ -22,7 +23,7 @@ use http::{HeaderValue, StatusCode};
 
 use crate::metrics::ErrorKind;
 use crate::state::{BackendState, PoolSnapshot, PoolState, Routed, Shared};
-use crate::upstream::Upstream;
+use crate::upstream::{self, Dial, Upstream};
 
 /// Per client connection: what every request on it shares.
 #[derive(Debug)]
@@ -31,12 +32,31 @@ pub(crate) struct ClientContext {
     /// The listener the client came in on (which names the pool it is served by).
     pub listener: usize,
     pub client: SocketAddr,
+    /// The address the client connected to (a PROXY header's destination).
+    pub local: SocketAddr,
     /// The client's address as `X-Forwarded-For` writes it, made once per connection.
     pub client_value: HeaderValue,
     /// `http` or `https`, for `X-Forwarded-Proto`.
     pub scheme: &'static str,
     /// Over TLS: the certificate the connection was made with.
     pub tls: Option<crate::tls::Served>,
+    /// Backend connections were opened for this client alone (with a PROXY header naming it):
+    /// they are closed with the client's connection.
+    pub owns_connections: AtomicBool,
+}
+
+impl Drop for ClientContext {
+    fn drop(&mut self) {
+        if self.owns_connections.load(Ordering::Relaxed) {
+            let backends = self.shared.backends();
+            upstream::release(self.client, |slot| {
+                backends
+                    .iter()
+                    .find(|b| b.slot == slot)
+                    .map(|b| &*b.counters.pooled_now)
+            });
+        }
+    }
 }
 
 /// The most tries one request makes (the first plus up to 10 retries, the settings' maximum).
@@ -139,6 +159,8 @@ pub(crate) struct Try<'a> {
     /// had closed meanwhile is not the backend failing).
     pub reused: bool,
     pub in_flight: InFlight,
+    /// The client the connection is for alone (it opened with a PROXY header naming it).
+    pub owner: Option<SocketAddr>,
 }
 
 impl<'a> Attempt<'a> {
@@ -203,22 +225,37 @@ impl<'a> Attempt<'a> {
     pub(crate) async fn next<C: Upstream>(&mut self) -> Option<(Try<'a>, C)> {
         let shared = &*self.context.shared;
         let pool = &self.pool.state;
+        let hello = pool.send_proxy_protocol.map(|version| {
+            crate::proxy_protocol::header(version, self.context.client, self.context.local)
+        });
+        let owner = hello.is_some().then_some(self.context.client);
+        if owner.is_some() {
+            self.context.owns_connections.store(true, Ordering::Relaxed);
+        }
         while self.made < self.tries {
             let index = self.pool.choose(self.key, &self.tried[..self.made])?;
             self.tried[self.made] = index;
             self.made += 1;
             let backend = &pool.backends[index];
             let in_flight = backend.balance.load().start();
-            let timeouts = &shared.settings.timeouts;
-            let (taken, stray) = C::take(backend.slot, timeouts.idle, &backend.counters.pooled_now);
+            let dial = Dial {
+                address: backend.address,
+                slot: backend.slot,
+                connect_timeout: self.limits.connect_timeout,
+                idle_timeout: shared.settings.timeouts.idle,
+                pooled: &backend.counters.pooled_now,
+                owner,
+                hello: hello.as_deref(),
+            };
+            let (taken, stray) = C::take(&dial);
             if stray {
                 shared.distrust(backend);
             }
             let (connection, reused) = match taken {
                 Some(connection) => (connection, true),
-                None => match C::connect(backend.address, self.limits.connect_timeout).await {
+                None => match C::connect(&dial).await {
                     Ok(connection) => {
-                        connection.connected(backend.slot, &backend.counters.pooled_now);
+                        connection.connected(&dial);
                         (connection, false)
                     }
                     Err(error) => {
@@ -234,6 +271,7 @@ impl<'a> Attempt<'a> {
                 backend,
                 reused,
                 in_flight,
+                owner,
             };
             return Some((chosen, connection));
         }

@@ -340,6 +340,7 @@ fn respond(
                 connection,
                 pool: Arc::clone(attempt.pool()),
                 backend: Arc::clone(tried.backend),
+                owner: tried.owner,
                 _in_flight: tried.in_flight,
                 started: attempt.started(),
                 logged,
@@ -544,6 +545,8 @@ pub(crate) struct Forwarded {
 #[derive(Debug)]
 struct Finish {
     connection: Connection,
+    /// The client the connection is for alone, if it is.
+    owner: Option<std::net::SocketAddr>,
     pool: Arc<PoolState>,
     backend: Arc<BackendState>,
     _in_flight: InFlight,
@@ -565,6 +568,7 @@ impl Forwarded {
                     finish.backend.slot,
                     sender,
                     &finish.backend.counters.pooled_now,
+                    finish.owner,
                 );
             }
         }

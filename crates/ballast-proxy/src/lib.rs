@@ -29,6 +29,7 @@
 //!     mode: Mode::Http,
 //!     serves: Serves::Pool("web".into()),
 //!     tls: Vec::new(),
+//!     proxy_protocol: false,
 //! };
 //! let settings = Settings::new(vec![listener], vec![pool]);
 //! ballast_proxy::run(settings, ballast_proxy::Source::Static, None, |bound| {
@@ -58,6 +59,7 @@ pub mod metrics;
 mod outlier;
 mod prefixed;
 mod process;
+mod proxy_protocol;
 pub mod reload;
 mod request_id;
 pub mod routes;

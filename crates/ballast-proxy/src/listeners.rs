@@ -23,6 +23,8 @@ pub(crate) struct WorkerListener {
     /// Over TLS: the acceptor, and the certificates it serves (which requests are checked
     /// against).
     pub tls: Option<(TlsAcceptor, Arc<Certificate>)>,
+    /// Connections open with a PROXY protocol header.
+    pub proxy_protocol: bool,
     /// Turns true when a reload removes the listener.
     pub removed: watch::Receiver<bool>,
 }
@@ -82,6 +84,7 @@ pub(crate) fn prepare(
             mode: settings.mode,
             id,
             tls: acceptor.clone().zip(certificate.clone()),
+            proxy_protocol: settings.proxy_protocol,
             removed: watching.clone(),
         });
     }

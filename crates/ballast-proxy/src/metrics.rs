@@ -31,6 +31,7 @@ pub struct Metrics {
     pooled: Family<Labels, Gauge>,
     client_connections: Gauge,
     accept_errors: Counter,
+    proxy_header_errors: Counter,
     /// Live count behind `client_connections`, updated by every worker.
     open_client_connections: Arc<AtomicI64>,
     cpu_seconds: Counter<f64, AtomicU64>,
@@ -167,6 +168,7 @@ impl Metrics {
         let pooled = Family::<Labels, Gauge>::default();
         let client_connections = Gauge::default();
         let accept_errors = Counter::default();
+        let proxy_header_errors = Counter::default();
         let cpu_seconds = Counter::<f64, AtomicU64>::default();
         let resident_bytes = Gauge::default();
         let open_fds = Gauge::default();
@@ -257,6 +259,11 @@ impl Metrics {
             accept_errors.clone(),
         );
         registry.register(
+            "ballast_proxy_protocol_errors",
+            "Connections closed because they did not open with a valid PROXY protocol header in time",
+            proxy_header_errors.clone(),
+        );
+        registry.register(
             "process_cpu_seconds",
             "User and system CPU time of the process",
             cpu_seconds.clone(),
@@ -282,6 +289,7 @@ impl Metrics {
             pooled,
             client_connections,
             accept_errors,
+            proxy_header_errors,
             open_client_connections: Arc::default(),
             cpu_seconds,
             resident_bytes,
@@ -374,6 +382,11 @@ impl Metrics {
     /// The count of failed accepts.
     pub fn accept_errors(&self) -> &Counter {
         &self.accept_errors
+    }
+
+    /// The count of connections refused for their PROXY protocol header.
+    pub fn proxy_header_errors(&self) -> &Counter {
+        &self.proxy_header_errors
     }
 
     /// The page in `format`, after reading the live gauges: `backends` gives each backend's

@@ -93,9 +93,13 @@ pub(crate) fn apply(shared: &Shared, next: &Settings) -> Result<(), ReloadError>
     let _one_at_a_time = shared.lock_rebuilds();
     let mut registry = shared.listeners.lock().unwrap_or_else(|e| e.into_inner());
 
-    // Each listener of the file is one that runs (same address, mode, TLS or not) or a new one.
+    // Each listener of the file is one that runs (same address, mode, TLS or not, PROXY
+    // protocol or not) or a new one.
     let same = |a: &Listener, b: &Listener| {
-        a.address == b.address && a.mode == b.mode && a.tls.is_empty() == b.tls.is_empty()
+        a.address == b.address
+            && a.mode == b.mode
+            && a.tls.is_empty() == b.tls.is_empty()
+            && a.proxy_protocol == b.proxy_protocol
     };
     let mut kept = Vec::new();
     let mut added = Vec::new();
@@ -234,6 +238,7 @@ mod tests {
                 mode: Mode::Http,
                 serves: Serves::Pool((*pool).to_owned()),
                 tls: Vec::new(),
+                proxy_protocol: false,
             })
             .collect();
         Settings::new(listeners, Vec::new())

@@ -360,6 +360,7 @@ impl Accepting {
             }
         };
         let (mode, id, tls) = (listener.mode, listener.id, listener.tls);
+        let proxy_protocol = listener.proxy_protocol;
         let mut removed = listener.removed;
         let mut errors =
             crate::shutdown::AcceptErrors::new(Some(shared.metrics.accept_errors().clone()));
@@ -381,13 +382,35 @@ impl Accepting {
                 let _open = open;
                 let _done = done;
                 let timeout = shared.settings.timeouts.request_headers;
+                let mut stream = stream;
+                // Bytes read before the protocol's own code takes the connection.
+                let mut first = BytesMut::new();
+                let peer = if proxy_protocol {
+                    match crate::proxy_protocol::read(&mut stream, &mut first, timeout).await {
+                        Ok(client) => client.unwrap_or(peer),
+                        Err(error) => {
+                            shared.metrics.proxy_header_errors().inc();
+                            tracing::debug!(%peer, %error, "connection closed");
+                            return;
+                        }
+                    }
+                } else {
+                    peer
+                };
+                let local = stream.local_addr().unwrap_or(peer);
+                let accepted = Accepted {
+                    shared,
+                    listener: id,
+                    peer,
+                    local,
+                };
                 match (mode, tls) {
-                    (Mode::Tcp, _) => tcp::proxy(shared, id, stream, peer).await,
+                    (Mode::Tcp, _) if first.is_empty() => accepted.tcp(stream).await,
+                    (Mode::Tcp, _) => accepted.tcp(Prefixed::new(first, stream)).await,
                     (Mode::Http, None) => {
-                        let mut stream = stream;
-                        let mut first = BytesMut::with_capacity(16 * 1024);
+                        first.reserve(16 * 1024);
                         let speaks = sniff(&mut stream, &mut first, timeout).await;
-                        let context = Arc::new(client_context(shared, id, peer, "http"));
+                        let context = Arc::new(accepted.context("http"));
                         match speaks {
                             Some(Speaks::Http2) => {
                                 let stream = Prefixed::new(first, stream);
@@ -404,31 +427,74 @@ impl Accepting {
                             None => {}
                         }
                     }
-                    (Mode::Http, Some((acceptor, certificates))) => {
-                        let accepted = acceptor.accept(stream);
-                        let Some(stream) =
-                            watchdog::handshake("TLS", peer, timeout, accepted).await
-                        else {
-                            return;
-                        };
-                        // Over TLS the protocol is agreed by ALPN (RFC 9113 §3.2).
-                        let session = stream.get_ref().1;
-                        let h2 = session.alpn_protocol() == Some(b"h2");
-                        let served = crate::tls::Served {
-                            certificates,
-                            sni: session.server_name().map(Into::into),
-                        };
-                        let mut context = client_context(shared, id, peer, "https");
-                        context.tls = Some(served);
-                        let context = Arc::new(context);
-                        if h2 {
-                            http2::serve(context, stream, MAX_REQUEST_HEAD, &mut shutdown).await;
-                        } else {
-                            serve_http1(context, stream, &http1, &mut shutdown).await;
-                        }
+                    (Mode::Http, Some(tls)) if first.is_empty() => {
+                        accepted.tls(stream, tls, &http1, &mut shutdown).await;
+                    }
+                    (Mode::Http, Some(tls)) => {
+                        let stream = Prefixed::new(first, stream);
+                        accepted.tls(stream, tls, &http1, &mut shutdown).await;
                     }
                 }
             });
+        }
+    }
+}
+
+/// A client connection accepted, with who the client is (by its PROXY header, where the
+/// listener takes one) and the address it came to.
+struct Accepted {
+    shared: Arc<Shared>,
+    listener: usize,
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+impl Accepted {
+    fn context(self, scheme: &'static str) -> ClientContext {
+        ClientContext {
+            client_value: crate::headers::client_value(self.peer.ip()),
+            shared: self.shared,
+            listener: self.listener,
+            client: self.peer,
+            local: self.local,
+            scheme,
+            tls: None,
+            owns_connections: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    async fn tcp<S: AsyncRead + AsyncWrite + Unpin>(self, stream: S) {
+        tcp::proxy(self.shared, self.listener, stream, self.peer, self.local).await;
+    }
+
+    /// Terminates TLS, then serves HTTP/2 or HTTP/1.1 as ALPN agreed (RFC 9113 §3.2).
+    async fn tls<S>(
+        self,
+        stream: S,
+        (acceptor, certificates): (tokio_rustls::TlsAcceptor, Arc<crate::tls::Certificate>),
+        http1: &http1::Builder,
+        shutdown: &mut watch::Receiver<bool>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let timeout = self.shared.settings.timeouts.request_headers;
+        let accepting = acceptor.accept(stream);
+        let Some(stream) = watchdog::handshake("TLS", self.peer, timeout, accepting).await else {
+            return;
+        };
+        let session = stream.get_ref().1;
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let served = crate::tls::Served {
+            certificates,
+            sni: session.server_name().map(Into::into),
+        };
+        let mut context = self.context("https");
+        context.tls = Some(served);
+        let context = Arc::new(context);
+        if h2 {
+            http2::serve(context, stream, MAX_REQUEST_HEAD, shutdown).await;
+        } else {
+            serve_http1(context, stream, http1, shutdown).await;
         }
     }
 }
@@ -472,22 +538,6 @@ async fn serve_http1<S>(
             shared.count_error(listener, kind);
         }
         tracing::debug!(%client, %error, "client connection ended with an error");
-    }
-}
-
-fn client_context(
-    shared: Arc<Shared>,
-    listener: usize,
-    client: SocketAddr,
-    scheme: &'static str,
-) -> ClientContext {
-    ClientContext {
-        shared,
-        listener,
-        client,
-        client_value: crate::headers::client_value(client.ip()),
-        scheme,
-        tls: None,
     }
 }
 

@@ -17,7 +17,8 @@ use std::time::Duration;
 use ballast_balance::Algorithm;
 use ballast_config::route::RouteTable;
 use ballast_config::{
-    AdminState, AlgorithmSpec, HashKeySpec, Health, PoolPolicy, PoolSpec, UpstreamProtocol, Write,
+    AdminState, AlgorithmSpec, HashKeySpec, Health, PoolPolicy, PoolSpec, ProxyProtocol,
+    UpstreamProtocol, Write,
 };
 use serde::Deserialize;
 
@@ -130,6 +131,9 @@ pub struct Listener {
     /// Certificates and keys for TLS termination, chosen by SNI (the first for clients that
     /// send no name or one no certificate is for); none: plain text.
     pub tls: Vec<TlsFiles>,
+    /// Every connection opens with a PROXY protocol header (v1 or v2) from the balancer in
+    /// front, whose client address is then the client's everywhere.
+    pub proxy_protocol: bool,
 }
 
 /// Where a listener sends what it accepts.
@@ -196,6 +200,8 @@ pub(crate) struct Pool {
     pub overrides: PoolOverrides,
     /// What the LB speaks to the backends.
     pub protocol: UpstreamProtocol,
+    /// The PROXY protocol header each backend connection opens with, if any.
+    pub send_proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// What a pool may set for itself instead of the LB server's defaults.
@@ -255,6 +261,7 @@ impl Pool {
                         backend_response: policy.response_timeout_ms.map(Duration::from_millis),
                     },
                     protocol: policy.protocol.unwrap_or_default(),
+                    send_proxy_protocol: policy.send_proxy_protocol,
                 })
             })
             .collect()
@@ -613,6 +620,8 @@ struct FileListener {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls: Option<Vec<TlsFiles>>,
+    #[serde(default)]
+    proxy_protocol: bool,
 }
 
 fn http_mode() -> Mode {
@@ -639,6 +648,7 @@ struct FilePool {
     #[serde(default, with = "humantime_serde_opt")]
     response_timeout: Option<Duration>,
     protocol: Option<UpstreamProtocol>,
+    send_proxy_protocol: Option<ProxyProtocol>,
     backends: Vec<String>,
 }
 
@@ -665,6 +675,7 @@ impl FilePool {
                 connect_timeout_ms: millis(self.connect_timeout),
                 response_timeout_ms: millis(self.response_timeout),
                 protocol: self.protocol,
+                send_proxy_protocol: self.send_proxy_protocol,
                 ..PoolPolicy::default()
             },
         };
@@ -775,6 +786,7 @@ impl File {
                 mode: l.mode,
                 serves,
                 tls,
+                proxy_protocol: l.proxy_protocol,
             });
         }
         let pools = self

@@ -63,6 +63,8 @@ pub(crate) struct PoolState {
     pub response_timeout: std::time::Duration,
     /// What the LB speaks to the backends.
     pub protocol: UpstreamProtocol,
+    /// The PROXY protocol header each backend connection opens with, if any.
+    pub send_proxy_protocol: Option<ballast_config::ProxyProtocol>,
 }
 
 /// One immutable view of every pool, as the request path reads it.
@@ -578,6 +580,7 @@ impl Shared {
                 .backend_response
                 .unwrap_or(self.settings.timeouts.backend_response),
             protocol: pool.protocol,
+            send_proxy_protocol: pool.send_proxy_protocol,
         }
     }
 
@@ -675,6 +678,7 @@ mod tests {
                 .collect(),
             overrides: PoolOverrides::default(),
             protocol: UpstreamProtocol::Http1,
+            send_proxy_protocol: None,
         }
     }
 
@@ -686,6 +690,7 @@ mod tests {
                 mode: Mode::Http,
                 serves: Serves::Pool(pool.name.clone()),
                 tls: Vec::new(),
+                proxy_protocol: false,
             })
             .collect();
         let shared = Shared::new(Settings::new(listeners, Vec::new())).expect("no pools yet");

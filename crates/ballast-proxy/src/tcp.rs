@@ -2,22 +2,29 @@
 //! both ways until either side closes. Least connections then counts open connections, and the
 //! hash key is the client's address. A backend that refuses is retried on another: nothing has
 //! been sent yet, so a connect retry is always safe. A session on which nothing moved either way
-//! for the idle timeout is closed, as HAProxy's `timeout client` does.
+//! for the idle timeout is closed, as HAProxy's `timeout client` does. A pool that sends the PROXY
+//! protocol opens each backend connection with the header naming the client.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::key::HashKey;
 use crate::metrics::ErrorKind;
 use crate::state::Shared;
 
-/// Proxies one client connection to a backend of the pool `listener` serves.
-pub(crate) async fn proxy<S>(shared: Arc<Shared>, listener: usize, mut client: S, peer: SocketAddr)
-where
+/// Proxies one client connection from `peer`, which came to `local`, to a backend of the pool
+/// `listener` serves.
+pub(crate) async fn proxy<S>(
+    shared: Arc<Shared>,
+    listener: usize,
+    mut client: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
@@ -57,8 +64,16 @@ where
                 continue;
             }
         };
-        backend.outlier.success();
         let _ = upstream.set_nodelay(true);
+        if let Some(version) = pool.state.send_proxy_protocol {
+            let header = crate::proxy_protocol::header(version, peer, local);
+            if let Err(error) = upstream.write_all(&header).await {
+                tracing::debug!(backend = %backend.address, %error, "PROXY header not sent");
+                shared.failure(&pool.state, index);
+                continue;
+            }
+        }
+        backend.outlier.success();
         let idle = shared.settings.timeouts.idle;
         if let Err(error) = crate::watchdog::tunnel(&mut client, &mut upstream, idle).await {
             tracing::debug!(backend = %backend.address, %error, "tcp session ended");

@@ -8,6 +8,11 @@
 //! sockets and hyper's HTTP/1.1 client connections. HTTP/2 connections ([`Multiplexed`]) are
 //! shared instead: each request takes a stream on the least busy of a few per backend, and the
 //! connection stays in the worker's list while it carries them.
+//!
+//! A pool that sends the PROXY protocol opens each connection with a header naming one client, so
+//! the connection is that client's alone: it is kept with its owner and only a request of the
+//! same client connection (the same address and port) takes it again, as Envoy keys its pools by
+//! the header.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -23,6 +28,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{Either, Empty};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// At most this many idle connections per backend per worker.
@@ -38,20 +44,33 @@ pub(crate) enum Waiting {
     Bytes,
 }
 
+/// One request's way to one backend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dial<'a> {
+    pub address: SocketAddr,
+    /// The backend's place in every worker's cache.
+    pub slot: usize,
+    pub connect_timeout: Duration,
+    /// How long a connection may have waited unused and still be taken.
+    pub idle_timeout: Duration,
+    /// The gauge of the backend's kept connections.
+    pub pooled: &'a AtomicI64,
+    /// The client whose connections these are, where they open with a PROXY header naming it.
+    pub owner: Option<SocketAddr>,
+    /// The PROXY header a new connection opens with.
+    pub hello: Option<&'a [u8]>,
+}
+
 /// What a request holds of a backend connection while it uses it: a connection alone, or a
 /// stream of a shared one.
 pub(crate) trait Upstream: Sized + 'static {
-    /// Opens a new connection to `address`.
-    fn connect(
-        address: SocketAddr,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<Self, ConnectError>>;
-    /// One from this worker's connections to the backend at `slot`, if one is fit for a request;
-    /// and whether one it passed over held bytes nobody asked for. `pooled` is the gauge of the
-    /// backend's kept connections.
-    fn take(slot: usize, idle_timeout: Duration, pooled: &AtomicI64) -> (Option<Self>, bool);
+    /// Opens a new connection.
+    fn connect(dial: &Dial<'_>) -> impl Future<Output = Result<Self, ConnectError>>;
+    /// One from this worker's connections to the backend, if one is fit for the request; and
+    /// whether one it passed over held bytes nobody asked for.
+    fn take(dial: &Dial<'_>) -> (Option<Self>, bool);
     /// A connection just made: a shared one is offered to the next requests at once.
-    fn connected(&self, _slot: usize, _pooled: &AtomicI64) {}
+    fn connected(&self, _dial: &Dial<'_>) {}
 }
 
 /// A kind of connection that one request holds at a time, and that waits in the worker's
@@ -65,10 +84,11 @@ pub(crate) trait Exclusive: Upstream {
     fn reusable(&self) -> bool;
 }
 
-/// Idle connections of one kind, by backend slot, most recently returned last.
+/// Idle connections of one kind, by backend slot, most recently returned last, each with when it
+/// was returned and the client that owns it (if one does).
 #[derive(Debug)]
 pub(crate) struct IdleCache<C> {
-    slots: Vec<Vec<(C, Instant)>>,
+    slots: Vec<Vec<(C, Instant, Option<SocketAddr>)>>,
 }
 
 impl<C> IdleCache<C> {
@@ -88,20 +108,23 @@ thread_local! {
 /// Every connection is checked as it leaves the cache: a backend that closed it, or that sent
 /// bytes after its last response (beyond its `Content-Length`, a body to a HEAD), must not
 /// have them read as the next client's response.
-fn take_idle<C: Exclusive>(
-    slot: usize,
-    idle_timeout: Duration,
-    pooled: &AtomicI64,
-) -> (Option<C>, bool) {
+fn take_idle<C: Exclusive>(dial: &Dial<'_>) -> (Option<C>, bool) {
     C::cache().with_borrow_mut(|cache| {
         let mut stray = false;
-        let Some(idle) = cache.slots.get_mut(slot) else {
+        let Some(idle) = cache.slots.get_mut(dial.slot) else {
             return (None, false);
         };
-        while let Some((connection, since)) = idle.pop() {
-            pooled.fetch_sub(1, Ordering::Relaxed);
+        // Without owners (the common case) this pops from the end.
+        let mut at = idle.len();
+        while at > 0 {
+            at -= 1;
+            if idle[at].2 != dial.owner {
+                continue;
+            }
+            let (connection, since, _) = idle.remove(at);
+            dial.pooled.fetch_sub(1, Ordering::Relaxed);
             match connection.waiting() {
-                Waiting::Nothing if since.elapsed() < idle_timeout => {
+                Waiting::Nothing if since.elapsed() < dial.idle_timeout => {
                     return (Some(connection), stray);
                 }
                 Waiting::Bytes => stray = true,
@@ -114,7 +137,12 @@ fn take_idle<C: Exclusive>(
 
 /// Returns a connection whose last response was read in full; one that is not fit for another
 /// exchange is closed instead.
-pub(crate) fn give_back<C: Exclusive>(slot: usize, connection: C, pooled: &AtomicI64) {
+pub(crate) fn give_back<C: Exclusive>(
+    slot: usize,
+    connection: C,
+    pooled: &AtomicI64,
+    owner: Option<SocketAddr>,
+) {
     if !connection.reusable() {
         return;
     }
@@ -124,7 +152,7 @@ pub(crate) fn give_back<C: Exclusive>(slot: usize, connection: C, pooled: &Atomi
         }
         let idle = &mut cache.slots[slot];
         if idle.len() < MAX_IDLE_PER_BACKEND {
-            idle.push((connection, Instant::now()));
+            idle.push((connection, Instant::now(), owner));
             pooled.fetch_add(1, Ordering::Relaxed);
         }
     });
@@ -146,6 +174,35 @@ pub(crate) fn sweep<'a>(
     stray
 }
 
+/// Closes this worker's connections that `owner` owned (they opened with a PROXY header naming
+/// it): its client connection is over, and no other client may have them.
+pub(crate) fn release<'a>(owner: SocketAddr, pooled_of: impl Fn(usize) -> Option<&'a AtomicI64>) {
+    let owner = Some(owner);
+    let count = |slot: usize, closed: usize| {
+        if let Some(pooled) = pooled_of(slot) {
+            pooled.fetch_sub(closed as i64, Ordering::Relaxed);
+        }
+    };
+    fn release_kind<C: Exclusive>(owner: Option<SocketAddr>, count: &impl Fn(usize, usize)) {
+        C::cache().with_borrow_mut(|cache| {
+            for (slot, idle) in cache.slots.iter_mut().enumerate() {
+                let before = idle.len();
+                idle.retain(|(_, _, of)| *of != owner);
+                count(slot, before - idle.len());
+            }
+        });
+    }
+    release_kind::<Raw>(owner, &count);
+    release_kind::<Sender>(owner, &count);
+    MULTIPLEXED.with_borrow_mut(|slots| {
+        for (slot, connections) in slots.iter_mut().enumerate() {
+            let before = connections.len();
+            connections.retain(|c| c.owner != owner);
+            count(slot, before - connections.len());
+        }
+    });
+}
+
 fn sweep_kind<'a, C: Exclusive>(
     idle_timeout: Duration,
     pooled_of: &impl Fn(usize) -> Option<&'a AtomicI64>,
@@ -154,7 +211,7 @@ fn sweep_kind<'a, C: Exclusive>(
     C::cache().with_borrow_mut(|cache| {
         for (slot, idle) in cache.slots.iter_mut().enumerate() {
             let before = idle.len();
-            idle.retain(|(connection, since)| match connection.waiting() {
+            idle.retain(|(connection, since, _)| match connection.waiting() {
                 Waiting::Nothing => since.elapsed() < idle_timeout,
                 Waiting::Bytes => {
                     stray.push(slot);
@@ -169,11 +226,16 @@ fn sweep_kind<'a, C: Exclusive>(
     });
 }
 
-async fn connect_tcp(address: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+/// A TCP connection to the backend, opened with the PROXY header if the pool sends one.
+async fn connect_tcp(dial: &Dial<'_>) -> Result<TcpStream, ConnectError> {
+    let timeout = dial.connect_timeout;
+    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(dial.address))
         .await
         .map_err(|_| ConnectError::Timeout(timeout))??;
     stream.set_nodelay(true)?;
+    if let Some(hello) = dial.hello {
+        stream.write_all(hello).await?;
+    }
     Ok(stream)
 }
 
@@ -200,15 +262,15 @@ pub(crate) struct Raw {
 }
 
 impl Upstream for Raw {
-    async fn connect(address: SocketAddr, timeout: Duration) -> Result<Self, ConnectError> {
+    async fn connect(dial: &Dial<'_>) -> Result<Self, ConnectError> {
         Ok(Self {
-            stream: connect_tcp(address, timeout).await?,
+            stream: connect_tcp(dial).await?,
             buffer: BytesMut::with_capacity(8 * 1024),
         })
     }
 
-    fn take(slot: usize, idle_timeout: Duration, pooled: &AtomicI64) -> (Option<Self>, bool) {
-        take_idle(slot, idle_timeout, pooled)
+    fn take(dial: &Dial<'_>) -> (Option<Self>, bool) {
+        take_idle(dial)
     }
 }
 
@@ -246,12 +308,13 @@ pub(crate) type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
 pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
 
 impl Upstream for Sender {
-    fn take(slot: usize, idle_timeout: Duration, pooled: &AtomicI64) -> (Option<Self>, bool) {
-        take_idle(slot, idle_timeout, pooled)
+    fn take(dial: &Dial<'_>) -> (Option<Self>, bool) {
+        take_idle(dial)
     }
 
-    async fn connect(address: SocketAddr, timeout: Duration) -> Result<Self, ConnectError> {
-        let stream = connect_tcp(address, timeout).await?;
+    async fn connect(dial: &Dial<'_>) -> Result<Self, ConnectError> {
+        let address = dial.address;
+        let stream = connect_tcp(dial).await?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
@@ -303,6 +366,8 @@ struct Multiplexed {
     streams: Arc<AtomicUsize>,
     /// When a request last took a stream on it.
     used: Instant,
+    /// The client it is for, where it opened with a PROXY header.
+    owner: Option<SocketAddr>,
 }
 
 /// A request's stream on a shared HTTP/2 connection, counted against the connection for as
@@ -330,8 +395,9 @@ impl Drop for H2Stream {
 }
 
 impl Upstream for H2Stream {
-    async fn connect(address: SocketAddr, timeout: Duration) -> Result<Self, ConnectError> {
-        let stream = connect_tcp(address, timeout).await?;
+    async fn connect(dial: &Dial<'_>) -> Result<Self, ConnectError> {
+        let address = dial.address;
+        let stream = connect_tcp(dial).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(H2_WINDOW)
@@ -351,17 +417,19 @@ impl Upstream for H2Stream {
 
     /// A stream on the least busy open connection with room for one, or on the least busy of
     /// all once the backend has as many connections as a worker opens.
-    fn take(slot: usize, _idle_timeout: Duration, pooled: &AtomicI64) -> (Option<Self>, bool) {
+    fn take(dial: &Dial<'_>) -> (Option<Self>, bool) {
         MULTIPLEXED.with_borrow_mut(|slots| {
-            let Some(connections) = slots.get_mut(slot) else {
+            let Some(connections) = slots.get_mut(dial.slot) else {
                 return (None, false);
             };
             let before = connections.len();
             connections.retain(|c| !c.sender.is_closed());
+            let pooled = dial.pooled;
             pooled.fetch_sub((before - connections.len()) as i64, Ordering::Relaxed);
             let full = connections.len() >= MAX_MULTIPLEXED_PER_BACKEND;
             let least_busy = connections
                 .iter_mut()
+                .filter(|c| c.owner == dial.owner)
                 .min_by_key(|c| c.streams.load(Ordering::Relaxed));
             let taken = least_busy
                 .filter(|c| c.streams.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION || full);
@@ -373,7 +441,8 @@ impl Upstream for H2Stream {
         })
     }
 
-    fn connected(&self, slot: usize, pooled: &AtomicI64) {
+    fn connected(&self, dial: &Dial<'_>) {
+        let (slot, pooled) = (dial.slot, dial.pooled);
         MULTIPLEXED.with_borrow_mut(|slots| {
             if slots.len() <= slot {
                 slots.resize_with(slot + 1, Vec::new);
@@ -383,6 +452,7 @@ impl Upstream for H2Stream {
                     sender: self.sender.clone(),
                     streams: Arc::clone(&self.streams),
                     used: Instant::now(),
+                    owner: dial.owner,
                 });
                 pooled.fetch_add(1, Ordering::Relaxed);
             }

@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod haproxy;
 pub mod pgbouncer;
 pub mod postgres;
 pub mod prometheus;

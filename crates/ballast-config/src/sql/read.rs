@@ -190,6 +190,11 @@ fn pool_from(row: &AnyRow) -> Result<PoolSpec, sqlx::Error> {
                 .map(|name| name.parse())
                 .transpose()
                 .map_err(|e: crate::validate::Invalid| sqlx::Error::Decode(e.reason.into()))?,
+            send_proxy_protocol: row
+                .try_get::<Option<String>, _>("send_proxy_protocol")?
+                .map(|name| name.parse())
+                .transpose()
+                .map_err(|e: crate::validate::Invalid| sqlx::Error::Decode(e.reason.into()))?,
         },
     })
 }

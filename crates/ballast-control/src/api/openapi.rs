@@ -24,6 +24,7 @@ use crate::api;
         ballast_config::AlgorithmSpec,
         ballast_config::PoolPolicy,
         ballast_config::UpstreamProtocol,
+        ballast_config::ProxyProtocol,
         ballast_config::Pool,
         ballast_config::Backend,
         ballast_config::AdminState,

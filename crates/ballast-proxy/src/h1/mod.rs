@@ -475,7 +475,8 @@ async fn respond(
     } else if response.backend_keep_alive
         && backend.outlier.reuses_connections(shared.clock.now_ms())
     {
-        upstream::give_back(backend.slot, upstream, &backend.counters.pooled_now);
+        let pooled = &backend.counters.pooled_now;
+        upstream::give_back(backend.slot, upstream, pooled, tried.owner);
     }
     Ok(if response.client_keep_alive {
         Next::KeepAlive

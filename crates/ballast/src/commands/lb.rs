@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ballast_config::HashKeySpec;
-use ballast_config::{FollowOptions, Pool, PoolPolicy, PoolSpec, UpstreamProtocol};
+use ballast_config::{FollowOptions, Pool, PoolPolicy, PoolSpec, ProxyProtocol, UpstreamProtocol};
 use ballast_proxy::settings::{BackendAddress, Listener, Mode, Serves, Settings, TlsFiles};
 use ballast_proxy::{Bound, Managed, Reload, Source};
 use clap::{Args, ValueEnum};
@@ -63,6 +63,10 @@ pub(crate) struct LbArgs {
     /// What hash-based algorithms hash: client_ip, header:NAME, cookie:NAME or path.
     #[arg(long, value_name = "SOURCE", default_value = "client_ip")]
     hash_key: HashKeySpec,
+    /// Every connection opens with a PROXY protocol header (v1 or v2) from the load balancer in
+    /// front (an NLB, HAProxy's send-proxy), whose client address is then used everywhere.
+    #[arg(long)]
+    proxy_protocol: bool,
     /// Proxy HTTP requests or raw TCP connections.
     #[arg(long, value_enum, default_value_t = ModeArg::Http)]
     mode: ModeArg,
@@ -70,6 +74,9 @@ pub(crate) struct LbArgs {
     /// servers speak).
     #[arg(long, value_name = "PROTOCOL", default_value = "http1", conflicts_with_all = ["config", "db"])]
     protocol: UpstreamProtocol,
+    /// Open each backend connection with a PROXY protocol header naming the client (v1 or v2).
+    #[arg(long, value_name = "VERSION", conflicts_with_all = ["config", "db"])]
+    send_proxy_protocol: Option<ProxyProtocol>,
     /// Event-loop threads [default: the number of cores].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -162,6 +169,7 @@ impl LbArgs {
                 },
                 serves,
                 tls: tls.clone(),
+                proxy_protocol: self.proxy_protocol,
             })
             .collect()
     }
@@ -211,6 +219,7 @@ impl LbArgs {
                         dns_name: None,
                         policy: PoolPolicy {
                             protocol: Some(self.protocol),
+                            send_proxy_protocol: self.send_proxy_protocol,
                             ..PoolPolicy::default()
                         },
                     },

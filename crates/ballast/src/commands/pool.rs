@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::admin_client::{ControlFlags, segment};
 use super::algorithm_args::AlgorithmArgs;
 use ballast_bench::table::Table;
-use ballast_config::UpstreamProtocol;
+use ballast_config::{ProxyProtocol, UpstreamProtocol};
 
 #[derive(Debug, Args)]
 pub(crate) struct PoolCommand {
@@ -112,6 +112,14 @@ struct PolicyArgs {
     /// speak) [default: http1].
     #[arg(long, value_name = "PROTOCOL", value_parser = parse_protocol)]
     protocol: Option<UpstreamProtocol>,
+    /// Open each backend connection with a PROXY protocol header naming the client: v1 or v2
+    /// [default: none].
+    #[arg(long, value_name = "VERSION", value_parser = parse_proxy_protocol)]
+    send_proxy_protocol: Option<ProxyProtocol>,
+}
+
+fn parse_proxy_protocol(text: &str) -> Result<ProxyProtocol, String> {
+    text.parse().map_err(|e: ballast_config::Invalid| e.reason)
 }
 
 fn parse_protocol(text: &str) -> Result<UpstreamProtocol, String> {
@@ -147,6 +155,9 @@ impl PolicyArgs {
         }
         if let Some(protocol) = self.protocol {
             spec["protocol"] = json!(protocol.name());
+        }
+        if let Some(version) = self.send_proxy_protocol {
+            spec["send_proxy_protocol"] = json!(version.name());
         }
     }
 }
