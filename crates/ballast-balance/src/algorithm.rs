@@ -95,6 +95,19 @@ impl Algorithm {
         )
     }
 
+    /// Whether a backend's share follows its weight pick by pick, so that a lower weight for a
+    /// while ramps it up (slow start): not plain rotation, which ignores weights, nor the
+    /// hash-based algorithms, whose keys must keep their backends.
+    pub fn ramps_by_weight(&self) -> bool {
+        matches!(
+            self,
+            Self::WeightedRoundRobin
+                | Self::LeastConnections
+                | Self::LeastRequest { .. }
+                | Self::Random
+        )
+    }
+
     /// Whether picks depend on in-flight counts (so the caller must count requests with
     /// [`crate::Load::start`]).
     pub fn uses_load(&self) -> bool {

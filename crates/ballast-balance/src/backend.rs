@@ -36,6 +36,13 @@ impl Backend {
         self
     }
 
+    /// The same backend with another weight (a ramp's, during slow start).
+    #[must_use]
+    pub fn weighted(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+
     /// Shares `load` with this backend, typically the load of the same backend in the previous
     /// revision of the set.
     #[must_use]

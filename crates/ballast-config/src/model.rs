@@ -84,6 +84,11 @@ pub struct PoolPolicy {
     /// `v2`), in TCP and HTTP mode; unset: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_proxy_protocol: Option<ProxyProtocol>,
+    /// A backend that joins or comes back ramps from a tenth of its share to all of it over
+    /// this many milliseconds (weighted round robin, least request, least connections, random).
+    #[schema(minimum = 1, maximum = 3_600_000)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start_ms: Option<u64>,
     /// The floor under the intervals' standard deviation, in milliseconds (default 100).
     #[schema(minimum = 1, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]

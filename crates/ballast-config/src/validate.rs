@@ -143,6 +143,7 @@ fn check_policy(policy: &crate::model::PoolPolicy) -> Result<(), Invalid> {
         ("health_interval_ms", policy.health_interval_ms),
         ("health_timeout_ms", policy.health_timeout_ms),
         ("phi_min_std_dev_ms", policy.phi_min_std_dev_ms),
+        ("slow_start_ms", policy.slow_start_ms),
     ] {
         check_millis(field, value)?;
     }
@@ -360,6 +361,7 @@ mod tests {
             phi_acceptable_pause_ms: Some(0),
             protocol: Some(crate::model::UpstreamProtocol::H2c),
             send_proxy_protocol: Some(crate::model::ProxyProtocol::V1),
+            slow_start_ms: Some(30_000),
         };
         check(&with(good.clone())).expect("valid");
         let bad = [

@@ -341,6 +341,7 @@ async fn pool_policies_round_trip(store: SqlStore) {
             phi_acceptable_pause_ms: Some(250),
             protocol: Some(ballast_config::UpstreamProtocol::H2c),
             send_proxy_protocol: Some(ballast_config::ProxyProtocol::V2),
+            slow_start_ms: Some(30_000),
         },
     };
     store

@@ -66,6 +66,7 @@ pub mod routes;
 mod server;
 pub mod settings;
 mod shutdown;
+mod slow_start;
 mod state;
 mod tcp;
 mod tls;

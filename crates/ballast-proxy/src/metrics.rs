@@ -28,6 +28,7 @@ pub struct Metrics {
     ejections: Family<Labels, Counter>,
     stray: Family<Labels, Counter>,
     in_flight: Family<Labels, Gauge>,
+    weights: Family<Labels, Gauge>,
     pooled: Family<Labels, Gauge>,
     client_connections: Gauge,
     accept_errors: Counter,
@@ -97,6 +98,7 @@ pub struct BackendCounters {
     ejections: Counter,
     stray: Counter,
     in_flight: Gauge,
+    weight: Gauge,
     pooled: Gauge,
     /// Idle pooled connections to this backend over all workers.
     pub pooled_now: Arc<AtomicI64>,
@@ -108,6 +110,11 @@ impl BackendCounters {
     pub fn response(&self, status: u16) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
+    }
+
+    /// The weight the backend's picker uses now.
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.set(i64::from(weight));
     }
 
     /// Counts one ejection.
@@ -165,6 +172,7 @@ impl Metrics {
         let ejections = Family::<Labels, Counter>::default();
         let stray = Family::<Labels, Counter>::default();
         let in_flight = Family::<Labels, Gauge>::default();
+        let weights = Family::<Labels, Gauge>::default();
         let pooled = Family::<Labels, Gauge>::default();
         let client_connections = Gauge::default();
         let accept_errors = Counter::default();
@@ -244,6 +252,11 @@ impl Metrics {
             in_flight.clone(),
         );
         registry.register(
+            "ballast_backend_weight",
+            "The weight each backend is picked by now: its own, or while slow start ramps the pool, every weight scaled by 20 and the ramping backend's by its progress",
+            weights.clone(),
+        );
+        registry.register(
             "ballast_backend_pooled_connections",
             "Idle keep-alive connections to each backend",
             pooled.clone(),
@@ -286,6 +299,7 @@ impl Metrics {
             ejections,
             stray,
             in_flight,
+            weights,
             pooled,
             client_connections,
             accept_errors,
@@ -350,6 +364,7 @@ impl Metrics {
             ejections: self.ejections.get_or_create(&plain).clone(),
             stray: self.stray.get_or_create(&plain).clone(),
             in_flight: self.in_flight.get_or_create(&plain).clone(),
+            weight: self.weights.get_or_create(&plain).clone(),
             pooled: self.pooled.get_or_create(&plain).clone(),
             pooled_now: Arc::default(),
         }

@@ -202,6 +202,8 @@ pub(crate) struct Pool {
     pub protocol: UpstreamProtocol,
     /// The PROXY protocol header each backend connection opens with, if any.
     pub send_proxy_protocol: Option<ProxyProtocol>,
+    /// How long a backend that (re)joins ramps up to its full share.
+    pub slow_start: Option<Duration>,
 }
 
 /// What a pool may set for itself instead of the LB server's defaults.
@@ -262,6 +264,7 @@ impl Pool {
                     },
                     protocol: policy.protocol.unwrap_or_default(),
                     send_proxy_protocol: policy.send_proxy_protocol,
+                    slow_start: policy.slow_start_ms.map(Duration::from_millis),
                 })
             })
             .collect()
@@ -649,6 +652,8 @@ struct FilePool {
     response_timeout: Option<Duration>,
     protocol: Option<UpstreamProtocol>,
     send_proxy_protocol: Option<ProxyProtocol>,
+    #[serde(default, with = "humantime_serde_opt")]
+    slow_start: Option<Duration>,
     backends: Vec<String>,
 }
 
@@ -676,6 +681,7 @@ impl FilePool {
                 response_timeout_ms: millis(self.response_timeout),
                 protocol: self.protocol,
                 send_proxy_protocol: self.send_proxy_protocol,
+                slow_start_ms: millis(self.slow_start),
                 ..PoolPolicy::default()
             },
         };

@@ -23,6 +23,7 @@ use crate::metrics::{BackendCounters, Metrics, PoolCounters};
 use crate::outlier::{Clock, Outlier};
 use crate::routes::{Action, Router};
 use crate::settings::{Pool, Serves, Settings};
+use crate::slow_start::{self, Ramp};
 use ballast_config::UpstreamProtocol;
 
 /// A backend's state for the life of the server.
@@ -36,6 +37,8 @@ pub(crate) struct BackendState {
     pub balance: Backend,
     /// Its failure record.
     pub outlier: Arc<Outlier>,
+    /// Its slow-start ramp, if it is on one.
+    pub ramp: Arc<Ramp>,
     /// Its metric handles.
     pub counters: BackendCounters,
 }
@@ -65,6 +68,8 @@ pub(crate) struct PoolState {
     pub protocol: UpstreamProtocol,
     /// The PROXY protocol header each backend connection opens with, if any.
     pub send_proxy_protocol: Option<ballast_config::ProxyProtocol>,
+    /// The slow-start window of a backend that (re)joins, where the algorithm ramps by weight.
+    pub slow_start: Option<std::time::Duration>,
 }
 
 /// One immutable view of every pool, as the request path reads it.
@@ -234,6 +239,8 @@ pub(crate) struct PoolSnapshot {
     pub uses_key: bool,
     /// Per backend: whether it takes traffic in this snapshot.
     pub taking: Vec<bool>,
+    /// When a ramp's next step changes the weights (server clock, ms).
+    pub next_step: Option<u64>,
 }
 
 impl PoolSnapshot {
@@ -439,7 +446,8 @@ impl Shared {
                     Some(before) if before.state.source == *pool => Ok(Arc::clone(before)),
                     _ => {
                         let state = self.pool_state(pool, before.map(|p| &*p.state));
-                        Ok(Arc::new(pool_snapshot(Arc::new(state), now_ms)?))
+                        let previous = before.map(|p| &**p);
+                        Ok(Arc::new(pool_snapshot(Arc::new(state), now_ms, previous)?))
                     }
                 }
             })
@@ -457,8 +465,13 @@ impl Shared {
         if let Some(targets) = targets {
             *self.listener_targets() = targets;
         }
+        let ramping = pools.iter().any(|p| p.next_step.is_some());
         self.snapshot
             .store(Arc::new(self.snapshot_of(pools, revision)));
+        if ramping {
+            // The ramp's steps are the snapshot maintainer's to take.
+            self.changed.notify_one();
+        }
     }
 
     /// Rebuilds the pickers of the pools whose ejections changed; returns when the next
@@ -472,10 +485,11 @@ impl Shared {
             .pools
             .iter()
             .map(|pool| {
-                if taking(&pool.state, now_ms) == pool.taking {
+                let ramp_due = pool.next_step.is_some_and(|at| at <= now_ms);
+                if taking(&pool.state, now_ms) == pool.taking && !ramp_due {
                     return Arc::clone(pool);
                 }
-                match pool_snapshot(Arc::clone(&pool.state), now_ms) {
+                match pool_snapshot(Arc::clone(&pool.state), now_ms, Some(pool)) {
                     Ok(rebuilt) => Arc::new(rebuilt),
                     Err(error) => {
                         failed = Some(error);
@@ -488,10 +502,12 @@ impl Shared {
             // The same backends and algorithms built before; only `accepting` changed.
             tracing::error!(%error, "picker rebuild failed; keeping the last one");
         }
-        let next = built
+        let ejection_ends = built
             .iter()
             .flat_map(|p| &p.state.backends)
-            .filter_map(|b| b.outlier.ejected_until(now_ms))
+            .filter_map(|b| b.outlier.ejected_until(now_ms));
+        let next = ejection_ends
+            .chain(built.iter().filter_map(|p| p.next_step))
             .min();
         self.snapshot
             .store(Arc::new(self.snapshot_of(built, current.revision)));
@@ -557,6 +573,7 @@ impl Shared {
                             slot: kept.slot,
                             balance: balance.with_load(Arc::clone(kept.balance.load())),
                             outlier: Arc::clone(&kept.outlier),
+                            ramp: Arc::clone(&kept.ramp),
                             counters: kept.counters.clone(),
                         },
                         None => BackendState {
@@ -564,6 +581,7 @@ impl Shared {
                             slot: self.next_slot.fetch_add(1, Ordering::Relaxed),
                             balance,
                             outlier: Arc::default(),
+                            ramp: Arc::default(),
                             counters: self.metrics.backend(&pool.name, &id),
                         },
                     })
@@ -581,6 +599,7 @@ impl Shared {
                 .unwrap_or(self.settings.timeouts.backend_response),
             protocol: pool.protocol,
             send_proxy_protocol: pool.send_proxy_protocol,
+            slow_start: pool.slow_start.filter(|_| pool.algorithm.ramps_by_weight()),
         }
     }
 
@@ -638,23 +657,48 @@ fn taking(pool: &PoolState, now_ms: u64) -> Vec<bool> {
         .collect()
 }
 
-/// The picker over the backends of `pool` that take traffic at `now_ms`.
+/// The picker over the backends of `pool` that take traffic at `now_ms`. A backend that takes
+/// traffic now but did not in the `previous` snapshot of the pool (or was not in it) starts its
+/// slow-start ramp; with no previous snapshot (the server starting) every backend is new and
+/// none ramps.
 fn pool_snapshot(
     pool: Arc<PoolState>,
     now_ms: u64,
+    previous: Option<&PoolSnapshot>,
 ) -> Result<PoolSnapshot, ballast_balance::BuildError> {
     let taking = taking(&pool, now_ms);
+    if let (Some(previous), Some(_)) = (previous, pool.slow_start) {
+        for (backend, _) in pool.backends.iter().zip(&taking).filter(|(_, t)| **t) {
+            let took_before = previous
+                .state
+                .backends
+                .iter()
+                .zip(&previous.taking)
+                .any(|(b, &took)| took && b.address == backend.address);
+            if !took_before {
+                backend.ramp.start(now_ms);
+            }
+        }
+    }
+    let configured: Vec<u32> = pool.backends.iter().map(|b| b.balance.weight()).collect();
+    let ramps: Vec<&Ramp> = pool.backends.iter().map(|b| &*b.ramp).collect();
+    let (weights, next_step) = slow_start::weights(&configured, &ramps, pool.slow_start, now_ms);
     let backends: Vec<Backend> = pool
         .backends
         .iter()
         .zip(&taking)
-        .map(|(b, &taking)| b.balance.clone().accepting(taking))
+        .zip(&weights)
+        .map(|((b, &taking), &weight)| b.balance.clone().accepting(taking).weighted(weight))
         .collect();
+    for (backend, &weight) in pool.backends.iter().zip(&weights) {
+        backend.counters.set_weight(weight);
+    }
     Ok(PoolSnapshot {
         picker: Picker::build(&pool.algorithm, &backends)?,
         uses_key: pool.algorithm.uses_key(),
         state: pool,
         taking,
+        next_step,
     })
 }
 
@@ -662,6 +706,7 @@ fn pool_snapshot(
 mod tests {
     use super::*;
     use crate::settings::{BackendAddress, Listener, Mode, PoolOverrides, Serves};
+    use std::time::Duration;
 
     fn pool(name: &str, algorithm: &str, ports: &[u16]) -> Pool {
         Pool {
@@ -679,6 +724,7 @@ mod tests {
             overrides: PoolOverrides::default(),
             protocol: UpstreamProtocol::Http1,
             send_proxy_protocol: None,
+            slow_start: None,
         }
     }
 
@@ -696,6 +742,59 @@ mod tests {
         let shared = Shared::new(Settings::new(listeners, Vec::new())).expect("no pools yet");
         shared.replace_pools(pools, 0).expect("valid pools");
         shared
+    }
+
+    /// How many of `picks` picks of the first pool go to each backend.
+    fn shares(shared: &Shared, picks: usize) -> Vec<usize> {
+        let snapshot = shared.snapshot.load();
+        let pool = &snapshot.pools[0];
+        let mut counts = vec![0; pool.taking.len()];
+        for _ in 0..picks {
+            counts[pool.choose(0, &[]).expect("a backend")] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn a_backend_that_joins_ramps_up_while_the_ones_there_keep_their_share() {
+        let mut web = pool("web", "weighted_round_robin", &[9001, 9002]);
+        web.slow_start = Some(Duration::from_secs(600));
+        let running = shared(std::slice::from_ref(&web));
+        // Starting up, nothing ramps: every backend is new.
+        assert_eq!(running.snapshot.load().pools[0].next_step, None);
+        assert_eq!(shares(&running, 100), [50, 50]);
+
+        web.backends.push(BackendAddress {
+            address: SocketAddr::from(([127, 0, 0, 1], 9003)),
+            weight: 1,
+            accepting: true,
+        });
+        running
+            .replace_pools(std::slice::from_ref(&web), 1)
+            .expect("built");
+        // A tenth of a share to start: 20 : 20 : 2.
+        assert!(running.snapshot.load().pools[0].next_step.is_some());
+        assert_eq!(shares(&running, 420), [200, 200, 20]);
+
+        // Without a window, or with an algorithm that must keep keys, a joiner takes its share.
+        for (algorithm, window) in [("weighted_round_robin", None), ("maglev", Some(600))] {
+            let mut web = pool("web", algorithm, &[9001]);
+            web.slow_start = window.map(Duration::from_secs);
+            let other = shared(std::slice::from_ref(&web));
+            web.backends.push(BackendAddress {
+                address: SocketAddr::from(([127, 0, 0, 1], 9002)),
+                weight: 1,
+                accepting: true,
+            });
+            other
+                .replace_pools(std::slice::from_ref(&web), 1)
+                .expect("built");
+            assert_eq!(
+                other.snapshot.load().pools[0].next_step,
+                None,
+                "{algorithm}"
+            );
+        }
     }
 
     #[test]

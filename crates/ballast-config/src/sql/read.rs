@@ -190,6 +190,7 @@ fn pool_from(row: &AnyRow) -> Result<PoolSpec, sqlx::Error> {
                 .map(|name| name.parse())
                 .transpose()
                 .map_err(|e: crate::validate::Invalid| sqlx::Error::Decode(e.reason.into()))?,
+            slow_start_ms: whole(row, "slow_start_ms")?,
             send_proxy_protocol: row
                 .try_get::<Option<String>, _>("send_proxy_protocol")?
                 .map(|name| name.parse())

@@ -383,7 +383,8 @@ async fn mutate(
 /// A pool's policy columns, in the order [`BindPolicy::bind_policy`] binds them.
 const POLICY_COLUMNS: &str = "retries, connect_timeout_ms, response_timeout_ms, health_path, \
      health_interval_ms, health_timeout_ms, health_rise, health_fall, phi_threshold, phi_window, \
-     phi_min_std_dev_ms, phi_acceptable_pause_ms, protocol, send_proxy_protocol";
+     phi_min_std_dev_ms, phi_acceptable_pause_ms, protocol, send_proxy_protocol, \
+     slow_start_ms";
 
 /// `$first, $first+1, …`, one per column of `columns`.
 fn placeholders(first: usize, columns: &str) -> String {
@@ -419,5 +420,6 @@ impl<'q> BindPolicy<'q> for sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>
                     .send_proxy_protocol
                     .map(crate::model::ProxyProtocol::name),
             )
+            .bind(super::read::millis(policy.slow_start_ms))
     }
 }

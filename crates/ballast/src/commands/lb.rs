@@ -77,6 +77,10 @@ pub(crate) struct LbArgs {
     /// Open each backend connection with a PROXY protocol header naming the client (v1 or v2).
     #[arg(long, value_name = "VERSION", conflicts_with_all = ["config", "db"])]
     send_proxy_protocol: Option<ProxyProtocol>,
+    /// A backend that joins or comes back ramps from a tenth of its share to all of it over
+    /// this long (weighted_round_robin, least_request, least_connections, random).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with_all = ["config", "db"])]
+    slow_start: Option<Duration>,
     /// Event-loop threads [default: the number of cores].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -220,6 +224,9 @@ impl LbArgs {
                         policy: PoolPolicy {
                             protocol: Some(self.protocol),
                             send_proxy_protocol: self.send_proxy_protocol,
+                            slow_start_ms: self
+                                .slow_start
+                                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
                             ..PoolPolicy::default()
                         },
                     },

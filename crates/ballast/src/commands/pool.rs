@@ -116,6 +116,10 @@ struct PolicyArgs {
     /// [default: none].
     #[arg(long, value_name = "VERSION", value_parser = parse_proxy_protocol)]
     send_proxy_protocol: Option<ProxyProtocol>,
+    /// A backend that joins or comes back ramps from a tenth of its share to all of it over
+    /// this long (weighted_round_robin, least_request, least_connections, random).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    slow_start: Option<std::time::Duration>,
 }
 
 fn parse_proxy_protocol(text: &str) -> Result<ProxyProtocol, String> {
@@ -141,6 +145,7 @@ impl PolicyArgs {
             ("phi_window", self.phi_window.map(u64::from)),
             ("phi_min_std_dev_ms", ms(&self.phi_min_std_dev)),
             ("phi_acceptable_pause_ms", ms(&self.phi_acceptable_pause)),
+            ("slow_start_ms", ms(&self.slow_start)),
         ];
         for (field, value) in fields {
             if let Some(value) = value {
