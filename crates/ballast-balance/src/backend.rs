@@ -101,6 +101,20 @@ impl Load {
         }
     }
 
+    /// Counts one request in flight, as [`Load::start`], unless `limit` are in flight already:
+    /// a limit that holds across every worker at once, never overshot by a race.
+    #[inline]
+    pub fn try_start(self: &Arc<Self>, limit: u64) -> Option<InFlight> {
+        self.in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(InFlight {
+            load: Arc::clone(self),
+        })
+    }
+
     /// The peak-EWMA latency estimate in nanoseconds; 0 before the first observation.
     #[inline]
     pub fn latency_ewma_nanos(&self) -> f64 {
@@ -154,6 +168,27 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn try_start_holds_its_limit_across_threads() {
+        let load = Arc::new(Load::default());
+        let admitted = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..100 {
+                        if let Some(guard) = load.try_start(10) {
+                            admitted.lock().expect("lock").push(guard);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.lock().expect("lock").len(), 10);
+        assert_eq!(load.in_flight(), 10);
+        admitted.lock().expect("lock").pop();
+        assert!(load.try_start(10).is_some(), "a freed slot is taken again");
+    }
 
     #[test]
     fn in_flight_counts_guards() {

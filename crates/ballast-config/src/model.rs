@@ -89,6 +89,28 @@ pub struct PoolPolicy {
     #[schema(minimum = 1, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_start_ms: Option<u64>,
+    /// Requests one backend may have in flight at once (over every LB worker); past it the
+    /// request goes to another backend, waits in the queue, or gets 503.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    /// Requests that may wait for a backend under its `max_requests` (default 0: none wait).
+    #[schema(minimum = 0, maximum = 1_000_000)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_size: Option<u32>,
+    /// How long a request may wait in the queue, in milliseconds (default 1000).
+    #[schema(minimum = 1, maximum = 3_600_000)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_ms: Option<u64>,
+    /// Retries in progress may be at most this percentage of the pool's requests in flight
+    /// (default 20, Envoy's retry budget).
+    #[schema(minimum = 0, maximum = 100)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget_percent: Option<f64>,
+    /// Retries in progress the budget allows however few requests are in flight (default 3).
+    #[schema(minimum = 0, maximum = 1_000_000)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget_min: Option<u32>,
     /// The floor under the intervals' standard deviation, in milliseconds (default 100).
     #[schema(minimum = 1, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -144,6 +144,7 @@ fn check_policy(policy: &crate::model::PoolPolicy) -> Result<(), Invalid> {
         ("health_timeout_ms", policy.health_timeout_ms),
         ("phi_min_std_dev_ms", policy.phi_min_std_dev_ms),
         ("slow_start_ms", policy.slow_start_ms),
+        ("queue_timeout_ms", policy.queue_timeout_ms),
     ] {
         check_millis(field, value)?;
     }
@@ -160,6 +161,32 @@ fn check_policy(policy: &crate::model::PoolPolicy) -> Result<(), Invalid> {
         if value.is_some_and(|n| n == 0 || n > 100) {
             return Err(Invalid::new(field, "from 1 to 100 checks in a row"));
         }
+    }
+    if policy
+        .max_requests
+        .is_some_and(|n| !(1..=1_000_000).contains(&n))
+    {
+        return Err(Invalid::new("max_requests", "from 1 to 1000000 requests"));
+    }
+    for (field, value) in [
+        ("queue_size", policy.queue_size),
+        ("retry_budget_min", policy.retry_budget_min),
+    ] {
+        if value.is_some_and(|n| n > 1_000_000) {
+            return Err(Invalid::new(field, "at most 1000000"));
+        }
+    }
+    if policy.max_requests.is_none() && policy.queue_size.is_some_and(|n| n > 0) {
+        return Err(Invalid::new(
+            "queue_size",
+            "requests queue for a backend under its max_requests: set max_requests too",
+        ));
+    }
+    if policy
+        .retry_budget_percent
+        .is_some_and(|p| !(0.0..=100.0).contains(&p))
+    {
+        return Err(Invalid::new("retry_budget_percent", "from 0 to 100"));
     }
     if policy
         .phi_window
@@ -362,6 +389,11 @@ mod tests {
             protocol: Some(crate::model::UpstreamProtocol::H2c),
             send_proxy_protocol: Some(crate::model::ProxyProtocol::V1),
             slow_start_ms: Some(30_000),
+            max_requests: Some(100),
+            queue_size: Some(50),
+            queue_timeout_ms: Some(500),
+            retry_budget_percent: Some(25.0),
+            retry_budget_min: Some(2),
         };
         check(&with(good.clone())).expect("valid");
         let bad = [

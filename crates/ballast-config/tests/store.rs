@@ -342,6 +342,11 @@ async fn pool_policies_round_trip(store: SqlStore) {
             protocol: Some(ballast_config::UpstreamProtocol::H2c),
             send_proxy_protocol: Some(ballast_config::ProxyProtocol::V2),
             slow_start_ms: Some(30_000),
+            max_requests: Some(64),
+            queue_size: Some(128),
+            queue_timeout_ms: Some(250),
+            retry_budget_percent: Some(10.0),
+            retry_budget_min: Some(5),
         },
     };
     store

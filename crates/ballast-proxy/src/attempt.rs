@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ballast_balance::InFlight;
 use http::{HeaderValue, StatusCode};
 
 use crate::metrics::ErrorKind;
+use crate::protection::{self, Held, Refusal};
 use crate::state::{BackendState, PoolSnapshot, PoolState, Routed, Shared};
 use crate::upstream::{self, Dial, Upstream};
 
@@ -86,7 +86,16 @@ pub(crate) fn answer(kind: ErrorKind) -> (StatusCode, &'static str) {
             StatusCode::MISDIRECTED_REQUEST,
             "misdirected request: connect again for this host\n",
         ),
+        ErrorKind::Overloaded => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backends at their limit: retry later\n",
+        ),
     }
+}
+
+/// The `Retry-After` (seconds) of an answer that asks the client to come back.
+pub(crate) fn retry_after(kind: ErrorKind) -> Option<&'static str> {
+    (kind == ErrorKind::Overloaded).then_some("1")
 }
 
 /// What the LB answers for a request that goes to no pool: a route's redirect or status, no
@@ -123,6 +132,7 @@ pub(crate) fn routed_answer(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Failure {
     NoBackend,
+    Overloaded,
     Connect,
     Exchange,
 }
@@ -158,7 +168,8 @@ pub(crate) struct Try<'a> {
     /// Whether the connection came from the worker's cache (a cached connection the backend
     /// had closed meanwhile is not the backend failing).
     pub reused: bool,
-    pub in_flight: InFlight,
+    /// Counted in the backend's load (and the queue's, the retry budget's) while it lives.
+    pub held: Held,
     /// The client the connection is for alone (it opened with a PROXY header naming it).
     pub owner: Option<SocketAddr>,
 }
@@ -233,11 +244,23 @@ impl<'a> Attempt<'a> {
             self.context.owns_connections.store(true, Ordering::Relaxed);
         }
         while self.made < self.tries {
-            let index = self.pool.choose(self.key, &self.tried[..self.made])?;
+            let retry = self.made > 0;
+            if retry && !protection::retry_allowed(pool) {
+                pool.counters.retry_refused();
+                return None;
+            }
+            let tried = &self.tried[..self.made];
+            let (index, held) = match protection::admit(self.pool, self.key, tried, retry).await {
+                Ok(admitted) => admitted,
+                Err(Refusal::NoBackend) => return None,
+                Err(Refusal::Overloaded) => {
+                    self.failure = Failure::Overloaded;
+                    return None;
+                }
+            };
             self.tried[self.made] = index;
             self.made += 1;
             let backend = &pool.backends[index];
-            let in_flight = backend.balance.load().start();
             let dial = Dial {
                 address: backend.address,
                 slot: backend.slot,
@@ -270,7 +293,7 @@ impl<'a> Attempt<'a> {
                 index,
                 backend,
                 reused,
-                in_flight,
+                held,
                 owner,
             };
             return Some((chosen, connection));
@@ -314,6 +337,7 @@ impl<'a> Attempt<'a> {
     pub(crate) fn give_up(&self) -> ErrorKind {
         self.answered(match self.failure {
             Failure::NoBackend | Failure::Connect => ErrorKind::NoBackend,
+            Failure::Overloaded => ErrorKind::Overloaded,
             Failure::Exchange => ErrorKind::BadGateway,
         })
     }

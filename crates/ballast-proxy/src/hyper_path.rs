@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use ballast_balance::InFlight;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
@@ -22,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use crate::access_log::{Line, RequestFacts};
 use crate::attempt::{self, Attempt, ClientContext, Try};
 use crate::metrics::ErrorKind;
+use crate::protection::Held;
 use crate::state::Shared;
 use crate::state::{BackendState, PoolState, RequestLine, Routed};
 use crate::upstream::{self, H2Stream, Sender};
@@ -314,12 +314,7 @@ fn respond(
         if let Some(client_upgrade) = client_upgrade {
             let backend_upgrade = hyper::upgrade::on(&mut response);
             let idle = attempt.context().shared.settings.timeouts.idle;
-            tokio::spawn(tunnel(
-                client_upgrade,
-                backend_upgrade,
-                tried.in_flight,
-                idle,
-            ));
+            tokio::spawn(tunnel(client_upgrade, backend_upgrade, tried.held, idle));
         }
         attempt.finished();
         if let Some(logged) = logged {
@@ -341,7 +336,7 @@ fn respond(
                 pool: Arc::clone(attempt.pool()),
                 backend: Arc::clone(tried.backend),
                 owner: tried.owner,
-                _in_flight: tried.in_flight,
+                _held: tried.held,
                 started: attempt.started(),
                 logged,
                 sent: 0,
@@ -355,7 +350,7 @@ fn respond(
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     backend: hyper::upgrade::OnUpgrade,
-    _in_flight: InFlight,
+    _held: Held,
     idle: std::time::Duration,
 ) {
     match tokio::try_join!(client, backend) {
@@ -502,7 +497,13 @@ fn answered(logged: Option<Box<Logged>>, mut response: Response<ProxyBody>) -> R
 /// The response for an error the LB answers itself.
 fn status_response(kind: ErrorKind) -> Response<ProxyBody> {
     let (status, text) = attempt::answer(kind);
-    text_response(status, Bytes::from_static(text.as_bytes()), None)
+    let mut response = text_response(status, Bytes::from_static(text.as_bytes()), None);
+    if let Some(seconds) = attempt::retry_after(kind) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
+    }
+    response
 }
 
 /// The response for a request that goes to no pool (see [`attempt::routed_answer`]).
@@ -549,7 +550,7 @@ struct Finish {
     owner: Option<std::net::SocketAddr>,
     pool: Arc<PoolState>,
     backend: Arc<BackendState>,
-    _in_flight: InFlight,
+    _held: Held,
     started: Instant,
     logged: Option<Box<Logged>>,
     /// Body bytes sent on to the client.

@@ -59,6 +59,7 @@ pub mod metrics;
 mod outlier;
 mod prefixed;
 mod process;
+mod protection;
 mod proxy_protocol;
 pub mod reload;
 mod request_id;

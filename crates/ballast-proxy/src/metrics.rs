@@ -29,6 +29,9 @@ pub struct Metrics {
     stray: Family<Labels, Counter>,
     in_flight: Family<Labels, Gauge>,
     weights: Family<Labels, Gauge>,
+    queued: Family<Labels, Gauge>,
+    queue_waits: Family<Labels, Histogram, fn() -> Histogram>,
+    retries_refused: Family<Labels, Counter>,
     pooled: Family<Labels, Gauge>,
     client_connections: Gauge,
     accept_errors: Counter,
@@ -64,11 +67,14 @@ pub enum ErrorKind {
     /// 421: the request's host has another certificate than the one its TLS connection was
     /// made with (a client coalescing connections across names).
     Misdirected,
+    /// 503 with `Retry-After`: every backend is at its `max_requests`, and the pool's queue was
+    /// full or the wait in it too long.
+    Overloaded,
 }
 
 impl ErrorKind {
     /// Every kind, in the order the metrics register them.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::NoBackend,
         Self::Timeout,
         Self::BadGateway,
@@ -76,6 +82,7 @@ impl ErrorKind {
         Self::HeadersTooLarge,
         Self::HeaderTimeout,
         Self::Misdirected,
+        Self::Overloaded,
     ];
 
     fn label(self) -> &'static str {
@@ -87,6 +94,7 @@ impl ErrorKind {
             Self::HeadersTooLarge => "headers_too_large",
             Self::HeaderTimeout => "header_timeout",
             Self::Misdirected => "misdirected",
+            Self::Overloaded => "overloaded",
         }
     }
 }
@@ -133,6 +141,9 @@ impl BackendCounters {
 pub struct PoolCounters {
     duration: Histogram,
     errors: [Counter; ErrorKind::ALL.len()],
+    queued: Gauge,
+    queue_waits: Histogram,
+    retries_refused: Counter,
 }
 
 impl PoolCounters {
@@ -146,6 +157,21 @@ impl PoolCounters {
     #[inline]
     pub fn error(&self, kind: ErrorKind) {
         self.errors[kind as usize].inc();
+    }
+
+    /// A request starts (`1`) or stops (`-1`) waiting in the pool's queue.
+    pub fn queued(&self, change: i64) {
+        self.queued.inc_by(change);
+    }
+
+    /// Records how long a request waited in the queue before a backend took it, in seconds.
+    pub fn waited(&self, seconds: f64) {
+        self.queue_waits.observe(seconds);
+    }
+
+    /// Counts a retry the retry budget did not allow.
+    pub fn retry_refused(&self) {
+        self.retries_refused.inc();
     }
 }
 
@@ -173,6 +199,11 @@ impl Metrics {
         let stray = Family::<Labels, Counter>::default();
         let in_flight = Family::<Labels, Gauge>::default();
         let weights = Family::<Labels, Gauge>::default();
+        let queued = Family::<Labels, Gauge>::default();
+        let queue_waits = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
+        let retries_refused = Family::<Labels, Counter>::default();
         let pooled = Family::<Labels, Gauge>::default();
         let client_connections = Gauge::default();
         let accept_errors = Counter::default();
@@ -257,6 +288,21 @@ impl Metrics {
             weights.clone(),
         );
         registry.register(
+            "ballast_pool_queued_requests",
+            "Requests waiting for a backend under its max_requests, by pool",
+            queued.clone(),
+        );
+        registry.register(
+            "ballast_pool_queue_wait_seconds",
+            "How long requests waited in the pool's queue before a backend took them",
+            queue_waits.clone(),
+        );
+        registry.register(
+            "ballast_retry_budget_exhausted",
+            "Retries not made because the pool's retry budget was spent",
+            retries_refused.clone(),
+        );
+        registry.register(
             "ballast_backend_pooled_connections",
             "Idle keep-alive connections to each backend",
             pooled.clone(),
@@ -300,6 +346,9 @@ impl Metrics {
             stray,
             in_flight,
             weights,
+            queued,
+            queue_waits,
+            retries_refused,
             pooled,
             client_connections,
             accept_errors,
@@ -386,6 +435,18 @@ impl Metrics {
                     ])
                     .clone()
             }),
+            queued: self
+                .queued
+                .get_or_create(&vec![("pool", pool.to_owned())])
+                .clone(),
+            queue_waits: self
+                .queue_waits
+                .get_or_create(&vec![("pool", pool.to_owned())])
+                .clone(),
+            retries_refused: self
+                .retries_refused
+                .get_or_create(&vec![("pool", pool.to_owned())])
+                .clone(),
         }
     }
 

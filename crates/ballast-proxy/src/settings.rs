@@ -204,6 +204,36 @@ pub(crate) struct Pool {
     pub send_proxy_protocol: Option<ProxyProtocol>,
     /// How long a backend that (re)joins ramps up to its full share.
     pub slow_start: Option<Duration>,
+    /// What protects its backends from too many requests.
+    pub protection: Protection,
+}
+
+/// What protects a pool's backends: a cap on each one's requests in flight with a queue in
+/// front, and a budget for retries (see [`crate::queue`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Protection {
+    /// Requests one backend may have in flight, over every worker.
+    pub max_requests: Option<u32>,
+    /// Requests that may wait for a backend under its cap.
+    pub queue_size: u32,
+    /// How long one may wait.
+    pub queue_timeout: Duration,
+    /// Retries in progress: at most this fraction of the requests in flight…
+    pub retry_budget: f64,
+    /// …or this many, whichever is more.
+    pub retry_budget_min: u32,
+}
+
+impl Protection {
+    pub(crate) fn of(policy: &PoolPolicy) -> Self {
+        Self {
+            max_requests: policy.max_requests,
+            queue_size: policy.queue_size.unwrap_or(0),
+            queue_timeout: Duration::from_millis(policy.queue_timeout_ms.unwrap_or(1_000)),
+            retry_budget: policy.retry_budget_percent.unwrap_or(20.0) / 100.0,
+            retry_budget_min: policy.retry_budget_min.unwrap_or(3),
+        }
+    }
 }
 
 /// What a pool may set for itself instead of the LB server's defaults.
@@ -265,6 +295,7 @@ impl Pool {
                     protocol: policy.protocol.unwrap_or_default(),
                     send_proxy_protocol: policy.send_proxy_protocol,
                     slow_start: policy.slow_start_ms.map(Duration::from_millis),
+                    protection: Protection::of(policy),
                 })
             })
             .collect()
@@ -654,6 +685,12 @@ struct FilePool {
     send_proxy_protocol: Option<ProxyProtocol>,
     #[serde(default, with = "humantime_serde_opt")]
     slow_start: Option<Duration>,
+    max_requests: Option<u32>,
+    queue_size: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    queue_timeout: Option<Duration>,
+    retry_budget_percent: Option<f64>,
+    retry_budget_min: Option<u32>,
     backends: Vec<String>,
 }
 
@@ -682,6 +719,11 @@ impl FilePool {
                 protocol: self.protocol,
                 send_proxy_protocol: self.send_proxy_protocol,
                 slow_start_ms: millis(self.slow_start),
+                max_requests: self.max_requests,
+                queue_size: self.queue_size,
+                queue_timeout_ms: millis(self.queue_timeout),
+                retry_budget_percent: self.retry_budget_percent,
+                retry_budget_min: self.retry_budget_min,
                 ..PoolPolicy::default()
             },
         };
@@ -975,6 +1017,12 @@ backends = ["127.0.0.1:9101"]
             error(&spdy).contains("unknown variant `spdy`, expected `http1` or `h2c`"),
             "{}",
             error(&spdy)
+        );
+        let unbounded = EXAMPLE.replace("name = \"db\"", "name = \"db\"\nqueue_size = 10");
+        assert!(
+            error(&unbounded).starts_with("pools[1].queue_size: requests queue for a backend"),
+            "{}",
+            error(&unbounded)
         );
         let shouting = EXAMPLE.replace("name = \"db\"", "name = \"DB\"");
         assert!(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
-use ballast_balance::{Algorithm, Backend, Picker};
+use ballast_balance::{Algorithm, Backend, InFlight, Picker};
 use tokio::sync::Notify;
 
 use ballast_config::route::RouteTable;
@@ -21,7 +21,9 @@ use ballast_config::route::RouteTable;
 use crate::key::HashKey;
 use crate::metrics::{BackendCounters, Metrics, PoolCounters};
 use crate::outlier::{Clock, Outlier};
+use crate::protection::Queue;
 use crate::routes::{Action, Router};
+use crate::settings::Protection;
 use crate::settings::{Pool, Serves, Settings};
 use crate::slow_start::{self, Ramp};
 use ballast_config::UpstreamProtocol;
@@ -70,6 +72,13 @@ pub(crate) struct PoolState {
     pub send_proxy_protocol: Option<ballast_config::ProxyProtocol>,
     /// The slow-start window of a backend that (re)joins, where the algorithm ramps by weight.
     pub slow_start: Option<std::time::Duration>,
+    /// Its backends' cap, queue and retry budget.
+    pub protection: Protection,
+    /// Requests waiting for a backend under its cap, if the pool queues them (kept across
+    /// rebuilds, so that a request waiting hears of slots freed under the next snapshot).
+    pub queue: Option<Arc<Queue>>,
+    /// Retries in progress (kept across rebuilds).
+    pub retrying: Arc<AtomicUsize>,
 }
 
 /// One immutable view of every pool, as the request path reads it.
@@ -243,7 +252,49 @@ pub(crate) struct PoolSnapshot {
     pub next_step: Option<u64>,
 }
 
+/// What [`PoolSnapshot::choose_within`] found.
+#[derive(Debug)]
+pub(crate) enum Chosen {
+    /// This backend, now holding one more request.
+    Admitted(usize, InFlight),
+    /// Backends could take it, but every one is at its cap.
+    AllBusy,
+    /// No backend takes traffic that was not tried.
+    Nothing,
+}
+
 impl PoolSnapshot {
+    /// As [`PoolSnapshot::choose`], for a pool whose backends take at most `limit` requests in
+    /// flight: the picker's choice if it is under its cap, else another (from a random start)
+    /// that is; the request is counted on the backend in the same step.
+    pub(crate) fn choose_within(&self, limit: u64, key: u64, tried: &[usize]) -> Chosen {
+        let backends = &self.state.backends;
+        let mut candidates = false;
+        if let Some(first) = self.picker.pick(key)
+            && !tried.contains(&first)
+        {
+            candidates = true;
+            if let Some(held) = backends[first].balance.load().try_start(limit) {
+                return Chosen::Admitted(first, held);
+            }
+        }
+        let n = self.taking.len();
+        let start = if n == 0 { 0 } else { fastrand::usize(..n) };
+        for i in (0..n).map(|i| (start + i) % n) {
+            if self.taking[i] && !tried.contains(&i) {
+                candidates = true;
+                if let Some(held) = backends[i].balance.load().try_start(limit) {
+                    return Chosen::Admitted(i, held);
+                }
+            }
+        }
+        if candidates {
+            Chosen::AllBusy
+        } else {
+            Chosen::Nothing
+        }
+    }
+
     /// The backend for a request with `key`, or if that one was `tried` already, another that
     /// takes traffic and was not tried (for retries); `None` when there is none.
     pub(crate) fn choose(&self, key: u64, tried: &[usize]) -> Option<usize> {
@@ -600,6 +651,16 @@ impl Shared {
             protocol: pool.protocol,
             send_proxy_protocol: pool.send_proxy_protocol,
             slow_start: pool.slow_start.filter(|_| pool.algorithm.ramps_by_weight()),
+            protection: pool.protection,
+            queue: match before {
+                Some(before) if before.protection == pool.protection => before.queue.clone(),
+                _ => (pool.protection.max_requests.is_some() && pool.protection.queue_size > 0)
+                    .then(|| {
+                        let protection = &pool.protection;
+                        Arc::new(Queue::new(protection.queue_size, protection.queue_timeout))
+                    }),
+            },
+            retrying: before.map_or_else(Arc::default, |before| Arc::clone(&before.retrying)),
         }
     }
 
@@ -725,6 +786,7 @@ mod tests {
             protocol: UpstreamProtocol::Http1,
             send_proxy_protocol: None,
             slow_start: None,
+            protection: crate::settings::Protection::of(&ballast_config::PoolPolicy::default()),
         }
     }
 
@@ -795,6 +857,38 @@ mod tests {
                 "{algorithm}"
             );
         }
+    }
+
+    #[test]
+    fn the_retry_budget_is_a_share_of_requests_in_flight_with_a_floor() {
+        let mut web = pool("web", "round_robin", &[9001, 9002]);
+        web.protection.retry_budget = 0.2;
+        web.protection.retry_budget_min = 2;
+        let running = shared(std::slice::from_ref(&web));
+        let snapshot = running.snapshot.load();
+        let pool = &snapshot.pools[0];
+        let admit =
+            |retry| block_on(crate::protection::admit(pool, 0, &[], retry)).expect("a backend");
+        // The floor: two retries at once however little is in flight.
+        let retries: Vec<_> = (0..2).map(|_| admit(true)).collect();
+        assert!(!crate::protection::retry_allowed(&pool.state));
+        // Twenty requests in flight make room for four (20%).
+        let plain: Vec<_> = (0..18).map(|_| admit(false)).collect();
+        assert!(crate::protection::retry_allowed(&pool.state));
+        let more: Vec<_> = (0..2).map(|_| admit(true)).collect();
+        // 22 in flight: 4.4 → 4 retries, all taken.
+        assert!(!crate::protection::retry_allowed(&pool.state));
+        drop((retries, more));
+        assert!(crate::protection::retry_allowed(&pool.state));
+        drop(plain);
+    }
+
+    /// Runs a future that never waits (admission without a cap) to its end.
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(future)
     }
 
     #[test]

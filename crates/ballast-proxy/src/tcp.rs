@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::key::HashKey;
 use crate::metrics::ErrorKind;
+use crate::protection::{self, Refusal};
 use crate::state::Shared;
 
 /// Proxies one client connection from `peer`, which came to `local`, to a backend of the pool
@@ -40,12 +41,21 @@ pub(crate) async fn proxy<S>(
     let tries = 1 + pool.state.retries as usize;
     let mut tried = Vec::with_capacity(tries);
     for _ in 0..tries {
-        let Some(index) = pool.choose(key, &tried) else {
+        let retry = !tried.is_empty();
+        if retry && !protection::retry_allowed(&pool.state) {
+            pool.state.counters.retry_refused();
             break;
+        }
+        let (index, _held) = match protection::admit(pool, key, &tried, retry).await {
+            Ok(admitted) => admitted,
+            Err(Refusal::NoBackend) => break,
+            Err(Refusal::Overloaded) => {
+                pool.state.counters.error(ErrorKind::Overloaded);
+                return;
+            }
         };
         tried.push(index);
         let backend = &pool.state.backends[index];
-        let _in_flight = backend.balance.load().start();
         let connect = tokio::time::timeout(
             pool.state.connect_timeout,
             TcpStream::connect(backend.address),

@@ -191,6 +191,11 @@ fn pool_from(row: &AnyRow) -> Result<PoolSpec, sqlx::Error> {
                 .transpose()
                 .map_err(|e: crate::validate::Invalid| sqlx::Error::Decode(e.reason.into()))?,
             slow_start_ms: whole(row, "slow_start_ms")?,
+            max_requests: small(row, "max_requests")?,
+            queue_size: small(row, "queue_size")?,
+            queue_timeout_ms: whole(row, "queue_timeout_ms")?,
+            retry_budget_percent: row.try_get("retry_budget_percent")?,
+            retry_budget_min: small(row, "retry_budget_min")?,
             send_proxy_protocol: row
                 .try_get::<Option<String>, _>("send_proxy_protocol")?
                 .map(|name| name.parse())

@@ -251,6 +251,7 @@ async fn proxy(
                 location,
                 text: &text,
                 request_id: id_for_client(head),
+                retry_after: None,
             };
             write_answer(client, answer, keep_alive, timeouts.idle).await?;
             return Ok(if keep_alive {
@@ -273,6 +274,7 @@ async fn proxy(
             location: None,
             text,
             request_id: id_for_client(head),
+            retry_after: None,
         };
         write_answer(client, answer, false, timeouts.idle).await?;
         return Ok(Next::Close);
@@ -504,6 +506,7 @@ async fn reply_error(
         location: None,
         text,
         request_id: id_for_client(head),
+        retry_after: attempt::retry_after(kind),
     };
     let patience = context.shared.settings.timeouts.idle;
     write_answer(client, answer, keep_alive, patience).await?;
@@ -526,6 +529,7 @@ async fn write_error(
         location: None,
         text,
         request_id: None,
+        retry_after: None,
     };
     write_answer(client, answer, keep_alive, patience).await
 }
@@ -538,6 +542,8 @@ struct Answer<'a> {
     text: &'a str,
     /// The request's ID, when the client is to be told it.
     request_id: Option<&'a str>,
+    /// When to come back, in seconds.
+    retry_after: Option<&'a str>,
 }
 
 async fn write_answer(
@@ -551,6 +557,7 @@ async fn write_answer(
         location,
         text,
         request_id,
+        retry_after,
     } = answer;
     let connection = if keep_alive {
         ""
@@ -559,8 +566,9 @@ async fn write_answer(
     };
     let location = location.map_or_else(String::new, |to| format!("location: {to}\r\n"));
     let id = request_id.map_or_else(String::new, |id| format!("x-request-id: {id}\r\n"));
+    let retry = retry_after.map_or_else(String::new, |s| format!("retry-after: {s}\r\n"));
     let response = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{location}{id}{connection}\r\n{text}",
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{location}{id}{retry}{connection}\r\n{text}",
         status.as_str(),
         status.canonical_reason().unwrap_or(""),
         text.len()

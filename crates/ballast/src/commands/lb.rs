@@ -81,6 +81,16 @@ pub(crate) struct LbArgs {
     /// this long (weighted_round_robin, least_request, least_connections, random).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with_all = ["config", "db"])]
     slow_start: Option<Duration>,
+    /// Requests one backend may have in flight at once, over every worker: past it, another
+    /// backend, the queue (--queue-size) or 503 with Retry-After.
+    #[arg(long, value_name = "N", conflicts_with_all = ["config", "db"])]
+    max_requests: Option<u32>,
+    /// Requests that may wait for a backend under its --max-requests [default: 0].
+    #[arg(long, value_name = "N", requires = "max_requests")]
+    queue_size: Option<u32>,
+    /// How long a request may wait in the queue [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "max_requests")]
+    queue_timeout: Option<Duration>,
     /// Event-loop threads [default: the number of cores].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -224,9 +234,10 @@ impl LbArgs {
                         policy: PoolPolicy {
                             protocol: Some(self.protocol),
                             send_proxy_protocol: self.send_proxy_protocol,
-                            slow_start_ms: self
-                                .slow_start
-                                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                            slow_start_ms: self.slow_start.map(millis),
+                            max_requests: self.max_requests,
+                            queue_size: self.queue_size,
+                            queue_timeout_ms: self.queue_timeout.map(millis),
                             ..PoolPolicy::default()
                         },
                     },
@@ -331,4 +342,8 @@ fn announce(bound: &Bound) {
         let _ = writeln!(out, "admin {admin}");
     }
     let _ = out.flush();
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

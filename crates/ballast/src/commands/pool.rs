@@ -120,6 +120,21 @@ struct PolicyArgs {
     /// this long (weighted_round_robin, least_request, least_connections, random).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     slow_start: Option<std::time::Duration>,
+    /// Requests one backend may have in flight (over every LB worker) [default: no limit].
+    #[arg(long, value_name = "N")]
+    max_requests: Option<u32>,
+    /// Requests that may wait for a backend under its --max-requests [default: 0].
+    #[arg(long, value_name = "N")]
+    queue_size: Option<u32>,
+    /// How long a request may wait in the queue [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    queue_timeout: Option<std::time::Duration>,
+    /// Retries in progress may be at most this percentage of requests in flight [default: 20].
+    #[arg(long, value_name = "PERCENT")]
+    retry_budget_percent: Option<f64>,
+    /// Retries in progress the budget always allows [default: 3].
+    #[arg(long, value_name = "N")]
+    retry_budget_min: Option<u32>,
 }
 
 fn parse_proxy_protocol(text: &str) -> Result<ProxyProtocol, String> {
@@ -146,6 +161,10 @@ impl PolicyArgs {
             ("phi_min_std_dev_ms", ms(&self.phi_min_std_dev)),
             ("phi_acceptable_pause_ms", ms(&self.phi_acceptable_pause)),
             ("slow_start_ms", ms(&self.slow_start)),
+            ("max_requests", self.max_requests.map(u64::from)),
+            ("queue_size", self.queue_size.map(u64::from)),
+            ("queue_timeout_ms", ms(&self.queue_timeout)),
+            ("retry_budget_min", self.retry_budget_min.map(u64::from)),
         ];
         for (field, value) in fields {
             if let Some(value) = value {
@@ -157,6 +176,9 @@ impl PolicyArgs {
         }
         if let Some(phi) = self.phi_threshold {
             spec["phi_threshold"] = json!(phi);
+        }
+        if let Some(percent) = self.retry_budget_percent {
+            spec["retry_budget_percent"] = json!(percent);
         }
         if let Some(protocol) = self.protocol {
             spec["protocol"] = json!(protocol.name());
