@@ -111,6 +111,12 @@ pub struct PoolPolicy {
     #[schema(minimum = 0, maximum = 1_000_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_budget_min: Option<u32>,
+    /// Keeps a client on the backend it first reached: the LB sets a cookie of this name
+    /// naming the backend (an opaque value) and sends requests that carry it back to that
+    /// backend while it takes traffic; otherwise another is chosen and the cookie rewritten.
+    #[schema(min_length = 1, max_length = 64)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_cookie: Option<String>,
     /// The floor under the intervals' standard deviation, in milliseconds (default 100).
     #[schema(minimum = 1, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]

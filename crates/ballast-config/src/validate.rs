@@ -182,6 +182,14 @@ fn check_policy(policy: &crate::model::PoolPolicy) -> Result<(), Invalid> {
             "requests queue for a backend under its max_requests: set max_requests too",
         ));
     }
+    if let Some(name) = &policy.sticky_cookie
+        && !(crate::hash_key::is_token(name) && name.len() <= 64)
+    {
+        return Err(Invalid::new(
+            "sticky_cookie",
+            "a cookie name: up to 64 letters, digits and !#$%&'*+-.^_`|~",
+        ));
+    }
     if policy
         .retry_budget_percent
         .is_some_and(|p| !(0.0..=100.0).contains(&p))
@@ -394,6 +402,7 @@ mod tests {
             queue_timeout_ms: Some(500),
             retry_budget_percent: Some(25.0),
             retry_budget_min: Some(2),
+            sticky_cookie: Some("lb".into()),
         };
         check(&with(good.clone())).expect("valid");
         let bad = [
@@ -424,6 +433,13 @@ mod tests {
                     ..good.clone()
                 },
                 "health_fall: from 1 to 100",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    sticky_cookie: Some("session id".into()),
+                    ..good.clone()
+                },
+                "sticky_cookie: a cookie name",
             ),
             (
                 crate::model::PoolPolicy {

@@ -347,6 +347,7 @@ async fn pool_policies_round_trip(store: SqlStore) {
             queue_timeout_ms: Some(250),
             retry_budget_percent: Some(10.0),
             retry_budget_min: Some(5),
+            sticky_cookie: Some("ballast".into()),
         },
     };
     store

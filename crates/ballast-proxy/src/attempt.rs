@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderValue, StatusCode};
 
+use crate::key::Affinity;
 use crate::metrics::ErrorKind;
 use crate::protection::{self, Held, Refusal};
 use crate::state::{BackendState, PoolSnapshot, PoolState, Routed, Shared};
@@ -152,7 +153,7 @@ pub(crate) struct Attempt<'a> {
     context: &'a ClientContext,
     pool: &'a PoolSnapshot,
     limits: Limits,
-    key: u64,
+    affinity: Affinity,
     tries: usize,
     tried: [usize; MAX_TRIES],
     made: usize,
@@ -181,7 +182,7 @@ impl<'a> Attempt<'a> {
         context: &'a ClientContext,
         pool: &'a PoolSnapshot,
         limits: Limits,
-        key: u64,
+        affinity: Affinity,
         replayable: bool,
         started: Instant,
     ) -> Self {
@@ -194,7 +195,7 @@ impl<'a> Attempt<'a> {
             context,
             pool,
             limits,
-            key,
+            affinity,
             tries: (1 + retries).min(MAX_TRIES),
             tried: [usize::MAX; MAX_TRIES],
             made: 0,
@@ -250,14 +251,15 @@ impl<'a> Attempt<'a> {
                 return None;
             }
             let tried = &self.tried[..self.made];
-            let (index, held) = match protection::admit(self.pool, self.key, tried, retry).await {
-                Ok(admitted) => admitted,
-                Err(Refusal::NoBackend) => return None,
-                Err(Refusal::Overloaded) => {
-                    self.failure = Failure::Overloaded;
-                    return None;
-                }
-            };
+            let (index, held) =
+                match protection::admit(self.pool, self.affinity, tried, retry).await {
+                    Ok(admitted) => admitted,
+                    Err(Refusal::NoBackend) => return None,
+                    Err(Refusal::Overloaded) => {
+                        self.failure = Failure::Overloaded;
+                        return None;
+                    }
+                };
             self.tried[self.made] = index;
             self.made += 1;
             let backend = &pool.backends[index];
@@ -324,6 +326,17 @@ impl<'a> Attempt<'a> {
     /// The request's time, from its head to its last byte, in the pool's latency histogram.
     pub(crate) fn finished(&self) {
         observe(&self.pool.state, self.started);
+    }
+
+    /// The `Set-Cookie` that tells the client which backend served it, where the pool keeps
+    /// clients on their backend and the request's cookie named no backend or another one.
+    pub(crate) fn sticky_cookie(&self, tried: &Try<'_>) -> Option<HeaderValue> {
+        let name = self.pool.state.sticky_cookie.as_deref()?;
+        let token = tried.backend.sticky_token;
+        if self.affinity.sticky == Some(token) {
+            return None;
+        }
+        crate::sticky::set_cookie(name, token, self.context.tls.is_some())
     }
 
     /// The backend of `tried` did not start its response in time: no other is tried, since

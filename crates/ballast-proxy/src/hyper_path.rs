@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::access_log::{Line, RequestFacts};
 use crate::attempt::{self, Attempt, ClientContext, Try};
+use crate::key::Affinity;
 use crate::metrics::ErrorKind;
 use crate::protection::Held;
 use crate::state::Shared;
@@ -177,11 +178,7 @@ pub(crate) async fn handle(
     if let Some(logged) = &mut logged {
         logged.received = Some(body.counted());
     }
-    let key = if pool.uses_key {
-        pool.state.hash_key.of_request(&parts, context.client.ip())
-    } else {
-        0
-    };
+    let affinity = Affinity::of_request(pool, &parts, context.client.ip());
     let trailers = headers::accepts_trailers(&parts.headers);
     headers::to_backend(&mut parts, &context.client_value, context.scheme, upgrade);
     if protocol == UpstreamProtocol::H2c {
@@ -197,7 +194,7 @@ pub(crate) async fn handle(
     let replayable =
         body.is_none() && !upgrade && attempt::is_idempotent(parts.method.as_str().as_bytes());
     let limits = snapshot.limits(context.listener, route, &pool.state);
-    let mut attempt = Attempt::new(&context, pool, limits, key, replayable, started);
+    let mut attempt = Attempt::new(&context, pool, limits, affinity, replayable, started);
     let mut parts = Some(parts);
     while let Some((tried, mut connection)) = next_connection(&mut attempt, protocol).await {
         if let Some(logged) = &mut logged {
@@ -308,6 +305,9 @@ fn respond(
         if let Some(id) = logged.id_for_client() {
             response.headers_mut().insert(request_id::HEADER, id);
         }
+    }
+    if let Some(cookie) = attempt.sticky_cookie(&tried) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
     }
 
     if status == StatusCode::SWITCHING_PROTOCOLS {

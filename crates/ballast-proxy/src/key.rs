@@ -9,6 +9,8 @@ use ballast_config::HashKeySpec;
 use http::HeaderName;
 use http::request::Parts;
 
+use crate::state::PoolSnapshot;
+
 /// The source of a request's hash key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HashKey {
@@ -66,12 +68,7 @@ impl HashKey {
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case(name.as_str()))
                 .map(|h| h.value),
-            Self::Cookie(name) => headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-                .filter_map(|h| std::str::from_utf8(h.value).ok())
-                .find_map(|v| cookie_value(v, name))
-                .map(str::as_bytes),
+            Self::Cookie(name) => raw_cookie(headers, name),
             Self::Path => Some(path.split('?').next().unwrap_or(path).as_bytes()),
         };
         match bytes {
@@ -87,6 +84,65 @@ impl HashKey {
             IpAddr::V6(v6) => hash_key(&v6.octets()),
         }
     }
+}
+
+/// What steers a request to a backend of its pool: the key the pool's algorithm hashes (0 where
+/// it hashes none), and the backend token of the pool's sticky cookie, if the request has one
+/// (see [`crate::sticky`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Affinity {
+    pub key: u64,
+    pub sticky: Option<u64>,
+}
+
+impl Affinity {
+    /// For a request to `pool` from `client`.
+    pub(crate) fn of_request(pool: &PoolSnapshot, request: &Parts, client: IpAddr) -> Self {
+        let state = &pool.state;
+        Self {
+            key: if pool.uses_key {
+                state.hash_key.of_request(request, client)
+            } else {
+                0
+            },
+            sticky: state
+                .sticky_cookie
+                .as_deref()
+                .and_then(|name| cookie(request, name))
+                .and_then(crate::sticky::parse),
+        }
+    }
+
+    /// For a request to `pool` parsed in place (see [`HashKey::of_raw`]).
+    pub(crate) fn of_raw(
+        pool: &PoolSnapshot,
+        path: &str,
+        headers: &[httparse::Header<'_>],
+        client: IpAddr,
+    ) -> Self {
+        let state = &pool.state;
+        Self {
+            key: if pool.uses_key {
+                state.hash_key.of_raw(path, headers, client)
+            } else {
+                0
+            },
+            sticky: state
+                .sticky_cookie
+                .as_deref()
+                .and_then(|name| raw_cookie(headers, name))
+                .and_then(crate::sticky::parse),
+        }
+    }
+}
+
+fn raw_cookie<'a>(headers: &[httparse::Header<'a>], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .find_map(|v| cookie_value(v, name))
+        .map(str::as_bytes)
 }
 
 fn cookie<'a>(request: &'a Parts, name: &str) -> Option<&'a [u8]> {

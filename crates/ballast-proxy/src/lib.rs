@@ -69,6 +69,7 @@ pub mod settings;
 mod shutdown;
 mod slow_start;
 mod state;
+mod sticky;
 mod tcp;
 mod tls;
 mod upstream;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use ballast_balance::InFlight;
 use tokio::sync::Notify;
 
+use crate::key::Affinity;
 use crate::state::{Chosen, PoolSnapshot, PoolState};
 
 /// A pool's queue: requests waiting for a backend under its cap.
@@ -115,17 +116,32 @@ impl Drop for Held {
     }
 }
 
-/// A backend of `pool` for a request with `key` that has not been to `tried`, and its hold: the
+/// A backend of `pool` for a request with `affinity` that has not been to `tried`, and its hold:
+/// the backend its sticky cookie names if that one takes traffic and is under its cap, else the
 /// picker's choice, or where that one is at its cap, another under it, or after a wait in the
 /// queue, the first to free a slot. `retry`: this is a retry (see [`retry_allowed`]).
 pub(crate) async fn admit(
     pool: &PoolSnapshot,
-    key: u64,
+    affinity: Affinity,
     tried: &[usize],
     retry: bool,
 ) -> Result<(usize, Held), Refusal> {
     let state = &*pool.state;
-    let Some(limit) = state.protection.max_requests.map(u64::from) else {
+    let limit = state.protection.max_requests.map(u64::from);
+    if let Some(index) = affinity.sticky.and_then(|token| pool.stuck_to(token))
+        && !tried.contains(&index)
+    {
+        let load = state.backends[index].balance.load();
+        let in_flight = match limit {
+            None => Some(load.start()),
+            Some(limit) => load.try_start(limit),
+        };
+        if let Some(in_flight) = in_flight {
+            return Ok((index, Held::new(in_flight, state, retry)));
+        }
+    }
+    let key = affinity.key;
+    let Some(limit) = limit else {
         let index = pool.choose(key, tried).ok_or(Refusal::NoBackend)?;
         let in_flight = state.backends[index].balance.load().start();
         return Ok((index, Held::new(in_flight, state, retry)));

@@ -206,10 +206,12 @@ pub(crate) struct Pool {
     pub slow_start: Option<Duration>,
     /// What protects its backends from too many requests.
     pub protection: Protection,
+    /// The cookie that keeps a client on its backend, if the pool keeps clients.
+    pub sticky_cookie: Option<String>,
 }
 
 /// What protects a pool's backends: a cap on each one's requests in flight with a queue in
-/// front, and a budget for retries (see [`crate::queue`]).
+/// front, and a budget for retries (see [`crate::protection`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Protection {
     /// Requests one backend may have in flight, over every worker.
@@ -296,6 +298,7 @@ impl Pool {
                     send_proxy_protocol: policy.send_proxy_protocol,
                     slow_start: policy.slow_start_ms.map(Duration::from_millis),
                     protection: Protection::of(policy),
+                    sticky_cookie: policy.sticky_cookie.clone(),
                 })
             })
             .collect()
@@ -691,6 +694,7 @@ struct FilePool {
     queue_timeout: Option<Duration>,
     retry_budget_percent: Option<f64>,
     retry_budget_min: Option<u32>,
+    sticky_cookie: Option<String>,
     backends: Vec<String>,
 }
 
@@ -724,6 +728,7 @@ impl FilePool {
                 queue_timeout_ms: millis(self.queue_timeout),
                 retry_budget_percent: self.retry_budget_percent,
                 retry_budget_min: self.retry_budget_min,
+                sticky_cookie: self.sticky_cookie,
                 ..PoolPolicy::default()
             },
         };

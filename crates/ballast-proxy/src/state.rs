@@ -41,6 +41,8 @@ pub(crate) struct BackendState {
     pub outlier: Arc<Outlier>,
     /// Its slow-start ramp, if it is on one.
     pub ramp: Arc<Ramp>,
+    /// What a sticky cookie names it by ([`crate::sticky`]).
+    pub sticky_token: u64,
     /// Its metric handles.
     pub counters: BackendCounters,
 }
@@ -79,6 +81,8 @@ pub(crate) struct PoolState {
     pub queue: Option<Arc<Queue>>,
     /// Retries in progress (kept across rebuilds).
     pub retrying: Arc<AtomicUsize>,
+    /// The cookie that keeps a client on its backend, if the pool keeps clients.
+    pub sticky_cookie: Option<String>,
 }
 
 /// One immutable view of every pool, as the request path reads it.
@@ -250,6 +254,9 @@ pub(crate) struct PoolSnapshot {
     pub taking: Vec<bool>,
     /// When a ramp's next step changes the weights (server clock, ms).
     pub next_step: Option<u64>,
+    /// Where the pool keeps clients on their backend: the sticky tokens of the backends that
+    /// take traffic, sorted, with each one's index.
+    pub sticky: Vec<(u64, usize)>,
 }
 
 /// What [`PoolSnapshot::choose_within`] found.
@@ -264,6 +271,12 @@ pub(crate) enum Chosen {
 }
 
 impl PoolSnapshot {
+    /// The backend a sticky cookie's `token` names, if it takes traffic in this snapshot.
+    pub(crate) fn stuck_to(&self, token: u64) -> Option<usize> {
+        let found = self.sticky.binary_search_by_key(&token, |(t, _)| *t).ok()?;
+        Some(self.sticky[found].1)
+    }
+
     /// As [`PoolSnapshot::choose`], for a pool whose backends take at most `limit` requests in
     /// flight: the picker's choice if it is under its cap, else another (from a random start)
     /// that is; the request is counted on the backend in the same step.
@@ -625,6 +638,7 @@ impl Shared {
                             balance: balance.with_load(Arc::clone(kept.balance.load())),
                             outlier: Arc::clone(&kept.outlier),
                             ramp: Arc::clone(&kept.ramp),
+                            sticky_token: kept.sticky_token,
                             counters: kept.counters.clone(),
                         },
                         None => BackendState {
@@ -633,6 +647,7 @@ impl Shared {
                             balance,
                             outlier: Arc::default(),
                             ramp: Arc::default(),
+                            sticky_token: crate::sticky::token(b.address),
                             counters: self.metrics.backend(&pool.name, &id),
                         },
                     })
@@ -661,6 +676,7 @@ impl Shared {
                     }),
             },
             retrying: before.map_or_else(Arc::default, |before| Arc::clone(&before.retrying)),
+            sticky_cookie: pool.sticky_cookie.clone(),
         }
     }
 
@@ -754,8 +770,18 @@ fn pool_snapshot(
     for (backend, &weight) in pool.backends.iter().zip(&weights) {
         backend.counters.set_weight(weight);
     }
+    let mut sticky: Vec<(u64, usize)> = if pool.sticky_cookie.is_some() {
+        (pool.backends.iter().enumerate())
+            .filter(|(index, _)| taking[*index])
+            .map(|(index, b)| (b.sticky_token, index))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    sticky.sort_unstable();
     Ok(PoolSnapshot {
         picker: Picker::build(&pool.algorithm, &backends)?,
+        sticky,
         uses_key: pool.algorithm.uses_key(),
         state: pool,
         taking,
@@ -787,6 +813,7 @@ mod tests {
             send_proxy_protocol: None,
             slow_start: None,
             protection: crate::settings::Protection::of(&ballast_config::PoolPolicy::default()),
+            sticky_cookie: None,
         }
     }
 
@@ -867,8 +894,15 @@ mod tests {
         let running = shared(std::slice::from_ref(&web));
         let snapshot = running.snapshot.load();
         let pool = &snapshot.pools[0];
-        let admit =
-            |retry| block_on(crate::protection::admit(pool, 0, &[], retry)).expect("a backend");
+        let admit = |retry| {
+            block_on(crate::protection::admit(
+                pool,
+                Default::default(),
+                &[],
+                retry,
+            ))
+            .expect("a backend")
+        };
         // The floor: two retries at once however little is in flight.
         let retries: Vec<_> = (0..2).map(|_| admit(true)).collect();
         assert!(!crate::protection::retry_allowed(&pool.state));
@@ -881,6 +915,50 @@ mod tests {
         drop((retries, more));
         assert!(crate::protection::retry_allowed(&pool.state));
         drop(plain);
+    }
+
+    #[test]
+    fn a_sticky_token_wins_over_the_picker_while_its_backend_takes_traffic_and_has_room() {
+        let mut web = pool("web", "round_robin", &[9001, 9002, 9003]);
+        web.sticky_cookie = Some("lb".into());
+        web.protection.max_requests = Some(1);
+        let running = shared(std::slice::from_ref(&web));
+        let snapshot = running.snapshot.load();
+        let pool = &snapshot.pools[0];
+        let token = crate::sticky::token(SocketAddr::from(([127, 0, 0, 1], 9002)));
+        let stuck = crate::key::Affinity {
+            key: 0,
+            sticky: Some(token),
+        };
+        let admit = |affinity, tried: &[usize]| {
+            block_on(crate::protection::admit(pool, affinity, tried, false))
+        };
+        let (index, held) = admit(stuck, &[]).expect("admitted");
+        assert_eq!(index, 1);
+        // At its cap, or tried already: another backend, as the picker chooses.
+        let (other, _other_held) = admit(stuck, &[]).expect("admitted");
+        assert_ne!(other, 1);
+        drop(held);
+        assert_ne!(admit(stuck, &[1]).expect("admitted").0, 1);
+        // A token that names no backend is no preference.
+        let unknown = crate::key::Affinity {
+            key: 0,
+            sticky: Some(token ^ 1),
+        };
+        assert!(admit(unknown, &[]).is_ok());
+        // Once the backend is ejected, its token names nothing.
+        let now = running.clock.now_ms();
+        pool.state.backends[1]
+            .outlier
+            .eject(&running.settings.outlier, now);
+        running.rebuild();
+        let rebuilt = running.snapshot.load();
+        assert_eq!(rebuilt.pools[0].stuck_to(token), None);
+        assert_eq!(
+            pool.stuck_to(token),
+            Some(1),
+            "the old snapshot is unchanged"
+        );
     }
 
     /// Runs a future that never waits (admission without a cap) to its end.

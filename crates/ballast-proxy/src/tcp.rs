@@ -12,7 +12,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::key::HashKey;
+use crate::key::{Affinity, HashKey};
 use crate::metrics::ErrorKind;
 use crate::protection::{self, Refusal};
 use crate::state::Shared;
@@ -33,10 +33,13 @@ pub(crate) async fn proxy<S>(
     let Some(pool) = snapshot.for_listener(listener) else {
         return;
     };
-    let key = if pool.uses_key {
-        HashKey::of_client(peer.ip())
-    } else {
-        0
+    let affinity = Affinity {
+        key: if pool.uses_key {
+            HashKey::of_client(peer.ip())
+        } else {
+            0
+        },
+        sticky: None,
     };
     let tries = 1 + pool.state.retries as usize;
     let mut tried = Vec::with_capacity(tries);
@@ -46,7 +49,7 @@ pub(crate) async fn proxy<S>(
             pool.state.counters.retry_refused();
             break;
         }
-        let (index, _held) = match protection::admit(pool, key, &tried, retry).await {
+        let (index, _held) = match protection::admit(pool, affinity, &tried, retry).await {
             Ok(admitted) => admitted,
             Err(Refusal::NoBackend) => break,
             Err(Refusal::Overloaded) => {

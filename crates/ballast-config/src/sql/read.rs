@@ -196,6 +196,7 @@ fn pool_from(row: &AnyRow) -> Result<PoolSpec, sqlx::Error> {
             queue_timeout_ms: whole(row, "queue_timeout_ms")?,
             retry_budget_percent: row.try_get("retry_budget_percent")?,
             retry_budget_min: small(row, "retry_budget_min")?,
+            sticky_cookie: row.try_get("sticky_cookie")?,
             send_proxy_protocol: row
                 .try_get::<Option<String>, _>("send_proxy_protocol")?
                 .map(|name| name.parse())

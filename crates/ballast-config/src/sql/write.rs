@@ -385,7 +385,7 @@ const POLICY_COLUMNS: &str = "retries, connect_timeout_ms, response_timeout_ms, 
      health_interval_ms, health_timeout_ms, health_rise, health_fall, phi_threshold, phi_window, \
      phi_min_std_dev_ms, phi_acceptable_pause_ms, protocol, send_proxy_protocol, \
      slow_start_ms, max_requests, queue_size, queue_timeout_ms, retry_budget_percent, \
-     retry_budget_min";
+     retry_budget_min, sticky_cookie";
 
 /// `$first, $first+1, …`, one per column of `columns`.
 fn placeholders(first: usize, columns: &str) -> String {
@@ -427,5 +427,6 @@ impl<'q> BindPolicy<'q> for sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>
             .bind(super::read::millis(policy.queue_timeout_ms))
             .bind(policy.retry_budget_percent)
             .bind(policy.retry_budget_min.map(i64::from))
+            .bind(policy.sticky_cookie.as_deref())
     }
 }

@@ -64,7 +64,7 @@ pub fn request(bytes: &[u8]) -> Result<Option<Request>, u16> {
         request_id_to_client: false,
     };
     match parse_with(bytes, &forwarding, empty_snapshot(), |_, _| {
-        (Routed::NoPool, None, 0)
+        (Routed::NoPool, None, Default::default())
     }) {
         Ok(Some((head, consumed))) => Ok(Some(Request {
             upstream: head.upstream.to_vec(),
@@ -113,7 +113,7 @@ pub fn response(
         route: None,
         facts: None,
         id_to_client: false,
-        key: 0,
+        affinity: Default::default(),
         snapshot: empty_snapshot(),
     };
     match parse_response(bytes, &request) {

@@ -304,7 +304,7 @@ async fn proxy(
     };
     let replayable = head.body == Framing::Empty && head.idempotent && !head.upgrade;
     let limits = snapshot.limits(context.listener, head.route, &pool.state);
-    let mut attempt = Attempt::new(context, pool, limits, head.key, replayable, started);
+    let mut attempt = Attempt::new(context, pool, limits, head.affinity, replayable, started);
     let sending = Patience {
         read: timeouts.request_headers,
         write: timeouts.idle,
@@ -438,14 +438,18 @@ async fn respond(
     let backend = tried.backend;
     attempt.responded(&tried, response.status);
     outcome.status = response.status;
-    if let Some(id) = id_for_client(head) {
-        // Before the head's empty line (the backend's own, if it echoed one, was left out).
+    let id = id_for_client(head);
+    let cookie = attempt.sticky_cookie(&tried);
+    if id.is_some() || cookie.is_some() {
+        // Before the head's empty line (the backend's own ID, if it echoed one, was left out).
         response.client.truncate(response.client.len() - 2);
-        put_header(
-            &mut response.client,
-            request_id::HEADER.as_bytes(),
-            id.as_bytes(),
-        );
+        if let Some(id) = id {
+            let name = request_id::HEADER.as_bytes();
+            put_header(&mut response.client, name, id.as_bytes());
+        }
+        if let Some(cookie) = cookie {
+            put_header(&mut response.client, b"set-cookie", cookie.as_bytes());
+        }
         response.client.extend_from_slice(b"\r\n");
     }
 

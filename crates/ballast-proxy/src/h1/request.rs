@@ -11,6 +11,7 @@ use super::body::{Buffered, CopyError, Patience, copy_chunked, copy_length, writ
 use super::message::{Coding, Framing, MAX_HEADERS, Message, is_framing, put_header};
 use crate::access_log::RequestFacts;
 use crate::attempt::ClientContext;
+use crate::key::Affinity;
 use crate::state::{RequestLine, Routed, Snapshot};
 use crate::upstream::Raw;
 use crate::{headers, request_id};
@@ -39,7 +40,8 @@ pub(super) struct RequestHead {
     /// The client is told the request's ID (`request_id_header`): a backend's own
     /// `X-Request-Id` in the response gives way to it.
     pub(super) id_to_client: bool,
-    pub(super) key: u64,
+    /// What steers it to a backend of its pool.
+    pub(super) affinity: Affinity,
     /// The configuration the request was routed and keyed by, and the one it is proxied with.
     pub(super) snapshot: Arc<Snapshot>,
 }
@@ -84,14 +86,13 @@ pub(super) fn parse_request(
                 .map(|h| h.value)
         };
         let (routed, route) = routing.route(listener, request, header);
-        let key = match &routed {
-            Routed::Pool(pool) if routing.pools[*pool].uses_key => routing.pools[*pool]
-                .state
-                .hash_key
-                .of_raw(request.target, headers, client_ip),
-            _ => 0,
+        let affinity = match &routed {
+            Routed::Pool(pool) => {
+                Affinity::of_raw(&routing.pools[*pool], request.target, headers, client_ip)
+            }
+            _ => Affinity::default(),
         };
-        (routed, route, key)
+        (routed, route, affinity)
     })
 }
 
@@ -115,7 +116,7 @@ pub(crate) fn parse_with(
     bytes: &[u8],
     forwarding: &Forwarding<'_>,
     snapshot: Arc<Snapshot>,
-    choose: impl FnOnce(RequestLine<'_>, &[httparse::Header<'_>]) -> (Routed, Option<u32>, u64),
+    choose: impl FnOnce(RequestLine<'_>, &[httparse::Header<'_>]) -> (Routed, Option<u32>, Affinity),
 ) -> Result<Option<(RequestHead, usize)>, Refusal> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
@@ -152,7 +153,7 @@ pub(crate) fn parse_with(
         host,
         target: path,
     };
-    let (routed, route, key) = choose(line, request.headers);
+    let (routed, route, affinity) = choose(line, request.headers);
 
     let mut upstream = BytesMut::with_capacity(length + 128);
     upstream.put_slice(method.as_bytes());
@@ -245,7 +246,7 @@ pub(crate) fn parse_with(
             route,
             id_to_client: facts.is_some() && forwarding.request_id_to_client,
             facts,
-            key,
+            affinity,
             snapshot,
         },
         length,
@@ -365,7 +366,14 @@ mod tests {
             revision: 0,
         });
         parse_with(bytes, &forwarding, snapshot, |_, _| {
-            (Routed::NoPool, None, 7)
+            (
+                Routed::NoPool,
+                None,
+                Affinity {
+                    key: 7,
+                    sticky: None,
+                },
+            )
         })
     }
 
@@ -409,7 +417,7 @@ mod tests {
         assert!(parsed.expect_continue);
         assert_eq!(parsed.body, Framing::Length(3));
         assert!(!parsed.idempotent);
-        assert_eq!(parsed.key, 7);
+        assert_eq!(parsed.affinity.key, 7);
     }
 
     #[test]

@@ -254,7 +254,7 @@ mod tests {
             route: None,
             facts: None,
             id_to_client: false,
-            key: 0,
+            affinity: Default::default(),
             snapshot: std::sync::Arc::new(crate::state::Snapshot {
                 pools: Vec::new(),
                 by_listener: Vec::new(),

@@ -91,6 +91,10 @@ pub(crate) struct LbArgs {
     /// How long a request may wait in the queue [default: 1s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "max_requests")]
     queue_timeout: Option<Duration>,
+    /// Keep each client on the backend it first reached, by a cookie of this name (set by the
+    /// LB, an opaque token); a client whose backend stops taking traffic moves on.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["config", "db"])]
+    sticky_cookie: Option<String>,
     /// Event-loop threads [default: the number of cores].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -238,6 +242,7 @@ impl LbArgs {
                             max_requests: self.max_requests,
                             queue_size: self.queue_size,
                             queue_timeout_ms: self.queue_timeout.map(millis),
+                            sticky_cookie: self.sticky_cookie.clone(),
                             ..PoolPolicy::default()
                         },
                     },

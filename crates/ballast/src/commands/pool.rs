@@ -135,6 +135,9 @@ struct PolicyArgs {
     /// Retries in progress the budget always allows [default: 3].
     #[arg(long, value_name = "N")]
     retry_budget_min: Option<u32>,
+    /// Keep each client on the backend it first reached, by a cookie of this name.
+    #[arg(long, value_name = "NAME")]
+    sticky_cookie: Option<String>,
 }
 
 fn parse_proxy_protocol(text: &str) -> Result<ProxyProtocol, String> {
@@ -179,6 +182,9 @@ impl PolicyArgs {
         }
         if let Some(percent) = self.retry_budget_percent {
             spec["retry_budget_percent"] = json!(percent);
+        }
+        if let Some(name) = &self.sticky_cookie {
+            spec["sticky_cookie"] = json!(name);
         }
         if let Some(protocol) = self.protocol {
             spec["protocol"] = json!(protocol.name());

@@ -497,10 +497,26 @@ pub fn presented(address: SocketAddr, name: &str) -> Vec<u8> {
 /// A GET for `/` with `host` over TLS with SNI `name` (HTTP/1.1, ALPN not offered), and the
 /// certificate the server presented.
 pub fn get_over_tls(address: SocketAddr, name: &str, host: &str) -> Reply {
-    over_tls(address, name, Some(host)).1.expect("a reply")
+    get_over_tls_with(address, name, host, &[])
 }
 
-fn over_tls(address: SocketAddr, name: &str, host: Option<&str>) -> (Vec<u8>, Option<Reply>) {
+/// [`get_over_tls`] with more request headers.
+pub fn get_over_tls_with(
+    address: SocketAddr,
+    name: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    over_tls(address, name, Some((host, headers)))
+        .1
+        .expect("a reply")
+}
+
+fn over_tls(
+    address: SocketAddr,
+    name: &str,
+    request: Option<(&str, &[(&str, &str)])>,
+) -> (Vec<u8>, Option<Reply>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -524,10 +540,14 @@ fn over_tls(address: SocketAddr, name: &str, host: Option<&str>) -> (Vec<u8>, Op
             .await
             .expect("TLS handshake");
         let certificate = tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec();
-        let Some(host) = host else {
+        let Some((host, headers)) = request else {
             return (certificate, None);
         };
-        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let mut request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
         tls.write_all(request.as_bytes()).await.expect("write");
         let mut bytes = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(15), tls.read_to_end(&mut bytes)).await;
