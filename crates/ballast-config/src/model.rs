@@ -117,6 +117,33 @@ pub struct PoolPolicy {
     #[schema(min_length = 1, max_length = 64)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_cookie: Option<String>,
+    /// Speak TLS to the backends (implied by `protocol = "h2"`), verifying their certificates
+    /// against `ca_file` unless `insecure_skip_verify`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
+    /// The PEM file of the certificate authorities the backends' certificates are checked
+    /// against (a path on each LB host).
+    #[schema(min_length = 1, max_length = 4096)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// The name sent in SNI and checked in the backends' certificates (default: the backend's
+    /// IP address).
+    #[schema(min_length = 1, max_length = 253)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// The PEM certificate chain the LB presents to backends that ask for one (mutual TLS),
+    /// with `client_key`.
+    #[schema(min_length = 1, max_length = 4096)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<String>,
+    /// The PEM private key of `client_cert`.
+    #[schema(min_length = 1, max_length = 4096)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
+    /// Accept any backend certificate: encryption without authentication, logged as a warning
+    /// when the pool is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
     /// The floor under the intervals' standard deviation, in milliseconds (default 100).
     #[schema(minimum = 1, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,6 +152,14 @@ pub struct PoolPolicy {
     #[schema(minimum = 0, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phi_acceptable_pause_ms: Option<u64>,
+}
+
+impl PoolPolicy {
+    /// Whether the LB speaks TLS to the backends: `tls`, or a protocol that is TLS.
+    pub fn tls_to_backends(&self) -> bool {
+        self.tls
+            .unwrap_or(self.protocol == Some(UpstreamProtocol::H2))
+    }
 }
 
 /// The protocol an LB speaks to a pool's backends. Clients may speak either protocol whatever
@@ -138,17 +173,24 @@ pub enum UpstreamProtocol {
     /// HTTP/2 in clear text with prior knowledge (RFC 9113 §3.3), requests multiplexed over a
     /// few connections per backend: what gRPC servers speak.
     H2c,
+    /// HTTP/2 over TLS, agreed by ALPN (RFC 9113 §3.2); implies `tls`.
+    H2,
+    /// Over TLS, whichever of HTTP/2 and HTTP/1.1 each backend chooses by ALPN; in clear text,
+    /// HTTP/1.1.
+    Auto,
 }
 
 impl UpstreamProtocol {
     /// Every protocol's name, as the configuration writes it.
-    pub const NAMES: [&'static str; 2] = ["http1", "h2c"];
+    pub const NAMES: [&'static str; 4] = ["http1", "h2c", "h2", "auto"];
 
     /// The name, as the configuration writes it.
     pub fn name(self) -> &'static str {
         match self {
             Self::Http1 => "http1",
             Self::H2c => "h2c",
+            Self::H2 => "h2",
+            Self::Auto => "auto",
         }
     }
 }
@@ -160,6 +202,8 @@ impl FromStr for UpstreamProtocol {
         match text {
             "http1" => Ok(Self::Http1),
             "h2c" => Ok(Self::H2c),
+            "h2" => Ok(Self::H2),
+            "auto" => Ok(Self::Auto),
             other => Err(Invalid::new(
                 "protocol",
                 format!(

@@ -133,6 +133,89 @@ fn check_millis(field: &str, value: Option<u64>) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// TLS to the backends: the fields that only mean something over TLS need it, and a backend's
+/// certificate is either verified (against `ca_file`) or explicitly not.
+fn check_backend_tls(policy: &crate::model::PoolPolicy) -> Result<(), Invalid> {
+    let tls = policy.tls_to_backends();
+    if policy.tls == Some(false) && policy.protocol == Some(crate::model::UpstreamProtocol::H2) {
+        return Err(Invalid::new(
+            "tls",
+            "protocol h2 is HTTP/2 over TLS; for clear text use h2c",
+        ));
+    }
+    if tls && policy.protocol == Some(crate::model::UpstreamProtocol::H2c) {
+        return Err(Invalid::new(
+            "protocol",
+            "h2c is HTTP/2 in clear text; over TLS use h2 (or auto)",
+        ));
+    }
+    let insecure = policy.insecure_skip_verify == Some(true);
+    for (field, set) in [
+        ("ca_file", policy.ca_file.is_some()),
+        ("server_name", policy.server_name.is_some()),
+        ("client_cert", policy.client_cert.is_some()),
+        ("client_key", policy.client_key.is_some()),
+        ("insecure_skip_verify", insecure),
+    ] {
+        if set && !tls {
+            return Err(Invalid::new(field, "only with tls = true (or protocol h2)"));
+        }
+    }
+    if tls && policy.ca_file.is_none() && !insecure {
+        return Err(Invalid::new(
+            "ca_file",
+            "backends' certificates are verified against a CA file (e.g. \
+             /etc/ssl/certs/ca-certificates.crt for public ones); or set insecure_skip_verify",
+        ));
+    }
+    if insecure && policy.ca_file.is_some() {
+        return Err(Invalid::new(
+            "insecure_skip_verify",
+            "skips the verification ca_file is for: set one of them",
+        ));
+    }
+    if policy.client_cert.is_some() != policy.client_key.is_some() {
+        let missing = if policy.client_cert.is_some() {
+            "client_key"
+        } else {
+            "client_cert"
+        };
+        return Err(Invalid::new(
+            missing,
+            "client_cert and client_key come together",
+        ));
+    }
+    for (field, path) in [
+        ("ca_file", &policy.ca_file),
+        ("client_cert", &policy.client_cert),
+        ("client_key", &policy.client_key),
+    ] {
+        if path
+            .as_deref()
+            .is_some_and(|p| p.is_empty() || p.len() > 4096 || p.contains('\0'))
+        {
+            return Err(Invalid::new(field, "a file path, up to 4096 bytes"));
+        }
+    }
+    if let Some(name) = &policy.server_name {
+        let is_name = name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !is_name && name.parse::<std::net::IpAddr>().is_err() {
+            return Err(Invalid::new(
+                "server_name",
+                "a DNS name (letters, digits, hyphens, dots) or an IP address",
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_policy(policy: &crate::model::PoolPolicy) -> Result<(), Invalid> {
     check_request_limits(
         policy.retries,
@@ -182,6 +265,7 @@ fn check_policy(policy: &crate::model::PoolPolicy) -> Result<(), Invalid> {
             "requests queue for a backend under its max_requests: set max_requests too",
         ));
     }
+    check_backend_tls(policy)?;
     if let Some(name) = &policy.sticky_cookie
         && !(crate::hash_key::is_token(name) && name.len() <= 64)
     {
@@ -394,7 +478,7 @@ mod tests {
             phi_window: Some(1000),
             phi_min_std_dev_ms: Some(100),
             phi_acceptable_pause_ms: Some(0),
-            protocol: Some(crate::model::UpstreamProtocol::H2c),
+            protocol: Some(crate::model::UpstreamProtocol::H2),
             send_proxy_protocol: Some(crate::model::ProxyProtocol::V1),
             slow_start_ms: Some(30_000),
             max_requests: Some(100),
@@ -403,6 +487,12 @@ mod tests {
             retry_budget_percent: Some(25.0),
             retry_budget_min: Some(2),
             sticky_cookie: Some("lb".into()),
+            tls: Some(true),
+            ca_file: Some("/etc/ballast/backends-ca.pem".into()),
+            server_name: Some("api.internal".into()),
+            client_cert: Some("/etc/ballast/lb.pem".into()),
+            client_key: Some("/etc/ballast/lb.key".into()),
+            insecure_skip_verify: None,
         };
         check(&with(good.clone())).expect("valid");
         let bad = [
@@ -440,6 +530,57 @@ mod tests {
                     ..good.clone()
                 },
                 "sticky_cookie: a cookie name",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    ca_file: None,
+                    ..good.clone()
+                },
+                "ca_file: backends' certificates are verified",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    insecure_skip_verify: Some(true),
+                    ..good.clone()
+                },
+                "insecure_skip_verify: skips the verification",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    tls: None,
+                    protocol: Some(crate::model::UpstreamProtocol::Http1),
+                    ..good.clone()
+                },
+                "ca_file: only with tls = true",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    tls: Some(false),
+                    protocol: Some(crate::model::UpstreamProtocol::H2),
+                    ..good.clone()
+                },
+                "tls: protocol h2 is HTTP/2 over TLS",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    client_key: None,
+                    ..good.clone()
+                },
+                "client_key: client_cert and client_key come together",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    protocol: Some(crate::model::UpstreamProtocol::H2c),
+                    ..good.clone()
+                },
+                "protocol: h2c is HTTP/2 in clear text",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    server_name: Some("under_score.internal".into()),
+                    ..good.clone()
+                },
+                "server_name: a DNS name",
             ),
             (
                 crate::model::PoolPolicy {

@@ -339,7 +339,7 @@ async fn pool_policies_round_trip(store: SqlStore) {
             phi_window: Some(500),
             phi_min_std_dev_ms: Some(50),
             phi_acceptable_pause_ms: Some(250),
-            protocol: Some(ballast_config::UpstreamProtocol::H2c),
+            protocol: Some(ballast_config::UpstreamProtocol::Auto),
             send_proxy_protocol: Some(ballast_config::ProxyProtocol::V2),
             slow_start_ms: Some(30_000),
             max_requests: Some(64),
@@ -348,6 +348,12 @@ async fn pool_policies_round_trip(store: SqlStore) {
             retry_budget_percent: Some(10.0),
             retry_budget_min: Some(5),
             sticky_cookie: Some("ballast".into()),
+            tls: Some(true),
+            ca_file: Some("/etc/ballast/ca.pem".into()),
+            server_name: Some("api.internal".into()),
+            client_cert: Some("/etc/ballast/lb.pem".into()),
+            client_key: Some("/etc/ballast/lb.key".into()),
+            insecure_skip_verify: Some(false),
         },
     };
     store

@@ -271,6 +271,7 @@ impl<'a> Attempt<'a> {
                 pooled: &backend.counters.pooled_now,
                 owner,
                 hello: hello.as_deref(),
+                tls: pool.tls.as_deref(),
             };
             let (taken, stray) = C::take(&dial);
             if stray {

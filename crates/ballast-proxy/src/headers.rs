@@ -64,14 +64,14 @@ pub(crate) fn accepts_trailers(headers: &HeaderMap) -> bool {
 
 /// A request [`to_backend`] made ready for HTTP/1.1, as an HTTP/2 backend takes it: the host as
 /// `:authority` in place of a `Host` line, and `te: trailers` where the client accepts them.
-pub(crate) fn for_http2(parts: &mut Parts, trailers: bool) {
+pub(crate) fn for_http2(parts: &mut Parts, scheme: http::uri::Scheme, trailers: bool) {
     let authority = parts
         .headers
         .get(header::HOST)
         .and_then(|host| http::uri::Authority::try_from(host.as_bytes()).ok());
     if let Some(authority) = authority {
         let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.scheme = Some(scheme);
         uri.authority = Some(authority);
         uri.path_and_query = parts.uri.path_and_query().cloned();
         if let Ok(absolute) = Uri::from_parts(uri) {

@@ -25,7 +25,7 @@ use crate::metrics::ErrorKind;
 use crate::protection::Held;
 use crate::state::Shared;
 use crate::state::{BackendState, PoolState, RequestLine, Routed};
-use crate::upstream::{self, H2Stream, Sender};
+use crate::upstream::{self, H2Stream, Negotiated, Sender};
 use crate::{headers, request_id};
 use ballast_config::UpstreamProtocol;
 
@@ -171,8 +171,11 @@ pub(crate) async fn handle(
     }
 
     let protocol = pool.state.protocol;
-    // An HTTP/1.1 upgrade has no HTTP/2 form: to an HTTP/2 backend it is a plain request.
-    let upgrade = headers::is_upgrade(request.headers()) && protocol == UpstreamProtocol::Http1;
+    // An HTTP/1.1 upgrade has no HTTP/2 form: to an HTTP/2 backend (or one that may choose
+    // HTTP/2) it is a plain request.
+    let upgrade = headers::is_upgrade(request.headers())
+        && (protocol == UpstreamProtocol::Http1
+            || (protocol == UpstreamProtocol::Auto && pool.state.tls.is_none()));
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, mut body) = request.into_parts();
     if let Some(logged) = &mut logged {
@@ -181,9 +184,11 @@ pub(crate) async fn handle(
     let affinity = Affinity::of_request(pool, &parts, context.client.ip());
     let trailers = headers::accepts_trailers(&parts.headers);
     headers::to_backend(&mut parts, &context.client_value, context.scheme, upgrade);
-    if protocol == UpstreamProtocol::H2c {
-        headers::for_http2(&mut parts, trailers);
-    }
+    let scheme = if pool.state.tls.is_some() {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    };
     if let Some(id) = logged.as_ref().map(|l| l.facts.request_id())
         && let Ok(id) = HeaderValue::from_str(id)
     {
@@ -207,7 +212,10 @@ pub(crate) async fn handle(
         } else {
             parts.clone()
         };
-        let Some(head) = head else { break };
+        let Some(mut head) = head else { break };
+        if matches!(connection, Connection::Http2(_)) {
+            headers::for_http2(&mut head, scheme.clone(), trailers);
+        }
         let upstream_body = match body.take() {
             Some(incoming) => Either::Left(incoming),
             None => Either::Right(Empty::new()),
@@ -249,10 +257,17 @@ async fn next_connection<'a>(
             .next::<Sender>()
             .await
             .map(|(tried, sender)| (tried, Connection::Http1(sender))),
-        UpstreamProtocol::H2c => attempt
+        UpstreamProtocol::H2c | UpstreamProtocol::H2 => attempt
             .next::<H2Stream>()
             .await
             .map(|(tried, stream)| (tried, Connection::Http2(stream))),
+        UpstreamProtocol::Auto => attempt
+            .next::<Negotiated>()
+            .await
+            .map(|(tried, c)| match c {
+                Negotiated::Http1(sender) => (tried, Connection::Http1(sender)),
+                Negotiated::Http2(stream) => (tried, Connection::Http2(stream)),
+            }),
     }
 }
 

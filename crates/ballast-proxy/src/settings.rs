@@ -12,6 +12,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ballast_balance::Algorithm;
@@ -23,6 +24,7 @@ use ballast_config::{
 use serde::Deserialize;
 
 use crate::access_log::{AccessLogSettings, LogFormat, LogTarget};
+use crate::backend_tls::BackendTls;
 use crate::key::HashKey;
 
 /// Everything one LB server runs.
@@ -208,6 +210,8 @@ pub(crate) struct Pool {
     pub protection: Protection,
     /// The cookie that keeps a client on its backend, if the pool keeps clients.
     pub sticky_cookie: Option<String>,
+    /// TLS to the backends, if the pool speaks it.
+    pub tls: Option<Arc<BackendTls>>,
 }
 
 /// What protects a pool's backends: a cap on each one's requests in flight with a queue in
@@ -284,6 +288,15 @@ impl Pool {
                     })
                     .collect();
                 let policy = &spec.policy;
+                let tls = BackendTls::of(policy)
+                    .map_err(|error| tracing::warn!(pool = %spec.name, %error, "pool left out"))
+                    .ok()?;
+                if tls.as_ref().is_some_and(|tls| tls.is_insecure()) {
+                    tracing::warn!(
+                        pool = %spec.name,
+                        "insecure_skip_verify: backends' certificates are not verified"
+                    );
+                }
                 Some(Self {
                     name: spec.name.clone(),
                     algorithm,
@@ -299,6 +312,7 @@ impl Pool {
                     slow_start: policy.slow_start_ms.map(Duration::from_millis),
                     protection: Protection::of(policy),
                     sticky_cookie: policy.sticky_cookie.clone(),
+                    tls,
                 })
             })
             .collect()
@@ -695,6 +709,12 @@ struct FilePool {
     retry_budget_percent: Option<f64>,
     retry_budget_min: Option<u32>,
     sticky_cookie: Option<String>,
+    tls: Option<bool>,
+    ca_file: Option<String>,
+    server_name: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    insecure_skip_verify: Option<bool>,
     backends: Vec<String>,
 }
 
@@ -729,6 +749,12 @@ impl FilePool {
                 retry_budget_percent: self.retry_budget_percent,
                 retry_budget_min: self.retry_budget_min,
                 sticky_cookie: self.sticky_cookie,
+                tls: self.tls,
+                ca_file: self.ca_file,
+                server_name: self.server_name,
+                client_cert: self.client_cert,
+                client_key: self.client_key,
+                insecure_skip_verify: self.insecure_skip_verify,
                 ..PoolPolicy::default()
             },
         };
@@ -776,6 +802,7 @@ fn check_pool(pool: &ballast_config::Pool) -> Result<(), (String, String)> {
     let in_file = |field: &str| format!(".{}", field.trim_end_matches("_ms"));
     ballast_config::check(&Write::CreatePool(spec.clone()))
         .map_err(|e| (in_file(&e.field), e.reason))?;
+    BackendTls::of(&spec.policy).map_err(|e| (in_file(e.field), e.reason))?;
     for (j, backend) in pool.backends.iter().enumerate() {
         let add = Write::AddBackend {
             pool: spec.name.clone(),
@@ -1019,7 +1046,8 @@ backends = ["127.0.0.1:9101"]
         );
         let spdy = EXAMPLE.replace("name = \"db\"", "name = \"db\"\nprotocol = \"spdy\"");
         assert!(
-            error(&spdy).contains("unknown variant `spdy`, expected `http1` or `h2c`"),
+            error(&spdy)
+                .contains("unknown variant `spdy`, expected one of `http1`, `h2c`, `h2`, `auto`"),
             "{}",
             error(&spdy)
         );

@@ -83,6 +83,19 @@ pub(crate) struct PoolState {
     pub retrying: Arc<AtomicUsize>,
     /// The cookie that keeps a client on its backend, if the pool keeps clients.
     pub sticky_cookie: Option<String>,
+    /// TLS to the backends, if the pool speaks it.
+    pub tls: Option<Arc<crate::backend_tls::BackendTls>>,
+}
+
+impl PoolState {
+    /// Whether the LB speaks plain-text HTTP/1.1 to the backends, as the fast path does.
+    pub(crate) fn speaks_plain_http1(&self) -> bool {
+        self.tls.is_none()
+            && matches!(
+                self.protocol,
+                UpstreamProtocol::Http1 | UpstreamProtocol::Auto
+            )
+    }
 }
 
 /// One immutable view of every pool, as the request path reads it.
@@ -592,9 +605,8 @@ impl Shared {
                 },
             })
             .collect::<Vec<_>>();
-        let speaks_http1 = |pool: &Option<usize>| {
-            pool.is_none_or(|pool| pools[pool].state.protocol == UpstreamProtocol::Http1)
-        };
+        let speaks_http1 =
+            |pool: &Option<usize>| pool.is_none_or(|pool| pools[pool].state.speaks_plain_http1());
         let http1_only = by_listener
             .iter()
             .map(|serving| match serving {
@@ -611,6 +623,9 @@ impl Shared {
     }
 
     fn pool_state(&self, pool: &Pool, before: Option<&PoolState>) -> PoolState {
+        // Connections cached for a backend are of the pool's transport: one that changes it
+        // (TLS on or off, other certificates) gives its backends fresh places in the caches.
+        let same_transport = before.is_some_and(|before| before.tls == pool.tls);
         PoolState {
             name: pool.name.clone(),
             source: pool.clone(),
@@ -634,7 +649,11 @@ impl Shared {
                     Arc::new(match kept {
                         Some(kept) => BackendState {
                             address: b.address,
-                            slot: kept.slot,
+                            slot: if same_transport {
+                                kept.slot
+                            } else {
+                                self.next_slot.fetch_add(1, Ordering::Relaxed)
+                            },
                             balance: balance.with_load(Arc::clone(kept.balance.load())),
                             outlier: Arc::clone(&kept.outlier),
                             ramp: Arc::clone(&kept.ramp),
@@ -677,6 +696,7 @@ impl Shared {
             },
             retrying: before.map_or_else(Arc::default, |before| Arc::clone(&before.retrying)),
             sticky_cookie: pool.sticky_cookie.clone(),
+            tls: pool.tls.clone(),
         }
     }
 
@@ -814,6 +834,7 @@ mod tests {
             slow_start: None,
             protection: crate::settings::Protection::of(&ballast_config::PoolPolicy::default()),
             sticky_cookie: None,
+            tls: None,
         }
     }
 

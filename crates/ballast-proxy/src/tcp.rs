@@ -86,9 +86,35 @@ pub(crate) async fn proxy<S>(
                 continue;
             }
         }
-        backend.outlier.success();
         let idle = shared.settings.timeouts.idle;
-        if let Err(error) = crate::watchdog::tunnel(&mut client, &mut upstream, idle).await {
+        let tunneled = match &pool.state.tls {
+            None => {
+                backend.outlier.success();
+                crate::watchdog::tunnel(&mut client, &mut upstream, idle).await
+            }
+            Some(tls) => {
+                // TLS origination: the client speaks clear text, the backend TLS.
+                let handshake = tls.handshake(upstream, backend.address);
+                let mut secured = match tokio::time::timeout(pool.state.connect_timeout, handshake)
+                    .await
+                {
+                    Ok(Ok(secured)) => secured,
+                    Ok(Err(error)) => {
+                        tracing::debug!(backend = %backend.address, %error, "backend TLS handshake failed");
+                        shared.failure(&pool.state, index);
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::debug!(backend = %backend.address, "backend TLS handshake timed out");
+                        shared.failure(&pool.state, index);
+                        continue;
+                    }
+                };
+                backend.outlier.success();
+                crate::watchdog::tunnel(&mut client, &mut secured, idle).await
+            }
+        };
+        if let Err(error) = tunneled {
             tracing::debug!(backend = %backend.address, %error, "tcp session ended");
         }
         pool.state.counters.observe(started.elapsed().as_secs_f64());

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
+use crate::backend_tls::BackendTls;
 use crate::hyper_path::ClientBody;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{Either, Empty};
@@ -59,6 +60,8 @@ pub(crate) struct Dial<'a> {
     pub owner: Option<SocketAddr>,
     /// The PROXY header a new connection opens with.
     pub hello: Option<&'a [u8]>,
+    /// TLS over the connection, for a pool that speaks it.
+    pub tls: Option<&'a BackendTls>,
 }
 
 /// What a request holds of a backend connection while it uses it: a connection alone, or a
@@ -251,6 +254,58 @@ pub(crate) enum ConnectError {
     /// The HTTP handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
+    /// The TLS handshake failed (a certificate not trusted, a name that does not match, no
+    /// protocol in common).
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+}
+
+/// A TLS connection to the backend, for a pool that speaks TLS.
+async fn connect_tls(dial: &Dial<'_>, tls: &BackendTls) -> Result<BackendTlsStream, ConnectError> {
+    let stream = connect_tcp(dial).await?;
+    let handshake = tls.handshake(stream, dial.address);
+    tokio::time::timeout(dial.connect_timeout, handshake)
+        .await
+        .map_err(|_| ConnectError::Timeout(dial.connect_timeout))?
+        .map_err(ConnectError::Tls)
+}
+
+type BackendTlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// An HTTP/1.1 client connection over `io`, driven by its own task.
+async fn http1_over<I>(io: I, address: SocketAddr) -> Result<Sender, ConnectError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%address, %error, "backend connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// An HTTP/2 client connection over `io`, driven by its own task, with a first stream on it.
+async fn http2_over<I>(io: I, address: SocketAddr) -> Result<H2Stream, ConnectError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(H2_WINDOW)
+        .initial_connection_window_size(H2_WINDOW)
+        .handshake(TokioIo::new(io))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%address, %error, "backend HTTP/2 connection ended");
+        }
+    });
+    Ok(H2Stream {
+        sender,
+        streams: Arc::new(AtomicUsize::new(1)),
+    })
 }
 
 /// A plain TCP connection to a backend for the HTTP/1.1 fast path, with the bytes read from it
@@ -313,17 +368,10 @@ impl Upstream for Sender {
     }
 
     async fn connect(dial: &Dial<'_>) -> Result<Self, ConnectError> {
-        let address = dial.address;
-        let stream = connect_tcp(dial).await?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%address, %error, "backend connection ended");
-            }
-        });
-        Ok(sender)
+        match dial.tls {
+            None => http1_over(connect_tcp(dial).await?, dial.address).await,
+            Some(tls) => http1_over(connect_tls(dial, tls).await?, dial.address).await,
+        }
     }
 }
 
@@ -396,23 +444,10 @@ impl Drop for H2Stream {
 
 impl Upstream for H2Stream {
     async fn connect(dial: &Dial<'_>) -> Result<Self, ConnectError> {
-        let address = dial.address;
-        let stream = connect_tcp(dial).await?;
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(H2_WINDOW)
-            .initial_connection_window_size(H2_WINDOW)
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%address, %error, "backend HTTP/2 connection ended");
-            }
-        });
-        Ok(Self {
-            sender,
-            streams: Arc::new(AtomicUsize::new(1)),
-        })
+        match dial.tls {
+            None => http2_over(connect_tcp(dial).await?, dial.address).await,
+            Some(tls) => http2_over(connect_tls(dial, tls).await?, dial.address).await,
+        }
     }
 
     /// A stream on the least busy open connection with room for one, or on the least busy of
@@ -457,6 +492,43 @@ impl Upstream for H2Stream {
                 pooled.fetch_add(1, Ordering::Relaxed);
             }
         });
+    }
+}
+
+/// A connection in whichever protocol the backend chose by ALPN (`protocol = "auto"` over TLS;
+/// in clear text, HTTP/1.1): an open HTTP/2 connection's stream is taken first, then an idle
+/// HTTP/1.1 connection, then a new connection says which it is.
+#[derive(Debug)]
+pub(crate) enum Negotiated {
+    Http1(Sender),
+    Http2(H2Stream),
+}
+
+impl Upstream for Negotiated {
+    async fn connect(dial: &Dial<'_>) -> Result<Self, ConnectError> {
+        let Some(tls) = dial.tls else {
+            return Sender::connect(dial).await.map(Self::Http1);
+        };
+        let stream = connect_tls(dial, tls).await?;
+        if crate::backend_tls::speaks_h2(&stream) {
+            http2_over(stream, dial.address).await.map(Self::Http2)
+        } else {
+            http1_over(stream, dial.address).await.map(Self::Http1)
+        }
+    }
+
+    fn take(dial: &Dial<'_>) -> (Option<Self>, bool) {
+        if let (Some(stream), _) = H2Stream::take(dial) {
+            return (Some(Self::Http2(stream)), false);
+        }
+        let (sender, stray) = Sender::take(dial);
+        (sender.map(Self::Http1), stray)
+    }
+
+    fn connected(&self, dial: &Dial<'_>) {
+        if let Self::Http2(stream) = self {
+            stream.connected(dial);
+        }
     }
 }
 

@@ -340,7 +340,13 @@ fn chunked_bodies_are_validated_and_re_encoded() {
         b"POST /ok HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5;name=\"v\"\r\nhello\r\n0\r\nx-sum: 1\r\n\r\n",
     );
     assert_eq!(reply.status, 200, "{reply:?}");
-    let received = backend.received();
+    // Only this request: the streamed attack's head above may be recorded by the backend after
+    // the clear (its connection ends when it ends), so it is told apart by its target.
+    let received: Vec<String> = backend
+        .received()
+        .into_iter()
+        .filter(|r| !r.starts_with("POST /a "))
+        .collect();
     assert_eq!(received.len(), 1, "{received:?}");
     assert!(
         received[0]

@@ -197,6 +197,12 @@ fn pool_from(row: &AnyRow) -> Result<PoolSpec, sqlx::Error> {
             retry_budget_percent: row.try_get("retry_budget_percent")?,
             retry_budget_min: small(row, "retry_budget_min")?,
             sticky_cookie: row.try_get("sticky_cookie")?,
+            tls: flag(row, "tls")?,
+            ca_file: row.try_get("ca_file")?,
+            server_name: row.try_get("server_name")?,
+            client_cert: row.try_get("client_cert")?,
+            client_key: row.try_get("client_key")?,
+            insecure_skip_verify: flag(row, "insecure_skip_verify")?,
             send_proxy_protocol: row
                 .try_get::<Option<String>, _>("send_proxy_protocol")?
                 .map(|name| name.parse())
@@ -224,6 +230,11 @@ fn whole(row: &AnyRow, column: &str) -> Result<Option<u64>, sqlx::Error> {
 }
 
 /// An optional whole number that must fit in `u32`.
+/// A yes-or-no column, stored as 0 or 1 (the one integer type both dialects read alike).
+fn flag(row: &AnyRow, column: &str) -> Result<Option<bool>, sqlx::Error> {
+    Ok(row.try_get::<Option<i64>, _>(column)?.map(|n| n != 0))
+}
+
 fn small(row: &AnyRow, column: &str) -> Result<Option<u32>, sqlx::Error> {
     row.try_get::<Option<i64>, _>(column)?
         .map(|value| {

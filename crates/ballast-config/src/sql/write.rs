@@ -385,7 +385,8 @@ const POLICY_COLUMNS: &str = "retries, connect_timeout_ms, response_timeout_ms, 
      health_interval_ms, health_timeout_ms, health_rise, health_fall, phi_threshold, phi_window, \
      phi_min_std_dev_ms, phi_acceptable_pause_ms, protocol, send_proxy_protocol, \
      slow_start_ms, max_requests, queue_size, queue_timeout_ms, retry_budget_percent, \
-     retry_budget_min, sticky_cookie";
+     retry_budget_min, sticky_cookie, tls, ca_file, server_name, client_cert, client_key, \
+     insecure_skip_verify";
 
 /// `$first, $first+1, …`, one per column of `columns`.
 fn placeholders(first: usize, columns: &str) -> String {
@@ -428,5 +429,11 @@ impl<'q> BindPolicy<'q> for sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>
             .bind(policy.retry_budget_percent)
             .bind(policy.retry_budget_min.map(i64::from))
             .bind(policy.sticky_cookie.as_deref())
+            .bind(policy.tls.map(i64::from))
+            .bind(policy.ca_file.as_deref())
+            .bind(policy.server_name.as_deref())
+            .bind(policy.client_cert.as_deref())
+            .bind(policy.client_key.as_deref())
+            .bind(policy.insecure_skip_verify.map(i64::from))
     }
 }

@@ -258,7 +258,13 @@ async fn probe_forever(
     outcomes: mpsc::Sender<(Key, Outcome, Instant)>,
 ) {
     let check = match &policy.health_path {
-        Some(path) => Check::Http { path: path.clone() },
+        // The probe speaks plain HTTP/1.1: against a backend that speaks TLS it would fail
+        // every time, so a TLS pool's backends are checked by connecting.
+        Some(path) if !policy.tls_to_backends() => Check::Http { path: path.clone() },
+        Some(_) => {
+            tracing::info!(%address, "backend speaks TLS: health checked by TCP connect, not GET");
+            Check::Tcp
+        }
         None => Check::Tcp,
     };
     let interval = interval_of(&policy);

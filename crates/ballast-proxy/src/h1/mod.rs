@@ -38,7 +38,6 @@ use crate::metrics::ErrorKind;
 use crate::request_id;
 use crate::state::{PoolSnapshot, Routed};
 use crate::upstream::{self, Raw};
-use ballast_config::UpstreamProtocol;
 /// How long to look for an early response after a backend stopped taking a request body.
 const EARLY_RESPONSE_WAIT: Duration = Duration::from_secs(1);
 /// At most this long and this much of a client's unread body is drained before closing.
@@ -261,8 +260,8 @@ async fn proxy(
             });
         }
     };
-    if pool.state.protocol != UpstreamProtocol::Http1 {
-        // The pool began speaking HTTP/2 to its backends after this connection took the fast
+    if !pool.state.speaks_plain_http1() {
+        // The pool began speaking HTTP/2 or TLS to its backends after this connection took the fast
         // path: the client is asked to connect again, and its next connection takes the path
         // that translates (see `Shared::http1_only`).
         pool.state.counters.error(ErrorKind::NoBackend);

@@ -70,8 +70,8 @@ pub(crate) struct LbArgs {
     /// Proxy HTTP requests or raw TCP connections.
     #[arg(long, value_enum, default_value_t = ModeArg::Http)]
     mode: ModeArg,
-    /// What the LB speaks to the backends: http1, or h2c (HTTP/2 in clear text, as gRPC
-    /// servers speak).
+    /// What the LB speaks to the backends: http1, h2c (HTTP/2 in clear text, as gRPC servers
+    /// speak), h2 (HTTP/2 over TLS) or auto (over TLS, what each backend chooses by ALPN).
     #[arg(long, value_name = "PROTOCOL", default_value = "http1", conflicts_with_all = ["config", "db"])]
     protocol: UpstreamProtocol,
     /// Open each backend connection with a PROXY protocol header naming the client (v1 or v2).
@@ -95,6 +95,15 @@ pub(crate) struct LbArgs {
     /// LB, an opaque token); a client whose backend stops taking traffic moves on.
     #[arg(long, value_name = "NAME", conflicts_with_all = ["config", "db"])]
     sticky_cookie: Option<String>,
+    /// Speak TLS to the backends, verifying their certificates against this PEM file of CAs.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "db", "backend_insecure"])]
+    backend_ca: Option<String>,
+    /// Speak TLS to the backends without verifying their certificates (a warning is logged).
+    #[arg(long, conflicts_with_all = ["config", "db"])]
+    backend_insecure: bool,
+    /// The name sent to TLS backends and checked in their certificates [default: their IPs].
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["config", "db"])]
+    backend_server_name: Option<String>,
     /// Event-loop threads [default: the number of cores].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
@@ -243,6 +252,11 @@ impl LbArgs {
                             queue_size: self.queue_size,
                             queue_timeout_ms: self.queue_timeout.map(millis),
                             sticky_cookie: self.sticky_cookie.clone(),
+                            tls: (self.backend_ca.is_some() || self.backend_insecure)
+                                .then_some(true),
+                            ca_file: self.backend_ca.clone(),
+                            insecure_skip_verify: self.backend_insecure.then_some(true),
+                            server_name: self.backend_server_name.clone(),
                             ..PoolPolicy::default()
                         },
                     },

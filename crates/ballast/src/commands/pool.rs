@@ -108,8 +108,9 @@ struct PolicyArgs {
     /// A pause the detector forgives [default: 0s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     phi_acceptable_pause: Option<std::time::Duration>,
-    /// What LBs speak to the backends: http1, or h2c (HTTP/2 in clear text, as gRPC servers
-    /// speak) [default: http1].
+    /// What LBs speak to the backends: http1, h2c (HTTP/2 in clear text, as gRPC servers
+    /// speak), h2 (HTTP/2 over TLS) or auto (over TLS, what each backend chooses by ALPN)
+    /// [default: http1].
     #[arg(long, value_name = "PROTOCOL", value_parser = parse_protocol)]
     protocol: Option<UpstreamProtocol>,
     /// Open each backend connection with a PROXY protocol header naming the client: v1 or v2
@@ -138,6 +139,24 @@ struct PolicyArgs {
     /// Keep each client on the backend it first reached, by a cookie of this name.
     #[arg(long, value_name = "NAME")]
     sticky_cookie: Option<String>,
+    /// Speak TLS to the backends (implied by --protocol h2).
+    #[arg(long, value_name = "BOOL")]
+    tls: Option<bool>,
+    /// The PEM file of the CAs the backends' certificates are verified against (on each LB).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<String>,
+    /// The name sent in SNI and checked in the backends' certificates [default: their IPs].
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// The PEM certificate chain LBs present to backends that ask for one (mutual TLS).
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<String>,
+    /// The PEM private key of --client-cert.
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<String>,
+    /// Accept any backend certificate (encryption without authentication; LBs warn).
+    #[arg(long, value_name = "BOOL")]
+    insecure_skip_verify: Option<bool>,
 }
 
 fn parse_proxy_protocol(text: &str) -> Result<ProxyProtocol, String> {
@@ -183,8 +202,25 @@ impl PolicyArgs {
         if let Some(percent) = self.retry_budget_percent {
             spec["retry_budget_percent"] = json!(percent);
         }
-        if let Some(name) = &self.sticky_cookie {
-            spec["sticky_cookie"] = json!(name);
+        let texts = [
+            ("sticky_cookie", &self.sticky_cookie),
+            ("ca_file", &self.ca_file),
+            ("server_name", &self.server_name),
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+        ];
+        for (field, value) in texts {
+            if let Some(value) = value {
+                spec[field] = json!(value);
+            }
+        }
+        for (field, value) in [
+            ("tls", self.tls),
+            ("insecure_skip_verify", self.insecure_skip_verify),
+        ] {
+            if let Some(value) = value {
+                spec[field] = json!(value);
+            }
         }
         if let Some(protocol) = self.protocol {
             spec["protocol"] = json!(protocol.name());
