@@ -86,6 +86,53 @@ pub struct Route {
     #[schema(minimum = 1, maximum = 3_600_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_timeout_ms: Option<u64>,
+    /// At most this many requests from one client (see `rate_key`) per second, minute or hour,
+    /// e.g. `100/s` or `6000/m`; past it the LB answers 429 with `Retry-After`.
+    #[schema(pattern = r"^[0-9]+/[smh]$")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    /// With `rate`: how many requests one client may send at once above the steady rate
+    /// (default: the rate's count).
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// With `rate`: what tells clients apart: `client_ip` (the default), `header:NAME`,
+    /// `cookie:NAME` or `path`; a request without the header or cookie counts by its address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_key: Option<String>,
+}
+
+/// A request rate: `count` requests per `per` (`100/s`, `6000/m`, `10000/h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Requests…
+    pub count: u32,
+    /// …per this long.
+    pub per: std::time::Duration,
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let wrong =
+            || format!("`{text}`: requests per second, minute or hour, e.g. 100/s or 6000/m");
+        let (count, unit) = text.split_once('/').ok_or_else(wrong)?;
+        let count: u32 = count.parse().map_err(|_| wrong())?;
+        let seconds = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            _ => return Err(wrong()),
+        };
+        if !(1..=1_000_000_000).contains(&count) {
+            return Err(format!("`{text}`: from 1 to 1000000000 requests"));
+        }
+        Ok(Self {
+            count,
+            per: std::time::Duration::from_secs(seconds),
+        })
+    }
 }
 
 /// Where a matching request goes.
@@ -206,6 +253,40 @@ pub fn check_table_name(name: &str) -> Result<(), Invalid> {
 }
 
 impl Route {
+    /// The route's rate limit, if it has one: the rate, the burst and what tells clients apart
+    /// (checked: see [`Route::check_shape`]).
+    pub fn rate_limit(&self) -> Option<(Rate, u32, crate::HashKeySpec)> {
+        let rate: Rate = self.rate.as_deref()?.parse().ok()?;
+        let key = match &self.rate_key {
+            Some(key) => key.parse().ok()?,
+            None => crate::HashKeySpec::ClientIp,
+        };
+        Some((rate, self.burst.unwrap_or(rate.count.min(1_000_000)), key))
+    }
+
+    fn check_rate(&self) -> Result<(), Invalid> {
+        if let Some(rate) = &self.rate {
+            rate.parse::<Rate>().map_err(|e| Invalid::new("rate", e))?;
+        } else {
+            for (field, set) in [
+                ("burst", self.burst.is_some()),
+                ("rate_key", self.rate_key.is_some()),
+            ] {
+                if set {
+                    return Err(Invalid::new(field, "only with rate"));
+                }
+            }
+        }
+        if self.burst.is_some_and(|b| !(1..=1_000_000).contains(&b)) {
+            return Err(Invalid::new("burst", "from 1 to 1000000 requests"));
+        }
+        if let Some(key) = &self.rate_key {
+            key.parse::<crate::HashKeySpec>()
+                .map_err(|e| Invalid::new("rate_key", e))?;
+        }
+        Ok(())
+    }
+
     /// The checks of [`Route::check_shape`], and that its pool is one of `pools`.
     fn check(&self, pools: &[&str]) -> Result<(), Invalid> {
         self.check_shape()?;
@@ -282,6 +363,7 @@ impl Route {
         if self.retries.is_some() && self.pool.is_none() {
             return Err(Invalid::new("retries", "only a route to a pool retries"));
         }
+        self.check_rate()?;
         match (&self.pool, &self.redirect, self.status) {
             (Some(_), Some(_), _) | (Some(_), None, Some(_)) => Err(Invalid::new(
                 "pool",
@@ -377,6 +459,44 @@ mod tests {
             field("pool = \"web\"\nretries = 0\nconnect_timeout_ms = 50"),
             ""
         );
+    }
+
+    #[test]
+    fn rate_limits_are_checked_and_read() {
+        let field = |text: &str| {
+            route(text)
+                .check(&["web"])
+                .err()
+                .map(|e| e.field)
+                .unwrap_or_default()
+        };
+        for bad in [
+            "rate = \"100\"",
+            "rate = \"0/s\"",
+            "rate = \"10/d\"",
+            "rate = \"x/s\"",
+        ] {
+            assert_eq!(field(&format!("pool = \"web\"\n{bad}")), "rate", "{bad}");
+        }
+        assert_eq!(field("pool = \"web\"\nburst = 5"), "burst");
+        assert_eq!(field("pool = \"web\"\nrate = \"5/s\"\nburst = 0"), "burst");
+        assert_eq!(
+            field("pool = \"web\"\nrate = \"5/s\"\nrate_key = \"header:a b\""),
+            "rate_key"
+        );
+        let limited = route("pool = \"web\"\nrate = \"6000/m\"\nrate_key = \"header:x-api-key\"");
+        assert_eq!(limited.check(&["web"]), Ok(()));
+        let (rate, burst, key) = limited.rate_limit().expect("a limit");
+        assert_eq!(
+            rate,
+            Rate {
+                count: 6000,
+                per: std::time::Duration::from_secs(60)
+            }
+        );
+        assert_eq!(burst, 6000);
+        assert_eq!(key, crate::HashKeySpec::Header("x-api-key".into()));
+        assert_eq!(route("pool = \"web\"").rate_limit(), None);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! wildcard and a catch-all route after them, matched for an exact host, a wildcard host and a
 //! request no host route takes. Hosts are indexed, so the figure should not grow with the table.
 //!
+//! Beside it, what a route's rate limit costs a request.
+//!
 //! `cargo bench -p ballast-proxy --bench routes`
 
 use std::hint::black_box;
@@ -62,5 +64,35 @@ fn matching(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matching);
+/// What a rate limit adds to a request: the key of its client (its address, or a header) and
+/// one GCRA step under a shard's lock, for a client within its rate.
+fn rate_limiting(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rate_limit");
+    for (case, key) in [("client_ip", None), ("header", Some("header:x-api-key"))] {
+        let table = RouteTable {
+            name: "bench".to_owned(),
+            routes: vec![Route {
+                pool: Some("web".to_owned()),
+                rate: Some("1000000000/s".to_owned()),
+                rate_key: key.map(str::to_owned),
+                ..Route::default()
+            }],
+        };
+        let router = Router::new(&table, &Metrics::new());
+        let client: std::net::IpAddr = "203.0.113.7".parse().expect("address");
+        group.bench_function(case, |b| {
+            b.iter(|| {
+                router.check_rate(
+                    0,
+                    black_box("/"),
+                    |name| (name == "x-api-key").then_some(&b"key-1234"[..]),
+                    black_box(client),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, matching, rate_limiting);
 criterion_main!(benches);

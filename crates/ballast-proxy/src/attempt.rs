@@ -99,32 +99,54 @@ pub(crate) fn retry_after(kind: ErrorKind) -> Option<&'static str> {
     (kind == ErrorKind::Overloaded).then_some("1")
 }
 
-/// What the LB answers for a request that goes to no pool: a route's redirect or status, no
-/// route (404), or a pool the configuration lacks (503, as when no backend takes it). The text
-/// is the body; the last part, a redirect's `Location`.
-pub(crate) fn routed_answer(
-    routed: &Routed,
-) -> (StatusCode, std::borrow::Cow<'static, str>, Option<&str>) {
+/// What the LB answers for a request that goes to no pool.
+#[derive(Debug)]
+pub(crate) struct RoutedAnswer<'a> {
+    pub status: StatusCode,
+    /// The body.
+    pub text: std::borrow::Cow<'static, str>,
+    /// A redirect's `Location`.
+    pub location: Option<&'a str>,
+    /// A rate limit's `Retry-After`, in seconds.
+    pub retry_after: Option<String>,
+}
+
+/// What the LB answers for a request that goes to no pool: a route's redirect or status, 429 for
+/// a client over the route's rate, no route (404), or a pool the configuration lacks (503, as
+/// when no backend takes it).
+pub(crate) fn routed_answer(routed: &Routed) -> RoutedAnswer<'_> {
     let status = |code: u16| StatusCode::from_u16(code).unwrap_or(StatusCode::NOT_FOUND);
+    let plain = |status: StatusCode, text: std::borrow::Cow<'static, str>| RoutedAnswer {
+        status,
+        text,
+        location: None,
+        retry_after: None,
+    };
     match routed {
         Routed::Redirect {
             location,
             status: code,
-        } => (
-            status(*code),
-            format!("see {location}\n").into(),
-            Some(location),
-        ),
+        } => RoutedAnswer {
+            location: Some(location),
+            ..plain(status(*code), format!("see {location}\n").into())
+        },
         Routed::Status(code) => {
             let status = status(*code);
             let text =
                 format!("{}\n", status.canonical_reason().unwrap_or("")).to_ascii_lowercase();
-            (status, text.into(), None)
+            plain(status, text.into())
         }
-        Routed::NoRoute => (StatusCode::NOT_FOUND, "no route\n".into(), None),
+        Routed::Limited(seconds) => RoutedAnswer {
+            retry_after: Some(seconds.to_string()),
+            ..plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests: retry later\n".into(),
+            )
+        },
+        Routed::NoRoute => plain(StatusCode::NOT_FOUND, "no route\n".into()),
         Routed::NoPool | Routed::Pool(_) => {
             let (status, text) = answer(ErrorKind::NoBackend);
-            (status, text.into(), None)
+            plain(status, text.into())
         }
     }
 }

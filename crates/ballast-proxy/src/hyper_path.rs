@@ -152,7 +152,7 @@ pub(crate) async fn handle(
             target: request.uri().path_and_query().map_or("/", |pq| pq.as_str()),
         };
         let headers = request.headers();
-        snapshot.route(context.listener, line, |name| {
+        snapshot.route(context.listener, line, context.client.ip(), |name| {
             headers.get(name).map(HeaderValue::as_bytes)
         })
     };
@@ -512,23 +512,35 @@ fn answered(logged: Option<Box<Logged>>, mut response: Response<ProxyBody>) -> R
 /// The response for an error the LB answers itself.
 fn status_response(kind: ErrorKind) -> Response<ProxyBody> {
     let (status, text) = attempt::answer(kind);
-    let mut response = text_response(status, Bytes::from_static(text.as_bytes()), None);
-    if let Some(seconds) = attempt::retry_after(kind) {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static(seconds));
-    }
-    response
+    let retry_after = attempt::retry_after(kind);
+    text_response(
+        status,
+        Bytes::from_static(text.as_bytes()),
+        None,
+        retry_after,
+    )
 }
 
 /// The response for a request that goes to no pool (see [`attempt::routed_answer`]).
 fn routed_response(routed: &Routed) -> Response<ProxyBody> {
-    let (status, text, location) = attempt::routed_answer(routed);
-    text_response(status, Bytes::from(text.into_owned()), location)
+    let answer = attempt::routed_answer(routed);
+    let text = Bytes::from(answer.text.into_owned());
+    text_response(
+        answer.status,
+        text,
+        answer.location,
+        answer.retry_after.as_deref(),
+    )
 }
 
-/// A plain-text response the LB writes itself, with a `Location` for a redirect.
-fn text_response(status: StatusCode, text: Bytes, location: Option<&str>) -> Response<ProxyBody> {
+/// A plain-text response the LB writes itself, with a `Location` for a redirect and a
+/// `Retry-After` for an answer that asks the client to come back.
+fn text_response(
+    status: StatusCode,
+    text: Bytes,
+    location: Option<&str>,
+    retry_after: Option<&str>,
+) -> Response<ProxyBody> {
     let mut response = Response::new(Either::Right(Full::new(text)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -538,6 +550,9 @@ fn text_response(status: StatusCode, text: Bytes, location: Option<&str>) -> Res
     );
     if let Some(location) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
         headers.insert(header::LOCATION, location);
+    }
+    if let Some(seconds) = retry_after.and_then(|s| HeaderValue::from_str(s).ok()) {
+        headers.insert(header::RETRY_AFTER, seconds);
     }
     response
 }

@@ -77,6 +77,29 @@ impl HashKey {
         }
     }
 
+    /// The key of a request seen through `header` (a lookup by lower-case name), with `path`
+    /// its target, for a check made where neither form of the headers is at hand.
+    pub(crate) fn of_lookup<'h>(
+        &self,
+        path: &str,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+        client: IpAddr,
+    ) -> u64 {
+        let bytes = match self {
+            Self::ClientIp => None,
+            Self::Header(name) => header(name.as_str()),
+            Self::Cookie(name) => header("cookie")
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| cookie_value(v, name))
+                .map(str::as_bytes),
+            Self::Path => Some(path.split('?').next().unwrap_or(path).as_bytes()),
+        };
+        match bytes {
+            Some(bytes) => hash_key(bytes),
+            None => Self::of_client(client),
+        }
+    }
+
     /// The key of a client address.
     pub(crate) fn of_client(client: IpAddr) -> u64 {
         match client {

@@ -62,6 +62,7 @@ mod prefixed;
 mod process;
 mod protection;
 mod proxy_protocol;
+mod rate_limit;
 pub mod reload;
 mod request_id;
 pub mod routes;

@@ -45,6 +45,8 @@ pub struct Metrics {
     config_unreachable_seconds: Gauge<f64, AtomicU64>,
     config_reloads: Family<Labels, Counter>,
     route_misses: Family<Labels, Counter>,
+    rate_limited: Family<Labels, Counter>,
+    rate_limit_overflows: Family<Labels, Counter>,
     access_log_lines: Counter,
     access_log_dropped: Counter,
 }
@@ -215,7 +217,19 @@ impl Metrics {
         let config_unreachable_seconds = Gauge::<f64, AtomicU64>::default();
         let config_reloads = Family::<Labels, Counter>::default();
         let route_misses = Family::<Labels, Counter>::default();
+        let rate_limited = Family::<Labels, Counter>::default();
+        let rate_limit_overflows = Family::<Labels, Counter>::default();
         let access_log_lines = Counter::default();
+        registry.register(
+            "ballast_rate_limited",
+            "Requests answered 429 because their client was over the route's rate, by table and route",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "ballast_rate_limit_overflows",
+            "New clients let past a rate limit because its memory was full of clients over their rate",
+            rate_limit_overflows.clone(),
+        );
         let access_log_dropped = Counter::default();
         registry.register(
             "ballast_access_log_lines",
@@ -361,6 +375,8 @@ impl Metrics {
             config_unreachable_seconds,
             config_reloads,
             route_misses,
+            rate_limited,
+            rate_limit_overflows,
             access_log_lines,
             access_log_dropped,
         }
@@ -371,6 +387,15 @@ impl Metrics {
         (
             self.access_log_lines.clone(),
             self.access_log_dropped.clone(),
+        )
+    }
+
+    /// The 429s and overflows of the rate limit of route `position` of `table`.
+    pub(crate) fn rate_limit(&self, table: &str, position: usize) -> (Counter, Counter) {
+        let labels = vec![("table", table.to_owned()), ("route", position.to_string())];
+        (
+            self.rate_limited.get_or_create(&labels).clone(),
+            self.rate_limit_overflows.get_or_create(&labels).clone(),
         )
     }
 

@@ -14,7 +14,9 @@ use ballast_config::route::{self, RouteTable};
 use foldhash::{HashMap, HashMapExt};
 use prometheus_client::metrics::counter::Counter;
 
+use crate::key::HashKey;
 use crate::metrics::Metrics;
+use crate::rate_limit::RateLimit;
 
 /// The longest host name (RFC 1035), and a port or an IPv6 literal's brackets.
 const MAX_HOST: usize = 300;
@@ -83,6 +85,8 @@ pub struct Router {
     any_host: Vec<u32>,
     /// The pools its routes send to, each once; a snapshot maps them to its own.
     pub(crate) pools: Vec<String>,
+    /// By route: its rate limit, if it has one.
+    limits: Vec<Option<RateLimit>>,
 }
 
 impl Router {
@@ -96,6 +100,7 @@ impl Router {
             wildcard: HashMap::new(),
             any_host: Vec::new(),
             pools: Vec::new(),
+            limits: Vec::with_capacity(table.routes.len()),
         };
         for (i, route) in table.routes.iter().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
@@ -146,8 +151,30 @@ impl Router {
                     response_timeout: route.response_timeout_ms.map(Duration::from_millis),
                 },
             });
+            router
+                .limits
+                .push(route.rate_limit().map(|(rate, burst, key)| {
+                    let (limited, overflowed) = metrics.rate_limit(&table.name, i);
+                    RateLimit::new(rate, burst, HashKey::from(&key), limited, overflowed)
+                }));
         }
         router
+    }
+
+    /// Whether a request from `client` that took the route at `position` is within the route's
+    /// rate (always, for a route without one); if not, how long until it would be. `header`
+    /// finds a request header by lower-case name, for a limit keyed by one.
+    pub fn check_rate<'h>(
+        &self,
+        position: u32,
+        path: &str,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+        client: std::net::IpAddr,
+    ) -> Result<(), Duration> {
+        match self.limits.get(position as usize) {
+            Some(Some(limit)) => limit.check(limit.key.of_lookup(path, header, client)),
+            _ => Ok(()),
+        }
     }
 
     /// The retries and timeouts of the route at `position`, where it sets its own.

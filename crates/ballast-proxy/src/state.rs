@@ -135,6 +135,8 @@ pub(crate) enum Routed {
     Redirect { location: String, status: u16 },
     /// A status the LB answers itself.
     Status(u16),
+    /// 429: the client is over the route's rate; it may come back in this many seconds.
+    Limited(u64),
     /// No route matched: 404.
     NoRoute,
 }
@@ -168,7 +170,8 @@ impl Snapshot {
         &self,
         listener: usize,
         request: RequestLine<'_>,
-        header: impl Fn(&str) -> Option<&'h [u8]>,
+        client: std::net::IpAddr,
+        header: impl Fn(&str) -> Option<&'h [u8]> + Copy,
     ) -> (Routed, Option<u32>) {
         let (router, pools) = match self.by_listener.get(listener) {
             None | Some(Serving::Pool(None)) => return (Routed::NoPool, None),
@@ -182,6 +185,10 @@ impl Snapshot {
             router.misses.inc();
             return (Routed::NoRoute, None);
         };
+        if let Err(wait) = router.check_rate(position, path, header, client) {
+            let seconds = crate::rate_limit::retry_after_secs(wait);
+            return (Routed::Limited(seconds), Some(position));
+        }
         let routed = match action {
             Action::Pool(slot) => pools
                 .get(*slot)

@@ -141,8 +141,13 @@ fn over_tls_the_cookie_is_secure_and_sticks() {
     assert!(cookie.starts_with("srv="), "{cookie}");
     assert_eq!(attributes, "Path=/; HttpOnly; Secure");
     for _ in 0..20 {
-        let reply =
-            support::get_over_tls_with(address, "localhost", "localhost", &[("Cookie", &cookie)]);
+        let reply = support::get_over_tls_with(
+            address,
+            "localhost",
+            "localhost",
+            "/",
+            &[("Cookie", &cookie)],
+        );
         assert_eq!(backend_of(&reply), home);
         assert_eq!(set_cookie(&reply), None, "{}", reply.head);
     }

@@ -238,19 +238,20 @@ async fn proxy(
     let snapshot = &head.snapshot;
     let pool = match &head.routed {
         Routed::Pool(pool) => &*snapshot.pools[*pool],
-        // A route's own answer, no route, or a pool the configuration lacks (now).
-        answer => {
-            let (status, text, location) = attempt::routed_answer(answer);
+        // A route's own answer, a client over its rate, no route, or a pool the configuration
+        // lacks (now).
+        routed => {
+            let routed = attempt::routed_answer(routed);
             // Its body, if it has one, was not read: the connection cannot be trusted after.
             let keep_alive = head.keep_alive && head.body == Framing::Empty;
-            outcome.status = status.as_u16();
-            outcome.bytes_out = text.len() as u64;
+            outcome.status = routed.status.as_u16();
+            outcome.bytes_out = routed.text.len() as u64;
             let answer = Answer {
-                status,
-                location,
-                text: &text,
+                status: routed.status,
+                location: routed.location,
+                text: &routed.text,
                 request_id: id_for_client(head),
-                retry_after: None,
+                retry_after: routed.retry_after.as_deref(),
             };
             write_answer(client, answer, keep_alive, timeouts.idle).await?;
             return Ok(if keep_alive {

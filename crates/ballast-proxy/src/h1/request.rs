@@ -85,7 +85,7 @@ pub(super) fn parse_request(
                 .find(|h| h.name.eq_ignore_ascii_case(name))
                 .map(|h| h.value)
         };
-        let (routed, route) = routing.route(listener, request, header);
+        let (routed, route) = routing.route(listener, request, client_ip, header);
         let affinity = match &routed {
             Routed::Pool(pool) => {
                 Affinity::of_raw(&routing.pools[*pool], request.target, headers, client_ip)

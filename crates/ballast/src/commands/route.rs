@@ -96,6 +96,17 @@ struct RouteArgs {
     /// With --pool: a backend starting its response (e.g. 2s), over the pool's.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     response_timeout: Option<Duration>,
+    /// At most this many requests per client per second, minute or hour (e.g. 100/s, 6000/m);
+    /// past it, 429 with Retry-After.
+    #[arg(long, value_name = "N/UNIT")]
+    rate: Option<String>,
+    /// With --rate: requests a client may send at once above it [default: the rate's count].
+    #[arg(long, value_name = "N")]
+    burst: Option<u32>,
+    /// With --rate: what tells clients apart: client_ip, header:NAME, cookie:NAME or path
+    /// [default: client_ip].
+    #[arg(long, value_name = "SOURCE")]
+    rate_key: Option<String>,
 }
 
 impl RouteArgs {
@@ -112,6 +123,9 @@ impl RouteArgs {
             retries: self.retries,
             connect_timeout_ms: self.connect_timeout.map(millis),
             response_timeout_ms: self.response_timeout.map(millis),
+            rate: self.rate.clone(),
+            burst: self.burst,
+            rate_key: self.rate_key.clone(),
         }
     }
 }

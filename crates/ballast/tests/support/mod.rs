@@ -497,25 +497,36 @@ pub fn presented(address: SocketAddr, name: &str) -> Vec<u8> {
 /// A GET for `/` with `host` over TLS with SNI `name` (HTTP/1.1, ALPN not offered), and the
 /// certificate the server presented.
 pub fn get_over_tls(address: SocketAddr, name: &str, host: &str) -> Reply {
-    get_over_tls_with(address, name, host, &[])
+    get_over_tls_with(address, name, host, "/", &[])
 }
 
-/// [`get_over_tls`] with more request headers.
+/// [`get_over_tls`] for `path`, with more request headers.
 pub fn get_over_tls_with(
     address: SocketAddr,
     name: &str,
     host: &str,
+    path: &str,
     headers: &[(&str, &str)],
 ) -> Reply {
-    over_tls(address, name, Some((host, headers)))
-        .1
-        .expect("a reply")
+    let request = TlsRequest {
+        host,
+        path,
+        headers,
+    };
+    over_tls(address, name, Some(request)).1.expect("a reply")
+}
+
+/// A GET sent over TLS.
+struct TlsRequest<'a> {
+    host: &'a str,
+    path: &'a str,
+    headers: &'a [(&'a str, &'a str)],
 }
 
 fn over_tls(
     address: SocketAddr,
     name: &str,
-    request: Option<(&str, &[(&str, &str)])>,
+    request: Option<TlsRequest<'_>>,
 ) -> (Vec<u8>, Option<Reply>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -540,10 +551,15 @@ fn over_tls(
             .await
             .expect("TLS handshake");
         let certificate = tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec();
-        let Some((host, headers)) = request else {
+        let Some(TlsRequest {
+            host,
+            path,
+            headers,
+        }) = request
+        else {
             return (certificate, None);
         };
-        let mut request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
         for (name, value) in headers {
             request.push_str(&format!("{name}: {value}\r\n"));
         }

@@ -1,0 +1,177 @@
+//! Rate limits per route (`rate = "100/s"`, `burst`, `rate_key`): each client — its address, or a
+//! header, cookie or path — may send `burst` requests at once and then `rate` on average; a
+//! request over it is answered 429 with `Retry-After` before any backend is chosen.
+//!
+//! The algorithm is GCRA (the generic cell rate algorithm of ATM networks, as in Redis-cell and
+//! Brandur Leach's `throttled`): per client, one number, the theoretical arrival time (TAT) of
+//! its next request. A request at `now` is allowed when `TAT − now ≤ τ`, where `T` is the interval
+//! between requests at the rate and `τ = T·(burst − 1)` the slack a burst may use; it then moves
+//! the TAT to `max(TAT, now) + T`. This is a token bucket without a refill step: one subtraction,
+//! one comparison, one store, and no timer.
+//!
+//! The limit is each LB server's own (over all its workers): behind N LBs a client gets up to N
+//! times the rate. State lives in shards of a map, each behind its own lock, so workers limiting
+//! different clients rarely meet. The maps are bounded: a client whose TAT has passed is as good
+//! as unknown and is forgotten when a shard fills; a shard full of clients still in debt lets a
+//! new client through rather than grow without bound (counted in the metric, so it shows).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ballast_config::route::Rate;
+use foldhash::HashMap;
+use prometheus_client::metrics::counter::Counter;
+
+use crate::key::HashKey;
+
+/// Shards of the client map: a power of two, more than the workers a server runs.
+const SHARDS: usize = 64;
+/// Clients each shard remembers at most (16,384 clients in all, about 512 KiB).
+const PER_SHARD: usize = 256;
+
+/// One route's limit and its clients.
+#[derive(Debug)]
+pub(crate) struct RateLimit {
+    /// The interval between requests at the rate, in nanoseconds.
+    interval: u64,
+    /// How far ahead of now a client's TAT may be and the request still pass.
+    tolerance: u64,
+    /// What tells clients apart.
+    pub(crate) key: HashKey,
+    epoch: Instant,
+    shards: Box<[Mutex<HashMap<u64, u64>>]>,
+    /// Requests answered 429.
+    limited: Counter,
+    /// New clients let through because their shard was full of clients in debt.
+    overflowed: Counter,
+}
+
+impl RateLimit {
+    pub(crate) fn new(
+        rate: Rate,
+        burst: u32,
+        key: HashKey,
+        limited: Counter,
+        overflowed: Counter,
+    ) -> Self {
+        let per = u64::try_from(rate.per.as_nanos()).unwrap_or(u64::MAX);
+        let interval = (per / u64::from(rate.count.max(1))).max(1);
+        Self {
+            interval,
+            tolerance: interval.saturating_mul(u64::from(burst.max(1)) - 1),
+            key,
+            epoch: Instant::now(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            limited,
+            overflowed,
+        }
+    }
+
+    /// Whether a request of the client with `key` may pass now; if not, how long until one may
+    /// (what `Retry-After` says).
+    pub(crate) fn check(&self, key: u64) -> Result<(), Duration> {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.check_at(key, now)
+    }
+
+    fn check_at(&self, key: u64, now: u64) -> Result<(), Duration> {
+        // The key is an XXH3 hash: its high bits pick the shard, the map uses it whole.
+        let shard = &self.shards[(key >> 58) as usize % SHARDS];
+        let mut clients = shard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tat = clients.get(&key).copied().unwrap_or(now).max(now);
+        if tat - now > self.tolerance {
+            drop(clients);
+            self.limited.inc();
+            return Err(Duration::from_nanos(tat - now - self.tolerance));
+        }
+        if clients.len() >= PER_SHARD && !clients.contains_key(&key) {
+            clients.retain(|_, tat| *tat > now);
+            if clients.len() >= PER_SHARD {
+                drop(clients);
+                self.overflowed.inc();
+                return Ok(());
+            }
+        }
+        clients.insert(key, tat + self.interval);
+        Ok(())
+    }
+}
+
+/// Whole seconds for `Retry-After` (RFC 9110 §10.2.3), rounded up so that a client that waits
+/// them is let through.
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(rate: &str, burst: u32) -> RateLimit {
+        let rate = rate.parse().expect("rate");
+        RateLimit::new(
+            rate,
+            burst,
+            HashKey::ClientIp,
+            Counter::default(),
+            Counter::default(),
+        )
+    }
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_burst_passes_then_the_rate_and_the_wait_is_told() {
+        let limit = limit("10/s", 5);
+        for _ in 0..5 {
+            assert_eq!(limit.check_at(1, 0), Ok(()));
+        }
+        // Five requests at once put the TAT 500 ms ahead, 100 ms past the slack.
+        assert_eq!(limit.check_at(1, 0), Err(Duration::from_millis(100)));
+        assert_eq!(limit.limited.get(), 1);
+        // Another client is not held back by the first.
+        assert_eq!(limit.check_at(2, 0), Ok(()));
+        // 100 ms later one more passes, and the next waits another interval.
+        assert_eq!(limit.check_at(1, SECOND / 10), Ok(()));
+        assert_eq!(
+            limit.check_at(1, SECOND / 10),
+            Err(Duration::from_millis(100))
+        );
+        // Over a long run, one request per interval passes.
+        let mut passed = 0;
+        for tick in 0..1000u64 {
+            let now = SECOND + tick * SECOND / 100;
+            passed += usize::from(limit.check_at(1, now).is_ok());
+        }
+        assert!((100..=106).contains(&passed), "{passed}");
+    }
+
+    #[test]
+    fn a_full_map_forgets_paid_up_clients_and_never_grows_past_its_bound() {
+        let limit = limit("1/s", 1);
+        // Every key lands in shard 0 (the shard comes from the top bits).
+        for key in 0..PER_SHARD as u64 {
+            assert_eq!(limit.check_at(key, 0), Ok(()));
+        }
+        // All in debt: a new client passes uncounted rather than grow the map.
+        assert_eq!(limit.check_at(10_000, 0), Ok(()));
+        assert_eq!(limit.overflowed.get(), 1);
+        // A second later every one has paid: they are forgotten to make room.
+        assert_eq!(limit.check_at(10_000, 2 * SECOND), Ok(()));
+        assert_eq!(
+            limit.check_at(10_000, 2 * SECOND),
+            Err(Duration::from_secs(1))
+        );
+        let shard = limit.shards[0].lock().expect("lock");
+        assert!(shard.len() <= PER_SHARD);
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+    }
+}
