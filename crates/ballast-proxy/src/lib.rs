@@ -47,7 +47,6 @@
 pub mod access_log;
 mod admin;
 mod attempt;
-mod backend_tls;
 pub mod echo;
 mod h1;
 mod headers;

@@ -24,8 +24,8 @@ use ballast_config::{
 use serde::Deserialize;
 
 use crate::access_log::{AccessLogSettings, LogFormat, LogTarget};
-use crate::backend_tls::BackendTls;
 use crate::key::HashKey;
+use ballast_health::BackendTls;
 
 /// Everything one LB server runs.
 #[derive(Debug, Clone)]

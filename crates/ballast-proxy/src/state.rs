@@ -84,7 +84,7 @@ pub(crate) struct PoolState {
     /// The cookie that keeps a client on its backend, if the pool keeps clients.
     pub sticky_cookie: Option<String>,
     /// TLS to the backends, if the pool speaks it.
-    pub tls: Option<Arc<crate::backend_tls::BackendTls>>,
+    pub tls: Option<Arc<ballast_health::BackendTls>>,
 }
 
 impl PoolState {

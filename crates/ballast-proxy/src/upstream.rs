@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
-use crate::backend_tls::BackendTls;
 use crate::hyper_path::ClientBody;
+use ballast_health::BackendTls;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{Either, Empty};
 use hyper::client::conn::{http1, http2};
@@ -510,7 +510,7 @@ impl Upstream for Negotiated {
             return Sender::connect(dial).await.map(Self::Http1);
         };
         let stream = connect_tls(dial, tls).await?;
-        if crate::backend_tls::speaks_h2(&stream) {
+        if ballast_health::speaks_h2(&stream) {
             http2_over(stream, dial.address).await.map(Self::Http2)
         } else {
             http1_over(stream, dial.address).await.map(Self::Http1)

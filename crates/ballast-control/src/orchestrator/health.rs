@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use ballast_config::{
     Config, Fence, Followed, Health as StoredHealth, PoolPolicy, SqlStore, StoreError, Write,
 };
-use ballast_health::{Check, Health, Outcome, PhiSettings, Thresholds, Tracker, probe};
+use ballast_health::{BackendTls, Check, Health, Outcome, PhiSettings, Thresholds, Tracker, probe};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -258,13 +258,18 @@ async fn probe_forever(
     outcomes: mpsc::Sender<(Key, Outcome, Instant)>,
 ) {
     let check = match &policy.health_path {
-        // The probe speaks plain HTTP/1.1: against a backend that speaks TLS it would fail
-        // every time, so a TLS pool's backends are checked by connecting.
-        Some(path) if !policy.tls_to_backends() => Check::Http { path: path.clone() },
-        Some(_) => {
-            tracing::info!(%address, "backend speaks TLS: health checked by TCP connect, not GET");
-            Check::Tcp
-        }
+        Some(path) => match BackendTls::of(&policy) {
+            Ok(tls) => Check::Http {
+                path: path.clone(),
+                tls,
+            },
+            Err(error) => {
+                // A file this host lacks (its LBs may have it): the backend is still probed,
+                // by connecting.
+                tracing::warn!(%address, %error, "backend TLS cannot be set up here: probing by TCP connect");
+                Check::Tcp
+            }
+        },
         None => Check::Tcp,
     };
     let interval = interval_of(&policy);

@@ -1,4 +1,5 @@
-//! TLS to a pool's backends (`tls`, `protocol = "h2"`, or `"auto"` over TLS), with rustls: the
+//! TLS to a pool's backends (`tls`, `protocol = "h2"`, or `"auto"` over TLS), with rustls, as the
+//! LB's requests and the orchestrator's probes both reach them: the
 //! backend's certificate verified against the pool's `ca_file` for `server_name` (or the
 //! backend's IP address), a client certificate for backends that ask for one (mutual TLS), and
 //! ALPN offering what the pool speaks. Verification is only skipped by an explicit
@@ -23,7 +24,7 @@ use tokio_rustls::client::TlsStream;
 
 /// How a pool's backend connections are secured; equal when built from the same fields, which
 /// is how a revision is told to have changed it.
-pub(crate) struct BackendTls {
+pub struct BackendTls {
     source: Source,
     connector: TlsConnector,
     server_name: Option<ServerName<'static>>,
@@ -46,6 +47,8 @@ impl PartialEq for BackendTls {
     }
 }
 
+impl Eq for BackendTls {}
+
 impl std::fmt::Debug for BackendTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackendTls")
@@ -57,8 +60,10 @@ impl std::fmt::Debug for BackendTls {
 /// Why TLS to a pool's backends could not be set up: the policy field at fault and the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
-pub(crate) struct BackendTlsError {
+pub struct BackendTlsError {
+    /// The policy field at fault.
     pub field: &'static str,
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -72,7 +77,7 @@ fn error(field: &'static str, reason: impl ToString) -> BackendTlsError {
 impl BackendTls {
     /// For a pool with `policy` (already validated), if it speaks TLS to its backends: the CA and
     /// client certificate files are read now.
-    pub(crate) fn of(policy: &PoolPolicy) -> Result<Option<Arc<Self>>, BackendTlsError> {
+    pub fn of(policy: &PoolPolicy) -> Result<Option<Arc<Self>>, BackendTlsError> {
         if !policy.tls_to_backends() {
             return Ok(None);
         }
@@ -148,12 +153,12 @@ impl BackendTls {
     }
 
     /// Whether verification is off (the pool's loader warns about it).
-    pub(crate) fn is_insecure(&self) -> bool {
+    pub fn is_insecure(&self) -> bool {
         self.source.insecure
     }
 
     /// The TLS handshake on `stream`, connected to the backend at `address`.
-    pub(crate) async fn handshake(
+    pub async fn handshake(
         &self,
         stream: TcpStream,
         address: SocketAddr,
@@ -167,7 +172,7 @@ impl BackendTls {
 }
 
 /// Whether the backend agreed to HTTP/2 on `stream`.
-pub(crate) fn speaks_h2(stream: &TlsStream<TcpStream>) -> bool {
+pub fn speaks_h2(stream: &TlsStream<TcpStream>) -> bool {
     stream.get_ref().1.alpn_protocol() == Some(b"h2")
 }
 
