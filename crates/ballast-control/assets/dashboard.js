@@ -87,6 +87,15 @@ function setAlgorithm(pool, select) {
   act(api("PUT", `/v1/pools/${pool}/algorithm`, { algorithm: select.value }));
 }
 
+// A pool's own policy as the API names its fields (those it sets; the rest are the LB servers'
+// defaults): `max_requests 100 · sticky_cookie lb · tls true`.
+function describePolicy(policy) {
+  return Object.entries(policy || {})
+    .filter(([field]) => field !== "protocol")
+    .map(([field, value]) => `${field} ${value}`)
+    .join(" · ");
+}
+
 function renderPools(pools) {
   const container = document.getElementById("pools");
   // Leave the table alone while someone types a weight or picks an algorithm in it.
@@ -120,7 +129,9 @@ function renderPools(pools) {
             ? el("button", { onclick: () => setState(pool.name, b.address, "draining") }, "drain")
             : el("button", { onclick: () => setState(pool.name, b.address, "active") }, "enable")));
     });
+    const policy = describePolicy(pool.policy);
     return el("div", { class: "pool", "data-pool": pool.name }, heading,
+      policy ? el("p", { class: "muted policy" }, "policy: ", policy) : null,
       table(["backend", "weight", "admin", "health", "phi", "in flight", "req/s", ""], rows));
   }));
 }

@@ -263,6 +263,22 @@ fn the_dashboard_shows_a_backend_drained_through_the_api_without_a_reload() {
         Duration::from_secs(10),
     );
 
+    // A pool's own policy shows under its name, as the API names the fields.
+    run(&[
+        "pool",
+        "set-policy",
+        "shop",
+        "--sticky-cookie",
+        "lb",
+        "--max-requests",
+        "100",
+    ]);
+    page.wait_for(
+        "document.querySelector('[data-pool=\"shop\"] .policy')?.textContent ?? 'not shown'",
+        "policy: max_requests 100 · sticky_cookie lb",
+        Duration::from_secs(10),
+    );
+
     run(&["backend", "drain", "shop", &first.to_string()]);
     page.wait_for(&state_of(first), "draining", Duration::from_secs(10));
     assert_eq!(page.evaluate(&state_of(second)), "active");

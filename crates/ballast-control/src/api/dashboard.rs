@@ -223,6 +223,7 @@ pub(crate) async fn document(State(api): State<Api>) -> Answer {
                 "algorithm": pool.spec.algorithm,
                 "hash_key": pool.spec.hash_key,
                 "protocol": pool.spec.policy.protocol.unwrap_or_default(),
+                "policy": pool.spec.policy,
                 "dns_name": pool.spec.dns_name,
                 "dns_answer": pool.spec.dns_name.as_ref().map(|_| dns_answer(&lbs, name)),
                 "backends": backends,
