@@ -416,15 +416,17 @@ mod tests {
         toml::from_str(text).expect("a route")
     }
 
+    /// The field a route's check names, checked against a configuration with pool `web`.
+    fn field(text: &str) -> String {
+        route(text)
+            .check(&["web"])
+            .err()
+            .map(|e| e.field)
+            .unwrap_or_default()
+    }
+
     #[test]
     fn bad_routes_name_their_field() {
-        let field = |text: &str| {
-            route(text)
-                .check(&["web"])
-                .err()
-                .map(|e| e.field)
-                .unwrap_or_default()
-        };
         assert_eq!(field("pool = \"web\""), "");
         assert_eq!(field("host = \"*.example.test\"\npool = \"web\""), "");
         assert_eq!(field("host = \"a b\"\npool = \"web\""), "host");
@@ -463,13 +465,6 @@ mod tests {
 
     #[test]
     fn rate_limits_are_checked_and_read() {
-        let field = |text: &str| {
-            route(text)
-                .check(&["web"])
-                .err()
-                .map(|e| e.field)
-                .unwrap_or_default()
-        };
         for bad in [
             "rate = \"100\"",
             "rate = \"0/s\"",

@@ -59,20 +59,12 @@ pub(crate) async fn proxy<S>(
         };
         tried.push(index);
         let backend = &pool.state.backends[index];
-        let connect = tokio::time::timeout(
-            pool.state.connect_timeout,
-            TcpStream::connect(backend.address),
-        )
-        .await;
-        let mut upstream = match connect {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
+        let connect_timeout = pool.state.connect_timeout;
+        let mut upstream = match within(connect_timeout, TcpStream::connect(backend.address)).await
+        {
+            Ok(stream) => stream,
+            Err(error) => {
                 tracing::debug!(backend = %backend.address, %error, "backend connect failed");
-                shared.failure(&pool.state, index);
-                continue;
-            }
-            Err(_) => {
-                tracing::debug!(backend = %backend.address, "backend connect timed out");
                 shared.failure(&pool.state, index);
                 continue;
             }
@@ -95,17 +87,10 @@ pub(crate) async fn proxy<S>(
             Some(tls) => {
                 // TLS origination: the client speaks clear text, the backend TLS.
                 let handshake = tls.handshake(upstream, backend.address);
-                let mut secured = match tokio::time::timeout(pool.state.connect_timeout, handshake)
-                    .await
-                {
-                    Ok(Ok(secured)) => secured,
-                    Ok(Err(error)) => {
+                let mut secured = match within(connect_timeout, handshake).await {
+                    Ok(secured) => secured,
+                    Err(error) => {
                         tracing::debug!(backend = %backend.address, %error, "backend TLS handshake failed");
-                        shared.failure(&pool.state, index);
-                        continue;
-                    }
-                    Err(_) => {
-                        tracing::debug!(backend = %backend.address, "backend TLS handshake timed out");
                         shared.failure(&pool.state, index);
                         continue;
                     }
@@ -121,4 +106,17 @@ pub(crate) async fn proxy<S>(
         return;
     }
     pool.state.counters.error(ErrorKind::NoBackend);
+}
+
+/// `step` within `limit`, running out of time an error like its others.
+async fn within<T>(
+    limit: std::time::Duration,
+    step: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(limit, step).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("timed out after {limit:?}"),
+        ))
+    })
 }

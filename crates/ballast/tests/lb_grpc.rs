@@ -413,19 +413,16 @@ fn every_grpc_call_shape_passes_an_h2c_listener_to_h2c_backends() {
 fn every_grpc_call_shape_passes_a_tls_listener_to_h2c_backends() {
     let backend = GrpcBackend::start("g1");
     let dir = TempDir::new("grpc-tls");
-    let (cert, key, _) = support::certificate(&["localhost"]);
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, &cert).expect("write cert");
-    std::fs::write(&key_path, &key).expect("write key");
+    let (cert_path, key_path, cert) = support::localhost_tls_files(dir.path());
     let (_lb, address) = lb(
         &[backend.address],
         &[
             "--protocol",
             "h2c",
             "--tls-cert",
-            cert_path.to_str().expect("utf-8"),
+            &cert_path,
             "--tls-key",
-            key_path.to_str().expect("utf-8"),
+            &key_path,
         ],
     );
     runtime().block_on(async {

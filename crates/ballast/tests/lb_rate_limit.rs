@@ -60,9 +60,7 @@ backends = ["{b1}"]
 "#,
         dir = dir.path().display()
     );
-    let (cert, key, _) = support::certificate(&["localhost"]);
-    std::fs::write(dir.path().join("cert.pem"), cert).expect("write cert");
-    std::fs::write(dir.path().join("key.pem"), key).expect("write key");
+    support::localhost_tls_files(dir.path());
     let path = dir.path().join("lb.toml");
     std::fs::write(&path, config).expect("write the configuration");
     let lb = support::Process::start(&["lb", "--config", path.to_str().expect("utf-8")], 3);

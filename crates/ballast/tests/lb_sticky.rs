@@ -120,19 +120,16 @@ fn over_tls_the_cookie_is_secure_and_sticks() {
     let (_b1, b1) = echo("b1", &[]);
     let (_b2, b2) = echo("b2", &[]);
     let dir = TempDir::new("sticky-tls");
-    let (cert, key, _) = support::certificate(&["localhost"]);
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, &cert).expect("write cert");
-    std::fs::write(&key_path, &key).expect("write key");
+    let (cert_path, key_path, _) = support::localhost_tls_files(dir.path());
     let (_lb, address) = lb(
         &[b1, b2],
         &[
             "--sticky-cookie",
             "srv",
             "--tls-cert",
-            cert_path.to_str().expect("utf-8"),
+            &cert_path,
             "--tls-key",
-            key_path.to_str().expect("utf-8"),
+            &key_path,
         ],
     );
     let first = support::get_over_tls(address, "localhost", "localhost");

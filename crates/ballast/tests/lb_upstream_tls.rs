@@ -118,11 +118,18 @@ fn pools_speak_tls_http1_h2_and_auto_to_a_backend_that_requires_a_client_certifi
             tls(Some("ca.pem"), "backend.test", false),
         ),
         ("insecure", &both, tls(None, "other.test", true)),
+        // A TCP listener originates TLS: its clients speak clear text.
+        ("tcp", &http1_only, good.clone()),
     ];
     let mut config = String::from("admin = \"127.0.0.1:0\"\nworkers = 1\nretries = 0\n");
     for (name, _, _) in &pools {
         config.push_str(&format!(
-            "\n[[listeners]]\nlisten = \"127.0.0.1:0\"\npool = \"{name}\"\n"
+            "\n[[listeners]]\nlisten = \"127.0.0.1:0\"\npool = \"{name}\"\n{}",
+            if *name == "tcp" {
+                "mode = \"tcp\"\n"
+            } else {
+                ""
+            }
         ));
     }
     for (name, backend, fields) in &pools {
@@ -170,6 +177,9 @@ fn pools_speak_tls_http1_h2_and_auto_to_a_backend_that_requires_a_client_certifi
         "b1",
         "insecure_skip_verify takes any name"
     );
+    let reply = get(listener("tcp"), "/", &[]);
+    assert_eq!(backend_of(&reply), "b1", "{reply:?}");
+    assert_eq!(via(&reply), "1", "{}", reply.head);
 }
 
 #[test]

@@ -446,6 +446,17 @@ pub fn certificate(names: &[&str]) -> (String, String, Vec<u8>) {
     )
 }
 
+/// A self-signed certificate for `localhost` written to `dir` as `cert.pem` and `key.pem`: the
+/// two paths as `--tls-cert` and `--tls-key` take them, and the certificate's PEM.
+pub fn localhost_tls_files(dir: &std::path::Path) -> (String, String, String) {
+    let (cert, key, _) = certificate(&["localhost"]);
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, &cert).expect("write cert");
+    std::fs::write(&key_path, &key).expect("write key");
+    let text = |path: std::path::PathBuf| path.to_str().expect("utf-8").to_owned();
+    (text(cert_path), text(key_path), cert)
+}
+
 /// Accepts whatever certificate a server presents (its signatures still checked), so that a
 /// test can look at which one it was.
 #[derive(Debug)]
