@@ -362,6 +362,8 @@ macro_rules! text_enum {
 
 text_enum!(AdminState { Active => "active", Draining => "draining", Disabled => "disabled" });
 text_enum!(Health { Unknown => "unknown", Healthy => "healthy", Unhealthy => "unhealthy" });
+text_enum!(crate::route::RateScope { Local => "local", Fleet => "fleet" });
+text_enum!(crate::route::OnRedisError { Allow => "allow", Deny => "deny" });
 
 /// A backend of a pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

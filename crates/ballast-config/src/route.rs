@@ -100,6 +100,51 @@ pub struct Route {
     /// `cookie:NAME` or `path`; a request without the header or cookie counts by its address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_key: Option<String>,
+    /// With `rate`: counted by each LB server on its own (`local`, the default), or over the
+    /// LB servers' Redis nodes (`fleet`: one count for the whole fleet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_scope: Option<RateScope>,
+    /// With `rate_scope = "fleet"`: what a request gets when Redis cannot be asked in time:
+    /// `allow` (the default: the limit lapses, the site stays up) or `deny` (429).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_redis_error: Option<OnRedisError>,
+}
+
+/// Where a route's rate is counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RateScope {
+    /// By each LB server for itself.
+    #[default]
+    Local,
+    /// Over the LB servers' Redis nodes, for the whole fleet.
+    Fleet,
+}
+
+/// What a fleet-wide rate limit does when Redis does not answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisError {
+    /// Let the request through.
+    #[default]
+    Allow,
+    /// Answer 429.
+    Deny,
+}
+
+/// A route's rate limit, checked and with its defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitSpec {
+    /// The steady rate.
+    pub rate: Rate,
+    /// Requests at once above it.
+    pub burst: u32,
+    /// What tells clients apart.
+    pub key: crate::HashKeySpec,
+    /// Where it is counted.
+    pub scope: RateScope,
+    /// With [`RateScope::Fleet`], when Redis does not answer.
+    pub on_redis_error: OnRedisError,
 }
 
 /// A request rate: `count` requests per `per` (`100/s`, `6000/m`, `10000/h`).
@@ -255,13 +300,19 @@ pub fn check_table_name(name: &str) -> Result<(), Invalid> {
 impl Route {
     /// The route's rate limit, if it has one: the rate, the burst and what tells clients apart
     /// (checked: see [`Route::check_shape`]).
-    pub fn rate_limit(&self) -> Option<(Rate, u32, crate::HashKeySpec)> {
+    pub fn rate_limit(&self) -> Option<RateLimitSpec> {
         let rate: Rate = self.rate.as_deref()?.parse().ok()?;
         let key = match &self.rate_key {
             Some(key) => key.parse().ok()?,
             None => crate::HashKeySpec::ClientIp,
         };
-        Some((rate, self.burst.unwrap_or(rate.count.min(1_000_000)), key))
+        Some(RateLimitSpec {
+            rate,
+            burst: self.burst.unwrap_or(rate.count.min(1_000_000)),
+            key,
+            scope: self.rate_scope.unwrap_or_default(),
+            on_redis_error: self.on_redis_error.unwrap_or_default(),
+        })
     }
 
     fn check_rate(&self) -> Result<(), Invalid> {
@@ -271,11 +322,18 @@ impl Route {
             for (field, set) in [
                 ("burst", self.burst.is_some()),
                 ("rate_key", self.rate_key.is_some()),
+                ("rate_scope", self.rate_scope.is_some()),
             ] {
                 if set {
                     return Err(Invalid::new(field, "only with rate"));
                 }
             }
+        }
+        if self.on_redis_error.is_some() && self.rate_scope != Some(RateScope::Fleet) {
+            return Err(Invalid::new(
+                "on_redis_error",
+                "only with rate_scope = \"fleet\"",
+            ));
         }
         if self.burst.is_some_and(|b| !(1..=1_000_000).contains(&b)) {
             return Err(Invalid::new("burst", "from 1 to 1000000 requests"));
@@ -481,7 +539,31 @@ mod tests {
         );
         let limited = route("pool = \"web\"\nrate = \"6000/m\"\nrate_key = \"header:x-api-key\"");
         assert_eq!(limited.check(&["web"]), Ok(()));
-        let (rate, burst, key) = limited.rate_limit().expect("a limit");
+        let RateLimitSpec {
+            rate,
+            burst,
+            key,
+            scope,
+            on_redis_error,
+        } = limited.rate_limit().expect("a limit");
+        assert_eq!(
+            (scope, on_redis_error),
+            (RateScope::Local, OnRedisError::Allow)
+        );
+        assert_eq!(
+            field("pool = \"web\"\nrate = \"5/s\"\non_redis_error = \"deny\""),
+            "on_redis_error"
+        );
+        assert_eq!(
+            field("pool = \"web\"\nrate_scope = \"fleet\""),
+            "rate_scope"
+        );
+        assert_eq!(
+            field(
+                "pool = \"web\"\nrate = \"5/s\"\nrate_scope = \"fleet\"\non_redis_error = \"deny\""
+            ),
+            ""
+        );
         assert_eq!(
             rate,
             Rate {

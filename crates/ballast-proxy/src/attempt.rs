@@ -144,6 +144,8 @@ pub(crate) fn routed_answer(routed: &Routed) -> RoutedAnswer<'_> {
             )
         },
         Routed::NoRoute => plain(StatusCode::NOT_FOUND, "no route\n".into()),
+        // Settled before an answer is made; were it not, the answer is where it goes.
+        Routed::AskFleet { then, .. } => routed_answer(then),
         Routed::NoPool | Routed::Pool(_) => {
             let (status, text) = answer(ErrorKind::NoBackend);
             plain(status, text.into())

@@ -162,7 +162,10 @@ pub(crate) async fn handle(
             .zip(route)
             .map(|(table, position)| (table.to_owned(), position));
     }
-    let pool = match routed {
+    let settled =
+        crate::rate_limit::settle(&context.shared, &snapshot, context.listener, route, &routed)
+            .await;
+    let pool = match settled.unwrap_or(routed) {
         Routed::Pool(pool) => &*snapshot.pools[pool],
         answer => return answered(logged, routed_response(&answer)),
     };

@@ -48,6 +48,7 @@ pub mod access_log;
 mod admin;
 mod attempt;
 pub mod echo;
+mod fleet_rate;
 mod h1;
 mod headers;
 mod http2;

@@ -47,6 +47,7 @@ pub struct Metrics {
     route_misses: Family<Labels, Counter>,
     rate_limited: Family<Labels, Counter>,
     rate_limit_overflows: Family<Labels, Counter>,
+    rate_limit_redis_errors: Family<Labels, Counter>,
     access_log_lines: Counter,
     access_log_dropped: Counter,
 }
@@ -219,6 +220,12 @@ impl Metrics {
         let route_misses = Family::<Labels, Counter>::default();
         let rate_limited = Family::<Labels, Counter>::default();
         let rate_limit_overflows = Family::<Labels, Counter>::default();
+        let rate_limit_redis_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "ballast_rate_limit_redis_errors",
+            "Requests a fleet-wide rate limit's Redis gave no verdict for in time (on_redis_error decided)",
+            rate_limit_redis_errors.clone(),
+        );
         let access_log_lines = Counter::default();
         registry.register(
             "ballast_rate_limited",
@@ -377,6 +384,7 @@ impl Metrics {
             route_misses,
             rate_limited,
             rate_limit_overflows,
+            rate_limit_redis_errors,
             access_log_lines,
             access_log_dropped,
         }
@@ -390,13 +398,18 @@ impl Metrics {
         )
     }
 
-    /// The 429s and overflows of the rate limit of route `position` of `table`.
-    pub(crate) fn rate_limit(&self, table: &str, position: usize) -> (Counter, Counter) {
+    /// The 429s, overflows and Redis errors of the rate limit of route `position` of `table`.
+    pub(crate) fn rate_limit(
+        &self,
+        table: &str,
+        position: usize,
+    ) -> crate::rate_limit::RateCounters {
         let labels = vec![("table", table.to_owned()), ("route", position.to_string())];
-        (
-            self.rate_limited.get_or_create(&labels).clone(),
-            self.rate_limit_overflows.get_or_create(&labels).clone(),
-        )
+        crate::rate_limit::RateCounters {
+            limited: self.rate_limited.get_or_create(&labels).clone(),
+            overflowed: self.rate_limit_overflows.get_or_create(&labels).clone(),
+            redis_errors: self.rate_limit_redis_errors.get_or_create(&labels).clone(),
+        }
     }
 
     /// The counter of requests route table `table` had no route for.

@@ -9,8 +9,9 @@
 //! the TAT to `max(TAT, now) + T`. This is a token bucket without a refill step: one subtraction,
 //! one comparison, one store, and no timer.
 //!
-//! The limit is each LB server's own (over all its workers): behind N LBs a client gets up to N
-//! times the rate. State lives in shards of a map, each behind its own lock, so workers limiting
+//! A `local` limit is each LB server's own (over all its workers): behind N LBs a client gets up
+//! to N times the rate. A `fleet` limit runs the same step in Redis ([`crate::fleet_rate`]), one
+//! count for the whole fleet, at the price of a round trip. Local state lives in shards of a map, each behind its own lock, so workers limiting
 //! different clients rarely meet. The maps are bounded: a client whose TAT has passed is as good
 //! as unknown and is forgotten when a shard fills; a shard full of clients still in debt lets a
 //! new client through rather than grow without bound (counted in the metric, so it shows).
@@ -18,11 +19,13 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ballast_config::route::Rate;
+use ballast_config::route::{OnRedisError, RateLimitSpec, RateScope};
 use foldhash::HashMap;
 use prometheus_client::metrics::counter::Counter;
 
+use crate::fleet_rate::FleetCounter;
 use crate::key::HashKey;
+use crate::state::{Routed, Shared, Snapshot};
 
 /// Shards of the client map: a power of two, more than the workers a server runs.
 const SHARDS: usize = 64;
@@ -38,32 +41,98 @@ pub(crate) struct RateLimit {
     tolerance: u64,
     /// What tells clients apart.
     pub(crate) key: HashKey,
+    /// Where it is counted, and (in Redis) under what name.
+    scope: RateScope,
+    on_redis_error: OnRedisError,
+    name: String,
     epoch: Instant,
     shards: Box<[Mutex<HashMap<u64, u64>>]>,
     /// Requests answered 429.
     limited: Counter,
     /// New clients let through because their shard was full of clients in debt.
     overflowed: Counter,
+    /// Requests Redis gave no verdict for.
+    redis_errors: Counter,
+}
+
+/// The counters of one route's limit.
+#[derive(Debug, Default)]
+pub(crate) struct RateCounters {
+    /// Requests answered 429.
+    pub limited: Counter,
+    /// New clients let through because their shard was full of clients in debt.
+    pub overflowed: Counter,
+    /// Requests Redis gave no verdict for (`on_redis_error` decided).
+    pub redis_errors: Counter,
 }
 
 impl RateLimit {
-    pub(crate) fn new(
-        rate: Rate,
-        burst: u32,
-        key: HashKey,
-        limited: Counter,
-        overflowed: Counter,
-    ) -> Self {
+    /// For `spec`; `name` is the limit's Redis key prefix (the same on every LB of a fleet).
+    pub(crate) fn new(spec: &RateLimitSpec, name: String, counters: RateCounters) -> Self {
+        let rate = spec.rate;
         let per = u64::try_from(rate.per.as_nanos()).unwrap_or(u64::MAX);
         let interval = (per / u64::from(rate.count.max(1))).max(1);
+        let local = spec.scope == RateScope::Local;
         Self {
             interval,
-            tolerance: interval.saturating_mul(u64::from(burst.max(1)) - 1),
-            key,
+            tolerance: interval.saturating_mul(u64::from(spec.burst.max(1)) - 1),
+            key: HashKey::from(&spec.key),
+            scope: spec.scope,
+            on_redis_error: spec.on_redis_error,
+            name,
             epoch: Instant::now(),
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            limited,
-            overflowed,
+            shards: (0..if local { SHARDS } else { 0 })
+                .map(|_| Mutex::default())
+                .collect(),
+            limited: counters.limited,
+            overflowed: counters.overflowed,
+            redis_errors: counters.redis_errors,
+        }
+    }
+
+    /// Whether it is counted in Redis ([`RateLimit::check_fleet`]) rather than here.
+    pub(crate) fn is_fleet(&self) -> bool {
+        self.scope == RateScope::Fleet
+    }
+
+    /// [`RateLimit::check`], counted over the fleet's Redis nodes (`None`: the LB has none,
+    /// which `on_redis_error` decides like a Redis that does not answer).
+    pub(crate) async fn check_fleet(
+        &self,
+        redis: Option<&FleetCounter>,
+        key: u64,
+    ) -> Result<(), Duration> {
+        let asked = match redis {
+            Some(redis) => {
+                let name = format!("{}{key:016x}", self.name);
+                let (interval, tolerance) = (
+                    Duration::from_nanos(self.interval),
+                    Duration::from_nanos(self.tolerance),
+                );
+                redis
+                    .step(&name, key, interval, tolerance)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            None => Err("the LB has no rate_limit_redis".to_owned()),
+        };
+        match asked {
+            Ok(None) => Ok(()),
+            Ok(Some(wait)) => {
+                self.limited.inc();
+                Err(wait)
+            }
+            Err(error) => {
+                self.redis_errors.inc();
+                tracing::debug!(limit = %self.name, %error, "fleet rate limit: no verdict from Redis");
+                match self.on_redis_error {
+                    OnRedisError::Allow => Ok(()),
+                    OnRedisError::Deny => {
+                        self.limited.inc();
+                        Err(Duration::from_secs(1))
+                    }
+                }
+            }
         }
     }
 
@@ -99,6 +168,29 @@ impl RateLimit {
     }
 }
 
+/// Where a request goes once the fleet's Redis has counted it: `routed` itself, unless it asks
+/// the fleet ([`Routed::AskFleet`]), whose verdict is then its destination or a 429.
+pub(crate) async fn settle(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    listener: usize,
+    route: Option<u32>,
+    routed: &Routed,
+) -> Option<Routed> {
+    let Routed::AskFleet { key, then } = routed else {
+        return None;
+    };
+    let limit = route.and_then(|position| snapshot.router(listener)?.rate_limit(position));
+    let verdict = match limit {
+        Some(limit) => limit.check_fleet(shared.fleet.as_deref(), *key).await,
+        None => Ok(()),
+    };
+    Some(match verdict {
+        Ok(()) => (**then).clone(),
+        Err(wait) => Routed::Limited(retry_after_secs(wait)),
+    })
+}
+
 /// Whole seconds for `Retry-After` (RFC 9110 §10.2.3), rounded up so that a client that waits
 /// them is let through.
 pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
@@ -110,14 +202,14 @@ mod tests {
     use super::*;
 
     fn limit(rate: &str, burst: u32) -> RateLimit {
-        let rate = rate.parse().expect("rate");
-        RateLimit::new(
-            rate,
+        let spec = RateLimitSpec {
+            rate: rate.parse().expect("rate"),
             burst,
-            HashKey::ClientIp,
-            Counter::default(),
-            Counter::default(),
-        )
+            key: ballast_config::HashKeySpec::ClientIp,
+            scope: RateScope::Local,
+            on_redis_error: OnRedisError::Allow,
+        };
+        RateLimit::new(&spec, "test:".to_owned(), RateCounters::default())
     }
 
     const SECOND: u64 = 1_000_000_000;

@@ -215,6 +215,11 @@ fn restart_only(running: &Settings, next: &Settings) -> Result<(), ReloadError> 
             "request_id_header",
             running.request_id_header != next.request_id_header,
         ),
+        (
+            "rate_limit_redis",
+            running.rate_limit_redis != next.rate_limit_redis
+                || running.rate_limit_redis_timeout != next.rate_limit_redis_timeout,
+        ),
     ];
     match fields.iter().find(|(_, differs)| *differs) {
         Some((field, _)) => changed(field),

@@ -14,7 +14,6 @@ use ballast_config::route::{self, RouteTable};
 use foldhash::{HashMap, HashMapExt};
 use prometheus_client::metrics::counter::Counter;
 
-use crate::key::HashKey;
 use crate::metrics::Metrics;
 use crate::rate_limit::RateLimit;
 
@@ -67,6 +66,17 @@ pub(crate) struct RouteOverrides {
     pub retries: Option<u32>,
     pub connect_timeout: Option<Duration>,
     pub response_timeout: Option<Duration>,
+}
+
+/// What a route's rate limit says of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rated {
+    /// Within the rate (or the route has none).
+    Within,
+    /// Over it: a request would pass after this long.
+    Over(Duration),
+    /// Counted over the fleet: the client's key, for Redis to decide.
+    AskFleet(u64),
 }
 
 /// A compiled route table.
@@ -151,30 +161,46 @@ impl Router {
                     response_timeout: route.response_timeout_ms.map(Duration::from_millis),
                 },
             });
-            router
-                .limits
-                .push(route.rate_limit().map(|(rate, burst, key)| {
-                    let (limited, overflowed) = metrics.rate_limit(&table.name, i);
-                    RateLimit::new(rate, burst, HashKey::from(&key), limited, overflowed)
-                }));
+            router.limits.push(route.rate_limit().map(|spec| {
+                // The same name on every LB of a fleet, and a new one for a new limit.
+                let name = format!(
+                    "ballast:rate:{}:{i}:{}:{}:",
+                    table.name,
+                    spec.rate.count,
+                    spec.rate.per.as_secs()
+                );
+                RateLimit::new(&spec, name, metrics.rate_limit(&table.name, i))
+            }));
         }
         router
     }
 
     /// Whether a request from `client` that took the route at `position` is within the route's
-    /// rate (always, for a route without one); if not, how long until it would be. `header`
-    /// finds a request header by lower-case name, for a limit keyed by one.
+    /// rate (always, for a route without one); `header` finds a request header by lower-case
+    /// name, for a limit keyed by one.
     pub fn check_rate<'h>(
         &self,
         position: u32,
         path: &str,
         header: impl Fn(&str) -> Option<&'h [u8]>,
         client: std::net::IpAddr,
-    ) -> Result<(), Duration> {
-        match self.limits.get(position as usize) {
-            Some(Some(limit)) => limit.check(limit.key.of_lookup(path, header, client)),
-            _ => Ok(()),
+    ) -> Rated {
+        let Some(Some(limit)) = self.limits.get(position as usize) else {
+            return Rated::Within;
+        };
+        let key = limit.key.of_lookup(path, header, client);
+        if limit.is_fleet() {
+            return Rated::AskFleet(key);
         }
+        match limit.check(key) {
+            Ok(()) => Rated::Within,
+            Err(wait) => Rated::Over(wait),
+        }
+    }
+
+    /// The rate limit of the route at `position`, if it has one.
+    pub(crate) fn rate_limit(&self, position: u32) -> Option<&RateLimit> {
+        self.limits.get(position as usize)?.as_ref()
     }
 
     /// The retries and timeouts of the route at `position`, where it sets its own.

@@ -67,6 +67,12 @@ pub struct Settings {
     /// Send each request's ID back to the client in `X-Request-Id` (it always goes to the
     /// backend while request IDs are on: with the access log, or with this).
     pub request_id_header: bool,
+    /// The Redis nodes routes with `rate_scope = "fleet"` count on (`redis://` URLs; a
+    /// client's key picks its node).
+    pub rate_limit_redis: Vec<String>,
+    /// How long a request waits for Redis's verdict before the route's `on_redis_error`
+    /// decides.
+    pub rate_limit_redis_timeout: Duration,
 }
 
 /// A size in bytes, written as people write it: `65536`, `64KiB`, `1MiB`, `0`.
@@ -461,6 +467,8 @@ impl Settings {
             managed: false,
             access_log: None,
             request_id_header: false,
+            rate_limit_redis: Vec::new(),
+            rate_limit_redis_timeout: Duration::from_millis(100),
         }
     }
 
@@ -511,6 +519,26 @@ impl Settings {
                     format!("route_tables[{i}].name"),
                     format!("route table `{}` is defined twice", table.name),
                 );
+            }
+        }
+        if self.rate_limit_redis_timeout.is_zero() {
+            problems.add("rate_limit_redis_timeout", "must be longer than zero");
+        }
+        for (i, url) in self.rate_limit_redis.iter().enumerate() {
+            if let Err(reason) = crate::fleet_rate::check_url(url) {
+                problems.add(format!("rate_limit_redis[{i}]"), reason);
+            }
+        }
+        for (i, table) in self.route_tables.iter().enumerate() {
+            for (j, route) in table.routes.iter().enumerate() {
+                if route.rate_scope == Some(ballast_config::route::RateScope::Fleet)
+                    && self.rate_limit_redis.is_empty()
+                {
+                    problems.add(
+                        format!("route_tables[{i}].routes[{j}].rate_scope"),
+                        "a fleet-wide rate counts on Redis: set rate_limit_redis",
+                    );
+                }
             }
         }
         let mut addresses = HashSet::new();
@@ -658,6 +686,10 @@ struct File {
     access_log_format: Option<LogFormat>,
     #[serde(default)]
     request_id_header: bool,
+    #[serde(default)]
+    rate_limit_redis: Vec<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    rate_limit_redis_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -886,6 +918,10 @@ impl File {
         settings.timeouts = self.timeouts;
         settings.outlier = self.outlier;
         settings.request_id_header = self.request_id_header;
+        settings.rate_limit_redis = self.rate_limit_redis;
+        settings.rate_limit_redis_timeout = self
+            .rate_limit_redis_timeout
+            .unwrap_or(settings.rate_limit_redis_timeout);
         settings.access_log = match (self.access_log, self.access_log_format) {
             (Some(target), format) => Some(AccessLogSettings {
                 target: target
@@ -1067,6 +1103,27 @@ backends = ["127.0.0.1:9101"]
 
     fn error(text: &str) -> String {
         Settings::from_toml(text).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn a_fleet_wide_rate_needs_redis_and_redis_urls_are_checked_without_showing_them() {
+        let example = include_str!("../../../ballast.example.toml");
+        assert!(Settings::from_toml(example).is_ok());
+        let fleet = example.replace(
+            "rate = \"100/s\"",
+            "rate = \"100/s\"\nrate_scope = \"fleet\"",
+        );
+        assert!(
+            error(&fleet).starts_with("route_tables[0].routes[0].rate_scope: a fleet-wide rate"),
+            "{}",
+            error(&fleet)
+        );
+        let with_redis = format!("rate_limit_redis = [\"redis://127.0.0.1:6390\"]\n{fleet}");
+        assert!(Settings::from_toml(&with_redis).is_ok());
+        let bad = format!("rate_limit_redis = [\"http://:hunter2@x\"]\n{fleet}");
+        let reason = error(&bad);
+        assert!(reason.starts_with("rate_limit_redis[0]: "), "{reason}");
+        assert!(!reason.contains("hunter2"), "{reason}");
     }
 
     #[test]

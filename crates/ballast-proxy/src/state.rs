@@ -22,7 +22,7 @@ use crate::key::HashKey;
 use crate::metrics::{BackendCounters, Metrics, PoolCounters};
 use crate::outlier::{Clock, Outlier};
 use crate::protection::Queue;
-use crate::routes::{Action, Router};
+use crate::routes::{Action, Rated, Router};
 use crate::settings::Protection;
 use crate::settings::{Pool, Serves, Settings};
 use crate::slow_start::{self, Ramp};
@@ -137,8 +137,22 @@ pub(crate) enum Routed {
     Status(u16),
     /// 429: the client is over the route's rate; it may come back in this many seconds.
     Limited(u64),
+    /// Where `then` says, if the fleet's Redis finds the client with `key` within the route's
+    /// rate ([`crate::rate_limit::settle`]).
+    AskFleet { key: u64, then: Box<Routed> },
     /// No route matched: 404.
     NoRoute,
+}
+
+impl Routed {
+    /// The snapshot's pool it goes to (once the fleet agrees, where it asks).
+    pub(crate) fn pool(&self) -> Option<usize> {
+        match self {
+            Self::Pool(pool) => Some(*pool),
+            Self::AskFleet { then, .. } => then.pool(),
+            _ => None,
+        }
+    }
 }
 
 /// The parts of a request that routes match on and redirects repeat.
@@ -185,10 +199,6 @@ impl Snapshot {
             router.misses.inc();
             return (Routed::NoRoute, None);
         };
-        if let Err(wait) = router.check_rate(position, path, header, client) {
-            let seconds = crate::rate_limit::retry_after_secs(wait);
-            return (Routed::Limited(seconds), Some(position));
-        }
         let routed = match action {
             Action::Pool(slot) => pools
                 .get(*slot)
@@ -200,6 +210,14 @@ impl Snapshot {
                 status: *status,
             },
             Action::Status(status) => Routed::Status(*status),
+        };
+        let routed = match router.check_rate(position, path, header, client) {
+            Rated::Within => routed,
+            Rated::Over(wait) => Routed::Limited(crate::rate_limit::retry_after_secs(wait)),
+            Rated::AskFleet(key) => Routed::AskFleet {
+                key,
+                then: Box::new(routed),
+            },
         };
         (routed, Some(position))
     }
@@ -220,6 +238,14 @@ impl Snapshot {
             retries: overrides.retries.unwrap_or(pool.retries),
             connect_timeout: overrides.connect_timeout.unwrap_or(pool.connect_timeout),
             response_timeout: overrides.response_timeout.unwrap_or(pool.response_timeout),
+        }
+    }
+
+    /// The router of the route table `listener` serves by, if it serves one.
+    pub(crate) fn router(&self, listener: usize) -> Option<&Router> {
+        match self.by_listener.get(listener)? {
+            Serving::Routes { router, .. } => Some(router),
+            Serving::Pool(_) => None,
         }
     }
 
@@ -371,6 +397,8 @@ pub(crate) struct Shared {
     rebuilding: std::sync::Mutex<()>,
     /// Where each request's line goes, if the access log is on.
     pub access_log: Option<crate::access_log::AccessLog>,
+    /// The Redis nodes fleet-wide rate limits count on, if the LB has any.
+    pub fleet: Option<Arc<crate::fleet_rate::FleetCounter>>,
     /// The route tables the listeners' routers were compiled from: the file's at start, then in
     /// managed mode each revision's (the next one recompiles the routers whose table changed,
     /// and a reload's new listeners are compiled from them).
@@ -403,6 +431,13 @@ impl Shared {
             next_slot: AtomicUsize::new(0),
             rebuilding: std::sync::Mutex::new(()),
             access_log: None,
+            fleet: (!settings.rate_limit_redis.is_empty())
+                .then(|| {
+                    let timeout = settings.rate_limit_redis_timeout;
+                    crate::fleet_rate::FleetCounter::new(&settings.rate_limit_redis, timeout).ok()
+                })
+                .flatten()
+                .map(Arc::new),
             route_tables: std::sync::Mutex::new(Arc::from(settings.route_tables.as_slice())),
             settings,
         };

@@ -106,3 +106,75 @@ backends = ["{b1}"]
     assert_eq!(get(address, "/keyed", &[]).status, 200);
     assert_eq!(get(address, "/keyed", &[]).status, 429);
 }
+
+#[test]
+fn a_fleet_wide_rate_is_one_count_over_every_lb_and_redis_failing_is_the_routes_choice() {
+    let (_b1, b1) = echo("b1", &[]);
+    let redis = ballast_testkit::redis::Server::start();
+    let dir = TempDir::new("rate-limit-fleet");
+    let config = format!(
+        r#"
+admin = "127.0.0.1:0"
+workers = 1
+rate_limit_redis = ["{redis}"]
+rate_limit_redis_timeout = "10s"    # a loaded machine's Redis is slow, not gone
+
+[[listeners]]
+listen = "127.0.0.1:0"
+routes = "main"
+
+[[route_tables]]
+name = "main"
+
+[[route_tables.routes]]
+path_prefix = "/open"
+pool = "web"
+rate = "3/h"
+rate_scope = "fleet"
+
+[[route_tables.routes]]
+path_prefix = "/strict"
+pool = "web"
+rate = "100/h"
+rate_scope = "fleet"
+on_redis_error = "deny"
+
+[[pools]]
+name = "web"
+backends = ["{b1}"]
+"#,
+        redis = redis.url()
+    );
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, config).expect("write the configuration");
+    let start = || support::Process::start(&["lb", "--config", path.to_str().expect("utf-8")], 2);
+    let (first, second) = (start(), start());
+    let (one, two) = (first.listen_addr(0), second.listen_addr(0));
+
+    // A burst of 3 for the fleet, whichever LB the requests reach.
+    assert_eq!(get(one, "/open", &[]).status, 200);
+    assert_eq!(get(two, "/open", &[]).status, 200);
+    assert_eq!(get(one, "/open", &[]).status, 200);
+    let over = get(two, "/open", &[]);
+    assert_eq!(over.status, 429, "{over:?}");
+    assert!(
+        retry_after(&over.head).is_some_and(|s| (1..=1200).contains(&s)),
+        "{}",
+        over.head
+    );
+    assert_eq!(get(one, "/open", &[]).status, 429);
+    assert_eq!(get(one, "/strict", &[]).status, 200);
+
+    // Redis gone: the limit lapses where the route allows it, and holds where it denies.
+    redis.kill();
+    assert_eq!(get(one, "/open", &[]).status, 200, "on_redis_error = allow");
+    let denied = get(two, "/strict", &[]);
+    assert_eq!(denied.status, 429, "on_redis_error = deny: {denied:?}");
+    assert_eq!(
+        metric(
+            first.admin_addr(),
+            "ballast_rate_limit_redis_errors_total{table=\"main\",route=\"0\"}"
+        ),
+        Some(1.0)
+    );
+}

@@ -171,10 +171,10 @@ fn log(context: &ClientContext, head: &RequestHead, outcome: &Outcome, started: 
         return;
     };
     let snapshot = &head.snapshot;
-    let pool = match head.routed {
-        Routed::Pool(pool) => Some(snapshot.pools[pool].state.name.as_str()),
-        _ => None,
-    };
+    let pool = head
+        .routed
+        .pool()
+        .map(|pool| snapshot.pools[pool].state.name.as_str());
     let at = Instant::now();
     log.record(&Line {
         client: context.client,
@@ -236,7 +236,10 @@ async fn proxy(
     let shared = &context.shared;
     let timeouts = &shared.settings.timeouts;
     let snapshot = &head.snapshot;
-    let pool = match &head.routed {
+    let settled =
+        crate::rate_limit::settle(shared, snapshot, context.listener, head.route, &head.routed)
+            .await;
+    let pool = match settled.as_ref().unwrap_or(&head.routed) {
         Routed::Pool(pool) => &*snapshot.pools[*pool],
         // A route's own answer, a client over its rate, no route, or a pool the configuration
         // lacks (now).

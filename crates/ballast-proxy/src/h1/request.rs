@@ -86,11 +86,11 @@ pub(super) fn parse_request(
                 .map(|h| h.value)
         };
         let (routed, route) = routing.route(listener, request, client_ip, header);
-        let affinity = match &routed {
-            Routed::Pool(pool) => {
-                Affinity::of_raw(&routing.pools[*pool], request.target, headers, client_ip)
+        let affinity = match routed.pool() {
+            Some(pool) => {
+                Affinity::of_raw(&routing.pools[pool], request.target, headers, client_ip)
             }
-            _ => Affinity::default(),
+            None => Affinity::default(),
         };
         (routed, route, affinity)
     })

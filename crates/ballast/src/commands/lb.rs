@@ -167,6 +167,10 @@ pub(crate) struct LbArgs {
     /// IDs are on: with the access log, or with this).
     #[arg(long)]
     request_id_header: bool,
+    /// A Redis node routes with `rate_scope = "fleet"` count on (repeat for several; a client's
+    /// key picks its node): redis://[:PASSWORD@]HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    rate_limit_redis: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -289,6 +293,9 @@ impl LbArgs {
             });
         }
         settings.request_id_header |= self.request_id_header;
+        if !self.rate_limit_redis.is_empty() {
+            settings.rate_limit_redis.clone_from(&self.rate_limit_redis);
+        }
         Ok(settings)
     }
 

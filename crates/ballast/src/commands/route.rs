@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use ballast_config::route::Route;
+use ballast_config::route::{OnRedisError, RateScope, Route};
 use clap::{Args, Subcommand};
 use hyper::Method;
 use serde_json::{Value, json};
@@ -107,6 +107,14 @@ struct RouteArgs {
     /// [default: client_ip].
     #[arg(long, value_name = "SOURCE")]
     rate_key: Option<String>,
+    /// With --rate: counted by each LB (local) or over the LBs' Redis nodes (fleet)
+    /// [default: local].
+    #[arg(long, value_name = "SCOPE")]
+    rate_scope: Option<RateScope>,
+    /// With --rate-scope fleet: allow or deny a request Redis gives no verdict for in time
+    /// [default: allow].
+    #[arg(long, value_name = "POLICY")]
+    on_redis_error: Option<OnRedisError>,
 }
 
 impl RouteArgs {
@@ -126,6 +134,8 @@ impl RouteArgs {
             rate: self.rate.clone(),
             burst: self.burst,
             rate_key: self.rate_key.clone(),
+            rate_scope: self.rate_scope,
+            on_redis_error: self.on_redis_error,
         }
     }
 }
