@@ -94,7 +94,14 @@ pub struct PoolPolicy {
     #[schema(minimum = 1, maximum = 1_000_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests: Option<u32>,
-    /// Requests that may wait for a backend under its `max_requests` (default 0: none wait).
+    /// Connections the LB keeps open to one backend, busy or idle (over every LB worker), for
+    /// HTTP/1.1 and TCP pools: each carries one request or session at a time, so it caps those
+    /// in flight too, and idle connections are closed to make room for busy ones.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Requests that may wait for a backend under its `max_requests` or `max_connections`
+    /// (default 0: none wait).
     #[schema(minimum = 0, maximum = 1_000_000)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_size: Option<u32>,

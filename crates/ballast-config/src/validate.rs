@@ -251,6 +251,25 @@ fn check_policy(policy: &crate::model::PoolPolicy) -> Result<(), Invalid> {
     {
         return Err(Invalid::new("max_requests", "from 1 to 1000000 requests"));
     }
+    if policy
+        .max_connections
+        .is_some_and(|n| !(1..=1_000_000).contains(&n))
+    {
+        return Err(Invalid::new(
+            "max_connections",
+            "from 1 to 1000000 connections",
+        ));
+    }
+    if policy.max_connections.is_some()
+        && policy
+            .protocol
+            .is_some_and(|p| p != crate::model::UpstreamProtocol::Http1)
+    {
+        return Err(Invalid::new(
+            "max_connections",
+            "HTTP/2 carries many requests per connection: cap them with max_requests",
+        ));
+    }
     for (field, value) in [
         ("queue_size", policy.queue_size),
         ("retry_budget_min", policy.retry_budget_min),
@@ -259,10 +278,13 @@ fn check_policy(policy: &crate::model::PoolPolicy) -> Result<(), Invalid> {
             return Err(Invalid::new(field, "at most 1000000"));
         }
     }
-    if policy.max_requests.is_none() && policy.queue_size.is_some_and(|n| n > 0) {
+    if policy.max_requests.is_none()
+        && policy.max_connections.is_none()
+        && policy.queue_size.is_some_and(|n| n > 0)
+    {
         return Err(Invalid::new(
             "queue_size",
-            "requests queue for a backend under its max_requests: set max_requests too",
+            "requests queue for a backend under its max_requests or max_connections: set one",
         ));
     }
     check_backend_tls(policy)?;
@@ -482,6 +504,7 @@ mod tests {
             send_proxy_protocol: Some(crate::model::ProxyProtocol::V1),
             slow_start_ms: Some(30_000),
             max_requests: Some(100),
+            max_connections: None,
             queue_size: Some(50),
             queue_timeout_ms: Some(500),
             retry_budget_percent: Some(25.0),
@@ -530,6 +553,29 @@ mod tests {
                     ..good.clone()
                 },
                 "sticky_cookie: a cookie name",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    max_connections: Some(10),
+                    ..good.clone()
+                },
+                "max_connections: HTTP/2 carries many requests",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    protocol: Some(crate::model::UpstreamProtocol::Http1),
+                    tls: Some(true),
+                    max_connections: Some(0),
+                    ..good.clone()
+                },
+                "max_connections: from 1 to 1000000",
+            ),
+            (
+                crate::model::PoolPolicy {
+                    max_requests: None,
+                    ..good.clone()
+                },
+                "queue_size: requests queue for a backend",
             ),
             (
                 crate::model::PoolPolicy {

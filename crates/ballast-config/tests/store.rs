@@ -343,6 +343,7 @@ async fn pool_policies_round_trip(store: SqlStore) {
             send_proxy_protocol: Some(ballast_config::ProxyProtocol::V2),
             slow_start_ms: Some(30_000),
             max_requests: Some(64),
+            max_connections: None,
             queue_size: Some(128),
             queue_timeout_ms: Some(250),
             retry_budget_percent: Some(10.0),
@@ -366,6 +367,8 @@ async fn pool_policies_round_trip(store: SqlStore) {
     // Replaced whole: what is left out falls back to the defaults.
     let policy = ballast_config::PoolPolicy {
         retries: Some(5),
+        max_connections: Some(32),
+        queue_size: Some(8),
         ..Default::default()
     };
     store

@@ -37,9 +37,10 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> impl 
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let page = shared.metrics.render(
         Format::negotiate(accept),
-        backends
-            .iter()
-            .map(|b| (&b.counters, b.balance.load().in_flight())),
+        backends.iter().map(|b| {
+            let in_flight = b.balance.load().in_flight();
+            (&b.counters, in_flight, b.connections.count())
+        }),
     );
     ([(header::CONTENT_TYPE, page.content_type)], page.body)
 }

@@ -303,18 +303,32 @@ impl<'a> Attempt<'a> {
             }
             let (connection, reused) = match taken {
                 Some(connection) => (connection, true),
-                None => match C::connect(&dial).await {
-                    Ok(connection) => {
-                        connection.connected(&dial);
-                        (connection, false)
+                None => {
+                    let Some(opened) = backend
+                        .connections
+                        .open(
+                            pool.protection.max_connections,
+                            &shared.reap,
+                            dial.connect_timeout,
+                        )
+                        .await
+                    else {
+                        self.failure = Failure::Overloaded;
+                        return None;
+                    };
+                    match C::connect(&dial, opened).await {
+                        Ok(connection) => {
+                            connection.connected(&dial);
+                            (connection, false)
+                        }
+                        Err(error) => {
+                            tracing::debug!(backend = %backend.address, %error, "backend connect failed");
+                            shared.failure(pool, index);
+                            self.failure = Failure::Connect;
+                            continue;
+                        }
                     }
-                    Err(error) => {
-                        tracing::debug!(backend = %backend.address, %error, "backend connect failed");
-                        shared.failure(pool, index);
-                        self.failure = Failure::Connect;
-                        continue;
-                    }
-                },
+                }
             };
             let chosen = Try {
                 index,

@@ -598,12 +598,7 @@ impl Forwarded {
                 logged.write(finish.sent);
             }
             if let (true, Connection::Http1(sender)) = (reusable, finish.connection) {
-                upstream::give_back::<Sender>(
-                    finish.backend.slot,
-                    sender,
-                    &finish.backend.counters.pooled_now,
-                    finish.owner,
-                );
+                upstream::give_back::<Sender>(&finish.backend, sender, finish.owner);
             }
         }
     }

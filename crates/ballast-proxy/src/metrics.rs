@@ -33,6 +33,7 @@ pub struct Metrics {
     queue_waits: Family<Labels, Histogram, fn() -> Histogram>,
     retries_refused: Family<Labels, Counter>,
     pooled: Family<Labels, Gauge>,
+    open: Family<Labels, Gauge>,
     client_connections: Gauge,
     accept_errors: Counter,
     proxy_header_errors: Counter,
@@ -111,6 +112,7 @@ pub struct BackendCounters {
     in_flight: Gauge,
     weight: Gauge,
     pooled: Gauge,
+    open: Gauge,
     /// Idle pooled connections to this backend over all workers.
     pub pooled_now: Arc<AtomicI64>,
 }
@@ -208,6 +210,7 @@ impl Metrics {
         );
         let retries_refused = Family::<Labels, Counter>::default();
         let pooled = Family::<Labels, Gauge>::default();
+        let open = Family::<Labels, Gauge>::default();
         let client_connections = Gauge::default();
         let accept_errors = Counter::default();
         let proxy_header_errors = Counter::default();
@@ -310,7 +313,7 @@ impl Metrics {
         );
         registry.register(
             "ballast_pool_queued_requests",
-            "Requests waiting for a backend under its max_requests, by pool",
+            "Requests waiting for a backend under its max_requests or max_connections, by pool",
             queued.clone(),
         );
         registry.register(
@@ -327,6 +330,11 @@ impl Metrics {
             "ballast_backend_pooled_connections",
             "Idle keep-alive connections to each backend",
             pooled.clone(),
+        );
+        registry.register(
+            "ballast_backend_connections",
+            "Connections open to each backend, busy or idle, over every worker (what max_connections caps)",
+            open.clone(),
         );
         registry.register(
             "ballast_client_connections",
@@ -371,6 +379,7 @@ impl Metrics {
             queue_waits,
             retries_refused,
             pooled,
+            open,
             client_connections,
             accept_errors,
             proxy_header_errors,
@@ -453,6 +462,7 @@ impl Metrics {
             in_flight: self.in_flight.get_or_create(&plain).clone(),
             weight: self.weights.get_or_create(&plain).clone(),
             pooled: self.pooled.get_or_create(&plain).clone(),
+            open: self.open.get_or_create(&plain).clone(),
             pooled_now: Arc::default(),
         }
     }
@@ -504,16 +514,17 @@ impl Metrics {
     }
 
     /// The page in `format`, after reading the live gauges: `backends` gives each backend's
-    /// counters and its in-flight count.
+    /// counters, its in-flight count and its open connections.
     pub fn render<'a>(
         &self,
         format: Format,
-        backends: impl Iterator<Item = (&'a BackendCounters, u64)>,
+        backends: impl Iterator<Item = (&'a BackendCounters, u64, u32)>,
     ) -> Page {
-        for (counters, in_flight) in backends {
+        for (counters, in_flight, open) in backends {
             counters
                 .in_flight
                 .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+            counters.open.set(i64::from(open));
             counters
                 .pooled
                 .set(counters.pooled_now.load(Ordering::Relaxed));

@@ -4,6 +4,11 @@
 //! - **A cap per backend** (`max_requests`): requests in flight on one backend, counted over
 //!   every worker by the backend's own load counter and taken with a compare-and-swap, so the cap
 //!   holds exactly, never overshot by a race. A backend at its cap is passed over for another.
+//! - **A cap on connections per backend** (`max_connections`, HTTP/1.1 and TCP): a connection
+//!   carries one request at a time, so the cap bounds requests in flight as `max_requests`
+//!   does; and since each worker keeps its own idle connections, a request that needs a new one
+//!   while the backend's connections are all open asks every worker to close an idle one
+//!   ([`Connections::open`]), as HAProxy closes idle server connections to stay under `maxconn`.
 //! - **A bounded queue per pool** (`queue_size`, `queue_timeout`): when every backend is at its
 //!   cap, a request waits for the first to free a slot; past the queue's size, or after waiting
 //!   its timeout, the client gets 503 with `Retry-After` rather than a backend getting more.
@@ -14,11 +19,11 @@
 //! taken as before) and holds nothing more than its in-flight count.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ballast_balance::InFlight;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::key::Affinity;
 use crate::state::{Chosen, PoolSnapshot, PoolState};
@@ -127,7 +132,7 @@ pub(crate) async fn admit(
     retry: bool,
 ) -> Result<(usize, Held), Refusal> {
     let state = &*pool.state;
-    let limit = state.protection.max_requests.map(u64::from);
+    let limit = state.protection.in_flight_cap().map(u64::from);
     if let Some(index) = affinity.sticky.and_then(|token| pool.stuck_to(token))
         && !tried.contains(&index)
     {
@@ -173,6 +178,93 @@ pub(crate) async fn admit(
         if tokio::time::timeout(left, freed).await.is_err() {
             return Err(Refusal::Overloaded);
         }
+    }
+}
+
+/// The connections the LB holds open to one backend, busy or idle, over every worker (kept
+/// across rebuilds, counted whether or not the pool caps them, so a cap set later holds at once).
+#[derive(Debug, Default)]
+pub(crate) struct Connections {
+    open: AtomicU32,
+    /// Requests waiting for room under the cap: until none do, idle connections to the
+    /// backend are closed rather than kept.
+    wanted: AtomicU32,
+    /// Woken each time one of them closes while some wait.
+    closed: Notify,
+}
+
+impl Connections {
+    /// Room for one more connection under `cap` (no cap: at once). At the cap, every worker is
+    /// asked, through `reap`, to close an idle connection to the backend; the request waits for
+    /// one to close, at most `timeout` (`None`: it did not, the backend is at its cap).
+    pub(crate) async fn open(
+        self: &Arc<Self>,
+        cap: Option<u32>,
+        reap: &watch::Sender<u64>,
+        timeout: Duration,
+    ) -> Option<Opened> {
+        let Some(cap) = cap else {
+            return Some(self.opened());
+        };
+        let started = Instant::now();
+        let mut wanting = None;
+        loop {
+            // Listening before trying, so a connection closed in between is not missed.
+            let mut closed = std::pin::pin!(self.closed.notified());
+            closed.as_mut().enable();
+            let room = self
+                .open
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < cap).then_some(n + 1)
+                });
+            if room.is_ok() {
+                return Some(Opened(Arc::clone(self)));
+            }
+            if wanting.is_none() {
+                self.wanted.fetch_add(1, Ordering::Relaxed);
+                wanting = Some(Wanting(self));
+            }
+            reap.send_modify(|round| *round = round.wrapping_add(1));
+            let left = timeout.checked_sub(started.elapsed())?;
+            tokio::time::timeout(left, closed).await.ok()?;
+        }
+    }
+
+    /// One more connection, counted without a cap (a TCP session's: those are capped as they
+    /// are admitted).
+    pub(crate) fn opened(self: &Arc<Self>) -> Opened {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Opened(Arc::clone(self))
+    }
+
+    /// Whether requests wait for one of the backend's connections to close.
+    pub(crate) fn wanted(&self) -> u32 {
+        self.wanted.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now.
+    pub(crate) fn count(&self) -> u32 {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// A request's claim to room under the cap while it waits, given up when it is dropped.
+struct Wanting<'c>(&'c Connections);
+
+impl Drop for Wanting<'_> {
+    fn drop(&mut self) {
+        self.0.wanted.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One open connection's place under its backend's cap, given back when the connection closes.
+#[derive(Debug)]
+pub(crate) struct Opened(Arc<Connections>);
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.closed.notify_one();
     }
 }
 

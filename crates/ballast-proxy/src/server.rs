@@ -621,14 +621,25 @@ async fn maintain_snapshot(shared: Arc<Shared>, mut shutdown: watch::Receiver<bo
     }
 }
 
-/// Closes this worker's idle backend connections past their idle timeout.
+/// Closes this worker's idle backend connections past their idle timeout, and at once those to a
+/// backend that a request waits for room under its `max_connections`.
 async fn sweep_idle(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let idle = shared.settings.timeouts.idle;
     let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut ticks = tokio::time::interval(period);
+    let mut reap = shared.reap.subscribe();
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
+            _ = reap.changed() => {
+                for backend in shared.backends() {
+                    let wanted = backend.connections.wanted() as usize;
+                    if wanted > 0 {
+                        upstream::close_idle(backend.slot, wanted, &backend.counters.pooled_now);
+                    }
+                }
+                continue;
+            }
             _ = crate::shutdown::stopping(&mut shutdown) => return,
         }
         let backends = shared.backends();

@@ -226,6 +226,8 @@ pub(crate) struct Pool {
 pub(crate) struct Protection {
     /// Requests one backend may have in flight, over every worker.
     pub max_requests: Option<u32>,
+    /// Connections open to one backend, busy or idle, over every worker.
+    pub max_connections: Option<u32>,
     /// Requests that may wait for a backend under its cap.
     pub queue_size: u32,
     /// How long one may wait.
@@ -240,10 +242,20 @@ impl Protection {
     pub(crate) fn of(policy: &PoolPolicy) -> Self {
         Self {
             max_requests: policy.max_requests,
+            max_connections: policy.max_connections,
             queue_size: policy.queue_size.unwrap_or(0),
             queue_timeout: Duration::from_millis(policy.queue_timeout_ms.unwrap_or(1_000)),
             retry_budget: policy.retry_budget_percent.unwrap_or(20.0) / 100.0,
             retry_budget_min: policy.retry_budget_min.unwrap_or(3),
+        }
+    }
+
+    /// Requests one backend may have in flight: its `max_requests`, or where fewer, its
+    /// `max_connections`, since a connection carries one request (or TCP session) at a time.
+    pub(crate) fn in_flight_cap(&self) -> Option<u32> {
+        match (self.max_requests, self.max_connections) {
+            (Some(requests), Some(connections)) => Some(requests.min(connections)),
+            (requests, connections) => requests.or(connections),
         }
     }
 }
@@ -735,6 +747,7 @@ struct FilePool {
     #[serde(default, with = "humantime_serde_opt")]
     slow_start: Option<Duration>,
     max_requests: Option<u32>,
+    max_connections: Option<u32>,
     queue_size: Option<u32>,
     #[serde(default, with = "humantime_serde_opt")]
     queue_timeout: Option<Duration>,
@@ -776,6 +789,7 @@ impl FilePool {
                 send_proxy_protocol: self.send_proxy_protocol,
                 slow_start_ms: millis(self.slow_start),
                 max_requests: self.max_requests,
+                max_connections: self.max_connections,
                 queue_size: self.queue_size,
                 queue_timeout_ms: millis(self.queue_timeout),
                 retry_budget_percent: self.retry_budget_percent,

@@ -43,6 +43,8 @@ pub(crate) struct BackendState {
     pub ramp: Arc<Ramp>,
     /// What a sticky cookie names it by ([`crate::sticky`]).
     pub sticky_token: u64,
+    /// The connections open to it.
+    pub connections: Arc<crate::protection::Connections>,
     /// Its metric handles.
     pub counters: BackendCounters,
 }
@@ -387,6 +389,9 @@ pub(crate) struct Shared {
     pub clock: Clock,
     /// Woken when an ejection starts, so the snapshot is rebuilt.
     pub changed: Notify,
+    /// Bumped when a request waits for room under a backend's `max_connections`: each worker
+    /// then closes idle connections to backends that requests wait for.
+    pub reap: tokio::sync::watch::Sender<u64>,
     /// Set once SIGTERM or SIGINT has arrived.
     pub draining: AtomicBool,
     /// Managed mode: since when the configuration database cannot be reached, if it cannot.
@@ -426,6 +431,7 @@ impl Shared {
             metrics,
             clock: Clock::default(),
             changed: Notify::new(),
+            reap: tokio::sync::watch::Sender::new(0),
             draining: AtomicBool::new(false),
             config_unreachable_since: std::sync::Mutex::new(None),
             next_slot: AtomicUsize::new(0),
@@ -700,6 +706,7 @@ impl Shared {
                             outlier: Arc::clone(&kept.outlier),
                             ramp: Arc::clone(&kept.ramp),
                             sticky_token: kept.sticky_token,
+                            connections: Arc::clone(&kept.connections),
                             counters: kept.counters.clone(),
                         },
                         None => BackendState {
@@ -709,6 +716,7 @@ impl Shared {
                             outlier: Arc::default(),
                             ramp: Arc::default(),
                             sticky_token: crate::sticky::token(b.address),
+                            connections: Arc::default(),
                             counters: self.metrics.backend(&pool.name, &id),
                         },
                     })
@@ -730,7 +738,7 @@ impl Shared {
             protection: pool.protection,
             queue: match before {
                 Some(before) if before.protection == pool.protection => before.queue.clone(),
-                _ => (pool.protection.max_requests.is_some() && pool.protection.queue_size > 0)
+                _ => (pool.protection.in_flight_cap().is_some() && pool.protection.queue_size > 0)
                     .then(|| {
                         let protection = &pool.protection;
                         Arc::new(Queue::new(protection.queue_size, protection.queue_timeout))

@@ -69,6 +69,7 @@ pub(crate) async fn proxy<S>(
                 continue;
             }
         };
+        let _opened = backend.connections.opened();
         let _ = upstream.set_nodelay(true);
         if let Some(version) = pool.state.send_proxy_protocol {
             let header = crate::proxy_protocol::header(version, peer, local);

@@ -24,6 +24,8 @@ use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
 use crate::hyper_path::ClientBody;
+use crate::protection::Opened;
+use crate::state::BackendState;
 use ballast_health::BackendTls;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{Either, Empty};
@@ -67,8 +69,9 @@ pub(crate) struct Dial<'a> {
 /// What a request holds of a backend connection while it uses it: a connection alone, or a
 /// stream of a shared one.
 pub(crate) trait Upstream: Sized + 'static {
-    /// Opens a new connection.
-    fn connect(dial: &Dial<'_>) -> impl Future<Output = Result<Self, ConnectError>>;
+    /// Opens a new connection, which holds `opened` for as long as it is open.
+    fn connect(dial: &Dial<'_>, opened: Opened)
+    -> impl Future<Output = Result<Self, ConnectError>>;
     /// One from this worker's connections to the backend, if one is fit for the request; and
     /// whether one it passed over held bytes nobody asked for.
     fn take(dial: &Dial<'_>) -> (Option<Self>, bool);
@@ -138,17 +141,18 @@ fn take_idle<C: Exclusive>(dial: &Dial<'_>) -> (Option<C>, bool) {
     })
 }
 
-/// Returns a connection whose last response was read in full; one that is not fit for another
-/// exchange is closed instead.
+/// Returns a connection to `backend` whose last response was read in full; one that is not
+/// fit for another exchange is closed instead, as is one a request waits to have closed (its
+/// backend is at its `max_connections`).
 pub(crate) fn give_back<C: Exclusive>(
-    slot: usize,
+    backend: &BackendState,
     connection: C,
-    pooled: &AtomicI64,
     owner: Option<SocketAddr>,
 ) {
-    if !connection.reusable() {
+    if !connection.reusable() || backend.connections.wanted() > 0 {
         return;
     }
+    let (slot, pooled) = (backend.slot, &*backend.counters.pooled_now);
     C::cache().with_borrow_mut(|cache| {
         if cache.slots.len() <= slot {
             cache.slots.resize_with(slot + 1, Vec::new);
@@ -204,6 +208,24 @@ pub(crate) fn release<'a>(owner: SocketAddr, pooled_of: impl Fn(usize) -> Option
             count(slot, before - connections.len());
         }
     });
+}
+
+/// Closes up to `count` of this worker's idle connections to the backend at `slot`, the longest
+/// idle first, for requests that wait for room under the backend's `max_connections`.
+pub(crate) fn close_idle(slot: usize, count: usize, pooled: &AtomicI64) {
+    fn close_kind<C: Exclusive>(slot: usize, count: usize, pooled: &AtomicI64) -> usize {
+        C::cache().with_borrow_mut(|cache| {
+            let Some(idle) = cache.slots.get_mut(slot) else {
+                return 0;
+            };
+            let closed = count.min(idle.len());
+            idle.drain(..closed);
+            pooled.fetch_sub(closed as i64, Ordering::Relaxed);
+            closed
+        })
+    }
+    let raw = close_kind::<Raw>(slot, count, pooled);
+    close_kind::<Sender>(slot, count - raw, pooled);
 }
 
 fn sweep_kind<'a, C: Exclusive>(
@@ -272,13 +294,15 @@ async fn connect_tls(dial: &Dial<'_>, tls: &BackendTls) -> Result<BackendTlsStre
 
 type BackendTlsStream = tokio_rustls::client::TlsStream<TcpStream>;
 
-/// An HTTP/1.1 client connection over `io`, driven by its own task.
-async fn http1_over<I>(io: I, address: SocketAddr) -> Result<Sender, ConnectError>
+/// An HTTP/1.1 client connection over `io`, driven by its own task (which holds `opened`
+/// until the connection ends).
+async fn http1_over<I>(io: I, address: SocketAddr, opened: Opened) -> Result<Sender, ConnectError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
+        let _opened = opened;
         if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%address, %error, "backend connection ended");
         }
@@ -287,7 +311,7 @@ where
 }
 
 /// An HTTP/2 client connection over `io`, driven by its own task, with a first stream on it.
-async fn http2_over<I>(io: I, address: SocketAddr) -> Result<H2Stream, ConnectError>
+async fn http2_over<I>(io: I, address: SocketAddr, opened: Opened) -> Result<H2Stream, ConnectError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -298,6 +322,7 @@ where
         .handshake(TokioIo::new(io))
         .await?;
     tokio::spawn(async move {
+        let _opened = opened;
         if let Err(error) = connection.await {
             tracing::debug!(%address, %error, "backend HTTP/2 connection ended");
         }
@@ -314,13 +339,15 @@ where
 pub(crate) struct Raw {
     pub(crate) stream: TcpStream,
     pub(crate) buffer: BytesMut,
+    _opened: Opened,
 }
 
 impl Upstream for Raw {
-    async fn connect(dial: &Dial<'_>) -> Result<Self, ConnectError> {
+    async fn connect(dial: &Dial<'_>, opened: Opened) -> Result<Self, ConnectError> {
         Ok(Self {
             stream: connect_tcp(dial).await?,
             buffer: BytesMut::with_capacity(8 * 1024),
+            _opened: opened,
         })
     }
 
@@ -367,10 +394,10 @@ impl Upstream for Sender {
         take_idle(dial)
     }
 
-    async fn connect(dial: &Dial<'_>) -> Result<Self, ConnectError> {
+    async fn connect(dial: &Dial<'_>, opened: Opened) -> Result<Self, ConnectError> {
         match dial.tls {
-            None => http1_over(connect_tcp(dial).await?, dial.address).await,
-            Some(tls) => http1_over(connect_tls(dial, tls).await?, dial.address).await,
+            None => http1_over(connect_tcp(dial).await?, dial.address, opened).await,
+            Some(tls) => http1_over(connect_tls(dial, tls).await?, dial.address, opened).await,
         }
     }
 }
@@ -443,10 +470,10 @@ impl Drop for H2Stream {
 }
 
 impl Upstream for H2Stream {
-    async fn connect(dial: &Dial<'_>) -> Result<Self, ConnectError> {
+    async fn connect(dial: &Dial<'_>, opened: Opened) -> Result<Self, ConnectError> {
         match dial.tls {
-            None => http2_over(connect_tcp(dial).await?, dial.address).await,
-            Some(tls) => http2_over(connect_tls(dial, tls).await?, dial.address).await,
+            None => http2_over(connect_tcp(dial).await?, dial.address, opened).await,
+            Some(tls) => http2_over(connect_tls(dial, tls).await?, dial.address, opened).await,
         }
     }
 
@@ -505,15 +532,19 @@ pub(crate) enum Negotiated {
 }
 
 impl Upstream for Negotiated {
-    async fn connect(dial: &Dial<'_>) -> Result<Self, ConnectError> {
+    async fn connect(dial: &Dial<'_>, opened: Opened) -> Result<Self, ConnectError> {
         let Some(tls) = dial.tls else {
-            return Sender::connect(dial).await.map(Self::Http1);
+            return Sender::connect(dial, opened).await.map(Self::Http1);
         };
         let stream = connect_tls(dial, tls).await?;
         if ballast_health::speaks_h2(&stream) {
-            http2_over(stream, dial.address).await.map(Self::Http2)
+            http2_over(stream, dial.address, opened)
+                .await
+                .map(Self::Http2)
         } else {
-            http1_over(stream, dial.address).await.map(Self::Http1)
+            http1_over(stream, dial.address, opened)
+                .await
+                .map(Self::Http1)
         }
     }
 

@@ -192,6 +192,7 @@ fn pool_from(row: &AnyRow) -> Result<PoolSpec, sqlx::Error> {
                 .map_err(|e: crate::validate::Invalid| sqlx::Error::Decode(e.reason.into()))?,
             slow_start_ms: whole(row, "slow_start_ms")?,
             max_requests: small(row, "max_requests")?,
+            max_connections: small(row, "max_connections")?,
             queue_size: small(row, "queue_size")?,
             queue_timeout_ms: whole(row, "queue_timeout_ms")?,
             retry_budget_percent: row.try_get("retry_budget_percent")?,

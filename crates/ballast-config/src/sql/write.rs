@@ -386,7 +386,7 @@ const POLICY_COLUMNS: &str = "retries, connect_timeout_ms, response_timeout_ms, 
      phi_min_std_dev_ms, phi_acceptable_pause_ms, protocol, send_proxy_protocol, \
      slow_start_ms, max_requests, queue_size, queue_timeout_ms, retry_budget_percent, \
      retry_budget_min, sticky_cookie, tls, ca_file, server_name, client_cert, client_key, \
-     insecure_skip_verify";
+     insecure_skip_verify, max_connections";
 
 /// `$first, $first+1, …`, one per column of `columns`.
 fn placeholders(first: usize, columns: &str) -> String {
@@ -435,5 +435,6 @@ impl<'q> BindPolicy<'q> for sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>
             .bind(policy.client_cert.as_deref())
             .bind(policy.client_key.as_deref())
             .bind(policy.insecure_skip_verify.map(i64::from))
+            .bind(policy.max_connections.map(i64::from))
     }
 }

@@ -484,8 +484,7 @@ async fn respond(
     } else if response.backend_keep_alive
         && backend.outlier.reuses_connections(shared.clock.now_ms())
     {
-        let pooled = &backend.counters.pooled_now;
-        upstream::give_back(backend.slot, upstream, pooled, tried.owner);
+        upstream::give_back(backend, upstream, tried.owner);
     }
     Ok(if response.client_keep_alive {
         Next::KeepAlive

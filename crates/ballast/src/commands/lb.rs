@@ -20,6 +20,7 @@ use clap::{Args, ValueEnum};
 use super::algorithm_args::AlgorithmArgs;
 
 #[derive(Debug, Clone, Args)]
+#[group(id = "cap", multiple = true, args = ["max_requests", "max_connections"])]
 pub(crate) struct LbArgs {
     /// Where clients connect (port 0: any free port, printed when ready). Repeat for several
     /// listeners; in managed mode each serves the --pool in the same position.
@@ -85,11 +86,16 @@ pub(crate) struct LbArgs {
     /// backend, the queue (--queue-size) or 503 with Retry-After.
     #[arg(long, value_name = "N", conflicts_with_all = ["config", "db"])]
     max_requests: Option<u32>,
-    /// Requests that may wait for a backend under its --max-requests [default: 0].
-    #[arg(long, value_name = "N", requires = "max_requests")]
+    /// Connections open to one backend, busy or idle, over every worker (HTTP/1.1 and TCP):
+    /// each carries one request at a time, so it caps requests in flight as --max-requests does.
+    #[arg(long, value_name = "N", conflicts_with_all = ["config", "db"])]
+    max_connections: Option<u32>,
+    /// Requests that may wait for a backend under its --max-requests or --max-connections
+    /// [default: 0].
+    #[arg(long, value_name = "N", requires = "cap")]
     queue_size: Option<u32>,
     /// How long a request may wait in the queue [default: 1s].
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "max_requests")]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "cap")]
     queue_timeout: Option<Duration>,
     /// Keep each client on the backend it first reached, by a cookie of this name (set by the
     /// LB, an opaque token); a client whose backend stops taking traffic moves on.
@@ -253,6 +259,7 @@ impl LbArgs {
                             send_proxy_protocol: self.send_proxy_protocol,
                             slow_start_ms: self.slow_start.map(millis),
                             max_requests: self.max_requests,
+                            max_connections: self.max_connections,
                             queue_size: self.queue_size,
                             queue_timeout_ms: self.queue_timeout.map(millis),
                             sticky_cookie: self.sticky_cookie.clone(),

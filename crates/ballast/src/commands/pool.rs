@@ -124,7 +124,12 @@ struct PolicyArgs {
     /// Requests one backend may have in flight (over every LB worker) [default: no limit].
     #[arg(long, value_name = "N")]
     max_requests: Option<u32>,
-    /// Requests that may wait for a backend under its --max-requests [default: 0].
+    /// Connections open to one backend, busy or idle, over every LB worker (HTTP/1.1 and TCP)
+    /// [default: no limit].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<u32>,
+    /// Requests that may wait for a backend under its --max-requests or --max-connections
+    /// [default: 0].
     #[arg(long, value_name = "N")]
     queue_size: Option<u32>,
     /// How long a request may wait in the queue [default: 1s].
@@ -184,6 +189,7 @@ impl PolicyArgs {
             ("phi_acceptable_pause_ms", ms(&self.phi_acceptable_pause)),
             ("slow_start_ms", ms(&self.slow_start)),
             ("max_requests", self.max_requests.map(u64::from)),
+            ("max_connections", self.max_connections.map(u64::from)),
             ("queue_size", self.queue_size.map(u64::from)),
             ("queue_timeout_ms", ms(&self.queue_timeout)),
             ("retry_budget_min", self.retry_budget_min.map(u64::from)),
