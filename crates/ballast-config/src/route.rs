@@ -147,6 +147,64 @@ pub struct RateLimitSpec {
     pub on_redis_error: OnRedisError,
 }
 
+/// A rate limit as a route or a listener writes it, field by field, for [`RateFields::spec`] to
+/// check and complete: one grammar for both.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateFields<'a> {
+    /// `100/s`, `6000/m`, `10000/h`.
+    pub rate: Option<&'a str>,
+    /// Requests at once above the rate (default: the rate's count).
+    pub burst: Option<u32>,
+    /// A hash key: `client_ip` (the default), `header:NAME`, `cookie:NAME` or `path`.
+    pub rate_key: Option<&'a str>,
+    /// `local` (the default) or `fleet`.
+    pub rate_scope: Option<RateScope>,
+    /// With `fleet`: `allow` (the default) or `deny`.
+    pub on_redis_error: Option<OnRedisError>,
+}
+
+impl RateFields<'_> {
+    /// The limit they describe (`None`: no `rate`), with its defaults; or the first field that
+    /// is wrong.
+    pub fn spec(&self) -> Result<Option<RateLimitSpec>, Invalid> {
+        if self.on_redis_error.is_some() && self.rate_scope != Some(RateScope::Fleet) {
+            return Err(Invalid::new(
+                "on_redis_error",
+                "only with rate_scope = \"fleet\"",
+            ));
+        }
+        let Some(rate) = self.rate else {
+            for (field, set) in [
+                ("burst", self.burst.is_some()),
+                ("rate_key", self.rate_key.is_some()),
+                ("rate_scope", self.rate_scope.is_some()),
+            ] {
+                if set {
+                    return Err(Invalid::new(field, "only with rate"));
+                }
+            }
+            return Ok(None);
+        };
+        let rate: Rate = rate.parse().map_err(|e| Invalid::new("rate", e))?;
+        if self.burst.is_some_and(|b| !(1..=1_000_000).contains(&b)) {
+            return Err(Invalid::new("burst", "from 1 to 1000000 requests"));
+        }
+        let key = match self.rate_key {
+            Some(key) => key
+                .parse::<crate::HashKeySpec>()
+                .map_err(|e| Invalid::new("rate_key", e))?,
+            None => crate::HashKeySpec::ClientIp,
+        };
+        Ok(Some(RateLimitSpec {
+            rate,
+            burst: self.burst.unwrap_or(rate.count.min(1_000_000)),
+            key,
+            scope: self.rate_scope.unwrap_or_default(),
+            on_redis_error: self.on_redis_error.unwrap_or_default(),
+        }))
+    }
+}
+
 /// A request rate: `count` requests per `per` (`100/s`, `6000/m`, `10000/h`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -301,48 +359,17 @@ impl Route {
     /// The route's rate limit, if it has one: the rate, the burst and what tells clients apart
     /// (checked: see [`Route::check_shape`]).
     pub fn rate_limit(&self) -> Option<RateLimitSpec> {
-        let rate: Rate = self.rate.as_deref()?.parse().ok()?;
-        let key = match &self.rate_key {
-            Some(key) => key.parse().ok()?,
-            None => crate::HashKeySpec::ClientIp,
-        };
-        Some(RateLimitSpec {
-            rate,
-            burst: self.burst.unwrap_or(rate.count.min(1_000_000)),
-            key,
-            scope: self.rate_scope.unwrap_or_default(),
-            on_redis_error: self.on_redis_error.unwrap_or_default(),
-        })
+        self.rate_fields().spec().ok().flatten()
     }
 
-    fn check_rate(&self) -> Result<(), Invalid> {
-        if let Some(rate) = &self.rate {
-            rate.parse::<Rate>().map_err(|e| Invalid::new("rate", e))?;
-        } else {
-            for (field, set) in [
-                ("burst", self.burst.is_some()),
-                ("rate_key", self.rate_key.is_some()),
-                ("rate_scope", self.rate_scope.is_some()),
-            ] {
-                if set {
-                    return Err(Invalid::new(field, "only with rate"));
-                }
-            }
+    fn rate_fields(&self) -> RateFields<'_> {
+        RateFields {
+            rate: self.rate.as_deref(),
+            burst: self.burst,
+            rate_key: self.rate_key.as_deref(),
+            rate_scope: self.rate_scope,
+            on_redis_error: self.on_redis_error,
         }
-        if self.on_redis_error.is_some() && self.rate_scope != Some(RateScope::Fleet) {
-            return Err(Invalid::new(
-                "on_redis_error",
-                "only with rate_scope = \"fleet\"",
-            ));
-        }
-        if self.burst.is_some_and(|b| !(1..=1_000_000).contains(&b)) {
-            return Err(Invalid::new("burst", "from 1 to 1000000 requests"));
-        }
-        if let Some(key) = &self.rate_key {
-            key.parse::<crate::HashKeySpec>()
-                .map_err(|e| Invalid::new("rate_key", e))?;
-        }
-        Ok(())
     }
 
     /// The checks of [`Route::check_shape`], and that its pool is one of `pools`.
@@ -421,7 +448,7 @@ impl Route {
         if self.retries.is_some() && self.pool.is_none() {
             return Err(Invalid::new("retries", "only a route to a pool retries"));
         }
-        self.check_rate()?;
+        self.rate_fields().spec()?;
         match (&self.pool, &self.redirect, self.status) {
             (Some(_), Some(_), _) | (Some(_), None, Some(_)) => Err(Invalid::new(
                 "pool",

@@ -30,6 +30,7 @@
 //!     serves: Serves::Pool("web".into()),
 //!     tls: Vec::new(),
 //!     proxy_protocol: false,
+//!     rate_limit: None,
 //! };
 //! let settings = Settings::new(vec![listener], vec![pool]);
 //! ballast_proxy::run(settings, ballast_proxy::Source::Static, None, |bound| {

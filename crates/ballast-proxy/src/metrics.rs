@@ -49,6 +49,9 @@ pub struct Metrics {
     rate_limited: Family<Labels, Counter>,
     rate_limit_overflows: Family<Labels, Counter>,
     rate_limit_redis_errors: Family<Labels, Counter>,
+    listener_rate_limited: Family<Labels, Counter>,
+    listener_rate_overflows: Family<Labels, Counter>,
+    listener_rate_redis_errors: Family<Labels, Counter>,
     access_log_lines: Counter,
     access_log_dropped: Counter,
 }
@@ -224,6 +227,24 @@ impl Metrics {
         let rate_limited = Family::<Labels, Counter>::default();
         let rate_limit_overflows = Family::<Labels, Counter>::default();
         let rate_limit_redis_errors = Family::<Labels, Counter>::default();
+        let listener_rate_limited = Family::<Labels, Counter>::default();
+        let listener_rate_overflows = Family::<Labels, Counter>::default();
+        let listener_rate_redis_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "ballast_listener_rate_limited",
+            "Requests answered 429 (HTTP) or connections closed (TCP) because their client was over the listener's rate, by listener",
+            listener_rate_limited.clone(),
+        );
+        registry.register(
+            "ballast_listener_rate_limit_overflows",
+            "New clients let past a listener's rate limit because its memory was full of clients over their rate",
+            listener_rate_overflows.clone(),
+        );
+        registry.register(
+            "ballast_listener_rate_limit_redis_errors",
+            "Requests or connections a listener's fleet-wide rate limit's Redis gave no verdict for in time",
+            listener_rate_redis_errors.clone(),
+        );
         registry.register(
             "ballast_rate_limit_redis_errors",
             "Requests a fleet-wide rate limit's Redis gave no verdict for in time (on_redis_error decided)",
@@ -394,6 +415,9 @@ impl Metrics {
             rate_limited,
             rate_limit_overflows,
             rate_limit_redis_errors,
+            listener_rate_limited,
+            listener_rate_overflows,
+            listener_rate_redis_errors,
             access_log_lines,
             access_log_dropped,
         }
@@ -418,6 +442,19 @@ impl Metrics {
             limited: self.rate_limited.get_or_create(&labels).clone(),
             overflowed: self.rate_limit_overflows.get_or_create(&labels).clone(),
             redis_errors: self.rate_limit_redis_errors.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// The counters of the rate limit on every request of the listener at `address`.
+    pub(crate) fn listener_rate_limit(&self, address: &str) -> crate::rate_limit::RateCounters {
+        let labels = vec![("listener", address.to_owned())];
+        crate::rate_limit::RateCounters {
+            limited: self.listener_rate_limited.get_or_create(&labels).clone(),
+            overflowed: self.listener_rate_overflows.get_or_create(&labels).clone(),
+            redis_errors: self
+                .listener_rate_redis_errors
+                .get_or_create(&labels)
+                .clone(),
         }
     }
 

@@ -1,6 +1,8 @@
-//! Rate limits per route (`rate = "100/s"`, `burst`, `rate_key`): each client — its address, or a
-//! header, cookie or path — may send `burst` requests at once and then `rate` on average; a
-//! request over it is answered 429 with `Retry-After` before any backend is chosen.
+//! Rate limits per route and per listener (`rate = "100/s"`, `burst`, `rate_key`): each client —
+//! its address, or a header, cookie or path — may send `burst` requests at once and then `rate`
+//! on average; a request over it is answered 429 with `Retry-After` before any backend is chosen
+//! (a listener's limit is counted first, on every request it takes; in TCP mode it counts
+//! connections, and one over it is closed).
 //!
 //! The algorithm is GCRA (the generic cell rate algorithm of ATM networks, as in Redis-cell and
 //! Brandur Leach's `throttled`): per client, one number, the theoretical arrival time (TAT) of
@@ -25,6 +27,7 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::fleet_rate::FleetCounter;
 use crate::key::HashKey;
+use crate::routes::Rated;
 use crate::state::{Routed, Shared, Snapshot};
 
 /// Shards of the client map: a power of two, more than the workers a server runs.
@@ -136,6 +139,38 @@ impl RateLimit {
         }
     }
 
+    /// Whether a request from `client` for `path` is within the rate (`header` finds a request
+    /// header by lower-case name, for a limit keyed by one), or must be asked of the fleet.
+    pub(crate) fn rate<'h>(
+        &self,
+        path: &str,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+        client: std::net::IpAddr,
+    ) -> Rated {
+        let key = self.key.of_lookup(path, header, client);
+        if self.is_fleet() {
+            return Rated::AskFleet(key);
+        }
+        match self.check(key) {
+            Ok(()) => Rated::Within,
+            Err(wait) => Rated::Over(wait),
+        }
+    }
+
+    /// Whether a connection from `client` may pass (a TCP listener's limit, keyed by address),
+    /// counted here or over the fleet's Redis nodes.
+    pub(crate) async fn admit(
+        &self,
+        client: std::net::IpAddr,
+        fleet: Option<&FleetCounter>,
+    ) -> Result<(), Duration> {
+        match self.rate("", |_| None, client) {
+            Rated::Within => Ok(()),
+            Rated::Over(wait) => Err(wait),
+            Rated::AskFleet(key) => self.check_fleet(fleet, key).await,
+        }
+    }
+
     /// Whether a request of the client with `key` may pass now; if not, how long until one may
     /// (what `Retry-After` says).
     pub(crate) fn check(&self, key: u64) -> Result<(), Duration> {
@@ -169,7 +204,8 @@ impl RateLimit {
 }
 
 /// Where a request goes once the fleet's Redis has counted it: `routed` itself, unless it asks
-/// the fleet ([`Routed::AskFleet`]), whose verdict is then its destination or a 429.
+/// the fleet ([`Routed::AskFleet`]: the listener's limit, then the route's), whose verdicts are
+/// then its destination or a 429.
 pub(crate) async fn settle(
     shared: &Shared,
     snapshot: &Snapshot,
@@ -177,18 +213,31 @@ pub(crate) async fn settle(
     route: Option<u32>,
     routed: &Routed,
 ) -> Option<Routed> {
-    let Routed::AskFleet { key, then } = routed else {
-        return None;
-    };
-    let limit = route.and_then(|position| snapshot.router(listener)?.rate_limit(position));
-    let verdict = match limit {
-        Some(limit) => limit.check_fleet(shared.fleet.as_deref(), *key).await,
-        None => Ok(()),
-    };
-    Some(match verdict {
-        Ok(()) => (**then).clone(),
-        Err(wait) => Routed::Limited(retry_after_secs(wait)),
-    })
+    let mut asking = routed;
+    while let Routed::AskFleet { key, by, then } = asking {
+        let limit = match by {
+            Limiter::Listener => snapshot.listener_limit(listener),
+            Limiter::Route => {
+                route.and_then(|position| snapshot.router(listener)?.rate_limit(position))
+            }
+        };
+        if let Some(limit) = limit
+            && let Err(wait) = limit.check_fleet(shared.fleet.as_deref(), *key).await
+        {
+            return Some(Routed::Limited(retry_after_secs(wait)));
+        }
+        asking = then;
+    }
+    (!std::ptr::eq(asking, routed)).then(|| asking.clone())
+}
+
+/// Whose limit a request is counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limiter {
+    /// The listener's, on every request it takes.
+    Listener,
+    /// The route's that the request took.
+    Route,
 }
 
 /// Whole seconds for `Retry-After` (RFC 9110 §10.2.3), rounded up so that a client that waits

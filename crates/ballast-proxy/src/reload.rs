@@ -161,15 +161,25 @@ pub(crate) fn apply(shared: &Shared, next: &Settings) -> Result<(), ReloadError>
     let target = |listener: &Listener| Target::of(&listener.serves, tables, &shared.metrics);
     let mut targets = shared.targets();
     targets.resize(registry.by_id.len() + prepared.len(), None);
+    let limit = |listener: &Listener| crate::state::listener_limit(listener, &shared.metrics);
+    let mut limits = shared.listener_limits();
+    limits.resize(registry.by_id.len() + prepared.len(), None);
     for &(id, position) in &kept {
-        targets[id] = Some(target(&next.listeners[position]));
+        let settings = &next.listeners[position];
+        targets[id] = Some(target(settings));
         if let Some(running) = registry.by_id[id].as_mut() {
-            running.settings = next.listeners[position].clone();
+            // A limit that stays as it was keeps what it knows of each client.
+            if running.settings.rate_limit != settings.rate_limit {
+                limits[id] = limit(settings);
+            }
+            running.settings = settings.clone();
         }
     }
     for listener in &prepared {
         targets[listener.id] = Some(target(&listener.running.settings));
+        limits[listener.id] = limit(&listener.running.settings);
     }
+    drop(limits);
     let current = shared.snapshot.load_full();
     let pools = pools.unwrap_or_else(|| current.pools.clone());
     shared.swap_in(pools, current.revision, Some(targets));
@@ -244,6 +254,7 @@ mod tests {
                 serves: Serves::Pool((*pool).to_owned()),
                 tls: Vec::new(),
                 proxy_protocol: false,
+                rate_limit: None,
             })
             .collect();
         Settings::new(listeners, Vec::new())

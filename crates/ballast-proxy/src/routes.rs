@@ -185,16 +185,9 @@ impl Router {
         header: impl Fn(&str) -> Option<&'h [u8]>,
         client: std::net::IpAddr,
     ) -> Rated {
-        let Some(Some(limit)) = self.limits.get(position as usize) else {
-            return Rated::Within;
-        };
-        let key = limit.key.of_lookup(path, header, client);
-        if limit.is_fleet() {
-            return Rated::AskFleet(key);
-        }
-        match limit.check(key) {
-            Ok(()) => Rated::Within,
-            Err(wait) => Rated::Over(wait),
+        match self.limits.get(position as usize) {
+            Some(Some(limit)) => limit.rate(path, header, client),
+            _ => Rated::Within,
         }
     }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ballast_balance::Algorithm;
-use ballast_config::route::RouteTable;
+use ballast_config::route::{OnRedisError, RateFields, RateLimitSpec, RateScope, RouteTable};
 use ballast_config::{
     AdminState, AlgorithmSpec, HashKeySpec, Health, PoolPolicy, PoolSpec, ProxyProtocol,
     UpstreamProtocol, Write,
@@ -142,6 +142,9 @@ pub struct Listener {
     /// Every connection opens with a PROXY protocol header (v1 or v2) from the balancer in
     /// front, whose client address is then the client's everywhere.
     pub proxy_protocol: bool,
+    /// A rate limit on every request of the listener (HTTP; before any route's), or on every
+    /// connection (TCP), by client: past it 429 with `Retry-After`, or the connection closed.
+    pub rate_limit: Option<RateLimitSpec>,
 }
 
 /// Where a listener sends what it accepts.
@@ -581,6 +584,21 @@ impl Settings {
                 }
                 Serves::Pool(_) => {}
             }
+            if let Some(limit) = &listener.rate_limit {
+                if listener.mode == Mode::Tcp && limit.key != ballast_config::HashKeySpec::ClientIp
+                {
+                    problems.add(
+                        format!("listeners[{i}].rate_key"),
+                        "a TCP listener tells clients apart by their address only",
+                    );
+                }
+                if limit.scope == RateScope::Fleet && self.rate_limit_redis.is_empty() {
+                    problems.add(
+                        format!("listeners[{i}].rate_scope"),
+                        "a fleet-wide rate counts on Redis: set rate_limit_redis",
+                    );
+                }
+            }
             if listener.mode == Mode::Tcp && !listener.tls.is_empty() {
                 problems.add(
                     format!("listeners[{i}].tls"),
@@ -717,6 +735,11 @@ struct FileListener {
     tls: Option<Vec<TlsFiles>>,
     #[serde(default)]
     proxy_protocol: bool,
+    rate: Option<String>,
+    burst: Option<u32>,
+    rate_key: Option<String>,
+    rate_scope: Option<RateScope>,
+    on_redis_error: Option<OnRedisError>,
 }
 
 fn http_mode() -> Mode {
@@ -907,12 +930,22 @@ impl File {
                     ));
                 }
             };
+            let rate_limit = RateFields {
+                rate: l.rate.as_deref(),
+                burst: l.burst,
+                rate_key: l.rate_key.as_deref(),
+                rate_scope: l.rate_scope,
+                on_redis_error: l.on_redis_error,
+            }
+            .spec()
+            .map_err(|e| SettingsError::new(format!("listeners[{i}].{}", e.field), e.reason))?;
             listeners.push(Listener {
                 address: l.listen,
                 mode: l.mode,
                 serves,
                 tls,
                 proxy_protocol: l.proxy_protocol,
+                rate_limit,
             });
         }
         let pools = self

@@ -22,9 +22,10 @@ use crate::key::HashKey;
 use crate::metrics::{BackendCounters, Metrics, PoolCounters};
 use crate::outlier::{Clock, Outlier};
 use crate::protection::Queue;
+use crate::rate_limit::RateLimit;
 use crate::routes::{Action, Rated, Router};
 use crate::settings::Protection;
-use crate::settings::{Pool, Serves, Settings};
+use crate::settings::{Listener, Pool, Serves, Settings};
 use crate::slow_start::{self, Ramp};
 use ballast_config::UpstreamProtocol;
 
@@ -110,6 +111,8 @@ pub(crate) struct Snapshot {
     /// By listener id: whether every pool it reaches speaks HTTP/1.1 to its backends, so that
     /// its plain-text HTTP/1.1 clients can take the fast path ([`crate::h1`]).
     pub http1_only: Vec<bool>,
+    /// By listener id: its rate limit, if it has one.
+    pub listener_limits: Vec<Option<Arc<RateLimit>>>,
     /// The configuration revision it was built from (0 for a static configuration).
     pub revision: u64,
 }
@@ -141,7 +144,11 @@ pub(crate) enum Routed {
     Limited(u64),
     /// Where `then` says, if the fleet's Redis finds the client with `key` within the route's
     /// rate ([`crate::rate_limit::settle`]).
-    AskFleet { key: u64, then: Box<Routed> },
+    AskFleet {
+        key: u64,
+        by: crate::rate_limit::Limiter,
+        then: Box<Routed>,
+    },
     /// No route matched: 404.
     NoRoute,
 }
@@ -180,9 +187,46 @@ impl Snapshot {
 
     /// Where a request on `listener` goes, and the position of the route that sent it there
     /// (for a listener that serves a route table); `header` finds a request header by
-    /// lower-case name.
+    /// lower-case name. A listener's rate limit counts the request first: over it, no route is
+    /// looked for.
     #[inline]
     pub(crate) fn route<'h>(
+        &self,
+        listener: usize,
+        request: RequestLine<'_>,
+        client: std::net::IpAddr,
+        header: impl Fn(&str) -> Option<&'h [u8]> + Copy,
+    ) -> (Routed, Option<u32>) {
+        let Some(limit) = self.listener_limit(listener) else {
+            return self.route_within(listener, request, client, header);
+        };
+        match limit.rate(request.target, header, client) {
+            Rated::Within => self.route_within(listener, request, client, header),
+            Rated::Over(wait) => (
+                Routed::Limited(crate::rate_limit::retry_after_secs(wait)),
+                None,
+            ),
+            Rated::AskFleet(key) => {
+                let (routed, position) = self.route_within(listener, request, client, header);
+                let routed = Routed::AskFleet {
+                    key,
+                    by: crate::rate_limit::Limiter::Listener,
+                    then: Box::new(routed),
+                };
+                (routed, position)
+            }
+        }
+    }
+
+    /// The rate limit on every request or connection of `listener`, if it has one.
+    #[inline]
+    pub(crate) fn listener_limit(&self, listener: usize) -> Option<&RateLimit> {
+        self.listener_limits.get(listener)?.as_deref()
+    }
+
+    /// [`Snapshot::route`] once the listener's rate limit let the request through.
+    #[inline]
+    fn route_within<'h>(
         &self,
         listener: usize,
         request: RequestLine<'_>,
@@ -218,6 +262,7 @@ impl Snapshot {
             Rated::Over(wait) => Routed::Limited(crate::rate_limit::retry_after_secs(wait)),
             Rated::AskFleet(key) => Routed::AskFleet {
                 key,
+                by: crate::rate_limit::Limiter::Route,
                 then: Box::new(routed),
             },
         };
@@ -282,6 +327,20 @@ impl Target {
             }
         }
     }
+}
+
+/// The rate limit of `listener`, if it has one, counted under `metrics`.
+pub(crate) fn listener_limit(listener: &Listener, metrics: &Metrics) -> Option<Arc<RateLimit>> {
+    let spec = listener.rate_limit.as_ref()?;
+    let address = listener.address.to_string();
+    // The same name on every LB of a fleet listening alike, and a new one for a new limit.
+    let name = format!(
+        "ballast:rate:listener:{address}:{}:{}:",
+        spec.rate.count,
+        spec.rate.per.as_secs()
+    );
+    let counters = metrics.listener_rate_limit(&address);
+    Some(Arc::new(RateLimit::new(spec, name, counters)))
 }
 
 /// The table of `tables` named `name`.
@@ -381,6 +440,8 @@ pub(crate) struct Shared {
     /// By listener id: what it serves (a reload may change it; read only when a snapshot is
     /// built). A removed listener keeps its target for the connections it accepted.
     listener_targets: std::sync::Mutex<Vec<Option<Target>>>,
+    /// By listener id: its rate limit (kept while a reload leaves it as it was).
+    listener_limits: std::sync::Mutex<Vec<Option<Arc<RateLimit>>>>,
     /// The listeners, their sockets and certificates, for reloads.
     pub listeners: std::sync::Mutex<crate::listeners::Registry>,
     /// The metrics.
@@ -424,9 +485,17 @@ impl Shared {
                 pools: Vec::new(),
                 by_listener: Vec::new(),
                 http1_only: Vec::new(),
+                listener_limits: Vec::new(),
                 revision: 0,
             }),
             listener_targets: std::sync::Mutex::new(targets),
+            listener_limits: std::sync::Mutex::new(
+                settings
+                    .listeners
+                    .iter()
+                    .map(|l| listener_limit(l, &metrics))
+                    .collect(),
+            ),
             listeners: std::sync::Mutex::default(),
             metrics,
             clock: Clock::default(),
@@ -555,6 +624,13 @@ impl Shared {
         self.listener_targets().clone()
     }
 
+    /// Each listener's rate limit, by id.
+    pub(crate) fn listener_limits(&self) -> std::sync::MutexGuard<'_, Vec<Option<Arc<RateLimit>>>> {
+        self.listener_limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The snapshots of `pools`, reusing the current one of each pool that did not change;
     /// nothing is swapped in (call with the rebuild lock held).
     pub(crate) fn build_pools(
@@ -666,6 +742,7 @@ impl Shared {
             pools,
             by_listener,
             http1_only,
+            listener_limits: self.listener_limits().clone(),
             revision,
         }
     }
@@ -897,6 +974,7 @@ mod tests {
                 serves: Serves::Pool(pool.name.clone()),
                 tls: Vec::new(),
                 proxy_protocol: false,
+                rate_limit: None,
             })
             .collect();
         let shared = Shared::new(Settings::new(listeners, Vec::new())).expect("no pools yet");

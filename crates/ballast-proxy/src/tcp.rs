@@ -3,7 +3,8 @@
 //! hash key is the client's address. A backend that refuses is retried on another: nothing has
 //! been sent yet, so a connect retry is always safe. A session on which nothing moved either way
 //! for the idle timeout is closed, as HAProxy's `timeout client` does. A pool that sends the PROXY
-//! protocol opens each backend connection with the header naming the client.
+//! protocol opens each backend connection with the header naming the client. A listener's rate
+//! limit counts connections: one over it is closed before a backend is chosen.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,15 @@ pub(crate) async fn proxy<S>(
 {
     let started = Instant::now();
     let snapshot = shared.snapshot.load_full();
+    if let Some(limit) = snapshot.listener_limit(listener)
+        && limit
+            .admit(peer.ip(), shared.fleet.as_deref())
+            .await
+            .is_err()
+    {
+        tracing::debug!(client = %peer, "connection over the listener's rate: closed");
+        return;
+    }
     let Some(pool) = snapshot.for_listener(listener) else {
         return;
     };

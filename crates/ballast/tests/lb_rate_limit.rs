@@ -123,6 +123,13 @@ rate_limit_redis_timeout = "10s"    # a loaded machine's Redis is slow, not gone
 listen = "127.0.0.1:0"
 routes = "main"
 
+[[listeners]]
+listen = "127.0.0.1:0"
+routes = "main"
+rate = "2/h"
+rate_key = "header:x-tenant"
+rate_scope = "fleet"
+
 [[route_tables]]
 name = "main"
 
@@ -147,7 +154,7 @@ backends = ["{b1}"]
     );
     let path = dir.path().join("lb.toml");
     std::fs::write(&path, config).expect("write the configuration");
-    let start = || support::Process::start(&["lb", "--config", path.to_str().expect("utf-8")], 2);
+    let start = || support::Process::start(&["lb", "--config", path.to_str().expect("utf-8")], 3);
     let (first, second) = (start(), start());
     let (one, two) = (first.listen_addr(0), second.listen_addr(0));
 
@@ -165,6 +172,14 @@ backends = ["{b1}"]
     assert_eq!(get(one, "/open", &[]).status, 429);
     assert_eq!(get(one, "/strict", &[]).status, 200);
 
+    // A listener's fleet-wide rate is counted before the route's, one count for the fleet.
+    let tenant =
+        |lb: &support::Process| get(lb.listen_addr(1), "/strict", &[("X-Tenant", "carol")]).status;
+    assert_eq!(tenant(&first), 200);
+    assert_eq!(tenant(&second), 200);
+    assert_eq!(tenant(&first), 429);
+    assert_eq!(tenant(&second), 429);
+
     // Redis gone: the limit lapses where the route allows it, and holds where it denies.
     redis.kill();
     assert_eq!(get(one, "/open", &[]).status, 200, "on_redis_error = allow");
@@ -177,4 +192,124 @@ backends = ["{b1}"]
         ),
         Some(1.0)
     );
+}
+
+#[test]
+fn a_listeners_rate_counts_every_request_before_any_routes_and_closes_tcp_connections_over_it() {
+    let (_b1, b1) = echo("b1", &[]);
+    let dir = TempDir::new("listener-rate");
+    let config = format!(
+        r#"
+admin = "127.0.0.1:0"
+workers = 2
+
+[[listeners]]
+listen = "127.0.0.1:0"
+routes = "main"
+rate = "4/h"
+rate_key = "header:x-api-key"
+
+[[listeners]]
+listen = "127.0.0.1:0"
+mode = "tcp"
+pool = "web"
+rate = "2/h"
+
+[[route_tables]]
+name = "main"
+
+[[route_tables.routes]]
+path_prefix = "/limited"
+pool = "web"
+rate = "2/h"
+rate_key = "header:x-api-key"
+
+[[route_tables.routes]]
+pool = "web"
+
+[[pools]]
+name = "web"
+backends = ["{b1}"]
+"#
+    );
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, config).expect("write the configuration");
+    let lb = support::Process::start(&["lb", "--config", path.to_str().expect("utf-8")], 3);
+    let (http, tcp, admin) = (lb.listen_addr(0), lb.listen_addr(1), lb.admin_addr());
+
+    let status = |path: &str, key: &str| get(http, path, &[("X-Api-Key", key)]).status;
+    // The route's own rate ends first…
+    assert_eq!(status("/limited", "alice"), 200);
+    assert_eq!(status("/limited", "alice"), 200);
+    assert_eq!(status("/limited", "alice"), 429);
+    // …and the listener's counts every request, the route's 429 included, on every route.
+    assert_eq!(status("/free", "alice"), 200);
+    let over = get(http, "/free", &[("X-Api-Key", "alice")]);
+    assert_eq!(over.status, 429, "{over:?}");
+    assert!(retry_after(&over.head).is_some(), "{}", over.head);
+    // Another client has its own allowance.
+    for _ in 0..4 {
+        assert_eq!(status("/free", "bob"), 200);
+    }
+    assert_eq!(status("/free", "bob"), 429);
+
+    // TCP: connections are counted; the one over the rate is closed before any backend.
+    assert_eq!(get(tcp, "/", &[]).status, 200);
+    assert_eq!(get(tcp, "/", &[]).status, 200);
+    let closed = get(tcp, "/", &[]);
+    assert_eq!((closed.status, closed.head.as_str()), (0, ""), "{closed:?}");
+
+    // Both listeners' limits count under their address as written (here the same).
+    assert_eq!(
+        metric(
+            admin,
+            "ballast_listener_rate_limited_total{listener=\"127.0.0.1:0\"}"
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "ballast_rate_limited_total{table=\"main\",route=\"0\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn a_listeners_rate_is_checked_with_the_field_named() {
+    let dir = TempDir::new("listener-rate-check");
+    let check = |listener: &str| {
+        let config = format!(
+            "[[listeners]]\nlisten = \"127.0.0.1:0\"\npool = \"web\"\n{listener}\n\n\
+             [[pools]]\nname = \"web\"\nbackends = [\"127.0.0.1:9\"]\n"
+        );
+        let path = dir.path().join("lb.toml");
+        std::fs::write(&path, config).expect("write the configuration");
+        support::rejected(&["lb", "--check-config", path.to_str().expect("utf-8")])
+    };
+    let refused = check("rate = \"10/d\"");
+    assert!(refused.contains("listeners[0].rate: `10/d`"), "{refused}");
+    let refused = check("mode = \"tcp\"\nrate = \"10/s\"\nrate_key = \"header:x-api-key\"");
+    assert!(
+        refused.contains("listeners[0].rate_key: a TCP listener"),
+        "{refused}"
+    );
+    let refused = check("rate = \"10/s\"\nrate_scope = \"fleet\"");
+    assert!(
+        refused.contains("listeners[0].rate_scope: a fleet-wide rate"),
+        "{refused}"
+    );
+    let refused = support::rejected(&[
+        "lb",
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        "127.0.0.1:9",
+        "--rate",
+        "5/s",
+        "--burst",
+        "0",
+    ]);
+    assert!(refused.contains("--burst: from 1 to 1000000"), "{refused}");
 }

@@ -151,6 +151,7 @@ fn empty_snapshot() -> Arc<Snapshot> {
         pools: Vec::new(),
         by_listener: Vec::new(),
         http1_only: Vec::new(),
+        listener_limits: Vec::new(),
         revision: 0,
     })
 }

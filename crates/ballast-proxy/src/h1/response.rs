@@ -259,6 +259,7 @@ mod tests {
                 pools: Vec::new(),
                 by_listener: Vec::new(),
                 http1_only: Vec::new(),
+                listener_limits: Vec::new(),
                 revision: 0,
             }),
         }

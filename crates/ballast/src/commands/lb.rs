@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ballast_config::HashKeySpec;
+use ballast_config::route::{OnRedisError, RateFields, RateLimitSpec, RateScope};
 use ballast_config::{FollowOptions, Pool, PoolPolicy, PoolSpec, ProxyProtocol, UpstreamProtocol};
 use ballast_proxy::settings::{BackendAddress, Listener, Mode, Serves, Settings, TlsFiles};
 use ballast_proxy::{Bound, Managed, Reload, Source};
@@ -177,6 +178,26 @@ pub(crate) struct LbArgs {
     /// key picks its node): redis://[:PASSWORD@]HOST:PORT.
     #[arg(long, value_name = "URL")]
     rate_limit_redis: Vec<String>,
+    /// At most this many requests (HTTP) or connections (TCP) from one client per second,
+    /// minute or hour on each --listen (e.g. 100/s, 6000/m); past it 429 with Retry-After, or
+    /// the connection closed.
+    #[arg(long, value_name = "RATE", conflicts_with = "config")]
+    rate: Option<String>,
+    /// Requests one client may send at once above --rate [default: the rate's count].
+    #[arg(long, value_name = "N", requires = "rate")]
+    burst: Option<u32>,
+    /// What tells clients apart for --rate: client_ip, header:NAME, cookie:NAME or path
+    /// [default: client_ip].
+    #[arg(long, value_name = "KEY", requires = "rate")]
+    rate_key: Option<String>,
+    /// Where --rate is counted: local (each LB for itself) or fleet (over --rate-limit-redis)
+    /// [default: local].
+    #[arg(long, value_name = "SCOPE", requires = "rate", value_parser = |s: &str| s.parse::<RateScope>())]
+    rate_scope: Option<RateScope>,
+    /// With --rate-scope fleet: allow or deny requests when Redis does not answer in time
+    /// [default: allow].
+    #[arg(long, value_name = "POLICY", requires = "rate_scope", value_parser = |s: &str| s.parse::<OnRedisError>())]
+    on_redis_error: Option<OnRedisError>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -186,8 +207,22 @@ enum ModeArg {
 }
 
 impl LbArgs {
+    /// The rate limit --rate and its flags put on each listener, checked (errors name the flag).
+    fn rate_limit(&self) -> Result<Option<RateLimitSpec>> {
+        RateFields {
+            rate: self.rate.as_deref(),
+            burst: self.burst,
+            rate_key: self.rate_key.as_deref(),
+            rate_scope: self.rate_scope,
+            on_redis_error: self.on_redis_error,
+        }
+        .spec()
+        .map_err(|e| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.reason))
+    }
+
     /// The listeners the flags describe, each serving what is beside it.
-    fn listeners(&self, serves: impl Iterator<Item = Serves>) -> Vec<Listener> {
+    fn listeners(&self, serves: impl Iterator<Item = Serves>) -> Result<Vec<Listener>> {
+        let rate_limit = self.rate_limit()?;
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => vec![TlsFiles {
                 cert: cert.clone(),
@@ -195,7 +230,8 @@ impl LbArgs {
             }],
             _ => Vec::new(),
         };
-        self.listen
+        Ok(self
+            .listen
             .iter()
             .zip(serves)
             .map(|(address, serves)| Listener {
@@ -207,8 +243,9 @@ impl LbArgs {
                 serves,
                 tls: tls.clone(),
                 proxy_protocol: self.proxy_protocol,
+                rate_limit: rate_limit.clone(),
             })
-            .collect()
+            .collect())
     }
 
     /// The settings the file and flags make, validated.
@@ -241,7 +278,7 @@ impl LbArgs {
                         bail!("{flag}: {n} {what} for {l} listeners; give one, or one per --listen")
                     }
                 };
-                let mut settings = Settings::new(self.listeners(serves.into_iter()), Vec::new());
+                let mut settings = Settings::new(self.listeners(serves.into_iter())?, Vec::new());
                 settings.managed = true;
                 settings
             }
@@ -274,7 +311,7 @@ impl LbArgs {
                     backends: self.backend.iter().map(|b| b.into_model()).collect(),
                 };
                 let listeners =
-                    self.listeners(std::iter::repeat(Serves::Pool(pool.spec.name.clone())));
+                    self.listeners(std::iter::repeat(Serves::Pool(pool.spec.name.clone())))?;
                 Settings::new(listeners, vec![pool])
             }
         };
