@@ -405,8 +405,9 @@ impl Accepting {
                     local,
                 };
                 match (mode, tls) {
-                    (Mode::Tcp, _) if first.is_empty() => accepted.tcp(stream).await,
-                    (Mode::Tcp, _) => accepted.tcp(Prefixed::new(first, stream)).await,
+                    // Each protocol's future boxed: the task is sized for the one it runs.
+                    (Mode::Tcp, _) if first.is_empty() => Box::pin(accepted.tcp(stream)).await,
+                    (Mode::Tcp, _) => Box::pin(accepted.tcp(Prefixed::new(first, stream))).await,
                     (Mode::Http, None) => {
                         first.reserve(16 * 1024);
                         let speaks = sniff(&mut stream, &mut first, timeout).await;
@@ -414,25 +415,30 @@ impl Accepting {
                         match speaks {
                             Some(Speaks::Http2) => {
                                 let stream = Prefixed::new(first, stream);
-                                http2::serve(context, stream, MAX_REQUEST_HEAD, &mut shutdown)
-                                    .await;
+                                Box::pin(http2::serve(
+                                    context,
+                                    stream,
+                                    MAX_REQUEST_HEAD,
+                                    &mut shutdown,
+                                ))
+                                .await;
                             }
                             Some(Speaks::Http1) if context.shared.http1_only(id) => {
-                                h1::serve(context, stream, first, shutdown).await
+                                Box::pin(h1::serve(context, stream, first, shutdown)).await
                             }
                             Some(Speaks::Http1) => {
                                 let stream = Prefixed::new(first, stream);
-                                serve_http1(context, stream, &http1, &mut shutdown).await;
+                                Box::pin(serve_http1(context, stream, &http1, &mut shutdown)).await;
                             }
                             None => {}
                         }
                     }
                     (Mode::Http, Some(tls)) if first.is_empty() => {
-                        accepted.tls(stream, tls, &http1, &mut shutdown).await;
+                        Box::pin(accepted.tls(stream, tls, &http1, &mut shutdown)).await;
                     }
                     (Mode::Http, Some(tls)) => {
                         let stream = Prefixed::new(first, stream);
-                        accepted.tls(stream, tls, &http1, &mut shutdown).await;
+                        Box::pin(accepted.tls(stream, tls, &http1, &mut shutdown)).await;
                     }
                 }
             });
