@@ -71,6 +71,7 @@ mod server;
 pub mod settings;
 mod shutdown;
 mod slow_start;
+mod spare;
 mod state;
 mod sticky;
 mod tcp;

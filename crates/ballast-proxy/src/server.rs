@@ -409,7 +409,10 @@ impl Accepting {
                     (Mode::Tcp, _) if first.is_empty() => Box::pin(accepted.tcp(stream)).await,
                     (Mode::Tcp, _) => Box::pin(accepted.tcp(Prefixed::new(first, stream))).await,
                     (Mode::Http, None) => {
-                        first.reserve(16 * 1024);
+                        if first.is_empty() {
+                            first = crate::spare::take();
+                        }
+                        first.reserve(crate::spare::READ_CHUNK);
                         let speaks = sniff(&mut stream, &mut first, timeout).await;
                         let context = Arc::new(accepted.context("http"));
                         match speaks {

@@ -7,8 +7,8 @@ use bytes::{BufMut, BytesMut};
 pub(super) const MAX_HEADERS: usize = 100;
 /// Request or response heads larger than this are refused (431 for requests).
 pub(super) const MAX_HEAD: usize = 64 * 1024;
-/// Read buffers grow by this much at a time.
-pub(super) const READ_CHUNK: usize = 16 * 1024;
+// Read buffers grow by this much at a time.
+pub(super) use crate::spare::READ_CHUNK;
 
 /// How a message's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,6 @@ pub mod fuzzing;
 mod message;
 mod request;
 mod response;
-mod spare;
 
 use std::io;
 use std::sync::Arc;
@@ -37,6 +36,7 @@ use crate::access_log::{Line, RequestFacts};
 use crate::attempt::{self, Attempt, ClientContext, Try};
 use crate::metrics::ErrorKind;
 use crate::request_id;
+use crate::spare;
 use crate::state::{PoolSnapshot, Routed};
 use crate::upstream::{self, Raw};
 /// How long to look for an early response after a backend stopped taking a request body.

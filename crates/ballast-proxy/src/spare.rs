@@ -1,4 +1,5 @@
-//! Read buffers that client connections hand back while they wait for their next request.
+//! Read buffers that plain-text client connections take for their first bytes and hand back
+//! while they wait for their next request.
 //!
 //! A keep-alive connection spends most of its life idle; a 16 KiB read buffer held through that
 //! wait is most of what an idle connection costs (nginx frees its header buffer the same way
@@ -9,7 +10,8 @@ use std::cell::RefCell;
 
 use bytes::BytesMut;
 
-use super::message::READ_CHUNK;
+/// What one read asks room for: a whole request head, usually.
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 /// Spare buffers one worker keeps at most (1 MiB).
 const KEPT: usize = 64;
@@ -19,7 +21,7 @@ thread_local! {
 }
 
 /// An empty buffer with room for a read: a spare one, or a new one.
-pub(super) fn take() -> BytesMut {
+pub(crate) fn take() -> BytesMut {
     SPARE
         .with_borrow_mut(Vec::pop)
         .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
@@ -27,7 +29,7 @@ pub(super) fn take() -> BytesMut {
 
 /// Hands back an empty `buffer` for another connection (freed if enough are kept, or if it is
 /// not one whole buffer of its own).
-pub(super) fn give_back(mut buffer: BytesMut) {
+pub(crate) fn give_back(mut buffer: BytesMut) {
     buffer.clear();
     // `try_reclaim` is true only for a buffer that alone owns an allocation this large.
     if buffer.try_reclaim(READ_CHUNK) {
