@@ -6,6 +6,9 @@
 //! is also what clients that send no name get. The set sits in a [`Certificate`] slot that a
 //! reload swaps whole (a renewed certificate at the same path, or other files): handshakes from
 //! then on see the new set, connections already open keep theirs.
+//!
+//! Sessions resume by stateless tickets (TLS 1.3 and 1.2), so a returning client skips the
+//! certificate's signature, the costly part of a handshake, however many clients there are.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -43,6 +46,9 @@ fn file_error(path: &Path, reason: impl ToString) -> TlsError {
         reason: reason.to_string(),
     }
 }
+
+/// TLS 1.2 sessions a listener remembers by ID (about 10 MB at most when full).
+const SESSION_CACHE: usize = 16 * 1024;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -172,5 +178,11 @@ pub(crate) fn acceptor(files: &[TlsFiles]) -> Result<(TlsAcceptor, Arc<Certifica
         .with_no_client_auth()
         .with_cert_resolver(Arc::clone(&certificate) as Arc<dyn ResolvesServerCert>);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless tickets, so that any number of clients resume without a full handshake (no
+    // certificate signature): keys random per listener, rotated every 6 hours, shared by every
+    // worker through the one configuration. TLS 1.2 clients without tickets resume from the
+    // session cache.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
     Ok((TlsAcceptor::from(Arc::new(config)), certificate))
 }

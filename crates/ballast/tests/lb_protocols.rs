@@ -210,6 +210,7 @@ struct TlsLb {
     address: SocketAddr,
     admin: SocketAddr,
     connector: tokio_rustls::TlsConnector,
+    roots: Arc<rustls::RootCertStore>,
 }
 
 impl TlsLb {
@@ -233,31 +234,112 @@ impl TlsLb {
 
         let mut roots = rustls::RootCertStore::empty();
         roots.add(certified.cert.der().clone()).expect("root");
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let roots = Arc::new(roots);
+        let versions = rustls::DEFAULT_VERSIONS;
         Self {
             _dir: dir,
             _lb: lb,
             address,
             admin,
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            connector: client(&roots, versions, alpn),
+            roots,
         }
     }
 
+    /// A client of its own (its own session store) that speaks `versions`.
+    fn client(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> tokio_rustls::TlsConnector {
+        client(&self.roots, versions, &[b"http/1.1"])
+    }
+
     async fn connect(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        self.connect_with(&self.connector).await
+    }
+
+    async fn connect_with(
+        &self,
+        connector: &tokio_rustls::TlsConnector,
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         let stream = tokio::net::TcpStream::connect(self.address)
             .await
             .expect("connect");
         let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-        self.connector
+        connector
             .connect(name, stream)
             .await
             .expect("TLS handshake")
+    }
+}
+
+/// A connector trusting `roots`, speaking `versions`, offering `alpn`.
+fn client(
+    roots: &Arc<rustls::RootCertStore>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(Arc::clone(roots))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// One GET over `tls` to its end, so that the session's tickets (sent after a TLS 1.3
+/// handshake) have been read; and how the handshake went.
+async fn get_and_close(
+    mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> (Option<rustls::HandshakeKind>, String) {
+    tokio::io::AsyncWriteExt::write_all(
+        &mut tls,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut reply = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut reply).await;
+    let kind = tls.get_ref().1.handshake_kind();
+    (kind, String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// Many clients, then the first again: it resumes its session (no certificate signature), with
+/// TLS 1.3 and 1.2 alike, whatever number of clients came between (a session cache alone
+/// would have forgotten it).
+#[test]
+fn a_returning_tls_client_resumes_its_session_however_many_came_between() {
+    let (_b1, b1) = echo("b1", &[]);
+    let tls_lb = TlsLb::start(&[b1], &["--workers", "2"], &[b"http/1.1"]);
+    for versions in [
+        &[&rustls::version::TLS13][..],
+        &[&rustls::version::TLS12][..],
+    ] {
+        let first = tls_lb.client(versions);
+        let kinds = runtime().block_on(async {
+            let (kind, reply) = get_and_close(tls_lb.connect_with(&first).await).await;
+            assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+            assert_eq!(kind, Some(rustls::HandshakeKind::Full));
+            for _ in 0..300 {
+                let other = tls_lb.client(versions);
+                get_and_close(tls_lb.connect_with(&other).await).await;
+            }
+            let mut kinds = Vec::new();
+            for _ in 0..3 {
+                let (kind, reply) = get_and_close(tls_lb.connect_with(&first).await).await;
+                assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+                kinds.push(kind);
+            }
+            kinds
+        });
+        assert!(
+            kinds
+                .iter()
+                .all(|k| *k == Some(rustls::HandshakeKind::Resumed)),
+            "{versions:?}: {kinds:?}"
+        );
     }
 }
 
