@@ -150,6 +150,13 @@ fn strip(headers: &mut HeaderMap, found: Scan, upgrade: bool) {
     }
 }
 
+/// Takes back the upgrade [`to_backend`] kept: the backend chose HTTP/2, where a request has no
+/// `Connection` or `Upgrade` (RFC 9113 §8.2.2) and cannot switch protocols.
+pub(crate) fn without_upgrade(headers: &mut HeaderMap) {
+    headers.remove(header::CONNECTION);
+    headers.remove(header::UPGRADE);
+}
+
 /// A request whose host cannot be told (RFC 9112 §3.2): answered 400 on every path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum BadHost {

@@ -174,12 +174,11 @@ pub(crate) async fn handle(
     }
 
     let protocol = pool.state.protocol;
-    // An HTTP/1.1 upgrade has no HTTP/2 form: to an HTTP/2 backend (or one that may choose
-    // HTTP/2) it is a plain request.
+    // An HTTP/1.1 upgrade has no HTTP/2 form: to an HTTP/2 backend it is a plain request, and
+    // to an `auto` pool's it becomes one once the backend has chosen HTTP/2.
     let upgrade = headers::is_upgrade(request.headers())
-        && (protocol == UpstreamProtocol::Http1
-            || (protocol == UpstreamProtocol::Auto && pool.state.tls.is_none()));
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        && matches!(protocol, UpstreamProtocol::Http1 | UpstreamProtocol::Auto);
+    let mut client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, mut body) = request.into_parts();
     if let Some(logged) = &mut logged {
         logged.received = Some(body.counted());
@@ -218,6 +217,9 @@ pub(crate) async fn handle(
         let Some(mut head) = head else { break };
         if matches!(connection, Connection::Http2(_)) {
             headers::for_http2(&mut head, scheme.clone(), trailers);
+            if client_upgrade.take().is_some() {
+                headers::without_upgrade(&mut head.headers);
+            }
         }
         let upstream_body = match body.take() {
             Some(incoming) => Either::Left(incoming),
