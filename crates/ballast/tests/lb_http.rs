@@ -325,25 +325,9 @@ fn forwarding_headers_are_set_and_hop_by_hop_headers_stripped() {
 fn upgrade_requests_are_tunnelled() {
     let (_backend, backend) = echo("b1", &[]);
     let (_lb, address) = lb(&[backend], &[]);
-    let mut stream = TcpStream::connect(address).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).expect("101 head");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
+    let (head, echoed) = support::upgrade(address);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    stream.write_all(b"ping through the tunnel").expect("write");
-    let mut echoed = [0u8; 23];
-    stream.read_exact(&mut echoed).expect("echo");
-    assert_eq!(&echoed, b"ping through the tunnel");
+    assert_eq!(echoed, b"ping through the tunnel");
 }
 
 #[test]

@@ -183,7 +183,7 @@ fn pools_speak_tls_http1_h2_and_auto_to_a_backend_that_requires_a_client_certifi
 
     // An upgrade through an `auto` pool: tunnelled where the backend chose HTTP/1.1, a plain
     // request where it chose HTTP/2.
-    let (head, echoed) = upgrade(listener("auto-http1"));
+    let (head, echoed) = support::upgrade(listener("auto-http1"));
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_eq!(echoed, b"ping through the tunnel");
     let reply = support::raw(
@@ -192,33 +192,6 @@ fn pools_speak_tls_http1_h2_and_auto_to_a_backend_that_requires_a_client_certifi
     );
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(via(&reply), "2", "{}", reply.head);
-}
-
-/// Asks `address` to switch to echoing bytes, then sends bytes: the response head, and what
-/// came back.
-fn upgrade(address: std::net::SocketAddr) -> (String, Vec<u8>) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).expect("connect");
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(15)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .expect("write");
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).expect("the response head");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    if !head.starts_with("HTTP/1.1 101") {
-        return (head, Vec::new());
-    }
-    stream.write_all(b"ping through the tunnel").expect("write");
-    let mut echoed = vec![0u8; 23];
-    stream.read_exact(&mut echoed).expect("echo");
-    (head, echoed)
 }
 
 #[test]

@@ -435,6 +435,33 @@ pub fn resolver(server: SocketAddr) -> hickory_resolver::TokioResolver {
     builder.build()
 }
 
+/// Asks `address` to switch to echoing bytes, then sends bytes: the response head, and what
+/// came back.
+pub fn upgrade(address: std::net::SocketAddr) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("the response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if !head.starts_with("HTTP/1.1 101") {
+        return (head, Vec::new());
+    }
+    stream.write_all(b"ping through the tunnel").expect("write");
+    let mut echoed = vec![0u8; 23];
+    stream.read_exact(&mut echoed).expect("echo");
+    (head, echoed)
+}
+
 /// A self-signed certificate for `names`: (certificate PEM, key PEM, certificate DER).
 pub fn certificate(names: &[&str]) -> (String, String, Vec<u8>) {
     let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
