@@ -237,7 +237,7 @@ impl Connections {
         Opened(Arc::clone(self))
     }
 
-    /// Whether requests wait for one of the backend's connections to close.
+    /// How many requests wait for one of the backend's connections to close.
     pub(crate) fn wanted(&self) -> u32 {
         self.wanted.load(Ordering::Relaxed)
     }

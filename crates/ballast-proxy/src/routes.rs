@@ -15,7 +15,8 @@ use foldhash::{HashMap, HashMapExt};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::metrics::Metrics;
-use crate::rate_limit::RateLimit;
+use crate::rate_limit::{Limiter, RateLimit};
+use crate::state::Routed;
 
 /// The longest host name (RFC 1035), and a port or an IPv6 literal's brackets.
 const MAX_HOST: usize = 300;
@@ -77,6 +78,22 @@ pub enum Rated {
     Over(Duration),
     /// Counted over the fleet: the client's key, for Redis to decide.
     AskFleet(u64),
+}
+
+impl Rated {
+    /// Where a request rated so by `by`'s limit goes: to `routed`, or over the rate a 429, or to
+    /// `routed` once the fleet agrees.
+    pub(crate) fn then(self, by: Limiter, routed: Routed) -> Routed {
+        match self {
+            Self::Within => routed,
+            Self::Over(wait) => Routed::Limited(crate::rate_limit::retry_after_secs(wait)),
+            Self::AskFleet(key) => Routed::AskFleet {
+                key,
+                by,
+                then: Box::new(routed),
+            },
+        }
+    }
 }
 
 /// A compiled route table.

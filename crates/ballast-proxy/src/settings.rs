@@ -544,16 +544,26 @@ impl Settings {
                 problems.add(format!("rate_limit_redis[{i}]"), reason);
             }
         }
-        for (i, table) in self.route_tables.iter().enumerate() {
-            for (j, route) in table.routes.iter().enumerate() {
-                if route.rate_scope == Some(ballast_config::route::RateScope::Fleet)
-                    && self.rate_limit_redis.is_empty()
-                {
-                    problems.add(
-                        format!("route_tables[{i}].routes[{j}].rate_scope"),
-                        "a fleet-wide rate counts on Redis: set rate_limit_redis",
-                    );
-                }
+        if self.rate_limit_redis.is_empty() {
+            let routes = self.route_tables.iter().enumerate().flat_map(|(i, table)| {
+                let fleet = table.routes.iter().enumerate();
+                fleet
+                    .filter(|(_, route)| route.rate_scope == Some(RateScope::Fleet))
+                    .map(move |(j, _)| format!("route_tables[{i}].routes[{j}].rate_scope"))
+            });
+            let listeners = self
+                .listeners
+                .iter()
+                .enumerate()
+                .filter_map(|(i, listener)| {
+                    let limit = listener.rate_limit.as_ref()?;
+                    (limit.scope == RateScope::Fleet).then(|| format!("listeners[{i}].rate_scope"))
+                });
+            for field in routes.chain(listeners) {
+                problems.add(
+                    field,
+                    "a fleet-wide rate counts on Redis: set rate_limit_redis",
+                );
             }
         }
         let mut addresses = HashSet::new();
@@ -584,20 +594,14 @@ impl Settings {
                 }
                 Serves::Pool(_) => {}
             }
-            if let Some(limit) = &listener.rate_limit {
-                if listener.mode == Mode::Tcp && limit.key != ballast_config::HashKeySpec::ClientIp
-                {
-                    problems.add(
-                        format!("listeners[{i}].rate_key"),
-                        "a TCP listener tells clients apart by their address only",
-                    );
-                }
-                if limit.scope == RateScope::Fleet && self.rate_limit_redis.is_empty() {
-                    problems.add(
-                        format!("listeners[{i}].rate_scope"),
-                        "a fleet-wide rate counts on Redis: set rate_limit_redis",
-                    );
-                }
+            if let Some(limit) = &listener.rate_limit
+                && listener.mode == Mode::Tcp
+                && limit.key != ballast_config::HashKeySpec::ClientIp
+            {
+                problems.add(
+                    format!("listeners[{i}].rate_key"),
+                    "a TCP listener tells clients apart by their address only",
+                );
             }
             if listener.mode == Mode::Tcp && !listener.tls.is_empty() {
                 problems.add(

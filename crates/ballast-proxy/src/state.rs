@@ -22,7 +22,7 @@ use crate::key::HashKey;
 use crate::metrics::{BackendCounters, Metrics, PoolCounters};
 use crate::outlier::{Clock, Outlier};
 use crate::protection::Queue;
-use crate::rate_limit::RateLimit;
+use crate::rate_limit::{Limiter, RateLimit};
 use crate::routes::{Action, Rated, Router};
 use crate::settings::Protection;
 use crate::settings::{Listener, Pool, Serves, Settings};
@@ -197,25 +197,18 @@ impl Snapshot {
         client: std::net::IpAddr,
         header: impl Fn(&str) -> Option<&'h [u8]> + Copy,
     ) -> (Routed, Option<u32>) {
-        let Some(limit) = self.listener_limit(listener) else {
-            return self.route_within(listener, request, client, header);
+        let rated = match self.listener_limit(listener) {
+            Some(limit) => limit.rate(request.target, header, client),
+            None => Rated::Within,
         };
-        match limit.rate(request.target, header, client) {
-            Rated::Within => self.route_within(listener, request, client, header),
-            Rated::Over(wait) => (
+        if let Rated::Over(wait) = rated {
+            return (
                 Routed::Limited(crate::rate_limit::retry_after_secs(wait)),
                 None,
-            ),
-            Rated::AskFleet(key) => {
-                let (routed, position) = self.route_within(listener, request, client, header);
-                let routed = Routed::AskFleet {
-                    key,
-                    by: crate::rate_limit::Limiter::Listener,
-                    then: Box::new(routed),
-                };
-                (routed, position)
-            }
+            );
         }
+        let (routed, position) = self.route_within(listener, request, client, header);
+        (rated.then(Limiter::Listener, routed), position)
     }
 
     /// The rate limit on every request or connection of `listener`, if it has one.
@@ -257,16 +250,8 @@ impl Snapshot {
             },
             Action::Status(status) => Routed::Status(*status),
         };
-        let routed = match router.check_rate(position, path, header, client) {
-            Rated::Within => routed,
-            Rated::Over(wait) => Routed::Limited(crate::rate_limit::retry_after_secs(wait)),
-            Rated::AskFleet(key) => Routed::AskFleet {
-                key,
-                by: crate::rate_limit::Limiter::Route,
-                then: Box::new(routed),
-            },
-        };
-        (routed, Some(position))
+        let rated = router.check_rate(position, path, header, client);
+        (rated.then(Limiter::Route, routed), Some(position))
     }
 
     /// The retries and timeouts of a request on `listener` that `route` (its position, if a
