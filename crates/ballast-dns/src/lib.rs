@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod bind;
+mod fast;
 mod follow;
 mod metrics;
 mod server;

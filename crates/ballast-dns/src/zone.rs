@@ -12,6 +12,8 @@ use std::net::IpAddr;
 use ballast_config::{Config, LbServer};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+use crate::fast::Index;
+
 /// What a query asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueryType {
@@ -43,6 +45,8 @@ pub struct Zone {
     ttl: u32,
     serial: u64,
     names: BTreeMap<String, Vec<IpAddr>>,
+    /// The names again, in the form the fast path looks them up by.
+    fast: Index,
 }
 
 /// A name in canonical form: lower case, no trailing dot.
@@ -58,6 +62,7 @@ impl Zone {
             ttl,
             serial: 0,
             names: BTreeMap::new(),
+            fast: Index::default(),
         }
     }
 
@@ -86,7 +91,13 @@ impl Zone {
             addresses.dedup();
             zone.names.insert(name, addresses);
         }
+        zone.fast = Index::build(zone.names(), &format!("ns.{}", zone.origin));
         zone
+    }
+
+    /// The names' addresses in the fast path's form.
+    pub(crate) fn fast_index(&self) -> &Index {
+        &self.fast
     }
 
     /// The zone's origin.
