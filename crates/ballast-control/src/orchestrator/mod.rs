@@ -177,12 +177,13 @@ pub async fn run(
             ended = &mut checking => ended.unwrap_or_else(|e| format!("the health checker failed: {e}")),
             ended = &mut watching => ended.unwrap_or_else(|e| format!("the fleet watcher failed: {e}")),
         };
-        checking.abort();
-        watching.abort();
+        end(checking).await;
+        end(watching).await;
         if let Some(scaling) = scaling {
-            scaling.abort();
+            end(scaling).await;
         }
-        drop(term);
+        // Every loop has stopped writing: the lease can go to the next leader now.
+        term.resign(ttl).await;
         // The reason may quote a node's or the database's URL.
         let reason = ballast_telemetry::redact(&reason).into_owned();
         tracing::warn!(%identity, token, %reason, "stepped down");
@@ -196,6 +197,15 @@ pub async fn run(
         if *stop.borrow() {
             return;
         }
+    }
+}
+
+/// Stops `task` and waits until it has, unless it ended already (its output may have been
+/// taken: a finished handle must not be polled again).
+async fn end<T>(task: tokio::task::JoinHandle<T>) {
+    task.abort();
+    if !task.is_finished() {
+        let _ = task.await;
     }
 }
 
