@@ -343,6 +343,36 @@ fn a_returning_tls_client_resumes_its_session_however_many_came_between() {
     }
 }
 
+/// Whatever order a client lists its suites in (rustls's own lists AES-256-GCM-SHA384 first, as
+/// OpenSSL's does), the listener picks one hashed with SHA-256, which CPUs hash in hardware.
+#[test]
+fn a_tls_listener_picks_suites_hashed_with_sha256() {
+    let (_b1, b1) = echo("b1", &[]);
+    let tls_lb = TlsLb::start(&[b1], &[], &[b"http/1.1"]);
+    let offered = rustls::crypto::ring::default_provider().cipher_suites;
+    assert_eq!(
+        offered[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        "the client prefers a SHA-384 suite"
+    );
+    for (versions, wanted) in [
+        (
+            &[&rustls::version::TLS13][..],
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            &[&rustls::version::TLS12][..],
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+    ] {
+        let suite = runtime().block_on(async {
+            let tls = tls_lb.connect_with(&tls_lb.client(versions)).await;
+            tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite())
+        });
+        assert_eq!(suite, Some(wanted), "{versions:?}");
+    }
+}
+
 #[test]
 fn tls_terminates_and_negotiates_http2() {
     let (_b1, b1) = echo("b1", &[]);
