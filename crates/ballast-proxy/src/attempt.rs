@@ -316,7 +316,10 @@ impl<'a> Attempt<'a> {
                         self.failure = Failure::Overloaded;
                         return None;
                     };
-                    match C::connect(&dial, opened).await {
+                    // Boxed: a connect (TCP, TLS, the protocol's handshake) is the largest
+                    // state a request can hold, and only a request without an idle connection
+                    // needs it; inline, every request's future carried and copied it.
+                    match Box::pin(C::connect(&dial, opened)).await {
                         Ok(connection) => {
                             connection.connected(&dial);
                             (connection, false)

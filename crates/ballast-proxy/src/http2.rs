@@ -124,8 +124,12 @@ async fn proxy_stream(
         }
     }
     let body = ClientBody::http2(RecvBody::new(body, &parts.headers));
-    let handled = hyper_path::handle(context, Request::from_parts(parts, body));
-    tokio::pin!(handled);
+    // Boxed: the exchange's future is large, and this one is moved into its task at every
+    // stream's spawn (the copy was 6% of a profile under h2load).
+    let mut handled = Box::pin(hyper_path::handle(
+        context,
+        Request::from_parts(parts, body),
+    ));
     let response = tokio::select! {
         response = &mut handled => response,
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,

@@ -221,8 +221,10 @@ pub(crate) async fn settle(
                 route.and_then(|position| snapshot.router(listener)?.rate_limit(position))
             }
         };
+        // Boxed: asking Redis is a large state that only requests under a fleet-wide limit
+        // need; inline, every request's future carried it.
         if let Some(limit) = limit
-            && let Err(wait) = limit.check_fleet(shared.fleet.as_deref(), *key).await
+            && let Err(wait) = Box::pin(limit.check_fleet(shared.fleet.as_deref(), *key)).await
         {
             return Some(Routed::Limited(retry_after_secs(wait)));
         }
