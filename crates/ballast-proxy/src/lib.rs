@@ -64,6 +64,7 @@ mod process;
 mod protection;
 mod proxy_protocol;
 mod rate_limit;
+mod relay;
 pub mod reload;
 mod request_id;
 pub mod routes;

@@ -107,7 +107,7 @@ where
     let activity = Activity::new();
     let mut client = Watched::new(client, Arc::clone(&activity), idle);
     tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut client, backend) => copied.map(|_| ()),
+        copied = crate::relay::relay(&mut client, backend) => copied,
         () = activity.quiet_for(idle) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("nothing moved either way for {idle:?}"),
