@@ -20,7 +20,7 @@ use std::net::IpAddr;
 
 use foldhash::fast::FixedState;
 
-use crate::server::MAX_UDP_PAYLOAD;
+use crate::server::{size_bound, udp_payload};
 
 /// The longest name on the wire (RFC 1035 §3.1).
 const MAX_NAME: usize = 255;
@@ -96,6 +96,7 @@ fn plain(byte: u8) -> bool {
 struct Query<'a> {
     /// The question as the client wrote it: name, type and class.
     question: &'a [u8],
+    /// The name's length on the wire.
     name_len: usize,
     v6: bool,
     edns: Option<Edns>,
@@ -192,19 +193,6 @@ fn read<'a>(message: &'a [u8], key: &mut [u8; MAX_NAME]) -> Option<Query<'a>> {
     })
 }
 
-/// The answer's size as the full path bounds it before deciding on truncation (see
-/// `server::encoded_size`): every record's owner written out, which this path never does.
-pub(crate) fn bounded_size(
-    name_wire_len: usize,
-    records: usize,
-    rdata: usize,
-    edns: bool,
-) -> usize {
-    // hickory's `Name::len` is the text form's, one less than the wire form's.
-    let name_len = name_wire_len - 1 + 2;
-    12 + name_len + 4 + records * (name_len + 10 + rdata) + if edns { 11 } else { 0 }
-}
-
 /// What [`answer`] wrote, for the metrics.
 pub(crate) struct Answered {
     pub(crate) v6: bool,
@@ -234,10 +222,15 @@ pub(crate) fn answer(
     if count == 0 || max_answers.is_some_and(|k| k < count) {
         return None;
     }
-    let budget = query.edns.map_or(512, |edns| {
-        usize::from(edns.payload.clamp(512, MAX_UDP_PAYLOAD))
-    });
-    let bounded = bounded_size(query.name_len, count, rdata, query.edns.is_some());
+    // Truncation is decided on the full path's bound, every owner written out (this path
+    // points each at the question), so that both send whole answers alike.
+    let budget = query
+        .edns
+        .map_or(512, |edns| usize::from(udp_payload(edns.payload)));
+    // Measured as hickory's `Name::len` does: the text form, one less than the wire form.
+    let name_len = query.name_len - 1;
+    let owners = std::iter::repeat_n((name_len, rdata), count);
+    let bounded = size_bound(name_len, owners, query.edns.is_some());
     if bounded > budget {
         return None;
     }
@@ -272,7 +265,7 @@ pub(crate) fn answer(
     if let Some(edns) = query.edns {
         out.push(0);
         out.extend_from_slice(&TYPE_OPT.to_be_bytes());
-        out.extend_from_slice(&edns.payload.clamp(512, MAX_UDP_PAYLOAD).to_be_bytes());
+        out.extend_from_slice(&udp_payload(edns.payload).to_be_bytes());
         // Extended rcode 0, version 0, DO echoed.
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&(if edns.dnssec_ok { DNSSEC_OK } else { 0 }).to_be_bytes());

@@ -104,27 +104,40 @@ fn rcode_name(code: ResponseCode) -> &'static str {
 }
 
 /// The largest UDP answer sent, whatever a client advertises (the DNS flag day 2020 size).
-pub(crate) const MAX_UDP_PAYLOAD: u16 = 1232;
+const MAX_UDP_PAYLOAD: u16 = 1232;
 
-/// An upper bound of a response's wire size: header, the question, each record with its owner
-/// name written out (compression only makes it smaller), and the OPT record.
+/// The UDP payload a client with EDNS is answered within: what it advertises, at least 512
+/// bytes (RFC 6891 §6.2.5) and at most [`MAX_UDP_PAYLOAD`].
+pub(crate) fn udp_payload(advertised: u16) -> u16 {
+    advertised.clamp(512, MAX_UDP_PAYLOAD)
+}
+
+/// An upper bound of a response's wire size, which decides truncation and is what the metrics
+/// count: header, the question, each record with its owner name written out (compression only
+/// makes it smaller), and the OPT record. Names are measured as hickory's `Name::len` does (the
+/// text form, one less than the wire form); each record is its owner's and its data's length.
+pub(crate) fn size_bound(
+    name_len: usize,
+    records: impl Iterator<Item = (usize, usize)>,
+    edns: bool,
+) -> usize {
+    let records: usize = records.map(|(owner, rdata)| owner + 2 + 10 + rdata).sum();
+    12 + name_len + 2 + 4 + records + if edns { 11 } else { 0 }
+}
+
+/// [`size_bound`] of a response the handler built.
 fn encoded_size(name: &Name, answers: &[Record], authority: &[Record], edns: bool) -> usize {
-    let name_len = name.len() + 2;
-    let records: usize = answers
-        .iter()
-        .chain(authority)
-        .map(|record| {
-            let rdata = match record.data() {
-                RData::A(_) => 4,
-                RData::AAAA(_) => 16,
-                RData::SOA(soa) => soa.mname().len() + soa.rname().len() + 4 + 20,
-                RData::NS(ns) => ns.0.len() + 2,
-                _ => 255,
-            };
-            record.name().len() + 2 + 10 + rdata
-        })
-        .sum();
-    12 + name_len + 4 + records + if edns { 11 } else { 0 }
+    let records = answers.iter().chain(authority).map(|record| {
+        let rdata = match record.data() {
+            RData::A(_) => 4,
+            RData::AAAA(_) => 16,
+            RData::SOA(soa) => soa.mname().len() + soa.rname().len() + 4 + 20,
+            RData::NS(ns) => ns.0.len() + 2,
+            _ => 255,
+        };
+        (record.name().len(), rdata)
+    });
+    size_bound(name.len(), records, edns)
 }
 
 /// The zone's SOA record: the serial is the configuration revision it was built from.
@@ -231,7 +244,7 @@ impl RequestHandler for Answerer {
         // over TCP, which carries the whole answer.
         let budget = match request.edns() {
             Some(edns) => {
-                let payload = edns.max_payload().clamp(512, MAX_UDP_PAYLOAD);
+                let payload = udp_payload(edns.max_payload());
                 let mut ours = Edns::new();
                 ours.set_max_payload(payload)
                     .set_version(0)
