@@ -97,16 +97,16 @@ impl Direction {
                 bytes::Buf::advance(buffer, written);
                 continue;
             }
-            if let Some(empty) = self.buffer.take() {
-                crate::spare::give_back(empty);
-            }
             if self.read_done {
                 ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                 ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
                 self.finished = true;
                 return Poll::Ready(Ok(()));
             }
-            let mut buffer = crate::spare::take();
+            // The buffer just written out, or a spare one: a buffer is kept while bytes flow.
+            let mut buffer = self.buffer.take().unwrap_or_else(crate::spare::take);
+            buffer.clear();
+            buffer.reserve(crate::spare::READ_CHUNK);
             match tokio_util::io::poll_read_buf(Pin::new(&mut *reader), cx, &mut buffer) {
                 Poll::Pending => {
                     // Nothing waiting: wait without a buffer, once what was written is sent on.

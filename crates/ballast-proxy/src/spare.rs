@@ -1,5 +1,6 @@
 //! Read buffers that plain-text client connections take for their first bytes and hand back
-//! while they wait for their next request.
+//! while they wait for their next request, and that tunnels ([`crate::relay`]) hold only while
+//! bytes are in flight.
 //!
 //! A keep-alive connection spends most of its life idle; a 16 KiB read buffer held through that
 //! wait is most of what an idle connection costs (nginx frees its header buffer the same way
