@@ -7,10 +7,14 @@
 //!   within the tries;
 //! - 502 when a backend accepted the request and then broke the exchange (reset, closed, or sent
 //!   an invalid response), after retries;
-//! - 504 when a backend did not start its response within the pool's response timeout.
+//! - 504 when a backend did not start its response within the pool's response timeout, after
+//!   retries.
 //!
 //! A request is retried on another backend only when replaying it is safe: an idempotent method
-//! (RFC 9110 §9.2.2), no request body, no upgrade, and no response byte received.
+//! (RFC 9110 §9.2.2), no request body, no upgrade, and no response byte received. That includes
+//! a backend that took the request and then went silent (a host that vanished drops packets
+//! without a reset): each try waits up to the response timeout, as Envoy's per-try timeout and
+//! HAProxy's `retry-on response-timeout` do, since the request is safe to act on twice.
 
 use std::fmt::Display;
 use std::net::SocketAddr;
@@ -160,6 +164,7 @@ enum Failure {
     Overloaded,
     Connect,
     Exchange,
+    Timeout,
 }
 
 /// How many tries one request gets and how long each may take: the pool's, or the route's
@@ -381,11 +386,13 @@ impl<'a> Attempt<'a> {
         crate::sticky::set_cookie(name, token, self.context.tls.is_some())
     }
 
-    /// The backend of `tried` did not start its response in time: no other is tried, since
-    /// it may still act on the request.
-    pub(crate) fn timed_out(&self, tried: &Try<'_>) -> ErrorKind {
+    /// The backend of `tried` did not start its response in time. A replayable request goes
+    /// on to the next try (the attempt made it replayable only where acting twice is safe);
+    /// when none is left, [`Attempt::give_up`] answers 504.
+    pub(crate) fn timed_out(&mut self, tried: &Try<'_>) {
+        tracing::debug!(backend = %tried.backend.address, "backend response timed out");
         self.context.shared.failure(&self.pool.state, tried.index);
-        self.answered(ErrorKind::Timeout)
+        self.failure = Failure::Timeout;
     }
 
     /// Every try failed: what the LB answers, counted.
@@ -394,6 +401,7 @@ impl<'a> Attempt<'a> {
             Failure::NoBackend | Failure::Connect => ErrorKind::NoBackend,
             Failure::Overloaded => ErrorKind::Overloaded,
             Failure::Exchange => ErrorKind::BadGateway,
+            Failure::Timeout => ErrorKind::Timeout,
         })
     }
 

@@ -231,7 +231,7 @@ pub(crate) async fn handle(
         )
         .await;
         match exchange {
-            Err(_) => return answered(logged, status_response(attempt.timed_out(&tried))),
+            Err(_) => attempt.timed_out(&tried),
             Ok(Err(error)) => attempt.exchange_failed(&tried, &error, true),
             Ok(Ok(response)) => {
                 if let Some(logged) = &mut logged {

@@ -205,6 +205,29 @@ fn slow_backend_gives_504() {
     assert_eq!(reply.status, 504, "{reply:?}");
 }
 
+/// Found by `ballast lab check backend-blackhole`: a backend whose packets vanish keeps the
+/// GETs already sent to it, which then got 504 though another backend could have answered.
+#[test]
+fn a_get_the_backend_never_answers_goes_to_another_and_a_post_does_not() {
+    let (_slow, slow) = echo("slow", &["--latency", "3s"]);
+    let (_fast, fast) = echo("fast", &[]);
+    let (_lb, address) = lb(
+        &[slow, fast],
+        &["--response-timeout", "300ms", "--eject-after", "0"],
+    );
+    // Round robin hands every other request to the silent backend. A POST with a body may
+    // have been acted on: it is not sent again.
+    let post = b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
+    let statuses: Vec<u16> = (0..2).map(|_| raw(address, post).status).collect();
+    assert!(statuses.contains(&504), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+    // A GET is safe to repeat: after the response timeout it goes to the other backend.
+    for _ in 0..4 {
+        let reply = get(address, "/", &[]);
+        assert_eq!(backend_of(&reply), "fast", "{reply:?}");
+    }
+}
+
 #[test]
 fn malformed_and_oversized_requests_get_400_and_431() {
     let (_backend, backend) = echo("b1", &[]);

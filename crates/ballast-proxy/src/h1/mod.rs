@@ -383,10 +383,7 @@ async fn proxy(
         )
         .await;
         match response {
-            Err(_) => {
-                let kind = attempt.timed_out(&tried);
-                return reply_error(context, client, kind, head, outcome).await;
-            }
+            Err(_) => attempt.timed_out(&tried),
             Ok(Err(error)) => {
                 // A cached connection the backend had closed is not the backend failing.
                 let blame = !(tried.reused && error.kind() == io::ErrorKind::UnexpectedEof);
