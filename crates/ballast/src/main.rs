@@ -56,6 +56,9 @@ enum Command {
     /// Explore the balancing algorithms: where keys go, how load spreads.
     #[command(subcommand)]
     Balance(commands::balance::BalanceCommand),
+    /// Run the system across network namespaces, inject network faults, and check what holds.
+    #[command(subcommand)]
+    Lab(commands::lab::LabCommand),
     /// Run Ballast's benchmarks and print their tables.
     #[command(subcommand)]
     Bench(ballast_bench::BenchCommand),
@@ -82,6 +85,10 @@ fn main() -> ExitCode {
         Command::Route(command) => command.run(),
         Command::Fleet(command) => command.run(),
         Command::Lock(command) => match command.run() {
+            Ok(code) => return code,
+            Err(error) => Err(error),
+        },
+        Command::Lab(command) => match command.run() {
             Ok(code) => return code,
             Err(error) => Err(error),
         },

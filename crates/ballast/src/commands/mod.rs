@@ -8,6 +8,7 @@ pub(crate) mod control;
 pub(crate) mod dns;
 pub(crate) mod echo;
 pub(crate) mod fleet;
+pub(crate) mod lab;
 pub(crate) mod lb;
 pub(crate) mod lock;
 pub(crate) mod pool;

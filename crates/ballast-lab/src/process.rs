@@ -1,0 +1,154 @@
+//! Programs on a host: started with `ip netns exec`, each in a process group of its own (so a
+//! Ctrl-C on the terminal reaches the lab alone, which then stops them), standard output in
+//! `NAME.out` and standard error in `NAME.log` under the lab's `logs/`. Readiness is read from
+//! the `.out` file rather than a pipe, so a process started by a short-lived command (`ballast
+//! lab fault restart`) outlives it without losing its output.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rustix::process::{Pid, Signal, kill_process};
+use serde::{Deserialize, Serialize};
+
+use crate::net::Host;
+use crate::state::Launch;
+
+/// What a program prints on standard output once it is ready.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Ready {
+    /// This many lines (`ballast` subcommands print one `listening …` line per socket).
+    Lines(usize),
+    /// A line containing this text (`redis-server`'s "Ready to accept connections").
+    Contains(String),
+}
+
+/// How long a program may take to become ready: generous, for a loaded machine.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// Starts `launch` on `host`, logging under `logs`, and waits until it is ready; returns its
+/// ready output and its pid.
+pub fn start(host: &Host, launch: &Launch, logs: &Path) -> Result<(i32, String)> {
+    std::fs::create_dir_all(logs).with_context(|| format!("creating {}", logs.display()))?;
+    let name = log_name(launch);
+    let out_path = logs.join(format!("{name}.out"));
+    let err_path = logs.join(format!("{name}.log"));
+    let out = std::fs::File::create(&out_path)
+        .with_context(|| format!("creating {}", out_path.display()))?;
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&err_path)
+        .with_context(|| format!("creating {}", err_path.display()))?;
+    let mut command = std::process::Command::new(
+        ballast_bench::find_program("ip", &["/usr/sbin", "/sbin"]).unwrap_or_else(|| "ip".into()),
+    );
+    command
+        .args(["netns", "exec", &host.netns])
+        .arg(&launch.program)
+        .args(&launch.args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {name} on {}", host.name))?;
+    let pid = i32::try_from(child.id()).context("a pid")?;
+    // The child is left to run; a thread reaps it when it ends, so it never lingers as a zombie
+    // while the lab runs.
+    let deadline = Instant::now() + READY_WITHIN;
+    loop {
+        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+        if is_ready(&launch.ready, &text) {
+            std::thread::spawn(move || child.wait());
+            return Ok((pid, text));
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "{name} on {} exited ({status}) before it was ready: {}",
+                host.name,
+                tail(&err_path).unwrap_or_else(|| format!("see {}", err_path.display()))
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{name} on {} was not ready in {} s; see {}",
+                host.name,
+                READY_WITHIN.as_secs(),
+                err_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `lb-1`, or `control-1.redis` for a second program on one host.
+fn log_name(launch: &Launch) -> String {
+    let program = launch
+        .program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if program == "ballast" || program.starts_with("ballast") {
+        launch.host.clone()
+    } else {
+        format!("{}.{program}", launch.host)
+    }
+}
+
+fn is_ready(ready: &Ready, text: &str) -> bool {
+    match ready {
+        Ready::Lines(n) => text.lines().count() >= *n && text.ends_with('\n'),
+        Ready::Contains(needle) => text.contains(needle.as_str()),
+    }
+}
+
+/// The last lines a log got, for an error that says why without sending the user to the file.
+fn tail(path: &PathBuf) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(6)..];
+    (!tail.is_empty()).then(|| tail.join("\n    "))
+}
+
+/// Sends `signal` to each of `pids`.
+pub fn signal_all(pids: &[i32], signal: Signal) {
+    for pid in pids.iter().copied().filter_map(Pid::from_raw) {
+        let _ = kill_process(pid, signal);
+    }
+}
+
+/// SIGTERM to each of `pids`, up to 10 s for them to end (an LB drains first), then SIGKILL.
+/// Paused processes are resumed first, or they would never see the SIGTERM.
+pub fn end_all(pids: Vec<i32>) {
+    signal_all(&pids, Signal::CONT);
+    signal_all(&pids, Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alive = |pid: &i32| {
+        Pid::from_raw(*pid)
+            .is_some_and(|p| rustix::process::test_kill_process(p).is_ok() && !is_zombie(*pid))
+    };
+    while pids.iter().any(alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<i32> = pids.iter().copied().filter(alive).collect();
+    signal_all(&left, Signal::KILL);
+}
+
+/// A process that ended but whose parent has not reaped it yet counts as ended.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|s| s == "Z"))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,400 @@
+//! The whole system across hosts, as `ballast up` runs it on loopback: the configuration
+//! database (SQLite, a file every host opens, so no host of its own), Redis nodes for the
+//! leader election, `ballast control` instances (one leads), managed LB servers, demo backends,
+//! `ballast dns`, and a client host with nothing on it, from which workloads run.
+//!
+//! Every host has a fixed address, so that a user reads the same map each time:
+//!
+//! | host | address |
+//! |---|---|
+//! | client | 198.18.0.2 |
+//! | dns | 198.18.0.3 (port 53) |
+//! | control-N | 198.18.0.(10+N) (port 9000) |
+//! | redis-N | 198.18.0.(20+N) (port 6379) |
+//! | lb-N | 198.18.0.(50+N) (port 8080, admin 9090) |
+//! | backend-N | 198.18.0.(100+N) (port 8080) |
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ballast_config::{AlgorithmSpec, Health, PoolPolicy, PoolSpec, SqlStore, Write};
+use serde::{Deserialize, Serialize};
+
+use crate::net::{Host, Network};
+use crate::process::{self, Ready};
+use crate::state::{self, Launch, State};
+
+/// The demo pool every LB serves.
+pub const POOL: &str = "demo";
+/// The zone `ballast dns` serves, and the pool's name in it.
+pub const ZONE: &str = "ballast.local";
+/// The demo pool's name in DNS.
+pub const DNS_NAME: &str = "lb.demo.ballast.local";
+/// How often the orchestrator checks each backend: the unit the scenarios' bounds are in.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How many of each part.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Shape {
+    pub lbs: u8,
+    pub backends: u8,
+    pub controls: u8,
+    /// Redis nodes for the leader election (0: the database lease).
+    pub redis: u8,
+}
+
+impl Shape {
+    fn check(&self) -> Result<()> {
+        let within = |what: &str, n: u8, most: u8| {
+            if (1..=most).contains(&n) {
+                Ok(())
+            } else {
+                bail!("--{what}: from 1 to {most}")
+            }
+        };
+        within("lbs", self.lbs, 40)?;
+        within("backends", self.backends, 99)?;
+        within("controls", self.controls, 9)?;
+        if self.redis > 9 {
+            bail!("--redis: from 0 to 9");
+        }
+        Ok(())
+    }
+}
+
+/// A running lab.
+#[allow(missing_docs)]
+#[derive(Debug)]
+pub struct Lab {
+    pub dir: PathBuf,
+    pub state: State,
+    /// The configuration database's URL, as every host opens it.
+    pub db: String,
+    pub token: String,
+}
+
+/// The address of the `n`th (from 1) host of a kind.
+pub fn address(kind: &str, n: u8) -> Ipv4Addr {
+    let last = match kind {
+        "client" => 2,
+        "dns" => 3,
+        "control" => 10 + n,
+        "redis" => 20 + n,
+        "lb" => 50 + n,
+        _ => 100 + n,
+    };
+    Ipv4Addr::new(198, 18, 0, last)
+}
+
+/// Where clients reach the `n`th LB.
+pub fn lb_address(n: u8) -> SocketAddr {
+    (address("lb", n), 8080).into()
+}
+
+/// Where the `n`th backend listens.
+pub fn backend_address(n: u8) -> SocketAddr {
+    (address("backend", n), 8080).into()
+}
+
+impl Lab {
+    /// Builds the network in `dir` and starts every part on it, `program` being this `ballast`
+    /// binary; `step` hears what starts. On any failure what was made is removed.
+    pub async fn up(dir: &Path, shape: Shape, program: &Path, step: &dyn Fn(&str)) -> Result<Self> {
+        shape.check()?;
+        std::fs::create_dir_all(dir).with_context(|| format!("--dir {}", dir.display()))?;
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("--dir {}", dir.display()))?;
+        if state::clean_stale(&dir)? {
+            step("removed what an earlier lab in this directory left behind");
+        }
+        let mut network = Network::plan();
+        network.add("client", address("client", 0));
+        network.add("dns", address("dns", 0));
+        for n in 1..=shape.controls {
+            network.add(&format!("control-{n}"), address("control", n));
+        }
+        let redis = shape.redis > 0 && ballast_bench::find_program("redis-server", &[]).is_some();
+        for n in 1..=shape.redis.min(if redis { 9 } else { 0 }) {
+            network.add(&format!("redis-{n}"), address("redis", n));
+        }
+        for n in 1..=shape.lbs {
+            network.add(&format!("lb-{n}"), address("lb", n));
+        }
+        for n in 1..=shape.backends {
+            network.add(&format!("backend-{n}"), address("backend", n));
+        }
+        let mut lab = Self {
+            db: format!("sqlite://{}", dir.join("ballast.db").display()),
+            token: format!("{:032x}", fastrand::u128(..)),
+            state: State {
+                owner: std::process::id(),
+                network,
+                launches: Vec::new(),
+                summary: Vec::new(),
+            },
+            dir,
+        };
+        // Written before anything exists, so that a crash halfway leaves a map to clean by.
+        lab.state.write(&lab.dir)?;
+        let started = lab.start(shape, program, step).await;
+        if let Err(error) = started {
+            lab.down();
+            return Err(error);
+        }
+        Ok(lab)
+    }
+
+    async fn start(&mut self, shape: Shape, program: &Path, step: &dyn Fn(&str)) -> Result<()> {
+        self.state.network.create()?;
+        step(&format!(
+            "network bl{}: {} hosts on a bridge, 198.18.0.0/24",
+            self.state.network.id,
+            self.state.network.hosts.len()
+        ));
+        self.seed(shape).await?;
+        let token_file = self.dir.join("token");
+        std::fs::write(&token_file, format!("{}\n", self.token))
+            .with_context(|| format!("writing {}", token_file.display()))?;
+        let token_file = token_file.display().to_string();
+        let ballast = |host: &str, args: Vec<String>, lines: usize| Launch {
+            host: host.to_owned(),
+            program: program.to_owned(),
+            args,
+            ready: Ready::Lines(lines),
+        };
+        let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+
+        let mut redis_urls = Vec::new();
+        let redis_hosts: Vec<Host> = self
+            .state
+            .network
+            .hosts
+            .iter()
+            .filter(|h| h.name.starts_with("redis-"))
+            .cloned()
+            .collect();
+        for host in &redis_hosts {
+            let data = self.dir.join(&host.name);
+            std::fs::create_dir_all(&data)?;
+            let launch = Launch {
+                host: host.name.clone(),
+                program: ballast_bench::find_program("redis-server", &[])
+                    .context("redis-server")?,
+                args: args(&[
+                    "--bind",
+                    &host.address.to_string(),
+                    "--port",
+                    "6379",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "no",
+                    "--dir",
+                    &data.display().to_string(),
+                ]),
+                ready: Ready::Contains("Ready to accept connections".into()),
+            };
+            self.launch(launch)?;
+            redis_urls.push(format!("redis://{}:6379", host.address));
+        }
+        if !redis_hosts.is_empty() {
+            step(&format!("{} Redis nodes", redis_hosts.len()));
+        }
+
+        for n in 1..=shape.backends {
+            let name = format!("backend-{n}");
+            let listen = backend_address(n).to_string();
+            self.launch(ballast(
+                &name,
+                args(&["echo", "--listen", &listen, "--name", &name]),
+                1,
+            ))?;
+        }
+        step(&format!(
+            "{} backends (ballast echo) in pool `{POOL}`",
+            shape.backends
+        ));
+
+        for n in 1..=shape.controls {
+            let name = format!("control-{n}");
+            let listen = SocketAddr::from((address("control", n), 9000)).to_string();
+            let mut list = args(&[
+                "control",
+                "--db",
+                &self.db,
+                "--listen",
+                &listen,
+                "--token-file",
+                &token_file,
+                "--name",
+                &name,
+                "--lease-ttl",
+                "3s",
+                "--scrape-interval",
+                "1s",
+            ]);
+            if !redis_urls.is_empty() {
+                list.extend(["--redis".to_owned(), redis_urls.join(",")]);
+            }
+            self.launch(ballast(&name, list, 1))?;
+        }
+        step(&format!(
+            "{} control (admin API, orchestrator)",
+            shape.controls
+        ));
+
+        for n in 1..=shape.lbs {
+            let name = format!("lb-{n}");
+            let listen = lb_address(n).to_string();
+            let admin = SocketAddr::from((address("lb", n), 9090)).to_string();
+            self.launch(ballast(
+                &name,
+                args(&[
+                    "lb",
+                    "--db",
+                    &self.db,
+                    "--name",
+                    &name,
+                    "--listen",
+                    &listen,
+                    "--pool",
+                    POOL,
+                    "--admin",
+                    &admin,
+                    "--workers",
+                    "1",
+                    "--pull-interval",
+                    "1s",
+                ]),
+                2,
+            ))?;
+        }
+        step(&format!("{} LB servers", shape.lbs));
+
+        let dns = SocketAddr::from((address("dns", 0), 53)).to_string();
+        self.launch(ballast(
+            "dns",
+            args(&["dns", "--db", &self.db, "--listen", &dns, "--zone", ZONE]),
+            1,
+        ))?;
+        step(&format!("DNS: {DNS_NAME} on {dns}"));
+
+        self.wait_until_healthy(shape.backends).await?;
+        step("every backend checked healthy");
+        self.state.summary = self.summary(shape);
+        self.state.write(&self.dir)?;
+        Ok(())
+    }
+
+    /// Starts `launch` and records it (for `fault restart`).
+    fn launch(&mut self, launch: Launch) -> Result<()> {
+        let host = self.state.network.host(&launch.host)?.clone();
+        process::start(&host, &launch, &self.dir.join("logs"))?;
+        self.state.launches.push(launch);
+        self.state.write(&self.dir)
+    }
+
+    /// A fresh database with the pool `demo`: health checks every second, short timeouts and
+    /// two retries, so that faults show within seconds.
+    async fn seed(&self, shape: Shape) -> Result<()> {
+        for file in ["ballast.db", "ballast.db-wal", "ballast.db-shm"] {
+            let _ = std::fs::remove_file(self.dir.join(file));
+        }
+        let store = SqlStore::connect(&self.db)
+            .await
+            .context("the lab's database")?;
+        store
+            .apply(Write::CreatePool(PoolSpec {
+                name: POOL.into(),
+                algorithm: AlgorithmSpec::named("round_robin"),
+                hash_key: "client_ip".into(),
+                dns_name: Some(DNS_NAME.into()),
+                policy: PoolPolicy {
+                    retries: Some(2),
+                    connect_timeout_ms: Some(500),
+                    response_timeout_ms: Some(2000),
+                    health_interval_ms: Some(millis(HEALTH_INTERVAL)),
+                    health_timeout_ms: Some(500),
+                    ..PoolPolicy::default()
+                },
+            }))
+            .await?;
+        for n in 1..=shape.backends {
+            store
+                .apply(Write::AddBackend {
+                    pool: POOL.into(),
+                    address: backend_address(n).to_string(),
+                    weight: 1,
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits (60 s at most) until the orchestrator has checked every backend healthy.
+    async fn wait_until_healthy(&self, backends: u8) -> Result<()> {
+        let store = self.store().await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let healthy = store
+                .config()
+                .await?
+                .pools
+                .iter()
+                .filter(|p| p.spec.name == POOL)
+                .flat_map(|p| &p.backends)
+                .filter(|b| b.health == Health::Healthy)
+                .count();
+            if healthy >= usize::from(backends) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{healthy} of {backends} backends checked healthy after 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The configuration database, opened from the machine's own namespace (a file).
+    pub async fn store(&self) -> Result<SqlStore> {
+        SqlStore::connect(&self.db)
+            .await
+            .context("the lab's database")
+    }
+
+    /// The host called `name`.
+    pub fn host(&self, name: &str) -> Result<&Host> {
+        self.state.network.host(name)
+    }
+
+    fn summary(&self, shape: Shape) -> Vec<String> {
+        let mut lines = Vec::new();
+        for host in &self.state.network.hosts {
+            lines.push(format!("  {:<12} {}", host.name, host.address));
+        }
+        lines.push(String::new());
+        lines.push(format!(
+            "LB servers listen on port 8080 ({} … {}), control on 9000, DNS on 53.",
+            lb_address(1).ip(),
+            lb_address(shape.lbs).ip()
+        ));
+        lines.push(format!("Logs in {}/logs/.", self.dir.display()));
+        lines
+    }
+
+    /// Stops every process and removes the network and the state file.
+    pub fn down(&self) {
+        self.state.network.remove();
+        let _ = State::clear(&self.dir);
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
