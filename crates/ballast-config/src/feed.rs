@@ -8,6 +8,12 @@
 //! each change in order ([`Config::apply`]), a whole revision at a time; when the log does not
 //! fit (a change out of step), it reloads the whole configuration. When the database cannot be
 //! reached, the last configuration stays in force and the status says since when it is stale.
+//!
+//! A database cut off by a partition does not refuse: its packets vanish, and a query waits for
+//! TCP to give up, minutes later. So each look at the revision is bounded ([`look_wait`]), and
+//! after one that got no answer the follower looks again on fresh connections: the ones that
+//! went silent with a request in flight would otherwise resume only at their next retransmission,
+//! seconds after the network heals.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,12 +120,14 @@ pub async fn follow_or_fall_back(
 }
 
 async fn run(
-    store: SqlStore,
+    mut store: SqlStore,
     url: String,
     options: FollowOptions,
     publish: watch::Sender<Followed>,
 ) {
     let mut listener: Option<PgListener> = None;
+    // The last look got no answer: look again on fresh connections.
+    let mut stale = false;
     // When push was last found not to work: LISTEN is tried again a pull interval later.
     let mut silent_since: Option<Instant> = None;
     // Listeners that broke soon after they began, in a row, with the database reachable: a
@@ -138,7 +146,9 @@ async fn run(
         let mut just_listening = false;
         let retry_listen =
             silent_since.is_none_or(|since| since.elapsed() >= options.pull_interval);
-        if postgres_push && listener.is_none() && retry_listen {
+        // While the database gives no answer, LISTEN would wait on it too: the looks reconnect
+        // first, and push follows once they are answered.
+        if postgres_push && listener.is_none() && retry_listen && !stale {
             let outcome = match listen(&store, &url).await {
                 Listening::Heard(_) if short_lived >= SHORT_LIVED_LIMIT => Listening::Silent,
                 outcome => outcome,
@@ -197,8 +207,24 @@ async fn run(
             // Nobody follows any more (the LB is exiting): stop.
             () = publish.closed() => return,
         }
+        if stale {
+            match tokio::time::timeout(look_wait(&options), store.reconnect()).await {
+                Ok(Ok(fresh)) => {
+                    store = fresh;
+                    stale = false;
+                }
+                Ok(Err(error)) => tracing::debug!(%error, "connecting the follower afresh"),
+                Err(_) => tracing::debug!("connecting the follower afresh: no answer"),
+            }
+        }
         let current = Arc::clone(&publish.borrow().config);
-        match catch_up(&store, &current).await {
+        let looked = if stale {
+            Err(silent("connecting"))
+        } else {
+            look(&store, &current, look_wait(&options)).await
+        };
+        stale = looked.is_err();
+        match looked {
             Ok(Some(config)) => {
                 backoff = Duration::from_millis(100);
                 publish.send_replace(Followed {
@@ -233,6 +259,43 @@ async fn run(
     }
 }
 
+/// How long a look at the revision may take before the database counts as cut off: the pull
+/// interval (a follower looks that often anyway), within 100 ms to 5 s.
+fn look_wait(options: &FollowOptions) -> Duration {
+    options
+        .pull_interval
+        .clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+/// How long reading the changes after the revision may take: they may be many, but a database
+/// that answered the revision and then nothing for this long is cut off.
+const CHANGES_WAIT: Duration = Duration::from_secs(30);
+
+/// No answer while `context`, as a store error.
+fn silent(context: &'static str) -> StoreError {
+    StoreError::Database {
+        context,
+        source: sqlx::Error::Io(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+/// [`catch_up`], bounded: the revision within `wait`, the rest within [`CHANGES_WAIT`].
+async fn look(
+    store: &SqlStore,
+    current: &Config,
+    wait: Duration,
+) -> Result<Option<Config>, StoreError> {
+    let revision = tokio::time::timeout(wait, store.revision())
+        .await
+        .map_err(|_| silent("reading the revision"))??;
+    if revision == current.revision {
+        return Ok(None);
+    }
+    tokio::time::timeout(CHANGES_WAIT, catch_up(store, current))
+        .await
+        .map_err(|_| silent("reading the changes"))?
+}
+
 /// What `LISTEN` came to.
 enum Listening {
     /// Listening, and a notification sent through the store reached it.
@@ -243,6 +306,10 @@ enum Listening {
     /// Not connected (the database is down, or the URL is wrong): tried again on the next turn.
     Failed,
 }
+
+/// How long connecting and registering a listener may take: a database cut off by a partition
+/// never answers, and the follower must go on pulling.
+const LISTEN_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a probe notification may take to come back before push is called silent.
 const PROBE_WAIT: Duration = Duration::from_secs(3);
@@ -256,15 +323,15 @@ const SHORT_LIVED_LIMIT: u32 = 3;
 /// `LISTEN` at `url`, checked end to end: a notification sent through `store` (the path every
 /// write's NOTIFY takes) must come back on it. Other followers wake for it and find nothing new.
 async fn listen(store: &SqlStore, url: &str) -> Listening {
-    let Ok(mut listener) = PgListener::connect(url).await else {
+    let started = async {
+        let mut listener = PgListener::connect(url).await.ok()?;
+        listener.listen(NOTIFY_CHANNEL).await.ok()?;
+        store.notify("probe").await.ok()?;
+        Some(listener)
+    };
+    let Ok(Some(mut listener)) = tokio::time::timeout(LISTEN_WAIT, started).await else {
         return Listening::Failed;
     };
-    if listener.listen(NOTIFY_CHANNEL).await.is_err() {
-        return Listening::Failed;
-    }
-    if store.notify("probe").await.is_err() {
-        return Listening::Failed;
-    }
     // Anything but the probe (silence, or a connection that breaks once listening, as it does
     // through a transaction pool handing its server connection to others) is no push.
     match tokio::time::timeout(PROBE_WAIT, listener.recv()).await {

@@ -174,3 +174,31 @@ async fn get(load: &GetLoad, connection: &mut Option<Sender>) -> Result<u16, Str
         .map_err(|e| format!("body: {e}"))?;
     Ok(status)
 }
+
+/// `GET path` from `host` to `target`, one connection; the response's body when it is a 200.
+/// For the lab's own looks at what a server says (an LB's `/metrics`), from where a client
+/// would look.
+pub fn fetch(host: &Host, target: SocketAddr, path: &str) -> Result<String> {
+    let path = path.to_owned();
+    on_host(host, move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))
+            .with_context(|| format!("connecting to {target}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("a response without a head")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            anyhow::bail!("{target}{path}: {}", head.lines().next().unwrap_or(""));
+        }
+        Ok(body.to_owned())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the fetching thread panicked"))?
+}

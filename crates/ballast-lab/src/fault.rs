@@ -19,19 +19,30 @@ use crate::tool;
 
 const TABLE: &str = "ballast_lab";
 
-/// Cuts `side` off from every other host, both ways: each host of `side` drops what it would
-/// send to, and what it receives from, the others. Hosts within `side` still reach each other.
+/// Cuts `side` off from every other host, both ways. Hosts within `side` still reach each other.
 pub fn partition(network: &Network, side: &[&Host]) -> Result<()> {
-    check_nft()?;
     let others: Vec<&Host> = network
         .hosts
         .iter()
         .filter(|h| !side.iter().any(|s| s.name == h.name))
         .collect();
-    if others.is_empty() {
+    cut(side, &others)
+}
+
+/// Cuts `side` off from `others`, both ways: each host of `side` drops what it would send to,
+/// and what it receives from, them. Every other path stays.
+pub fn cut(side: &[&Host], others: &[&Host]) -> Result<()> {
+    check_nft()?;
+    if side.is_empty() || others.is_empty() {
         bail!("a partition needs hosts on both sides");
     }
-    let set = address_set(&others);
+    if let Some(both) = side
+        .iter()
+        .find(|h| others.iter().any(|o| o.name == h.name))
+    {
+        bail!("{} cannot be on both sides of a partition", both.name);
+    }
+    let set = address_set(others);
     for host in side {
         add_rules(
             host,

@@ -23,4 +23,4 @@ mod tool;
 
 pub use check::{Outcome, Verdict};
 pub use net::{Host, Network};
-pub use system::{Lab, Shape};
+pub use system::{Db, Lab, Shape};

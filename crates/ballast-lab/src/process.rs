@@ -19,7 +19,8 @@ use crate::state::Launch;
 pub enum Ready {
     /// This many lines (`ballast` subcommands print one `listening …` line per socket).
     Lines(usize),
-    /// A line containing this text (`redis-server`'s "Ready to accept connections").
+    /// A line containing this text, on standard output or standard error (`redis-server`'s
+    /// "Ready to accept connections").
     Contains(String),
 }
 
@@ -35,6 +36,8 @@ pub fn start(host: &Host, launch: &Launch, logs: &Path) -> Result<(i32, String)>
     let err_path = logs.join(format!("{name}.log"));
     let out = std::fs::File::create(&out_path)
         .with_context(|| format!("creating {}", out_path.display()))?;
+    // Where this start's log begins, in a log earlier starts appended to.
+    let logged_before = std::fs::metadata(&err_path).map_or(0, |m| m.len());
     let err = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -64,7 +67,11 @@ pub fn start(host: &Host, launch: &Launch, logs: &Path) -> Result<(i32, String)>
     let deadline = Instant::now() + READY_WITHIN;
     loop {
         let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-        if is_ready(&launch.ready, &text) {
+        if is_ready(
+            &launch.ready,
+            &text,
+            &logged_since(&err_path, logged_before),
+        ) {
             std::thread::spawn(move || child.wait());
             return Ok((pid, text));
         }
@@ -89,13 +96,20 @@ pub fn start(host: &Host, launch: &Launch, logs: &Path) -> Result<(i32, String)>
     }
 }
 
-/// `lb-1`, or `control-1.redis` for a second program on one host.
+/// `lb-1` for `ballast`, `redis-1.redis-server` or `db.postgres` for the others.
 fn log_name(launch: &Launch) -> String {
-    let program = launch
-        .program
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file_name = |path: &Path| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut program = file_name(&launch.program);
+    // `runuser -u USER -- PROGRAM …`: name it by the program it runs.
+    if program == "runuser"
+        && let Some(run) = launch.args.iter().skip_while(|a| *a != "--").nth(1)
+    {
+        program = file_name(Path::new(run));
+    }
     if program == "ballast" || program.starts_with("ballast") {
         launch.host.clone()
     } else {
@@ -103,11 +117,22 @@ fn log_name(launch: &Launch) -> String {
     }
 }
 
-fn is_ready(ready: &Ready, text: &str) -> bool {
+/// Whether a program that printed `out` on standard output and `log` on standard error (since
+/// it started) is ready.
+fn is_ready(ready: &Ready, out: &str, log: &str) -> bool {
     match ready {
-        Ready::Lines(n) => text.lines().count() >= *n && text.ends_with('\n'),
-        Ready::Contains(needle) => text.contains(needle.as_str()),
+        Ready::Lines(n) => out.lines().count() >= *n && out.ends_with('\n'),
+        // Servers such as PostgreSQL say it in their log, on standard error.
+        Ready::Contains(needle) => out.contains(needle.as_str()) || log.contains(needle.as_str()),
     }
+}
+
+fn logged_since(path: &Path, offset: u64) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
 /// The last lines a log got, for an error that says why without sending the user to the file.

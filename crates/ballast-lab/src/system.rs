@@ -1,7 +1,11 @@
 //! The whole system across hosts, as `ballast up` runs it on loopback: the configuration
-//! database (SQLite, a file every host opens, so no host of its own), Redis nodes for the
-//! leader election, `ballast control` instances (one leads), managed LB servers, demo backends,
-//! `ballast dns`, and a client host with nothing on it, from which workloads run.
+//! database (SQLite, a file every host opens, so no host of its own; or PostgreSQL on the host
+//! `db`, which faults can cut off), Redis nodes for the leader election, `ballast control`
+//! instances (one leads), managed LB servers, demo backends, `ballast dns`, and a client host
+//! with nothing on it, from which workloads run.
+//!
+//! The lab itself reads and writes the database past the network: the SQLite file, or
+//! PostgreSQL's Unix socket. So what it observes is never cut off by the faults it injects.
 //!
 //! Every host has a fixed address, so that a user reads the same map each time:
 //!
@@ -9,6 +13,7 @@
 //! |---|---|
 //! | client | 198.18.0.2 |
 //! | dns | 198.18.0.3 (port 53) |
+//! | db | 198.18.0.4 (PostgreSQL, port 5432) |
 //! | control-N | 198.18.0.(10+N) (port 9000) |
 //! | redis-N | 198.18.0.(20+N) (port 6379) |
 //! | lb-N | 198.18.0.(50+N) (port 8080, admin 9090) |
@@ -44,6 +49,28 @@ pub struct Shape {
     pub controls: u8,
     /// Redis nodes for the leader election (0: the database lease).
     pub redis: u8,
+    pub db: Db,
+}
+
+/// Where the configuration lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Db {
+    /// A file every host opens: no network between the parts and the database.
+    Sqlite,
+    /// A server on a host of its own, reached over the lab's network.
+    Postgres,
+}
+
+impl std::str::FromStr for Db {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "sqlite" => Ok(Self::Sqlite),
+            "postgres" => Ok(Self::Postgres),
+            other => Err(format!("`{other}`: sqlite or postgres")),
+        }
+    }
 }
 
 impl Shape {
@@ -73,6 +100,8 @@ pub struct Lab {
     pub state: State,
     /// The configuration database's URL, as every host opens it.
     pub db: String,
+    /// The same database's URL for the lab's own reads and writes (past the network).
+    observer_db: String,
     pub token: String,
 }
 
@@ -81,6 +110,7 @@ pub fn address(kind: &str, n: u8) -> Ipv4Addr {
     let last = match kind {
         "client" => 2,
         "dns" => 3,
+        "db" => 4,
         "control" => 10 + n,
         "redis" => 20 + n,
         "lb" => 50 + n,
@@ -114,6 +144,9 @@ impl Lab {
         let mut network = Network::plan();
         network.add("client", address("client", 0));
         network.add("dns", address("dns", 0));
+        if shape.db == Db::Postgres {
+            network.add("db", address("db", 0));
+        }
         for n in 1..=shape.controls {
             network.add(&format!("control-{n}"), address("control", n));
         }
@@ -127,8 +160,22 @@ impl Lab {
         for n in 1..=shape.backends {
             network.add(&format!("backend-{n}"), address("backend", n));
         }
+        let (db, observer_db) = match shape.db {
+            Db::Sqlite => {
+                let url = format!("sqlite://{}", dir.join("ballast.db").display());
+                (url.clone(), url)
+            }
+            Db::Postgres => (
+                format!("postgres://postgres@{}:5432/postgres", address("db", 0)),
+                format!(
+                    "postgres://postgres@localhost/postgres?host={}",
+                    dir.join("postgres").display()
+                ),
+            ),
+        };
         let mut lab = Self {
-            db: format!("sqlite://{}", dir.join("ballast.db").display()),
+            db,
+            observer_db,
             token: format!("{:032x}", fastrand::u128(..)),
             state: State {
                 owner: std::process::id(),
@@ -155,6 +202,10 @@ impl Lab {
             self.state.network.id,
             self.state.network.hosts.len()
         ));
+        if shape.db == Db::Postgres {
+            self.start_postgres()?;
+            step("PostgreSQL on db");
+        }
         self.seed(shape).await?;
         let token_file = self.dir.join("token");
         std::fs::write(&token_file, format!("{}\n", self.token))
@@ -270,7 +321,7 @@ impl Lab {
                     "--workers",
                     "1",
                     "--pull-interval",
-                    "1s",
+                    "250ms",
                 ]),
                 2,
             ))?;
@@ -300,15 +351,78 @@ impl Lab {
         self.state.write(&self.dir)
     }
 
+    /// A fresh PostgreSQL cluster in `DIR/postgres`, serving the lab's network on the `db` host
+    /// and the lab itself on a Unix socket in the same directory. PostgreSQL refuses to run as
+    /// root: the cluster belongs to the `postgres` user.
+    fn start_postgres(&mut self) -> Result<()> {
+        let bin = postgres_bin()?;
+        let data = self.dir.join("postgres");
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        let data_arg = data.display().to_string();
+        crate::tool::run("chown", &["postgres:postgres", &data_arg])?;
+        crate::tool::run(
+            "runuser",
+            &[
+                "-u",
+                "postgres",
+                "--",
+                &bin.join("initdb").display().to_string(),
+                "-D",
+                &data_arg,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        )
+        .with_context(|| {
+            format!(
+                "initdb in {data_arg} as the postgres user (it must reach --dir; one under /tmp \
+                 does)"
+            )
+        })?;
+        let hba = data.join("pg_hba.conf");
+        let mut rules = std::fs::read_to_string(&hba).unwrap_or_default();
+        rules.push_str("host all all 198.18.0.0/24 trust\n");
+        std::fs::write(&hba, rules).with_context(|| format!("writing {}", hba.display()))?;
+        let host = address("db", 0).to_string();
+        self.launch(Launch {
+            host: "db".to_owned(),
+            program: "runuser".into(),
+            args: [
+                "-u",
+                "postgres",
+                "--",
+                &bin.join("postgres").display().to_string(),
+                "-D",
+                &data_arg,
+                "-k",
+                &data_arg,
+                "-h",
+                &host,
+                "-p",
+                "5432",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+            ready: Ready::Contains("database system is ready to accept connections".into()),
+        })
+    }
+
     /// A fresh database with the pool `demo`: health checks every second, short timeouts and
     /// two retries, so that faults show within seconds.
     async fn seed(&self, shape: Shape) -> Result<()> {
         for file in ["ballast.db", "ballast.db-wal", "ballast.db-shm"] {
             let _ = std::fs::remove_file(self.dir.join(file));
         }
-        let store = SqlStore::connect(&self.db)
-            .await
-            .context("the lab's database")?;
+        let store = self.store().await?;
         store
             .apply(Write::CreatePool(PoolSpec {
                 name: POOL.into(),
@@ -361,9 +475,10 @@ impl Lab {
         }
     }
 
-    /// The configuration database, opened from the machine's own namespace (a file).
+    /// The configuration database, as the lab reads and writes it: past the network, so
+    /// faults never cut it off.
     pub async fn store(&self) -> Result<SqlStore> {
-        SqlStore::connect(&self.db)
+        SqlStore::connect(&self.observer_db)
             .await
             .context("the lab's database")
     }
@@ -393,6 +508,22 @@ impl Lab {
         self.state.network.remove();
         let _ = State::clear(&self.dir);
     }
+}
+
+/// The directory with `initdb` and `postgres` (Debian keeps them off the PATH), newest version.
+fn postgres_bin() -> Result<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.retain(|bin| bin.join("initdb").is_file() && bin.join("postgres").is_file());
+    found.sort();
+    found
+        .pop()
+        .context("--db postgres needs PostgreSQL's server (Debian's postgresql package)")
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -240,3 +240,38 @@ fn backend_blackhole_holds_and_the_lab_is_gone_after() {
     assert!(failed.contains(" 0 of "), "{failed}");
     assert_eq!(leftovers(&lab_id(&stderr)), Vec::<String>::new());
 }
+
+#[test]
+fn an_lb_cut_off_from_postgres_serves_on_and_catches_up_after_the_heal() {
+    require_lab!();
+    let dir = TempDir::new("lab-db");
+    let _down = Down(dir.path().to_owned());
+    let out = lab(&[
+        "check",
+        "lb-db-partition",
+        "--dir",
+        &dir.path().display().to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("lb-db-partition: passed"), "{stdout}");
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row {name}: {stdout}"))
+            .to_owned()
+    };
+    assert!(row("failed GETs").contains(" 0 of "), "{stdout}");
+    // The LB could not see the change while cut off, and applied it after.
+    let revisions = row("revision applied");
+    let numbers: Vec<u64> = revisions
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 3, "{revisions}");
+    assert_eq!(numbers[0], numbers[1], "{revisions}");
+    assert!(numbers[2] > numbers[1], "{revisions}");
+    assert_eq!(leftovers(&lab_id(&stderr)), Vec::<String>::new());
+}

@@ -124,6 +124,31 @@ impl SqlStore {
         })
     }
 
+    /// The same database on fresh connections, the old ones left to close. For a follower whose
+    /// connections went silent: a partition drops packets without a reset, and a connection
+    /// with a request in flight then waits out TCP's retransmission backoff, long after the
+    /// network heals, while a new connection goes through at once.
+    pub async fn reconnect(&self) -> Result<Self, StoreError> {
+        if self.dialect == Dialect::Sqlite {
+            return Ok(self.clone());
+        }
+        let connect = |pool: &AnyPool, size| {
+            let options = (*pool.connect_options()).clone();
+            pool_options().max_connections(size).connect_with(options)
+        };
+        let writer = connect(&self.writer, self.writer.options().get_max_connections())
+            .await
+            .map_err(StoreError::database("connecting"))?;
+        let reader = connect(&self.reader, self.reader.options().get_max_connections())
+            .await
+            .map_err(StoreError::database("connecting for reading"))?;
+        Ok(Self {
+            writer,
+            reader,
+            dialect: self.dialect,
+        })
+    }
+
     /// Runs one write statement in a transaction of its own, so that its parse and execution
     /// share a server connection (see [`statement`]).
     pub(crate) async fn execute_alone(

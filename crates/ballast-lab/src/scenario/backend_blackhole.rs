@@ -12,13 +12,14 @@ use ballast_config::{Health, SqlStore};
 use crate::check::{Outcome, Verdict, seconds};
 use crate::client::{GetLoad, Request};
 use crate::fault;
-use crate::system::{self, HEALTH_INTERVAL, Lab, Shape};
+use crate::system::{self, Db, HEALTH_INTERVAL, Lab, Shape};
 
 const SHAPE: Shape = Shape {
     lbs: 1,
     backends: 3,
     controls: 1,
     redis: 0,
+    db: Db::Sqlite,
 };
 /// Load before the cut, so connections to every backend are open and pooled when it comes.
 const WARM_UP: Duration = Duration::from_secs(2);
@@ -118,27 +119,10 @@ fn judge(
             seconds(back),
         ));
     }
-    let mut notes: Vec<String> = failed
-        .iter()
-        .take(5)
-        .map(|r| {
-            format!(
-                "at {}: {}",
-                seconds(r.at),
-                match &r.outcome {
-                    Ok(status) => format!("status {status}"),
-                    Err(error) => error.clone(),
-                }
-            )
-        })
-        .collect();
-    if failed.len() > 5 {
-        notes.push(format!("… and {} more failures", failed.len() - 5));
-    }
     Outcome {
         scenario: "backend-blackhole",
         verdicts,
-        notes,
+        notes: super::failure_notes(&failed),
     }
 }
 

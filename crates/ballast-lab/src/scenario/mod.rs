@@ -5,21 +5,46 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use crate::check::Outcome;
+use crate::check::{Outcome, seconds};
+use crate::client::Request;
 
 mod backend_blackhole;
+mod lb_db_partition;
 
 /// Every scenario, by the name `ballast lab check` takes.
-pub const NAMES: &[&str] = &["backend-blackhole"];
+pub const NAMES: &[&str] = &["backend-blackhole", "lb-db-partition"];
 
 /// Runs the scenario `name` in a lab under `dir`, `program` being this `ballast` binary; `step`
 /// hears its progress.
 pub async fn run(name: &str, dir: &Path, program: &Path, step: &dyn Fn(&str)) -> Result<Outcome> {
     match name {
         "backend-blackhole" => backend_blackhole::run(dir, program, step).await,
+        "lb-db-partition" => lb_db_partition::run(dir, program, step).await,
         other => bail!(
             "no scenario `{other}`; the scenarios are: {}",
             NAMES.join(", ")
         ),
     }
+}
+
+/// The first few failed requests, for the notes under a verdict table.
+fn failure_notes(failed: &[&Request]) -> Vec<String> {
+    let mut notes: Vec<String> = failed
+        .iter()
+        .take(5)
+        .map(|r| {
+            format!(
+                "at {}: {}",
+                seconds(r.at),
+                match &r.outcome {
+                    Ok(status) => format!("status {status}"),
+                    Err(error) => error.clone(),
+                }
+            )
+        })
+        .collect();
+    if failed.len() > 5 {
+        notes.push(format!("… and {} more failures", failed.len() - 5));
+    }
+    notes
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ballast_lab::state::{self, State};
-use ballast_lab::{Lab, Shape, fault, scenario};
+use ballast_lab::{Db, Lab, Shape, fault, scenario};
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +55,10 @@ pub(crate) struct UpArgs {
     /// lease.
     #[arg(long, value_name = "N", default_value_t = 5)]
     redis: u8,
+    /// The configuration database: `sqlite` (a file every host opens) or `postgres` (a
+    /// PostgreSQL server on a host of its own, `db`, which faults can cut off).
+    #[arg(long, value_name = "sqlite|postgres", default_value = "sqlite")]
+    db: Db,
 }
 
 #[derive(Debug, Args)]
@@ -77,8 +81,11 @@ pub(crate) enum FaultCommand {
         #[arg(required = true)]
         hosts: Vec<String>,
         /// One way only: drop what this host sends to the others named.
-        #[arg(long, value_name = "HOST")]
+        #[arg(long, value_name = "HOST", conflicts_with = "against")]
         from: Option<String>,
+        /// Cut them off from these hosts only (e.g. `partition lb-1 --against db`).
+        #[arg(long, value_name = "HOST", num_args = 1..)]
+        against: Vec<String>,
     },
     /// Remove every network fault (from the hosts named, or all).
     Heal {
@@ -169,6 +176,7 @@ async fn up(args: UpArgs, program: PathBuf) -> Result<()> {
         backends: args.backends,
         controls: args.controls,
         redis: args.redis,
+        db: args.db,
     };
     let step = |line: &str| println!("lab: {line}");
     let lab = Lab::up(&args.dir.dir, shape, &program, &step).await?;
@@ -284,10 +292,14 @@ impl FaultCommand {
         };
         match &self {
             Self::Partition {
-                hosts: names, from, ..
+                hosts: names,
+                from,
+                against,
+                ..
             } => match from {
                 Some(from) => fault::partition_one_way(network.host(from)?, &hosts(names)?)?,
-                None => fault::partition(network, &hosts(names)?)?,
+                None if against.is_empty() => fault::partition(network, &hosts(names)?)?,
+                None => fault::cut(&hosts(names)?, &hosts(against)?)?,
             },
             Self::Heal { hosts: names, .. } if names.is_empty() => {
                 fault::heal(&network.hosts.iter().collect::<Vec<_>>())?;
