@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ballast_config::{AlgorithmSpec, Health, PoolPolicy, PoolSpec, SqlStore, Write};
+use ballast_config::{AlgorithmSpec, Health, Liveness, PoolPolicy, PoolSpec, SqlStore, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::net::{Host, Network};
@@ -337,7 +337,8 @@ impl Lab {
         step(&format!("DNS: {DNS_NAME} on {dns}"));
 
         self.wait_until_healthy(shape.backends).await?;
-        step("every backend checked healthy");
+        self.wait_until_lbs_up(shape.lbs).await?;
+        step("every backend checked healthy, every LB seen alive");
         self.state.summary = self.summary(shape);
         self.state.write(&self.dir)?;
         Ok(())
@@ -470,6 +471,27 @@ impl Lab {
             }
             if Instant::now() > deadline {
                 bail!("{healthy} of {backends} backends checked healthy after 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (60 s at most) until the orchestrator has seen every LB alive.
+    async fn wait_until_lbs_up(&self, lbs: u8) -> Result<()> {
+        let store = self.store().await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let up = store
+                .lb_servers()
+                .await?
+                .iter()
+                .filter(|lb| lb.liveness == Liveness::Up)
+                .count();
+            if up >= usize::from(lbs) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{up} of {lbs} LB servers seen alive after 60 s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -275,3 +275,26 @@ fn an_lb_cut_off_from_postgres_serves_on_and_catches_up_after_the_heal() {
     assert!(numbers[2] > numbers[1], "{revisions}");
     assert_eq!(leftovers(&lab_id(&stderr)), Vec::<String>::new());
 }
+
+#[test]
+fn an_lb_cut_off_leaves_dns_while_the_other_stays_in_every_answer() {
+    require_lab!();
+    let dir = TempDir::new("lab-lb");
+    let _down = Down(dir.path().to_owned());
+    let out = lab(&[
+        "check",
+        "lb-blackhole",
+        "--dir",
+        &dir.path().display().to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("lb-blackhole: passed"), "{stdout}");
+    let without = stdout
+        .lines()
+        .find(|l| l.starts_with("answers without lb-2"))
+        .expect("a row for the other LB");
+    assert!(without.contains(" 0 of "), "{stdout}");
+    assert_eq!(leftovers(&lab_id(&stderr)), Vec::<String>::new());
+}

@@ -9,10 +9,11 @@ use crate::check::{Outcome, seconds};
 use crate::client::Request;
 
 mod backend_blackhole;
+mod lb_blackhole;
 mod lb_db_partition;
 
 /// Every scenario, by the name `ballast lab check` takes.
-pub const NAMES: &[&str] = &["backend-blackhole", "lb-db-partition"];
+pub const NAMES: &[&str] = &["backend-blackhole", "lb-db-partition", "lb-blackhole"];
 
 /// Runs the scenario `name` in a lab under `dir`, `program` being this `ballast` binary; `step`
 /// hears its progress.
@@ -20,6 +21,7 @@ pub async fn run(name: &str, dir: &Path, program: &Path, step: &dyn Fn(&str)) ->
     match name {
         "backend-blackhole" => backend_blackhole::run(dir, program, step).await,
         "lb-db-partition" => lb_db_partition::run(dir, program, step).await,
+        "lb-blackhole" => lb_blackhole::run(dir, program, step).await,
         other => bail!(
             "no scenario `{other}`; the scenarios are: {}",
             NAMES.join(", ")
