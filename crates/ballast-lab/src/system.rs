@@ -436,6 +436,10 @@ impl Lab {
                     response_timeout_ms: Some(2000),
                     health_interval_ms: Some(millis(HEALTH_INTERVAL)),
                     health_timeout_ms: Some(500),
+                    // A silent backend's requests time out together (round robin keeps sending
+                    // it some until it is ejected): the default budget (3 retries in progress)
+                    // would answer the rest of the scenarios' 8 clients 504.
+                    retry_budget_min: Some(16),
                     ..PoolPolicy::default()
                 },
             }))
