@@ -218,83 +218,60 @@ fn a_lab_comes_up_takes_faults_and_leaves_nothing_even_after_a_crash() {
     }
 }
 
-#[test]
-fn backend_blackhole_holds_and_the_lab_is_gone_after() {
-    require_lab!();
-    let dir = TempDir::new("lab-check");
+/// Runs `ballast lab check SCENARIO`, which must pass and leave nothing behind; its table.
+fn check(scenario: &str) -> String {
+    let dir = TempDir::new(&format!("lab-{scenario}"));
     let _down = Down(dir.path().to_owned());
     let out = lab(&[
         "check",
-        "backend-blackhole",
+        scenario,
         "--dir",
         &dir.path().display().to_string(),
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("backend-blackhole: passed"), "{stdout}");
-    let failed = stdout
-        .lines()
-        .find(|l| l.starts_with("failed GETs"))
-        .expect("a row for failed GETs");
-    assert!(failed.contains(" 0 of "), "{failed}");
+    assert!(stdout.contains(&format!("{scenario}: passed")), "{stdout}");
     assert_eq!(leftovers(&lab_id(&stderr)), Vec::<String>::new());
+    stdout
+}
+
+/// The row of `table` for `measure`.
+fn row<'a>(table: &'a str, measure: &str) -> &'a str {
+    table
+        .lines()
+        .find(|l| l.starts_with(measure))
+        .unwrap_or_else(|| panic!("no row {measure}: {table}"))
+}
+
+#[test]
+fn backend_blackhole_holds_and_the_lab_is_gone_after() {
+    require_lab!();
+    let table = check("backend-blackhole");
+    assert!(row(&table, "failed GETs").contains(" 0 of "), "{table}");
 }
 
 #[test]
 fn an_lb_cut_off_from_postgres_serves_on_and_catches_up_after_the_heal() {
     require_lab!();
-    let dir = TempDir::new("lab-db");
-    let _down = Down(dir.path().to_owned());
-    let out = lab(&[
-        "check",
-        "lb-db-partition",
-        "--dir",
-        &dir.path().display().to_string(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("lb-db-partition: passed"), "{stdout}");
-    let row = |name: &str| {
-        stdout
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no row {name}: {stdout}"))
-            .to_owned()
-    };
-    assert!(row("failed GETs").contains(" 0 of "), "{stdout}");
+    let table = check("lb-db-partition");
+    assert!(row(&table, "failed GETs").contains(" 0 of "), "{table}");
     // The LB could not see the change while cut off, and applied it after.
-    let revisions = row("revision applied");
-    let numbers: Vec<u64> = revisions
+    let revisions: Vec<u64> = row(&table, "revision applied")
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|n| n.parse().ok())
         .collect();
-    assert_eq!(numbers.len(), 3, "{revisions}");
-    assert_eq!(numbers[0], numbers[1], "{revisions}");
-    assert!(numbers[2] > numbers[1], "{revisions}");
-    assert_eq!(leftovers(&lab_id(&stderr)), Vec::<String>::new());
+    assert_eq!(revisions.len(), 3, "{table}");
+    assert_eq!(revisions[0], revisions[1], "{table}");
+    assert!(revisions[2] > revisions[1], "{table}");
 }
 
 #[test]
 fn an_lb_cut_off_leaves_dns_while_the_other_stays_in_every_answer() {
     require_lab!();
-    let dir = TempDir::new("lab-lb");
-    let _down = Down(dir.path().to_owned());
-    let out = lab(&[
-        "check",
-        "lb-blackhole",
-        "--dir",
-        &dir.path().display().to_string(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("lb-blackhole: passed"), "{stdout}");
-    let without = stdout
-        .lines()
-        .find(|l| l.starts_with("answers without lb-2"))
-        .expect("a row for the other LB");
-    assert!(without.contains(" 0 of "), "{stdout}");
-    assert_eq!(leftovers(&lab_id(&stderr)), Vec::<String>::new());
+    let table = check("lb-blackhole");
+    assert!(
+        row(&table, "answers without lb-2").contains(" 0 of "),
+        "{table}"
+    );
 }

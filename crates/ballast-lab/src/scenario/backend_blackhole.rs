@@ -3,7 +3,6 @@
 //! 0.5 s of the cut, and no client request fails — requests already sent to the backend, and
 //! those that try to connect to it, are idempotent, so the LB must take them elsewhere.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -14,7 +13,7 @@ use crate::client::{GetLoad, Request};
 use crate::fault;
 use crate::system::{self, Db, HEALTH_INTERVAL, Lab, Shape};
 
-const SHAPE: Shape = Shape {
+pub(super) const SHAPE: Shape = Shape {
     lbs: 1,
     backends: 3,
     controls: 1,
@@ -26,15 +25,7 @@ const WARM_UP: Duration = Duration::from_secs(2);
 /// Load after the verdict, to see that traffic settled on the others.
 const SETTLE: Duration = Duration::from_secs(3);
 
-pub(super) async fn run(dir: &Path, program: &Path, step: &dyn Fn(&str)) -> Result<Outcome> {
-    let lab = Lab::up(dir, SHAPE, program, step).await?;
-    let outcome = measure(&lab, step).await;
-    step("removing the lab");
-    lab.down();
-    outcome
-}
-
-async fn measure(lab: &Lab, step: &dyn Fn(&str)) -> Result<Outcome> {
+pub(super) async fn measure(lab: &Lab, step: &dyn Fn(&str)) -> Result<Outcome> {
     let store = lab.store().await?;
     let victim = lab.host("backend-1")?;
     let victim_address = system::backend_address(1).to_string();

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -18,7 +17,7 @@ use crate::fault;
 use crate::net::Host;
 use crate::system::{self, DNS_NAME, Db, Lab, Shape};
 
-const SHAPE: Shape = Shape {
+pub(super) const SHAPE: Shape = Shape {
     lbs: 2,
     backends: 1,
     controls: 1,
@@ -35,15 +34,7 @@ const WATCHED: Duration = Duration::from_secs(5);
 /// `ballast dns`'s TTL: how long a resolver may still hand out an address DNS dropped.
 const TTL: Duration = Duration::from_secs(5);
 
-pub(super) async fn run(dir: &Path, program: &Path, step: &dyn Fn(&str)) -> Result<Outcome> {
-    let lab = Lab::up(dir, SHAPE, program, step).await?;
-    let outcome = measure(&lab, step).await;
-    step("removing the lab");
-    lab.down();
-    outcome
-}
-
-async fn measure(lab: &Lab, step: &dyn Fn(&str)) -> Result<Outcome> {
+pub(super) async fn measure(lab: &Lab, step: &dyn Fn(&str)) -> Result<Outcome> {
     let client_host = lab.host("client")?.clone();
     let cut_lb = system::address("lb", 1);
     let other_lb = system::address("lb", 2);

@@ -3,7 +3,6 @@
 //! configuration changes meanwhile. Claims: the LB keeps serving its last configuration (no
 //! client request fails), and it applies the change within 1 s of the heal.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -15,7 +14,7 @@ use crate::fault;
 use crate::net::Host;
 use crate::system::{self, Db, Lab, Shape};
 
-const SHAPE: Shape = Shape {
+pub(super) const SHAPE: Shape = Shape {
     lbs: 1,
     backends: 2,
     controls: 1,
@@ -27,15 +26,7 @@ const WARM_UP: Duration = Duration::from_secs(2);
 const CUT_FOR: Duration = Duration::from_secs(10);
 const CATCH_UP_BOUND: Duration = Duration::from_secs(1);
 
-pub(super) async fn run(dir: &Path, program: &Path, step: &dyn Fn(&str)) -> Result<Outcome> {
-    let lab = Lab::up(dir, SHAPE, program, step).await?;
-    let outcome = measure(&lab, step).await;
-    step("removing the lab");
-    lab.down();
-    outcome
-}
-
-async fn measure(lab: &Lab, step: &dyn Fn(&str)) -> Result<Outcome> {
+pub(super) async fn measure(lab: &Lab, step: &dyn Fn(&str)) -> Result<Outcome> {
     let store = lab.store().await?;
     let client_host = lab.host("client")?.clone();
     let lb = lab.host("lb-1")?;

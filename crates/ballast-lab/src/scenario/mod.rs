@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 
 use crate::check::{Outcome, seconds};
 use crate::client::Request;
+use crate::system::Lab;
 
 mod backend_blackhole;
 mod lb_blackhole;
@@ -16,17 +17,26 @@ mod lb_db_partition;
 pub const NAMES: &[&str] = &["backend-blackhole", "lb-db-partition", "lb-blackhole"];
 
 /// Runs the scenario `name` in a lab under `dir`, `program` being this `ballast` binary; `step`
-/// hears its progress.
+/// hears its progress. The lab is removed whatever the scenario found.
 pub async fn run(name: &str, dir: &Path, program: &Path, step: &dyn Fn(&str)) -> Result<Outcome> {
-    match name {
-        "backend-blackhole" => backend_blackhole::run(dir, program, step).await,
-        "lb-db-partition" => lb_db_partition::run(dir, program, step).await,
-        "lb-blackhole" => lb_blackhole::run(dir, program, step).await,
+    let shape = match name {
+        "backend-blackhole" => backend_blackhole::SHAPE,
+        "lb-db-partition" => lb_db_partition::SHAPE,
+        "lb-blackhole" => lb_blackhole::SHAPE,
         other => bail!(
             "no scenario `{other}`; the scenarios are: {}",
             NAMES.join(", ")
         ),
-    }
+    };
+    let lab = Lab::up(dir, shape, program, step).await?;
+    let outcome = match name {
+        "backend-blackhole" => backend_blackhole::measure(&lab, step).await,
+        "lb-db-partition" => lb_db_partition::measure(&lab, step).await,
+        _ => lb_blackhole::measure(&lab, step).await,
+    };
+    step("removing the lab");
+    lab.down();
+    outcome
 }
 
 /// The first few failed requests, for the notes under a verdict table.
