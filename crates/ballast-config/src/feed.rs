@@ -288,10 +288,7 @@ async fn look(
     let revision = tokio::time::timeout(wait, store.revision())
         .await
         .map_err(|_| silent("reading the revision"))??;
-    if revision == current.revision {
-        return Ok(None);
-    }
-    tokio::time::timeout(CHANGES_WAIT, catch_up(store, current))
+    tokio::time::timeout(CHANGES_WAIT, catch_up_to(store, current, revision))
         .await
         .map_err(|_| silent("reading the changes"))?
 }
@@ -345,6 +342,15 @@ async fn listen(store: &SqlStore, url: &str) -> Listening {
 /// it (pruned past `current`, or a database restored from a backup).
 pub async fn catch_up(store: &SqlStore, current: &Config) -> Result<Option<Config>, StoreError> {
     let revision = store.revision().await?;
+    catch_up_to(store, current, revision).await
+}
+
+/// [`catch_up`] to `revision`, the database's as just read.
+async fn catch_up_to(
+    store: &SqlStore,
+    current: &Config,
+    revision: u64,
+) -> Result<Option<Config>, StoreError> {
     if revision < current.revision {
         // The database is behind what we hold (restored from a backup, or a new one): it is
         // the truth all the same.
