@@ -34,6 +34,16 @@ pub fn on_host<T: Send + 'static>(
     })
 }
 
+/// Runs `work` inside `host`'s network namespace and waits for what it returns.
+pub fn run_on_host<T: Send + 'static>(
+    host: &Host,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    on_host(host, work)
+        .join()
+        .map_err(|_| anyhow::anyhow!("a thread on {} panicked", host.name))?
+}
+
 /// One request as the client saw it.
 #[allow(missing_docs)]
 #[derive(Debug, Clone)]
@@ -180,7 +190,7 @@ async fn get(load: &GetLoad, connection: &mut Option<Sender>) -> Result<u16, Str
 /// would look.
 pub fn fetch(host: &Host, target: SocketAddr, path: &str) -> Result<String> {
     let path = path.to_owned();
-    on_host(host, move || {
+    run_on_host(host, move || {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))
             .with_context(|| format!("connecting to {target}"))?;
@@ -199,6 +209,4 @@ pub fn fetch(host: &Host, target: SocketAddr, path: &str) -> Result<String> {
         }
         Ok(body.to_owned())
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the fetching thread panicked"))?
 }

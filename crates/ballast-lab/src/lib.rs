@@ -20,6 +20,7 @@ pub mod scenario;
 pub mod state;
 pub mod system;
 mod tool;
+mod wait;
 
 pub use check::{Outcome, Verdict};
 pub use net::{Host, Network};

@@ -31,6 +31,13 @@ impl Host {
         format!("/run/netns/{}", self.netns)
     }
 
+    /// `PROGRAM` to run on this host (`ip netns exec NETNS PROGRAM`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+        let mut command = std::process::Command::new(tool::path("ip"));
+        command.args(["netns", "exec", &self.netns]).arg(program);
+        command
+    }
+
     /// The processes running on this host (every process in its namespace).
     pub fn pids(&self) -> Vec<i32> {
         tool::run("ip", &["netns", "pids", &self.netns])
@@ -130,25 +137,6 @@ impl Network {
             let _ = tool::run("ip", &["link", "del", &host.veth]);
         }
         let _ = tool::run("ip", &["link", "del", &self.bridge]);
-    }
-
-    /// What of this network still exists: namespaces and links by name. Empty once removed.
-    pub fn leftovers(&self) -> Vec<String> {
-        let mut left = Vec::new();
-        for host in &self.hosts {
-            if std::path::Path::new(&host.netns_path()).exists() {
-                left.push(format!("namespace {}", host.netns));
-            }
-        }
-        let links = tool::run("ip", &["-o", "link", "show"]).unwrap_or_default();
-        for line in links.lines() {
-            let name = line.split(':').nth(1).map(str::trim).unwrap_or("");
-            let name = name.split('@').next().unwrap_or(name);
-            if name == self.bridge || name.starts_with(&format!("bl{}h", self.id)) {
-                left.push(format!("link {name}"));
-            }
-        }
-        left
     }
 }
 

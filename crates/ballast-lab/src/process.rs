@@ -12,7 +12,9 @@ use rustix::process::{Pid, Signal, kill_process};
 use serde::{Deserialize, Serialize};
 
 use crate::net::Host;
-use crate::state::Launch;
+use std::process::Command;
+
+use crate::state::{Launch, State};
 
 /// What a program prints on standard output once it is ready.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,12 +45,8 @@ pub fn start(host: &Host, launch: &Launch, logs: &Path) -> Result<(i32, String)>
         .append(true)
         .open(&err_path)
         .with_context(|| format!("creating {}", err_path.display()))?;
-    let mut command = std::process::Command::new(
-        ballast_bench::find_program("ip", &["/usr/sbin", "/sbin"]).unwrap_or_else(|| "ip".into()),
-    );
+    let mut command = host.command(&launch.program);
     command
-        .args(["netns", "exec", &host.netns])
-        .arg(&launch.program)
         .args(&launch.args)
         .env(
             "RUST_LOG",
@@ -94,6 +92,23 @@ pub fn start(host: &Host, launch: &Launch, logs: &Path) -> Result<(i32, String)>
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A user's command (`ballast lab exec`) on `host` of the lab in `dir`, with `BALLAST_CONTROL`
+/// and `BALLAST_TOKEN` set so that `ballast pool …` there reaches the lab's admin API.
+pub fn user_command(dir: &Path, state: &State, host: &Host, argv: &[String]) -> Result<Command> {
+    let (program, args) = argv.split_first().context("a command to run")?;
+    let mut command = host.command(program);
+    command.args(args);
+    if let Ok(control) = state.network.host("control-1") {
+        command.env(
+            "BALLAST_CONTROL",
+            format!("http://{}:9000", control.address),
+        );
+    }
+    let token = std::fs::read_to_string(dir.join("token")).unwrap_or_default();
+    command.env("BALLAST_TOKEN", token.trim());
+    Ok(command)
 }
 
 /// `lb-1` for `ballast`, `redis-1.redis-server` or `db.postgres` for the others.

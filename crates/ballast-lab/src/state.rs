@@ -30,8 +30,6 @@ pub struct State {
     pub owner: u32,
     pub network: Network,
     pub launches: Vec<Launch>,
-    /// Lines for `ballast lab status`: where things are, how to reach them.
-    pub summary: Vec<String>,
 }
 
 impl State {

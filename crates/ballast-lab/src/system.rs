@@ -21,7 +21,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ballast_config::{AlgorithmSpec, Health, Liveness, PoolPolicy, PoolSpec, SqlStore, Write};
@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::net::{Host, Network};
 use crate::process::{self, Ready};
 use crate::state::{self, Launch, State};
+use crate::wait;
 
 /// The demo pool every LB serves.
 pub const POOL: &str = "demo";
@@ -99,10 +100,10 @@ pub struct Lab {
     pub dir: PathBuf,
     pub state: State,
     /// The configuration database's URL, as every host opens it.
-    pub db: String,
+    db: String,
     /// The same database's URL for the lab's own reads and writes (past the network).
     observer_db: String,
-    pub token: String,
+    token: String,
 }
 
 /// The address of the `n`th (from 1) host of a kind.
@@ -150,8 +151,14 @@ impl Lab {
         for n in 1..=shape.controls {
             network.add(&format!("control-{n}"), address("control", n));
         }
-        let redis = shape.redis > 0 && ballast_bench::find_program("redis-server", &[]).is_some();
-        for n in 1..=shape.redis.min(if redis { 9 } else { 0 }) {
+        // Without redis-server the controls elect their leader by the database lease.
+        let redis_server = ballast_bench::find_program("redis-server", &[]);
+        let redis_nodes = if redis_server.is_some() {
+            shape.redis
+        } else {
+            0
+        };
+        for n in 1..=redis_nodes {
             network.add(&format!("redis-{n}"), address("redis", n));
         }
         for n in 1..=shape.lbs {
@@ -181,13 +188,14 @@ impl Lab {
                 owner: std::process::id(),
                 network,
                 launches: Vec::new(),
-                summary: Vec::new(),
             },
             dir,
         };
         // Written before anything exists, so that a crash halfway leaves a map to clean by.
         lab.state.write(&lab.dir)?;
-        let started = lab.start(shape, program, step).await;
+        let started = lab
+            .start(shape, program, redis_server.as_deref(), step)
+            .await;
         if let Err(error) = started {
             lab.down();
             return Err(error);
@@ -195,7 +203,13 @@ impl Lab {
         Ok(lab)
     }
 
-    async fn start(&mut self, shape: Shape, program: &Path, step: &dyn Fn(&str)) -> Result<()> {
+    async fn start(
+        &mut self,
+        shape: Shape,
+        program: &Path,
+        redis_server: Option<&Path>,
+        step: &dyn Fn(&str),
+    ) -> Result<()> {
         self.state.network.create()?;
         step(&format!(
             "network bl{}: {} hosts on a bridge, 198.18.0.0/24",
@@ -233,8 +247,7 @@ impl Lab {
             std::fs::create_dir_all(&data)?;
             let launch = Launch {
                 host: host.name.clone(),
-                program: ballast_bench::find_program("redis-server", &[])
-                    .context("redis-server")?,
+                program: redis_server.context("redis-server")?.to_owned(),
                 args: args(&[
                     "--bind",
                     &host.address.to_string(),
@@ -339,8 +352,6 @@ impl Lab {
         self.wait_until_healthy(shape.backends).await?;
         self.wait_until_lbs_up(shape.lbs).await?;
         step("every backend checked healthy, every LB seen alive");
-        self.state.summary = self.summary(shape);
-        self.state.write(&self.dir)?;
         Ok(())
     }
 
@@ -459,46 +470,38 @@ impl Lab {
     /// Waits (60 s at most) until the orchestrator has checked every backend healthy.
     async fn wait_until_healthy(&self, backends: u8) -> Result<()> {
         let store = self.store().await?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let healthy = store
-                .config()
+        wait::until(Duration::from_secs(60), async || {
+            let healthy = backend_health(&store)
                 .await?
-                .pools
                 .iter()
-                .filter(|p| p.spec.name == POOL)
-                .flat_map(|p| &p.backends)
-                .filter(|b| b.health == Health::Healthy)
+                .filter(|(_, health)| *health == Health::Healthy)
                 .count();
-            if healthy >= usize::from(backends) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{healthy} of {backends} backends checked healthy after 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Ok(if healthy >= usize::from(backends) {
+                Ok(())
+            } else {
+                Err(format!("{healthy} of {backends} backends checked healthy"))
+            })
+        })
+        .await
     }
 
     /// Waits (60 s at most) until the orchestrator has seen every LB alive.
     async fn wait_until_lbs_up(&self, lbs: u8) -> Result<()> {
         let store = self.store().await?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        wait::until(Duration::from_secs(60), async || {
             let up = store
                 .lb_servers()
                 .await?
                 .iter()
                 .filter(|lb| lb.liveness == Liveness::Up)
                 .count();
-            if up >= usize::from(lbs) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{up} of {lbs} LB servers seen alive after 60 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Ok(if up >= usize::from(lbs) {
+                Ok(())
+            } else {
+                Err(format!("{up} of {lbs} LB servers seen alive"))
+            })
+        })
+        .await
     }
 
     /// The configuration database, as the lab reads and writes it: past the network, so
@@ -514,17 +517,21 @@ impl Lab {
         self.state.network.host(name)
     }
 
-    fn summary(&self, shape: Shape) -> Vec<String> {
-        let mut lines = Vec::new();
-        for host in &self.state.network.hosts {
-            lines.push(format!("  {:<12} {}", host.name, host.address));
+    /// Where things are, for a user: each host and its address, the ports, the logs.
+    pub fn summary(&self) -> Vec<String> {
+        let hosts = &self.state.network.hosts;
+        let mut lines: Vec<String> = hosts
+            .iter()
+            .map(|host| format!("  {:<12} {}", host.name, host.address))
+            .collect();
+        let lbs: Vec<&Host> = hosts.iter().filter(|h| h.name.starts_with("lb-")).collect();
+        if let (Some(first), Some(last)) = (lbs.first(), lbs.last()) {
+            lines.push(String::new());
+            lines.push(format!(
+                "LB servers listen on port 8080 ({} … {}), control on 9000, DNS on 53.",
+                first.address, last.address
+            ));
         }
-        lines.push(String::new());
-        lines.push(format!(
-            "LB servers listen on port 8080 ({} … {}), control on 9000, DNS on 53.",
-            lb_address(1).ip(),
-            lb_address(shape.lbs).ip()
-        ));
         lines.push(format!("Logs in {}/logs/.", self.dir.display()));
         lines
     }
@@ -534,6 +541,19 @@ impl Lab {
         self.state.network.remove();
         let _ = State::clear(&self.dir);
     }
+}
+
+/// Each backend of the demo pool by address, with the orchestrator's verdict on it.
+pub async fn backend_health(store: &SqlStore) -> Result<Vec<(String, Health)>> {
+    Ok(store
+        .config()
+        .await?
+        .pools
+        .iter()
+        .filter(|p| p.spec.name == POOL)
+        .flat_map(|p| &p.backends)
+        .map(|b| (b.address.clone(), b.health))
+        .collect())
 }
 
 /// The directory with `initdb` and `postgres` (Debian keeps them off the PATH), newest version.

@@ -15,8 +15,7 @@ pub(crate) fn run(program: &str, args: &[&str]) -> Result<String> {
 /// [`run`], writing `input` to its standard input (an `nft -f -` script).
 pub(crate) fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> Result<String> {
     use std::io::Write;
-    let mut command =
-        Command::new(ballast_bench::find_program(program, SBIN).unwrap_or_else(|| program.into()));
+    let mut command = Command::new(path(program));
     command
         .args(args)
         .stdin(if input.is_some() {
@@ -50,6 +49,12 @@ pub(crate) fn run_with_input(program: &str, args: &[&str], input: Option<&str>) 
 
 /// Where Debian puts `ip`, `nft` and `tc`, which a user's `PATH` may leave out.
 const SBIN: &[&str] = &["/usr/sbin", "/sbin"];
+
+/// Where `program` is: on the `PATH` or in an sbin directory (or its bare name, for the error
+/// of running it to say it is missing).
+pub(crate) fn path(program: &str) -> std::path::PathBuf {
+    ballast_bench::find_program(program, SBIN).unwrap_or_else(|| program.into())
+}
 
 /// Whether `program` can be run (on the `PATH` or in an sbin directory).
 pub(crate) fn installed(program: &str) -> bool {

@@ -5,13 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ballast_config::{Health, SqlStore};
 
 use crate::check::{Outcome, Verdict, seconds};
 use crate::client::{GetLoad, Request};
 use crate::fault;
 use crate::system::{self, Db, HEALTH_INTERVAL, Lab, Shape};
+use crate::wait;
 
 pub(super) const SHAPE: Shape = Shape {
     lbs: 1,
@@ -119,24 +120,19 @@ fn judge(
 
 /// Waits until the backend at `address` has `health` in the database.
 async fn wait_for(store: &SqlStore, address: &str, health: Health, within: Duration) -> Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        let config = store.config().await?;
-        let now = config
-            .pools
-            .iter()
-            .filter(|p| p.spec.name == system::POOL)
-            .flat_map(|p| &p.backends)
-            .find(|b| b.address == address)
-            .map(|b| b.health);
-        if now == Some(health) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{address} not {health:?} after {} s", within.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait::until(within, async || {
+        let now = system::backend_health(store)
+            .await?
+            .into_iter()
+            .find(|(backend, _)| backend == address)
+            .map(|(_, health)| health);
+        Ok(if now == Some(health) {
+            Ok(())
+        } else {
+            Err(format!("{address} {now:?}, not {health:?},"))
+        })
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ballast_dns::proto::op::{Message, Query};
 use ballast_dns::proto::rr::{Name, RData, RecordType};
 
@@ -16,6 +16,7 @@ use crate::client;
 use crate::fault;
 use crate::net::Host;
 use crate::system::{self, DNS_NAME, Db, Lab, Shape};
+use crate::wait;
 
 pub(super) const SHAPE: Shape = Shape {
     lbs: 2,
@@ -107,24 +108,22 @@ pub(super) async fn measure(lab: &Lab, step: &dyn Fn(&str)) -> Result<Outcome> {
     })
 }
 
-/// Asks DNS (from `host`, as a client's resolver would) every 20 ms until `done` says so.
+/// Asks DNS (from `host`, as a client's resolver would) again and again until `done` says so.
 async fn watch(
     host: &Host,
     within: Duration,
     mut done: impl FnMut(&BTreeSet<Ipv4Addr>) -> bool,
 ) -> Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
+    wait::until(within, async || {
         let asking = host.clone();
         let answer = tokio::task::spawn_blocking(move || resolve(&asking)).await??;
-        if done(&answer) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("DNS answered {answer:?} for {} s", within.as_secs());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Ok(if done(&answer) {
+            Ok(())
+        } else {
+            Err(format!("DNS answered {answer:?}"))
+        })
+    })
+    .await
 }
 
 /// The A records DNS answers for the demo pool's name, asked from `host`.
@@ -134,7 +133,7 @@ fn resolve(host: &Host) -> Result<BTreeSet<Ipv4Addr>> {
     query.set_id(fastrand::u16(..));
     let bytes = query.to_vec()?;
     let server = SocketAddr::from((system::address("dns", 0), 53));
-    let reply = client::on_host(host, move || {
+    let reply = client::run_on_host(host, move || {
         let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
         socket.set_read_timeout(Some(Duration::from_secs(1)))?;
         socket.send_to(&bytes, server)?;
@@ -143,9 +142,7 @@ fn resolve(host: &Host) -> Result<BTreeSet<Ipv4Addr>> {
             .recv_from(&mut buffer)
             .context("no answer from DNS")?;
         Ok(buffer[..length].to_vec())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the resolving thread panicked"))??;
+    })?;
     let message = Message::from_vec(&reply)?;
     Ok(message
         .answers()

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ballast_config::Write;
 
 use crate::check::{Outcome, Verdict, seconds};
@@ -13,6 +13,7 @@ use crate::client::{self, GetLoad, Request};
 use crate::fault;
 use crate::net::Host;
 use crate::system::{self, Db, Lab, Shape};
+use crate::wait;
 
 pub(super) const SHAPE: Shape = Shape {
     lbs: 1,
@@ -141,19 +142,14 @@ fn applied(client_host: &Host) -> Result<u64> {
 }
 
 async fn wait_for_revision(client_host: &Host, revision: u64, within: Duration) -> Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
+    wait::until(within, async || {
         let host = client_host.clone();
         let now = tokio::task::spawn_blocking(move || applied(&host)).await??;
-        if now >= revision {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "lb-1 at revision {now}, not {revision}, after {} s",
-                within.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Ok(if now >= revision {
+            Ok(())
+        } else {
+            Err(format!("lb-1 at revision {now}, not {revision},"))
+        })
+    })
+    .await
 }

@@ -180,7 +180,7 @@ async fn up(args: UpArgs, program: PathBuf) -> Result<()> {
     };
     let step = |line: &str| println!("lab: {line}");
     let lab = Lab::up(&args.dir.dir, shape, &program, &step).await?;
-    println!("\nThe lab is up. Hosts:\n{}", lab.state.summary.join("\n"));
+    println!("\nThe lab is up. Hosts:\n{}", lab.summary().join("\n"));
     println!(
         "\nTry:\n  ballast lab exec client -- curl -s http://198.18.0.51:8080/\n  \
          ballast lab fault partition backend-1\n  ballast lab fault heal\n  \
@@ -250,23 +250,7 @@ fn status(dir: &std::path::Path) -> Result<()> {
 fn exec(args: ExecArgs) -> Result<ExitCode> {
     let state = State::running(&args.dir.dir)?;
     let host = state.network.host(&args.host)?;
-    let control = state
-        .network
-        .host("control-1")
-        .ok()
-        .map(|h| format!("http://{}:9000", h.address));
-    let token = std::fs::read_to_string(args.dir.dir.join("token")).unwrap_or_default();
-    let mut command = std::process::Command::new(
-        ballast_bench::find_program("ip", &["/usr/sbin", "/sbin"]).unwrap_or_else(|| "ip".into()),
-    );
-    command
-        .args(["netns", "exec", &host.netns])
-        .args(&args.command);
-    if let Some(control) = control {
-        command.env("BALLAST_CONTROL", control);
-    }
-    command.env("BALLAST_TOKEN", token.trim());
-    let status = command
+    let status = ballast_lab::process::user_command(&args.dir.dir, &state, host, &args.command)?
         .status()
         .context("running the command on the host")?;
     Ok(ExitCode::from(
