@@ -27,10 +27,10 @@ use tokio::io::AsyncBufReadExt;
 use crate::table::Table;
 
 /// The lock every client contends for, and the resource it guards.
-const LOCK: &str = "ballast-check";
+pub const LOCK: &str = "ballast-check";
 
 /// Nanoseconds on the monotonic clock, which every process on the machine shares.
-fn now_ns() -> u64 {
+pub fn now_ns() -> u64 {
     let t = clock_gettime(ClockId::Monotonic);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
@@ -190,6 +190,118 @@ struct Record {
     grants: usize,
 }
 
+/// Client processes contending for the lock (`ballast lock check-client`), and what they report.
+/// Shared by this checker and the lab's, which starts them on a host of its own.
+pub struct Contenders {
+    record: Arc<Mutex<Record>>,
+    pids: HashMap<u32, u32>,
+    children: Vec<tokio::process::Child>,
+}
+
+/// The arguments of `ballast lock check-client` for client `client`.
+pub fn client_args(
+    lock_urls: &[String],
+    resource: &str,
+    client: u32,
+    ttl: Duration,
+) -> Vec<String> {
+    vec![
+        "lock".into(),
+        "check-client".into(),
+        "--redis".into(),
+        lock_urls.join(","),
+        "--resource".into(),
+        resource.into(),
+        "--client".into(),
+        client.to_string(),
+        "--ttl".into(),
+        format!("{}ms", ttl.as_millis()),
+    ]
+}
+
+impl Contenders {
+    /// Starts `count` clients, client `n` with `command(n)` (its output piped here).
+    pub fn start(
+        count: u32,
+        mut command: impl FnMut(u32) -> tokio::process::Command,
+    ) -> Result<Self> {
+        let record = Arc::new(Mutex::new(Record::default()));
+        let mut pids = HashMap::new();
+        let mut children = Vec::new();
+        for client in 0..count {
+            let mut child = command(client)
+                .env("RUST_LOG", "off")
+                .stdout(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting a client")?;
+            let stdout = child.stdout.take().context("client stdout")?;
+            if let Some(pid) = child.id() {
+                pids.insert(client, pid);
+            }
+            tokio::spawn(Self::follow(stdout, Arc::clone(&record)));
+            children.push(child);
+        }
+        Ok(Self {
+            record,
+            pids,
+            children,
+        })
+    }
+
+    async fn follow(stdout: tokio::process::ChildStdout, record: Arc<Mutex<Record>>) {
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(event) = line.parse::<Event>() else {
+                continue;
+            };
+            let mut record = record.lock().unwrap_or_else(|e| e.into_inner());
+            match event {
+                Event::Grant { client, .. } => {
+                    record.holder = Some(client);
+                    record.grants += 1;
+                }
+                Event::Release { client, .. } | Event::Lost { client, .. }
+                    if record.holder == Some(client) =>
+                {
+                    record.holder = None
+                }
+                _ => {}
+            }
+            record.events.push(event);
+        }
+    }
+
+    fn record(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The process of the client that holds the lock now, as far as the reports tell.
+    pub fn holder(&self) -> Option<Pid> {
+        self.record()
+            .holder
+            .and_then(|c| self.pids.get(&c))
+            .and_then(|p| Pid::from_raw(*p as i32))
+    }
+
+    /// How many grants the clients have reported so far.
+    pub fn grants(&self) -> usize {
+        self.record().grants
+    }
+
+    /// Stops every client (thawing any frozen one first) and returns what they reported.
+    pub async fn stop(mut self) -> Vec<Event> {
+        for pid in self.pids.values().filter_map(|p| Pid::from_raw(*p as i32)) {
+            let _ = kill_process(pid, Signal::CONT);
+            let _ = kill_process(pid, Signal::TERM);
+        }
+        for child in &mut self.children {
+            let _ = child.wait().await;
+        }
+        std::mem::take(&mut self.record().events)
+    }
+}
+
 /// Runs the check; exits 1 (through the answer) on any violation.
 pub async fn check(args: CheckArgs) -> Result<ExitCode> {
     let node_faults = args.faults.iter().any(|f| *f != Fault::Pause);
@@ -225,60 +337,12 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
         .context("the resource node")?;
     register.clear().await?;
 
-    let record = Arc::new(Mutex::new(Record::default()));
     let program = std::env::current_exe().context("finding the ballast binary")?;
-    let mut pids = HashMap::new();
-    let mut children = Vec::new();
-    for client in 0..args.clients {
-        let mut child = tokio::process::Command::new(&program)
-            .args([
-                "lock",
-                "check-client",
-                "--redis",
-                &lock_urls.join(","),
-                "--resource",
-                &resource_url,
-            ])
-            .args([
-                "--client",
-                &client.to_string(),
-                "--ttl",
-                &format!("{}ms", args.ttl.as_millis()),
-            ])
-            .env("RUST_LOG", "off")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a client")?;
-        let stdout = child.stdout.take().context("client stdout")?;
-        if let Some(pid) = child.id() {
-            pids.insert(client, pid);
-        }
-        let record = Arc::clone(&record);
-        tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(event) = line.parse::<Event>() else {
-                    continue;
-                };
-                let mut record = record.lock().unwrap_or_else(|e| e.into_inner());
-                match event {
-                    Event::Grant { client, .. } => {
-                        record.holder = Some(client);
-                        record.grants += 1;
-                    }
-                    Event::Release { client, .. } | Event::Lost { client, .. }
-                        if record.holder == Some(client) =>
-                    {
-                        record.holder = None
-                    }
-                    _ => {}
-                }
-                record.events.push(event);
-            }
-        });
-        children.push(child);
-    }
+    let contenders = Contenders::start(args.clients, |client| {
+        let mut command = tokio::process::Command::new(&program);
+        command.args(client_args(&lock_urls, &resource_url, client, args.ttl));
+        command
+    })?;
 
     let mut injected: HashMap<Fault, usize> = HashMap::new();
     let mut majority_windows = Vec::new();
@@ -289,21 +353,15 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
         let fault = args.faults[turn % args.faults.len()];
         turn += 1;
         let done = match fault {
-            Fault::Pause => {
-                let holder = record.lock().unwrap_or_else(|e| e.into_inner()).holder;
-                match holder
-                    .and_then(|c| pids.get(&c))
-                    .and_then(|p| Pid::from_raw(*p as i32))
-                {
-                    Some(pid) => {
-                        let _ = kill_process(pid, Signal::STOP);
-                        tokio::time::sleep(args.ttl * 3 / 2).await;
-                        let _ = kill_process(pid, Signal::CONT);
-                        true
-                    }
-                    None => false,
+            Fault::Pause => match contenders.holder() {
+                Some(pid) => {
+                    let _ = kill_process(pid, Signal::STOP);
+                    tokio::time::sleep(args.ttl * 3 / 2).await;
+                    let _ = kill_process(pid, Signal::CONT);
+                    true
                 }
-            }
+                None => false,
+            },
             Fault::KillNode => {
                 let i = rand_below(nodes.len() as u32) as usize;
                 nodes[i].kill().await;
@@ -337,20 +395,16 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
                     .skew_fence(LOCK, Duration::from_secs(30))
                     .await
                     .context("skewing a node's fencing counter")?;
-                let before = record.lock().unwrap_or_else(|e| e.into_inner()).grants;
+                let before = contenders.grants();
                 let granted_after = tokio::time::Instant::now() + args.ttl * 4;
                 let mut holder = None;
                 while holder.is_none() && tokio::time::Instant::now() < granted_after {
                     tokio::time::sleep(Duration::from_millis(5)).await;
-                    let record = record.lock().unwrap_or_else(|e| e.into_inner());
-                    if record.grants > before {
-                        holder = record.holder;
+                    if contenders.grants() > before {
+                        holder = contenders.holder();
                     }
                 }
-                match holder
-                    .and_then(|c| pids.get(&c))
-                    .and_then(|p| Pid::from_raw(*p as i32))
-                {
+                match holder {
                     Some(pid) if nodes.len() >= 3 => {
                         let _ = kill_process(pid, Signal::STOP);
                         nodes[i].kill().await;
@@ -369,14 +423,7 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
     }
     tokio::time::sleep_until(deadline).await;
 
-    for pid in pids.values().filter_map(|p| Pid::from_raw(*p as i32)) {
-        let _ = kill_process(pid, Signal::CONT);
-        let _ = kill_process(pid, Signal::TERM);
-    }
-    for mut child in children {
-        let _ = child.wait().await;
-    }
-    let events = std::mem::take(&mut record.lock().unwrap_or_else(|e| e.into_inner()).events);
+    let events = contenders.stop().await;
     let accepted: Vec<u64> = register
         .log()
         .await?

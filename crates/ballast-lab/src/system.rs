@@ -243,27 +243,7 @@ impl Lab {
             .cloned()
             .collect();
         for host in &redis_hosts {
-            let data = self.dir.join(&host.name);
-            std::fs::create_dir_all(&data)?;
-            let launch = Launch {
-                host: host.name.clone(),
-                program: redis_server.context("redis-server")?.to_owned(),
-                args: args(&[
-                    "--bind",
-                    &host.address.to_string(),
-                    "--port",
-                    "6379",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--protected-mode",
-                    "no",
-                    "--dir",
-                    &data.display().to_string(),
-                ]),
-                ready: Ready::Contains("Ready to accept connections".into()),
-            };
+            let launch = self.redis_launch(host, redis_server.context("redis-server")?, &[])?;
             self.launch(launch)?;
             redis_urls.push(format!("redis://{}:6379", host.address));
         }
@@ -361,6 +341,62 @@ impl Lab {
         process::start(&host, &launch, &self.dir.join("logs"))?;
         self.state.launches.push(launch);
         self.state.write(&self.dir)
+    }
+
+    /// How `redis-server` runs on `host`: on its lab address, port 6379, keeping nothing on
+    /// disk; `extra` adds to its arguments.
+    fn redis_launch(&self, host: &Host, redis_server: &Path, extra: &[String]) -> Result<Launch> {
+        let data = self.dir.join(&host.name);
+        std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+        let mut args: Vec<String> = [
+            "--bind",
+            &host.address.to_string(),
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--dir",
+            &data.display().to_string(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend_from_slice(extra);
+        Ok(Launch {
+            host: host.name.clone(),
+            program: redis_server.to_owned(),
+            args,
+            ready: Ready::Contains("Ready to accept connections".into()),
+        })
+    }
+
+    /// Starts a Redis server on the client host, for a resource that workloads guard with a
+    /// lock (fencing tokens): it is never cut off from the clients. Returns its URL on the lab's
+    /// network and the URL of its Unix socket, for the lab's own reads (past the network).
+    pub fn start_resource_redis(&mut self) -> Result<(String, String)> {
+        let redis_server = ballast_bench::find_program("redis-server", &[])
+            .context("the resource needs redis-server (Debian's redis-server package)")?;
+        let host = self.host("client")?.clone();
+        let socket = self.dir.join("client").join("redis.sock");
+        let launch = self.redis_launch(
+            &host,
+            &redis_server,
+            &[
+                "--unixsocket".to_owned(),
+                socket.display().to_string(),
+                "--unixsocketperm".to_owned(),
+                "700".to_owned(),
+            ],
+        )?;
+        self.launch(launch)?;
+        Ok((
+            format!("redis://{}:6379", host.address),
+            format!("unix://{}", socket.display()),
+        ))
     }
 
     /// A fresh PostgreSQL cluster in `DIR/postgres`, serving the lab's network on the `db` host

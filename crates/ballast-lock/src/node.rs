@@ -4,13 +4,20 @@
 //! A timed-out call leaves the connection in place: the late reply is matched to its request and
 //! dropped, and whatever is sent next is executed after it, in order. That is what makes "release
 //! on every node, including those that timed out" work: the release queues behind the acquire it
-//! undoes. Only a broken connection is thrown away, to be opened again on the next call.
+//! undoes. A broken connection is thrown away, to be opened again on the next call; so is one
+//! that has answered nothing for [`SILENT_FOR`] while calls waited on it. Packets that vanish
+//! (a cut link, a firewall that drops) break nothing TCP can see: it retransmits with a timer
+//! that doubles from 200 ms, so after a cut of ten seconds the old connection may stay silent
+//! for seconds after the link is back, while a fresh connection's handshake goes at once. What
+//! the old connection still carries lands late or not at all; a late acquire only sets a key
+//! that expires within its TTL, so safety never rested on it.
 
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, FromRedisValue, RedisError, Script};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use crate::error::NodeError;
 
@@ -25,12 +32,23 @@ pub struct Holding {
     pub last_token: u64,
 }
 
+/// How long a connection may leave every call unanswered before it is replaced: several node
+/// timeouts, so a node that is only slow keeps its connection (and the order of what was sent).
+const SILENT_FOR: Duration = Duration::from_secs(1);
+
 /// One Redis server.
 pub(crate) struct Node {
     /// The URL as shown in errors and status: its password redacted.
     url: String,
     client: Client,
-    connection: Mutex<Option<MultiplexedConnection>>,
+    connection: Mutex<Slot>,
+}
+
+/// The shared connection, and since when its calls have gone unanswered.
+#[derive(Default)]
+struct Slot {
+    connection: Option<MultiplexedConnection>,
+    silent_since: Option<Instant>,
 }
 
 impl std::fmt::Debug for Node {
@@ -52,7 +70,7 @@ impl Node {
         Ok(Self {
             url: ballast_telemetry::redact(url).into_owned(),
             client,
-            connection: Mutex::new(None),
+            connection: Mutex::new(Slot::default()),
         })
     }
 
@@ -61,10 +79,18 @@ impl Node {
         &self.url
     }
 
-    /// The shared connection, opened (within `timeout`) if there is none.
+    /// The shared connection, opened (within `timeout`) if there is none or the one there has
+    /// been silent for too long.
     async fn connection(&self, timeout: Duration) -> Result<MultiplexedConnection, NodeError> {
         let mut slot = self.connection.lock().await;
-        if let Some(connection) = &*slot {
+        if slot
+            .silent_since
+            .is_some_and(|since| since.elapsed() >= SILENT_FOR)
+        {
+            tracing::debug!(node = %self.url, "no answer for {SILENT_FOR:?}: reconnecting");
+            *slot = Slot::default();
+        }
+        if let Some(connection) = &slot.connection {
             return Ok(connection.clone());
         }
         let config = AsyncConnectionConfig::new()
@@ -87,7 +113,7 @@ impl Node {
             .await
             .map_err(|_| self.timed_out(timeout))?
             .map_err(|e| self.unreachable(&e))?;
-        *slot = Some(opened.clone());
+        slot.connection = Some(opened.clone());
         Ok(opened)
     }
 
@@ -118,15 +144,22 @@ impl Node {
                 Err(error) => Err(self.failed(error).await),
             }
         };
-        tokio::time::timeout(timeout, call)
-            .await
-            .map_err(|_| self.timed_out(timeout))?
+        let Ok(answer) = tokio::time::timeout(timeout, call).await else {
+            let mut slot = self.connection.lock().await;
+            if slot.connection.is_some() {
+                slot.silent_since.get_or_insert_with(Instant::now);
+            }
+            return Err(self.timed_out(timeout));
+        };
+        // An error within the time is an answer too (or a connection already thrown away).
+        self.connection.lock().await.silent_since = None;
+        answer
     }
 
     /// Classifies an error, forgetting the connection when it is broken.
     async fn failed(&self, error: RedisError) -> NodeError {
         if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() {
-            *self.connection.lock().await = None;
+            *self.connection.lock().await = Slot::default();
             return self.unreachable(&error);
         }
         NodeError::Script {

@@ -275,3 +275,46 @@ fn an_lb_cut_off_leaves_dns_while_the_other_stays_in_every_answer() {
         "{table}"
     );
 }
+
+/// The number in `measure`'s row of `table`, its figure column.
+fn figure(table: &str, measure: &str) -> u64 {
+    row(table, measure)[measure.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number in row {measure}: {table}"))
+}
+
+#[test]
+fn a_redlock_with_a_minority_cut_off_grants_on_and_stays_safe() {
+    require_lab!();
+    let table = check("redis-minority");
+    assert_eq!(
+        figure(&table, "violations (overlaps, stale writes, token order)"),
+        0
+    );
+    assert!(
+        figure(&table, "grants while a minority is cut off") > 0,
+        "{table}"
+    );
+}
+
+#[test]
+fn a_redlock_with_a_majority_cut_off_grants_nothing_until_the_heal() {
+    require_lab!();
+    let table = check("redis-majority");
+    assert_eq!(
+        figure(&table, "violations (overlaps, stale writes, token order)"),
+        0
+    );
+    assert_eq!(
+        figure(&table, "grants while a majority is cut off"),
+        0,
+        "{table}"
+    );
+    // Granted again soon after the heal: a connection silent since the cut is replaced.
+    assert!(
+        row(&table, "first grant after the heal").ends_with("yes"),
+        "{table}"
+    );
+}

@@ -8,13 +8,21 @@ use anyhow::{Result, bail};
 use crate::check::{Outcome, seconds};
 use crate::client::Request;
 use crate::system::Lab;
+use redis_partition::Cut;
 
 mod backend_blackhole;
 mod lb_blackhole;
 mod lb_db_partition;
+mod redis_partition;
 
 /// Every scenario, by the name `ballast lab check` takes.
-pub const NAMES: &[&str] = &["backend-blackhole", "lb-db-partition", "lb-blackhole"];
+pub const NAMES: &[&str] = &[
+    "backend-blackhole",
+    "lb-db-partition",
+    "lb-blackhole",
+    "redis-minority",
+    "redis-majority",
+];
 
 /// Runs the scenario `name` in a lab under `dir`, `program` being this `ballast` binary; `step`
 /// hears its progress. The lab is removed whatever the scenario found.
@@ -23,16 +31,19 @@ pub async fn run(name: &str, dir: &Path, program: &Path, step: &dyn Fn(&str)) ->
         "backend-blackhole" => backend_blackhole::SHAPE,
         "lb-db-partition" => lb_db_partition::SHAPE,
         "lb-blackhole" => lb_blackhole::SHAPE,
+        "redis-minority" | "redis-majority" => redis_partition::SHAPE,
         other => bail!(
             "no scenario `{other}`; the scenarios are: {}",
             NAMES.join(", ")
         ),
     };
-    let lab = Lab::up(dir, shape, program, step).await?;
+    let mut lab = Lab::up(dir, shape, program, step).await?;
     let outcome = match name {
         "backend-blackhole" => backend_blackhole::measure(&lab, step).await,
         "lb-db-partition" => lb_db_partition::measure(&lab, step).await,
-        _ => lb_blackhole::measure(&lab, step).await,
+        "lb-blackhole" => lb_blackhole::measure(&lab, step).await,
+        "redis-minority" => redis_partition::measure(&mut lab, Cut::Minority, program, step).await,
+        _ => redis_partition::measure(&mut lab, Cut::Majority, program, step).await,
     };
     step("removing the lab");
     lab.down();
