@@ -844,6 +844,12 @@ pub struct Change {
     pub value: serde_json::Value,
     /// When it was written, in milliseconds since the Unix epoch.
     pub at_ms: i64,
+    /// The lease its writer held, when a leased writer (the orchestrator's leader) made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_name: Option<String>,
+    /// The fencing token that writer presented.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_token: Option<u64>,
 }
 
 #[cfg(test)]

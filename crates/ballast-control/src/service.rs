@@ -53,6 +53,10 @@ pub struct Orchestration {
     /// Read the LBs' figures from this Prometheus server's query API instead of scraping them.
     pub prometheus: Option<String>,
     pub scaling: Option<Scaling>,
+    /// Keep leading after the lease is lost — wrong on purpose: only for `ballast lab check
+    /// leader-partition --broken`, which shows that its checker catches two leaders. Fencing
+    /// still refuses such a leader's writes once a newer one has written.
+    pub ignore_lease_loss: bool,
 }
 
 /// Autoscaling the LB fleet.
@@ -249,6 +253,7 @@ pub async fn run(
                 scrape_interval: orchestration.scrape_interval,
                 prometheus: orchestration.prometheus.clone(),
                 autoscaling: autoscaling.clone(),
+                ignore_lease_loss: orchestration.ignore_lease_loss,
             };
             orchestrating = Some(tokio::spawn(crate::orchestrator::run(
                 orchestrator,

@@ -44,6 +44,7 @@ async fn an_orchestrator_that_stops_hands_its_lease_on_at_once() {
         scrape_interval: Duration::from_secs(60),
         prometheus: None,
         autoscaling: None,
+        ignore_lease_loss: false,
     };
     let running = tokio::spawn(orchestrator::run(
         settings,

@@ -2,7 +2,11 @@
 //! probes, plus counts of outcomes in a row. A backend becomes
 //!
 //! - **unhealthy** after `fall` definite failures in a row (refused, error status), without
-//!   waiting for φ, or as soon as φ passes its threshold (probes time out: silence);
+//!   waiting for φ, or as soon as φ passes its threshold (probes time out: silence). Before the
+//!   backend has ever answered, φ has no rhythm to weigh silence against: then unanswered probes
+//!   count toward `fall` too, as HAProxy counts a check's timeout. Otherwise a backend that went
+//!   silent before this tracker started (a new leader takes over during an outage) would keep
+//!   its old verdict for ever;
 //! - **healthy** after `rise` successful probes in a row.
 //!
 //! A tracker only decides; writing the verdict somewhere is the caller's business.
@@ -117,19 +121,32 @@ impl Tracker {
                 }
             }
             Outcome::Failed(reason) => {
-                self.successes = 0;
-                self.failures += 1;
-                if self.health != Health::Unhealthy && self.failures >= self.thresholds.fall {
-                    return self.change(
-                        Health::Unhealthy,
-                        at,
-                        format!("{} failed probes in a row: {reason}", self.failures),
-                    );
+                if let Some(verdict) = self.failed(at, reason) {
+                    return Some(verdict);
+                }
+            }
+            Outcome::TimedOut if self.detector.silence(at).is_none() => {
+                if let Some(verdict) = self.failed(at, "no answer yet") {
+                    return Some(verdict);
                 }
             }
             Outcome::TimedOut => self.successes = 0,
         }
         self.check(at)
+    }
+
+    /// Counts a failure; the verdict if it makes `fall` in a row.
+    fn failed(&mut self, at: Instant, reason: &str) -> Option<Verdict> {
+        self.successes = 0;
+        self.failures += 1;
+        if self.health != Health::Unhealthy && self.failures >= self.thresholds.fall {
+            return self.change(
+                Health::Unhealthy,
+                at,
+                format!("{} failed probes in a row: {reason}", self.failures),
+            );
+        }
+        None
     }
 
     /// Weighs the silence since the last success at `now`; returns the new verdict if φ crossed
@@ -224,6 +241,25 @@ mod tests {
         assert!(down.phi > 8.0);
         assert!(down.reason.starts_with("phi "), "{}", down.reason);
         assert_eq!(tracker.check(at(start, 13_000)), None, "said once");
+    }
+
+    #[test]
+    fn a_backend_that_never_answered_is_unhealthy_after_fall_timeouts() {
+        let start = Instant::now();
+        let mut tracker = Tracker::new(Thresholds::default());
+        assert_eq!(tracker.record(&Outcome::TimedOut, at(start, 0)), None);
+        assert_eq!(tracker.record(&Outcome::TimedOut, at(start, 1000)), None);
+        let down = tracker
+            .record(&Outcome::TimedOut, at(start, 2000))
+            .expect("unhealthy");
+        assert_eq!(down.health, Health::Unhealthy);
+        assert_eq!(down.reason, "3 failed probes in a row: no answer yet");
+        // Once it has answered, silence is φ's to judge: a timeout alone decides nothing.
+        let mut tracker = Tracker::new(Thresholds::default());
+        tracker.record(&Outcome::Up, at(start, 0));
+        for i in 1..=5 {
+            assert_eq!(tracker.record(&Outcome::TimedOut, at(start, i * 100)), None);
+        }
     }
 
     #[test]

@@ -190,23 +190,30 @@ async fn get(load: &GetLoad, connection: &mut Option<Sender>) -> Result<u16, Str
 /// would look.
 pub fn fetch(host: &Host, target: SocketAddr, path: &str) -> Result<String> {
     let path = path.to_owned();
-    run_on_host(host, move || {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))
-            .with_context(|| format!("connecting to {target}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .context("a response without a head")?;
-        if !head.starts_with("HTTP/1.1 200") {
-            anyhow::bail!("{target}{path}: {}", head.lines().next().unwrap_or(""));
-        }
-        Ok(body.to_owned())
-    })
+    run_on_host(host, move || get_page(target, &path, None))
+}
+
+/// `GET path` from wherever the calling thread is (on a host: inside [`on_host`]), with a
+/// bearer `token` if given; the body of a 200.
+pub fn get_page(target: SocketAddr, path: &str, token: Option<&str>) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))
+        .with_context(|| format!("connecting to {target}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let authorization = token
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {target}\r\n{authorization}Connection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("a response without a head")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("{target}{path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_owned())
 }

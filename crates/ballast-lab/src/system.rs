@@ -51,6 +51,9 @@ pub struct Shape {
     /// Redis nodes for the leader election (0: the database lease).
     pub redis: u8,
     pub db: Db,
+    /// Controls keep leading after losing their lease: a broken system on purpose, for a
+    /// check to show it catches one (`--unsafe-ignore-lease-loss`).
+    pub leaders_ignore_lease_loss: bool,
 }
 
 /// Where the configuration lives.
@@ -285,6 +288,9 @@ impl Lab {
             ]);
             if !redis_urls.is_empty() {
                 list.extend(["--redis".to_owned(), redis_urls.join(",")]);
+            }
+            if shape.leaders_ignore_lease_loss {
+                list.push("--unsafe-ignore-lease-loss".to_owned());
             }
             self.launch(ballast(&name, list, 1))?;
         }
@@ -546,6 +552,11 @@ impl Lab {
         SqlStore::connect(&self.observer_db)
             .await
             .context("the lab's database")
+    }
+
+    /// The admin token every control accepts.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     /// The host called `name`.

@@ -318,3 +318,46 @@ fn a_redlock_with_a_majority_cut_off_grants_nothing_until_the_heal() {
         "{table}"
     );
 }
+
+#[test]
+fn a_leader_cut_off_is_replaced_in_time_and_no_stale_write_lands() {
+    require_lab!();
+    let table = check("leader-partition");
+    assert!(
+        row(&table, "looks finding two leaders").contains(" 0 of "),
+        "{table}"
+    );
+    assert!(
+        row(&table, "writes landed after a newer leader's").contains(" 0 of "),
+        "{table}"
+    );
+}
+
+#[test]
+fn the_broken_leader_variant_is_caught_by_the_checker() {
+    require_lab!();
+    let dir = TempDir::new("lab-broken");
+    let _down = Down(dir.path().to_owned());
+    let out = lab(&[
+        "check",
+        "leader-partition",
+        "--broken",
+        "--dir",
+        &dir.path().display().to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("leader-partition: FAILED"), "{stdout}");
+    // Leaders that ignore losing their lease are seen together...
+    assert!(
+        row(&stdout, "looks finding two leaders").ends_with("NO"),
+        "{stdout}"
+    );
+    // ... and fencing still keeps the old one's writes out.
+    assert!(
+        row(&stdout, "writes landed after a newer leader's").ends_with("yes"),
+        "{stdout}"
+    );
+    assert_eq!(leftovers(&lab_id(&stderr)), Vec::<String>::new());
+}

@@ -118,7 +118,8 @@ impl SqlStore {
         let rows = self
             .fetch_alone(
                 statement(
-                    "SELECT revision, entity, operation, value, at_ms FROM changes \
+                    "SELECT revision, entity, operation, value, at_ms, fence_name, fence_token \
+             FROM changes \
              WHERE revision > $1 ORDER BY revision LIMIT $2",
                 )
                 .bind(i64::try_from(revision).unwrap_or(i64::MAX))
@@ -135,6 +136,10 @@ impl SqlStore {
                     operation: row.try_get("operation")?,
                     value: serde_json::from_str(&value).unwrap_or(serde_json::Value::Null),
                     at_ms: row.try_get("at_ms")?,
+                    fence_name: row.try_get("fence_name")?,
+                    fence_token: row
+                        .try_get::<Option<i64>, _>("fence_token")?
+                        .map(|token| token as u64),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

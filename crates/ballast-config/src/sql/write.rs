@@ -48,14 +48,16 @@ impl SqlStore {
         }
         let value = serde_json::to_string(write).unwrap_or_else(|_| "{}".to_owned());
         statement(
-            "INSERT INTO changes (revision, entity, operation, value, at_ms) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO changes (revision, entity, operation, value, at_ms, fence_name, \
+             fence_token) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(revision)
         .bind(write.entity())
         .bind(write.operation())
         .bind(value)
         .bind(now_ms())
+        .bind(fence.map(|f| f.name.clone()))
+        .bind(fence.map(|f| i64::try_from(f.token).unwrap_or(i64::MAX)))
         .execute(&mut *tx)
         .await
         .map_err(StoreError::database("appending to the change log"))?;

@@ -104,6 +104,10 @@ pub struct Settings {
     pub scrape_interval: Duration,
     /// Read the LBs' figures from this Prometheus server instead of scraping them.
     pub prometheus: Option<String>,
+    /// Keep leading after the lease is lost — wrong on purpose: only for `ballast lab check
+    /// leader-partition --broken`, which shows that its checker catches two leaders. Fencing
+    /// still refuses such a leader's writes once a newer one has written.
+    pub ignore_lease_loss: bool,
     /// The autoscaler, if the fleet is scaled.
     pub autoscaling: Option<crate::scaler::Autoscaling>,
 }
@@ -127,6 +131,7 @@ pub async fn run(
         scrape_interval,
         prometheus,
         autoscaling,
+        ignore_lease_loss,
     } = settings;
     status.update(|s| {
         s.identity.clone_from(&identity);
@@ -172,7 +177,7 @@ pub async fn run(
             .clone()
             .map(|autoscaling| tokio::spawn(crate::scaler::run(store.clone(), autoscaling)));
         let reason = tokio::select! {
-            reason = term.lost() => reason,
+            reason = term.lost(), if !ignore_lease_loss => reason,
             () = stopped(&mut stop) => "this instance is stopping".to_owned(),
             ended = &mut checking => ended.unwrap_or_else(|e| format!("the health checker failed: {e}")),
             ended = &mut watching => ended.unwrap_or_else(|e| format!("the fleet watcher failed: {e}")),

@@ -20,6 +20,7 @@ pub(super) const SHAPE: Shape = Shape {
     controls: 1,
     redis: 0,
     db: Db::Sqlite,
+    leaders_ignore_lease_loss: false,
 };
 /// Load before the cut, so connections to every backend are open and pooled when it comes.
 const WARM_UP: Duration = Duration::from_secs(2);

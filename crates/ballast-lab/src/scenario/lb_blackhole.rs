@@ -26,6 +26,7 @@ pub(super) const SHAPE: Shape = Shape {
     // Over PostgreSQL, as a fleet of hosts runs: a cut-off LB cannot heartbeat either (through
     // a shared SQLite file it could, and would count as alive).
     db: Db::Postgres,
+    leaders_ignore_lease_loss: false,
 };
 /// The orchestrator's scrape interval in the lab, and `ballast dns`'s fleet interval.
 const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);

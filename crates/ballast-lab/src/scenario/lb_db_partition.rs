@@ -21,6 +21,7 @@ pub(super) const SHAPE: Shape = Shape {
     controls: 1,
     redis: 0,
     db: Db::Postgres,
+    leaders_ignore_lease_loss: false,
 };
 const WARM_UP: Duration = Duration::from_secs(2);
 /// How long the LB stays cut off: several pull intervals and heartbeats.

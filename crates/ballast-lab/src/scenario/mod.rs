@@ -13,6 +13,7 @@ use redis_partition::Cut;
 mod backend_blackhole;
 mod lb_blackhole;
 mod lb_db_partition;
+mod leader_partition;
 mod redis_partition;
 
 /// Every scenario, by the name `ballast lab check` takes.
@@ -22,26 +23,42 @@ pub const NAMES: &[&str] = &[
     "lb-blackhole",
     "redis-minority",
     "redis-majority",
+    "leader-partition",
 ];
 
-/// Runs the scenario `name` in a lab under `dir`, `program` being this `ballast` binary; `step`
-/// hears its progress. The lab is removed whatever the scenario found.
-pub async fn run(name: &str, dir: &Path, program: &Path, step: &dyn Fn(&str)) -> Result<Outcome> {
-    let shape = match name {
+/// Runs the scenario `name` (its deliberately broken variant if `broken`) in a lab under `dir`,
+/// `program` being this `ballast` binary; `step` hears its progress. The lab is removed whatever
+/// the scenario found.
+pub async fn run(
+    name: &str,
+    broken: bool,
+    dir: &Path,
+    program: &Path,
+    step: &dyn Fn(&str),
+) -> Result<Outcome> {
+    let mut shape = match name {
         "backend-blackhole" => backend_blackhole::SHAPE,
         "lb-db-partition" => lb_db_partition::SHAPE,
         "lb-blackhole" => lb_blackhole::SHAPE,
         "redis-minority" | "redis-majority" => redis_partition::SHAPE,
+        "leader-partition" => leader_partition::SHAPE,
         other => bail!(
             "no scenario `{other}`; the scenarios are: {}",
             NAMES.join(", ")
         ),
     };
+    if broken {
+        match name {
+            "leader-partition" => shape.leaders_ignore_lease_loss = true,
+            other => bail!("`{other}` has no broken variant; leader-partition has"),
+        }
+    }
     let mut lab = Lab::up(dir, shape, program, step).await?;
     let outcome = match name {
         "backend-blackhole" => backend_blackhole::measure(&lab, step).await,
         "lb-db-partition" => lb_db_partition::measure(&lab, step).await,
         "lb-blackhole" => lb_blackhole::measure(&lab, step).await,
+        "leader-partition" => leader_partition::measure(&lab, step).await,
         "redis-minority" => redis_partition::measure(&mut lab, Cut::Minority, program, step).await,
         _ => redis_partition::measure(&mut lab, Cut::Majority, program, step).await,
     };

@@ -28,6 +28,7 @@ pub(super) const SHAPE: Shape = Shape {
     controls: 1,
     redis: 5,
     db: Db::Sqlite,
+    leaders_ignore_lease_loss: false,
 };
 const TTL: Duration = Duration::from_millis(500);
 const CLIENTS: u32 = 5;

@@ -45,6 +45,10 @@ pub(crate) struct ControlArgs {
     /// renewal.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     lease_ttl: std::time::Duration,
+    /// Keep leading after the lease is lost: a deliberately broken leader, for the lab's checks
+    /// to show they catch it. Never in production.
+    #[arg(long, hide = true)]
+    unsafe_ignore_lease_loss: bool,
     /// How often the leader scrapes every LB server's /metrics.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     scrape_interval: std::time::Duration,
@@ -160,6 +164,7 @@ impl ControlArgs {
                 scrape_interval: self.scrape_interval,
                 prometheus: self.prometheus.clone(),
                 scaling: self.scaling.scaling()?,
+                ignore_lease_loss: self.unsafe_ignore_lease_loss,
             }),
         };
         let settings = Settings {

@@ -134,6 +134,10 @@ pub(crate) struct CheckArgs {
     dir: DirArg,
     /// The scenario (backend-blackhole).
     scenario: String,
+    /// Run the scenario's deliberately broken variant, to see its checker fail
+    /// (leader-partition: controls that keep leading after losing their lease).
+    #[arg(long)]
+    broken: bool,
 }
 
 impl LabCommand {
@@ -153,6 +157,7 @@ impl LabCommand {
                 let step = |line: &str| eprintln!("lab: {line}");
                 let outcome = runtime.block_on(scenario::run(
                     &args.scenario,
+                    args.broken,
                     &args.dir.dir,
                     &program,
                     &step,
@@ -177,6 +182,7 @@ async fn up(args: UpArgs, program: PathBuf) -> Result<()> {
         controls: args.controls,
         redis: args.redis,
         db: args.db,
+        leaders_ignore_lease_loss: false,
     };
     let step = |line: &str| println!("lab: {line}");
     let lab = Lab::up(&args.dir.dir, shape, &program, &step).await?;
