@@ -132,7 +132,8 @@ pub(crate) struct HostArg {
 pub(crate) struct CheckArgs {
     #[command(flatten)]
     dir: DirArg,
-    /// The scenario (backend-blackhole).
+    /// The scenario.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(scenario::NAMES))]
     scenario: String,
     /// Run the scenario's deliberately broken variant, to see its checker fail
     /// (leader-partition: controls that keep leading after losing their lease).
