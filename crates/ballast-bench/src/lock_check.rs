@@ -424,12 +424,7 @@ pub async fn check(args: CheckArgs) -> Result<ExitCode> {
     tokio::time::sleep_until(deadline).await;
 
     let events = contenders.stop().await;
-    let accepted: Vec<u64> = register
-        .log()
-        .await?
-        .into_iter()
-        .map(|(token, _)| token)
-        .collect();
+    let accepted = register.tokens().await?;
     let mut verdict = verify(&events, &accepted);
     for (from, to) in &majority_windows {
         for event in &events {

@@ -50,6 +50,14 @@ impl Outcome {
         self.verdicts.iter().all(|v| v.holds)
     }
 
+    /// Whether the claim `measure` held; `None` when the table has no such row.
+    pub fn holds(&self, measure: &str) -> Option<bool> {
+        self.verdicts
+            .iter()
+            .find(|v| v.measure == measure)
+            .map(|v| v.holds)
+    }
+
     /// The table, then the notes, then the verdict line.
     pub fn write(&self, out: &mut impl Write) -> io::Result<()> {
         let mut table = Table::new(&["measure", "figure", "bound", "holds"]);

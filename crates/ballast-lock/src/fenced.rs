@@ -87,6 +87,16 @@ impl Register {
             .collect())
     }
 
+    /// The accepted writes' tokens, oldest first: what a history check compares.
+    pub async fn tokens(&self) -> Result<Vec<u64>, RedisError> {
+        Ok(self
+            .log()
+            .await?
+            .into_iter()
+            .map(|(token, _)| token)
+            .collect())
+    }
+
     /// Forgets every write and the newest token.
     pub async fn clear(&self) -> Result<(), RedisError> {
         self.connection

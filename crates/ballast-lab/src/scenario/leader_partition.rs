@@ -342,12 +342,7 @@ mod tests {
     }
 
     fn holds(outcome: &Outcome, measure: &str) -> bool {
-        outcome
-            .verdicts
-            .iter()
-            .find(|v| v.measure == measure)
-            .map(|v| v.holds)
-            .expect("the measure is in the table")
+        outcome.holds(measure).expect("the measure is in the table")
     }
 
     fn written() -> Written {

@@ -104,12 +104,7 @@ pub(super) async fn measure(
     step("healed");
     tokio::time::sleep(AFTER_HEAL).await;
     let events = contenders.stop().await;
-    let accepted: Vec<u64> = register
-        .log()
-        .await?
-        .into_iter()
-        .map(|(token, _)| token)
-        .collect();
+    let accepted = register.tokens().await?;
     Ok(judge(
         cut,
         &events,
@@ -218,12 +213,7 @@ mod tests {
     }
 
     fn holds(outcome: &Outcome, measure: &str) -> bool {
-        outcome
-            .verdicts
-            .iter()
-            .find(|v| v.measure == measure)
-            .map(|v| v.holds)
-            .expect("the measure is in the table")
+        outcome.holds(measure).expect("the measure is in the table")
     }
 
     #[test]
