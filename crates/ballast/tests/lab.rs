@@ -31,12 +31,18 @@ fn unsupported() -> Option<&'static str> {
     None
 }
 
+/// One lab at a time: the scenarios hold timing claims (a verdict within 3.5 s), and two labs
+/// side by side on a loaded two-core machine measure each other's load rather than Ballast.
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 macro_rules! require_lab {
     () => {
         if let Some(why) = unsupported() {
             eprintln!("skipped: ballast lab cannot run here ({why})");
             return;
         }
+        // Held to the end of the test; a failed test poisons it, which says nothing of the next.
+        let _one_lab = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     };
 }
 
