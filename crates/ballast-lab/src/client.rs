@@ -193,6 +193,13 @@ pub fn fetch(host: &Host, target: SocketAddr, path: &str) -> Result<String> {
     run_on_host(host, move || get_page(target, &path, None))
 }
 
+/// The value of the sample `name` (without labels) in a Prometheus text page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 /// `GET path` from wherever the calling thread is (on a host: inside [`on_host`]), with a
 /// bearer `token` if given; the body of a 200.
 pub fn get_page(target: SocketAddr, path: &str, token: Option<&str>) -> Result<String> {

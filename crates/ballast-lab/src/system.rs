@@ -40,6 +40,8 @@ pub const ZONE: &str = "ballast.local";
 pub const DNS_NAME: &str = "lb.demo.ballast.local";
 /// How often the orchestrator checks each backend: the unit the scenarios' bounds are in.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// The controls' leader lease: a cut-off leader is replaced this long after its last renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(3);
 
 /// How many of each part.
 #[allow(missing_docs)]
@@ -268,6 +270,7 @@ impl Lab {
             shape.backends
         ));
 
+        let lease_ttl = format!("{}ms", LEASE_TTL.as_millis());
         for n in 1..=shape.controls {
             let name = format!("control-{n}");
             let listen = SocketAddr::from((address("control", n), 9000)).to_string();
@@ -282,7 +285,7 @@ impl Lab {
                 "--name",
                 &name,
                 "--lease-ttl",
-                "3s",
+                &lease_ttl,
                 "--scrape-interval",
                 "1s",
             ]);

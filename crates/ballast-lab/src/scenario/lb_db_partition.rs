@@ -134,10 +134,7 @@ fn judge(
 fn applied(client_host: &Host) -> Result<u64> {
     let admin = std::net::SocketAddr::from((system::address("lb", 1), 9090));
     let metrics = client::fetch(client_host, admin, "/metrics")?;
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("ballast_config_revision "))
-        .and_then(|value| value.trim().parse::<f64>().ok())
+    client::metric(&metrics, "ballast_config_revision")
         .map(|value| value as u64)
         .context("lb-1's /metrics has no ballast_config_revision")
 }

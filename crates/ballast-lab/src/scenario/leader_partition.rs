@@ -19,7 +19,7 @@ use crate::check::{Outcome, Verdict, seconds};
 use crate::client;
 use crate::fault;
 use crate::net::Host;
-use crate::system::{self, Db, Lab, Shape};
+use crate::system::{self, Db, LEASE_TTL, Lab, Shape};
 use crate::wait;
 
 pub(super) const SHAPE: Shape = Shape {
@@ -30,8 +30,6 @@ pub(super) const SHAPE: Shape = Shape {
     db: Db::Postgres,
     leaders_ignore_lease_loss: false,
 };
-/// The controls' `--lease-ttl` in the lab.
-const LEASE_TTL: Duration = Duration::from_secs(3);
 const CUT_FOR: Duration = Duration::from_secs(10);
 /// The fencing name the orchestrator's writes carry.
 const FENCE: &str = "ballast-orchestrator";
@@ -108,9 +106,7 @@ fn fenced_writes_refused(host: &Host, control: SocketAddr, token: &str) -> Resul
     let page = client::run_on_host(host, move || {
         client::get_page(control, "/metrics", Some(&token))
     })?;
-    page.lines()
-        .find_map(|line| line.strip_prefix("ballast_fenced_writes_refused_total "))
-        .and_then(|value| value.trim().parse::<f64>().ok())
+    client::metric(&page, "ballast_fenced_writes_refused_total")
         .map(|value| value as u64)
         .context("no ballast_fenced_writes_refused_total in the old leader's /metrics")
 }
@@ -147,7 +143,7 @@ fn look_on(
             let leading = controls.map(|control| {
                 client::get_page(control, "/metrics", Some(&token))
                     .ok()
-                    .map(|page| page.lines().any(|l| l == "ballast_orchestrator_leading 1"))
+                    .map(|page| client::metric(&page, "ballast_orchestrator_leading") == Some(1.0))
             });
             record
                 .lock()
@@ -314,7 +310,7 @@ fn judge(
     Outcome {
         scenario: "leader-partition",
         verdicts,
-        notes: stale.into_iter().take(5).collect(),
+        notes: super::first_notes(stale.into_iter(), "stale writes"),
     }
 }
 

@@ -69,22 +69,26 @@ pub async fn run(
 
 /// The first few failed requests, for the notes under a verdict table.
 fn failure_notes(failed: &[&Request]) -> Vec<String> {
-    let mut notes: Vec<String> = failed
-        .iter()
-        .take(5)
-        .map(|r| {
-            format!(
-                "at {}: {}",
-                seconds(r.at),
-                match &r.outcome {
-                    Ok(status) => format!("status {status}"),
-                    Err(error) => error.clone(),
-                }
-            )
-        })
-        .collect();
-    if failed.len() > 5 {
-        notes.push(format!("… and {} more failures", failed.len() - 5));
+    let described = failed.iter().map(|r| {
+        format!(
+            "at {}: {}",
+            seconds(r.at),
+            match &r.outcome {
+                Ok(status) => format!("status {status}"),
+                Err(error) => error.clone(),
+            }
+        )
+    });
+    first_notes(described, "failures")
+}
+
+/// The first five of `notes` (only those are made), and how many more `what` there were.
+fn first_notes(notes: impl ExactSizeIterator<Item = String>, what: &str) -> Vec<String> {
+    const SHOWN: usize = 5;
+    let total = notes.len();
+    let mut shown: Vec<String> = notes.take(SHOWN).collect();
+    if total > SHOWN {
+        shown.push(format!("… and {} more {what}", total - SHOWN));
     }
-    notes
+    shown
 }

@@ -182,13 +182,7 @@ fn judge(cut: Cut, events: &[Event], accepted: &[u64], times: (u64, u64, u64)) -
         "writes accepted, refused",
         format!("{}, {}", verdict.writes_accepted, verdict.writes_refused),
     ));
-    let mut notes: Vec<String> = verdict.violations.iter().take(5).cloned().collect();
-    if verdict.violations.len() > 5 {
-        notes.push(format!(
-            "… and {} more violations",
-            verdict.violations.len() - 5
-        ));
-    }
+    let notes = super::first_notes(verdict.violations.into_iter(), "violations");
     Outcome {
         scenario: match cut {
             Cut::Minority => "redis-minority",
